@@ -1,0 +1,150 @@
+"""SAC (Haarnoja et al. 2018) with CleanRL defaults: twin critics (fused), tanh-squashed Gaussian
+actor with log-std squashed into [-5, 2], automatic temperature tuning with target entropy -|A|.
+
+One call of `update` is one critic step and a Polyak update of the critic target; every `policy_delay`
+critic steps it also runs `policy_delay` actor (and temperature) steps on the same batch, as CleanRL
+does, so actor and critic take the same number of steps on average.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from plastic.agent import AgentState, empty_logs, merge_logs, squash_obs_action
+from plastic.core import Net, gradient_step, maybe, soft_update
+from plastic.networks import MLP
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class SACConfig:
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    init: str = "lecun_normal"
+    actor_lr: float = 3e-4
+    critic_lr: float = 1e-3
+    alpha_lr: float = 1e-3
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005
+    policy_delay: int = 2
+    autotune: bool = True
+    alpha: float = 0.2                # initial (or fixed, if autotune is off) temperature
+    utd: int = 1
+    buffer_size: int = 1_000_000
+    learning_starts: int = 5_000
+
+
+class SAC:
+    name = "sac"
+    Config = SACConfig
+    roles = {"actor": "actor", "critic": "critic", "alpha": "temperature"}
+
+    def __init__(self, cfg: SACConfig, obs_size: int, action_size: int, probe_point="pre_activation"):
+        self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
+        actor = MLP(cfg.hidden, 2 * action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
+        critic = MLP(cfg.hidden, 1, cfg.activation, ensemble=2, kernel_init=cfg.init, probe_point=probe_point)
+        self.actor = Net.of("actor", actor, optax.adam(cfg.actor_lr))
+        self.critic = Net.of("critic", critic, optax.adam(cfg.critic_lr))
+        self.alpha = Net("alpha", optax.adam(cfg.alpha_lr),
+                         init_fn=lambda key: {"log_alpha": jnp.log(jnp.asarray(cfg.alpha, jnp.float32))})
+        self.nets = {"actor": self.actor, "critic": self.critic, "alpha": self.alpha}
+        self.target_entropy = -float(action_size)
+
+    def role(self, net_name: str) -> str:
+        return self.roles[net_name]
+
+    def init(self, key) -> AgentState:
+        ka, kc, kt = jax.random.split(key, 3)
+        obs = jnp.zeros((1, self.obs_size))
+        nets = {"actor": self.actor.init(ka, obs),
+                "critic": self.critic.init(kc, squash_obs_action(obs, jnp.zeros((1, self.action_size)))),
+                "alpha": self.alpha.init(kt)}
+        logs = {**empty_logs(self.actor), **empty_logs(self.critic), "loss/alpha": jnp.zeros(()),
+                "alpha": jnp.zeros(()), "entropy": jnp.zeros(()), "q_mean": jnp.zeros(())}
+        return AgentState(nets=nets, targets={"critic": nets["critic"].params}, logs=logs)
+
+    def policy(self, params, obs, key, probes=None):
+        """Sample a squashed action; returns (action, log_prob, activations, deterministic action)."""
+        y, acts = self.actor.apply(params, obs, probes)
+        mean, log_std = jnp.split(y, 2, axis=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(log_std) + 1.0)
+        std = jnp.exp(log_std)
+        x = mean + std * jax.random.normal(key, mean.shape)
+        a = jnp.tanh(x)
+        logp = jnp.sum(-0.5 * jnp.square((x - mean) / std) - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
+        logp = logp - jnp.sum(jnp.log(1.0 - jnp.square(a) + 1e-6), axis=-1)
+        return a, logp, acts, jnp.tanh(mean)
+
+    def act(self, state: AgentState, obs, key, explore: bool = True):
+        a, _, _, greedy = self.policy(state.nets["actor"].params, obs, key)
+        return a if explore else greedy
+
+    def update(self, state: AgentState, batch, counters, key, interventions=(), istate=None):
+        c = self.cfg
+        k_next, k_critic, k_actor = jax.random.split(key, 3)
+        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        B = obs.shape[0]
+        alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
+
+        next_a, next_logp, _, _ = self.policy(state.nets["actor"].params, next_obs, k_next)
+        q_next = self.critic.apply(state.targets["critic"], squash_obs_action(next_obs, next_a))[0][..., 0]
+        soft_v = jnp.min(q_next, axis=0) - alpha * next_logp
+        y = batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * soft_v
+
+        def critic_loss(params, probes):
+            q = self.critic.apply(params, squash_obs_action(obs, action), probes)[0][..., 0]
+            return jnp.sum(jnp.mean(jnp.square(q - y), axis=-1)), q.mean()
+
+        ns, istate, n, q_mean, logs = gradient_step(
+            self.critic, state.nets["critic"], critic_loss, batch_size=B, count=counters["critic"],
+            key=k_critic, interventions=interventions, istate=istate)
+        target = soft_update(self.critic, state.targets["critic"], ns.params, c.tau, interventions, istate)
+        state = state.replace(nets={**state.nets, "critic": ns}, targets={"critic": target})
+        state = merge_logs(state, {**logs, "q_mean": q_mean})
+        counters = {**counters, "critic": n}
+
+        def actor_step(i, operand):
+            state, istate, counters = operand
+            k_pi, k_a, k_t = jax.random.split(jax.random.fold_in(k_actor, i), 3)
+            critic_params = state.nets["critic"].params
+            alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
+
+            def actor_loss(params, probes):
+                a, logp, _, _ = self.policy(params, obs, k_pi, probes)
+                q = jnp.min(self.critic.apply(critic_params, squash_obs_action(obs, a))[0][..., 0], axis=0)
+                return jnp.mean(alpha * logp - q), logp
+
+            ns, istate, n, logp, logs = gradient_step(
+                self.actor, state.nets["actor"], actor_loss, batch_size=B, count=counters["actor"],
+                key=k_a, interventions=interventions, istate=istate)
+            state = merge_logs(state.replace(nets={**state.nets, "actor": ns}), logs)
+            counters = {**counters, "actor": n}
+            if c.autotune:
+                logp = jax.lax.stop_gradient(logp)
+
+                def alpha_loss(params, probes):
+                    return -jnp.mean(jnp.exp(params["log_alpha"]) * (logp + self.target_entropy)), None
+
+                ns, istate, n, _, logs = gradient_step(
+                    self.alpha, state.nets["alpha"], alpha_loss, batch_size=B, count=counters["alpha"],
+                    key=k_t, interventions=interventions, istate=istate)
+                state = merge_logs(state.replace(nets={**state.nets, "alpha": ns}), logs)
+                counters = {**counters, "alpha": n}
+            new_alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
+            return merge_logs(state, {"alpha": new_alpha, "entropy": -jnp.mean(logp)}), istate, counters
+
+        def actor_phase(operand):
+            return jax.lax.fori_loop(0, c.policy_delay, actor_step, operand)
+
+        return maybe(counters["critic"] % c.policy_delay == 0, actor_phase, (state, istate, counters))
+
+    def activations(self, state: AgentState, batch):
+        obs = batch["obs"]
+        _, actor_acts = self.actor.apply(state.nets["actor"].params, obs)
+        _, critic_acts = self.critic.apply(state.nets["critic"].params, squash_obs_action(obs, batch["action"]))
+        return {"actor": actor_acts, "critic": critic_acts}

@@ -1,0 +1,53 @@
+"""What every agent provides to the trainer, and the pytree state it keeps.
+
+An agent is a static Python object (config + `Net`s); all of its methods are pure functions of pytrees:
+  init(key) -> AgentState
+  act(state, obs, key, explore) -> action in [-1, 1]      (one seed; the trainer vmaps)
+  update(state, batch, counters, key, interventions, istate) -> (state, istate, counters)
+  activations(state, batch) -> {net name: {layer: post-activations}}   (for the dormant ratio)
+Every optimizer step inside `update` goes through `plastic.core.gradient_step`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from metrics.units import ratio_logs
+from plastic.core import GRAMA_LOG_TAUS, Net
+
+
+@struct.dataclass
+class AgentState:
+    nets: dict          # name -> NetState
+    targets: dict       # name -> target params
+    logs: dict          # name -> scalar, last value of each update log (fixed key set)
+
+
+def empty_logs(net: Net) -> dict:
+    """Zero-valued logs with exactly the keys `gradient_step` produces for `net`."""
+    zeros = {l.name: jnp.ones(l.mask_shape) for l in net.layers}
+    logs = {f"loss/{net.name}": jnp.zeros(())}
+    logs.update({k: jnp.zeros(()) for k in ratio_logs("grama_ratio", net.name, zeros, GRAMA_LOG_TAUS)})
+    return logs
+
+
+def counter_names(agent) -> tuple[str, ...]:
+    return tuple(agent.nets)
+
+
+def init_counters(agent) -> dict[str, Any]:
+    """Unbatched int32 counters: env steps and one update counter per network (shared by all seeds)."""
+    return {"env_steps": jnp.zeros((), jnp.int32), **{n: jnp.zeros((), jnp.int32) for n in agent.nets}}
+
+
+def merge_logs(state: AgentState, new: dict) -> AgentState:
+    return state.replace(logs={**state.logs, **new})
+
+
+def squash_obs_action(obs, action):
+    return jnp.concatenate([obs, action], axis=-1)
+
+

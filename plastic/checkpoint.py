@@ -1,0 +1,45 @@
+"""Orbax checkpoints of the whole training state: params, optimizer states, targets, replay buffers,
+RNG keys, intervention state and counters (one pytree), plus host metadata as JSON."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, keep: int = 2):
+        self.directory = Path(directory).resolve()
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def latest_step(self):
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: dict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, abstract_state, step=None):
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint found in {self.directory}; nothing to resume")
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable or does not match "
+                                  f"this config ({msg}); delete it to resume from an earlier one") from None
+        return step, out.state, out.meta
+
+    def close(self):
+        self.manager.close()

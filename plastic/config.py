@@ -1,0 +1,217 @@
+"""Typed experiment configs: run, metrics, one agent, any stack of interventions.
+
+Sources, lowest precedence first: dataclass defaults, a preset (`--config NAME|PATH`, YAML under
+experiments/configs/), the main flags (`--agent --intervention --env --seeds --steps --run-dir`), then
+typed overrides `--NAMESPACE.FIELD VALUE` (or `=VALUE`) where NAMESPACE is `run`, `metrics`, the agent
+name (or `agent`) or an intervention name. Every error is a `ConfigError` with a one-line message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+import agents
+from plastic import interventions as iv_registry
+from plastic.networks import INITIALIZERS, PROBE_POINTS, ACTIVATIONS
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    env: str = "HalfCheetah-v5"
+    seeds: int = 1                     # independent seeds, vmapped in one process
+    seed: int = 0                      # base seed; seed i uses PRNGKey(seed) folded with i
+    steps: int = 100_000               # env steps per seed
+    run_dir: str = ""                  # default: runs/<agent>-<interventions>-<env>-s<seed>
+    log_every: int = 5_000             # env steps between log rows
+    checkpoint_every: int = 50_000     # env steps between checkpoints (0: only at the end)
+    progress: str = "auto"             # auto | on | off
+    tensorboard: bool = True
+
+
+@dataclass
+class MetricsConfig:
+    dormant_taus: tuple[float, ...] = (0.0, 0.025)
+    ratio_aggregation: str = "pooled"  # pooled | mean_of_layers
+    grama_target: str = "pre_activation"  # pre_activation | post_activation | weight_grad
+    stats_batch: int = 256             # fresh replay batch for the dormant ratio
+
+
+@dataclass
+class ExperimentConfig:
+    agent: str
+    agent_cfg: typing.Any
+    interventions: dict                # name -> config dataclass, in stacking order
+    run: RunConfig = field(default_factory=RunConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def to_dict(self) -> dict:
+        return {"agent": self.agent, "intervention": "+".join(self.interventions) or "none",
+                "run": dataclasses.asdict(self.run), "metrics": dataclasses.asdict(self.metrics),
+                self.agent: dataclasses.asdict(self.agent_cfg),
+                **{n: dataclasses.asdict(c) for n, c in self.interventions.items()}}
+
+
+def _coerce(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    try:
+        if origin is tuple:
+            (elem, *_rest) = typing.get_args(tp)
+            if isinstance(value, str):
+                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            return tuple(_coerce(v, elem, where) for v in value)
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if tp is int:
+            if isinstance(value, str):
+                f = float(value)
+                if f != int(f):
+                    raise ValueError
+                return int(f)
+            if isinstance(value, float) and value != int(value):
+                raise ValueError
+            return int(value)
+        if tp is float:
+            return float(value)
+        return str(value).strip() if isinstance(value, str) else value
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp))
+        raise ConfigError(f"{where}: expected {name}, got {value!r}") from None
+
+
+def _apply(obj, ns: str, updates: dict):
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for k, v in updates.items():
+        if k not in names:
+            raise ConfigError(f"unknown field {ns}.{k}; valid fields of {ns}: {', '.join(names)}")
+        setattr(obj, k, _coerce(v, hints[k], f"{ns}.{k}"))
+
+
+def load_preset(name: str) -> dict:
+    path = Path(name)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown config preset {name!r}; valid: {', '.join(known)} (or a path to a .yaml file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at top level")
+    return data
+
+
+def build(agent: str | None = None, intervention: str | None = None, preset: dict | None = None,
+          overrides: dict | None = None, **run_flags) -> ExperimentConfig:
+    """Resolve a full config. `overrides` maps 'ns.field' -> value; run_flags are RunConfig fields."""
+    preset = dict(preset or {})
+    agent = agent or preset.pop("agent", None) or "sac"
+    preset.pop("agent", None)
+    spec = intervention if intervention is not None else preset.pop("intervention", "none")
+    preset.pop("intervention", None)
+    try:
+        agent_cls = agents.get(agent)
+        names = iv_registry.parse_names(spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cfg = ExperimentConfig(agent=agent, agent_cfg=agent_cls.Config(),
+                           interventions={n: iv_registry.REGISTRY[n].Config() for n in names})
+    sections = {"run": cfg.run, "metrics": cfg.metrics, agent: cfg.agent_cfg, "agent": cfg.agent_cfg,
+                **cfg.interventions}
+    for alias, target in iv_registry.ALIASES.items():
+        if target in cfg.interventions:
+            sections[alias] = cfg.interventions[target]
+
+    def section(ns):
+        if ns not in sections:
+            inactive = [n for n in (*agents.REGISTRY, *iv_registry.REGISTRY) if n not in sections]
+            hint = f" ({ns!r} is not active in this run)" if ns in inactive else ""
+            raise ConfigError(f"unknown config namespace {ns!r}{hint}; valid: {', '.join(sections)}")
+        return sections[ns]
+
+    for ns, values in preset.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"preset key {ns!r} must map to a dict of fields")
+        if ns in agents.REGISTRY and ns != agent or ns in iv_registry.REGISTRY and ns not in sections:
+            continue  # presets may carry settings for agents/interventions not used in this run
+        _apply(section(ns), ns, values)
+    _apply(cfg.run, "run", {k: v for k, v in run_flags.items() if v is not None})
+    for key, value in (overrides or {}).items():
+        ns, _, fld = key.partition(".")
+        if not fld:
+            raise ConfigError(f"override {key!r} must look like NAMESPACE.FIELD")
+        _apply(section(ns), ns, {fld: value})
+    if "grama" in cfg.interventions:
+        cfg.metrics.grama_target = cfg.interventions["grama"].score_target
+    validate(cfg)
+    return cfg
+
+
+def _positive(where, value):
+    if value <= 0:
+        raise ConfigError(f"{where} must be > 0, got {value}")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    r, a, m = cfg.run, cfg.agent_cfg, cfg.metrics
+    for k in ("seeds", "steps", "log_every"):
+        _positive(f"run.{k}", getattr(r, k))
+    if r.checkpoint_every < 0:
+        raise ConfigError(f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
+    if r.progress not in ("auto", "on", "off"):
+        raise ConfigError(f"run.progress={r.progress!r}; valid: auto, on, off")
+    for k in ("batch_size", "utd", "buffer_size", "policy_delay"):
+        _positive(f"{cfg.agent}.{k}", getattr(a, k))
+    if a.learning_starts < 0:
+        raise ConfigError(f"{cfg.agent}.learning_starts must be >= 0, got {a.learning_starts}")
+    if not 0.0 <= a.gamma <= 1.0:
+        raise ConfigError(f"{cfg.agent}.gamma must be in [0, 1], got {a.gamma}")
+    if not 0.0 < a.tau <= 1.0:
+        raise ConfigError(f"{cfg.agent}.tau must be in (0, 1], got {a.tau}")
+    if a.activation not in ACTIVATIONS:
+        raise ConfigError(f"{cfg.agent}.activation={a.activation!r}; valid: {', '.join(ACTIVATIONS)}")
+    if a.init not in INITIALIZERS:
+        raise ConfigError(f"{cfg.agent}.init={a.init!r}; valid: {', '.join(INITIALIZERS)}")
+    if not a.hidden or any(h <= 0 for h in a.hidden):
+        raise ConfigError(f"{cfg.agent}.hidden must be a non-empty list of positive widths, got {a.hidden}")
+    if m.ratio_aggregation not in ("pooled", "mean_of_layers"):
+        raise ConfigError(f"metrics.ratio_aggregation={m.ratio_aggregation!r}; valid: pooled, mean_of_layers")
+    if m.grama_target not in PROBE_POINTS:
+        raise ConfigError(f"metrics.grama_target={m.grama_target!r}; valid: {', '.join(PROBE_POINTS)}")
+    samplers = [n for n in cfg.interventions if iv_registry.REGISTRY[n].samples_replay]
+    if len(samplers) > 1:
+        raise ConfigError(f"interventions {' and '.join(samplers)} both replace the replay sampler; use one")
+    for name, icfg in cfg.interventions.items():
+        cls = iv_registry.REGISTRY[name]
+        if cfg.agent not in cls.agents:
+            raise ConfigError(f"intervention {name!r} does not apply to agent {cfg.agent!r}; "
+                              f"it supports: {', '.join(cls.agents)}")
+        try:
+            cls(icfg, cfg.agent).validate(r, a)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def from_dict(d: dict) -> ExperimentConfig:
+    """Rebuild a config saved by `to_dict` (config.yaml of a run)."""
+    d = dict(d)
+    agent, spec = d.pop("agent"), d.pop("intervention", "none")
+    return build(agent, spec, preset=d)

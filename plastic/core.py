@@ -1,0 +1,127 @@
+"""The training core: every gradient step of every agent goes through `gradient_step`.
+
+Hook order inside one step of one network (shared-mechanics.md §6):
+
+    loss_fn(params, probes) + Σ loss_term          # `loss_term` hook (L2-init, GTR)
+    value_and_grad w.r.t. (params, probes)         # probes -> per-unit gradients, same backward pass
+    grads <- grad_transform(...) for each          # `grad_transform` hook (NE masking, coupled WD)
+    optimizer update
+    post_update(...) for each, in order            # `post_update` / `periodic` hooks (CBP, ReGraMa, ...)
+
+Targets go through `soft_update` (the `target_update` hook). Replay sampling (`replay_sampler`) and
+acting (`acting_loop`, `scheduled_event`) are driven by the trainer (plastic/trainer.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from metrics.units import grama_scores, ratio_logs
+from plastic.networks import LayerSpec
+
+GRAMA_LOG_TAUS = (0.0, 0.01)
+
+
+@struct.dataclass
+class NetState:
+    params: Any
+    opt_state: Any
+
+
+@dataclass(frozen=True, eq=False)
+class Net:
+    """Static description of one trained network: module, optimizer, layer map."""
+    name: str
+    tx: optax.GradientTransformation
+    module: nn.Module | None = None
+    init_fn: Callable | None = None  # for parameter-only "networks" (e.g. SAC's log α)
+    layers: tuple[LayerSpec, ...] = field(default=())
+
+    @classmethod
+    def of(cls, name, module, tx):
+        return cls(name=name, tx=tx, module=module, layers=module.layer_map())
+
+    def apply(self, params, x, probes=None):
+        return self.module.apply({"params": params}, x, probes)
+
+    def init(self, key, example_input=None) -> NetState:
+        if self.module is not None:
+            params = self.module.init(key, example_input)["params"]
+        else:
+            params = self.init_fn(key)
+        return NetState(params, self.tx.init(params))
+
+    def zero_probes(self, batch_size: int):
+        if self.module is None or not self.layers:
+            return None
+        return {k: jnp.zeros(s) for k, s in self.module.probe_shapes(batch_size).items()}
+
+    @property
+    def probe_point(self) -> str:
+        return getattr(self.module, "probe_point", "pre_activation")
+
+
+@struct.dataclass
+class UpdateContext:
+    """What the `post_update` hooks see about the step that just happened."""
+    count: jax.Array           # this network's update count, including this update
+    grads: Any                 # parameter gradients after grad_transform
+    probe_grads: Any           # per-sample unit gradients (dict layer -> [E?, B, H]) or None
+    scores: Any                # dict layer -> (G normalised, g raw) GraMa scores of this update
+    loss: jax.Array
+
+
+def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, key,
+                  interventions=(), istate=None):
+    """One optimizer step of `net`.
+
+    `loss_fn(params, probes) -> (loss, aux)`. Returns `(ns, istate, count + 1, aux, logs)` where logs
+    holds the loss and the GraMa ratios of this update (free: the probe gradients come from the same
+    backward pass).
+    """
+    istate = {} if istate is None else istate
+    probes = net.zero_probes(batch_size)
+
+    def objective(params, probes):
+        loss, aux = loss_fn(params, probes)
+        total = loss
+        for iv in interventions:
+            total = total + iv.loss_term(net, params, istate[iv.name])
+        return total, (loss, aux)
+
+    (_, (loss, aux)), (grads, probe_grads) = jax.value_and_grad(
+        objective, argnums=(0, 1), has_aux=True)(ns.params, probes)
+    for iv in interventions:
+        grads = iv.grad_transform(net, grads, ns.params, istate[iv.name])
+    updates, opt_state = net.tx.update(grads, ns.opt_state, ns.params)
+    ns = NetState(optax.apply_updates(ns.params, updates), opt_state)
+    count = count + 1
+
+    scores = grama_scores(net.layers, probe_grads, grads, net.probe_point) if net.layers else {}
+    ctx = UpdateContext(count=count, grads=grads, probe_grads=probe_grads, scores=scores, loss=loss)
+    for i, iv in enumerate(interventions):
+        ns, s = iv.post_update(net, ns, ctx, istate[iv.name], jax.random.fold_in(key, i))
+        istate = {**istate, iv.name: s}
+
+    logs = {f"loss/{net.name}": loss}
+    logs.update(ratio_logs("grama_ratio", net.name, {k: v[0] for k, v in scores.items()}, GRAMA_LOG_TAUS))
+    return ns, istate, count, aux, logs
+
+
+def soft_update(net: Net, target, online, tau: float, interventions=(), istate=None):
+    """Polyak averaging followed by the `target_update` hook."""
+    new = optax.incremental_update(online, target, tau)
+    for iv in interventions:
+        new = iv.target_update(net, new, istate[iv.name])
+    return new
+
+
+def maybe(pred, fn, operand):
+    """`fn(operand)` if `pred` else `operand`, under `lax.cond` (pred should be an unbatched scalar)."""
+    return jax.lax.cond(pred, fn, lambda x: x, operand)

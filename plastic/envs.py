@@ -1,0 +1,162 @@
+"""Host-stepped environments behind one interface, and the vector of one env per seed.
+
+Ids: gymnasium ids as they are (`HalfCheetah-v5`, `Pendulum-v1`), `dmc:DOMAIN-TASK`
+(e.g. `dmc:cheetah-run`, observations flattened in key order), and `probe:NAME` (tiny envs with known
+values, for tests). Agents see actions in [-1, 1]; adapters rescale to the env's bounds.
+
+`step` returns `(obs, reward, terminated, truncated)`: termination stops bootstrapping, truncation
+(time limits) does not. Every episode is reset with a seed derived from (run seed, seed index,
+episode index), so an episode's randomness does not depend on how the run was interrupted.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+JAX_NATIVE = ("brax:", "gymnax:")
+
+
+class GymEnv:
+    def __init__(self, env_id: str):
+        import gymnasium as gym
+        try:
+            self.env = gym.make(env_id)
+        except gym.error.Error as e:
+            raise ValueError(f"unknown environment {env_id!r} ({type(e).__name__}); use a gymnasium id "
+                             f"such as HalfCheetah-v5, dmc:DOMAIN-TASK such as dmc:cheetah-run, or probe:NAME "
+                             f"({', '.join(PROBES)})") from None
+        space = self.env.action_space
+        if not isinstance(space, gym.spaces.Box):
+            raise ValueError(f"{env_id} has a {type(space).__name__} action space; td3/sac need continuous (Box) actions")
+        self.low, self.high = space.low.astype(np.float64), space.high.astype(np.float64)
+        self.observation_size = int(np.prod(self.env.observation_space.shape))
+        self.action_size = int(np.prod(space.shape))
+
+    def reset(self, seed: int):
+        obs, _ = self.env.reset(seed=int(seed))
+        return np.asarray(obs, np.float32).ravel()
+
+    def step(self, action):
+        a = self.low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self.high - self.low)
+        obs, r, term, trunc, _ = self.env.step(a.reshape(self.env.action_space.shape))
+        return np.asarray(obs, np.float32).ravel(), float(r), bool(term), bool(trunc)
+
+
+class DMCEnv:
+    def __init__(self, env_id: str):
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        from dm_control import suite
+        name = env_id.split(":", 1)[1]
+        domain, _, task = name.partition("-")
+        if (domain, task.replace("-", "_")) not in suite.ALL_TASKS:
+            raise ValueError(f"unknown dm_control task {env_id!r}; valid examples: dmc:cheetah-run, "
+                             f"dmc:walker-walk, dmc:humanoid-run (DOMAIN-TASK from dm_control.suite.ALL_TASKS)")
+        self.env = suite.load(domain, task.replace("-", "_"), task_kwargs={"random": 0})
+        spec = self.env.action_spec()
+        self.low, self.high = spec.minimum.astype(np.float64), spec.maximum.astype(np.float64)
+        self.observation_size = int(sum(np.prod(v.shape) for v in self.env.observation_spec().values()))
+        self.action_size = int(np.prod(spec.shape))
+
+    @staticmethod
+    def _flat(obs):
+        return np.concatenate([np.asarray(v, np.float32).ravel() for v in obs.values()])
+
+    def reset(self, seed: int):
+        self.env.task._random = np.random.RandomState(int(seed) % (2 ** 32))  # per-episode seed
+        return self._flat(self.env.reset().observation)
+
+    def step(self, action):
+        a = self.low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self.high - self.low)
+        ts = self.env.step(a)
+        last = ts.last()
+        terminated = bool(last and ts.discount == 0.0)
+        return self._flat(ts.observation), float(ts.reward or 0.0), terminated, bool(last and not terminated)
+
+
+class ProbeEnv:
+    """Tiny envs with analytic action values (rejax/Andy Jones style probes).
+
+    constant:   one step, reward 1, terminal               -> Q = 1
+    obs:        one step, obs ±1, reward = obs, terminal    -> Q(s) = s
+    two_step:   obs 0 then 1, reward 0 then 1, terminal     -> Q(0) = γ, Q(1) = 1
+    action:     one step, reward = -(a - 0.5)², terminal    -> Q(a) = -(a - 0.5)², best a = 0.5
+    truncated:  reward 1 forever, truncated after 5 steps   -> Q = 1 / (1 - γ) (truncation bootstraps)
+    """
+
+    def __init__(self, name: str):
+        if name not in PROBES:
+            raise ValueError(f"unknown probe env {name!r}; valid: {', '.join('probe:' + p for p in PROBES)}")
+        self.name, self.observation_size, self.action_size = name, 1, 1
+        self.rng, self.t, self.obs = np.random.default_rng(0), 0, 0.0
+
+    def reset(self, seed: int):
+        self.rng, self.t = np.random.default_rng(int(seed)), 0
+        self.obs = float(self.rng.choice([-1.0, 1.0])) if self.name == "obs" else 0.0
+        return np.array([self.obs], np.float32)
+
+    def step(self, action):
+        self.t += 1
+        a = float(np.asarray(action).ravel()[0])
+        if self.name == "constant":
+            return np.zeros(1, np.float32), 1.0, True, False
+        if self.name == "obs":
+            return np.zeros(1, np.float32), self.obs, True, False
+        if self.name == "action":
+            return np.zeros(1, np.float32), -(a - 0.5) ** 2, True, False
+        if self.name == "two_step":
+            if self.t == 1:
+                self.obs = 1.0
+                return np.ones(1, np.float32), 0.0, False, False
+            return np.zeros(1, np.float32), 1.0, True, False
+        return np.zeros(1, np.float32), 1.0, False, self.t >= 5  # truncated
+
+
+PROBES = ("constant", "obs", "two_step", "action", "truncated")
+
+
+def make_env(env_id: str):
+    if env_id.startswith("dmc:"):
+        return DMCEnv(env_id)
+    if env_id.startswith("probe:"):
+        return ProbeEnv(env_id.split(":", 1)[1])
+    if env_id.startswith(JAX_NATIVE):
+        raise ValueError(f"{env_id!r}: JAX-native environments (brax:, gymnax:) are not supported yet; "
+                         f"use a gymnasium id (HalfCheetah-v5) or dmc:DOMAIN-TASK")
+    return GymEnv(env_id)
+
+
+def episode_seed(run_seed: int, seed_index: int, episode: int) -> int:
+    return int(np.random.SeedSequence([run_seed, seed_index, episode]).generate_state(1)[0])
+
+
+class HostEnvs:
+    """One host env per seed, stepped in a Python loop; auto-resets finished episodes.
+
+    `step(actions)` returns `(next_obs, reward, terminated, truncated, final_obs)`: `final_obs` is the
+    true last observation of a finished episode (stored in the replay), `next_obs` the reset one.
+    """
+
+    def __init__(self, env_id: str, n: int, run_seed: int, episodes=None):
+        self.envs = [make_env(env_id) for _ in range(n)]
+        self.run_seed = run_seed
+        self.episodes = list(episodes) if episodes is not None else [0] * n
+        self.observation_size = self.envs[0].observation_size
+        self.action_size = self.envs[0].action_size
+
+    def reset(self):
+        return np.stack([e.reset(episode_seed(self.run_seed, i, self.episodes[i])) for i, e in enumerate(self.envs)])
+
+    def step(self, actions, stop=None):
+        outs = [e.step(a) for e, a in zip(self.envs, actions)]
+        final = np.stack([o[0] for o in outs])
+        reward = np.array([o[1] for o in outs], np.float32)
+        term = np.array([o[2] for o in outs], bool)
+        trunc = np.array([o[3] for o in outs], bool)
+        if stop is not None:
+            trunc |= np.asarray(stop, bool) & ~term
+        nxt = final.copy()
+        for i in np.flatnonzero(term | trunc):
+            self.episodes[i] += 1
+            nxt[i] = self.envs[i].reset(episode_seed(self.run_seed, i, self.episodes[i]))
+        return nxt, reward, term, trunc, final

@@ -1,0 +1,27 @@
+"""Registry of interventions. Add a new one: subclass `Intervention`, then list it here."""
+from __future__ import annotations
+
+from plastic.interventions.base import Intervention
+from plastic.interventions.regrama import ReGraMa
+from plastic.interventions.swd import SWD
+
+REGISTRY: dict[str, type[Intervention]] = {cls.name: cls for cls in (ReGraMa, SWD)}
+ALIASES = {"regrama": "grama"}
+
+
+def canonical(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def parse_names(spec: str) -> tuple[str, ...]:
+    """'grama+swd' -> ('grama', 'swd'); 'none' or '' -> (). Raises ValueError on unknown names."""
+    if spec in ("", "none"):
+        return ()
+    names = tuple(canonical(n.strip()) for n in spec.split("+"))
+    for n in names:
+        if n not in REGISTRY:
+            raise ValueError(f"unknown intervention {n!r}; valid: none, {', '.join(sorted(REGISTRY))} "
+                             f"(stack with '+', e.g. grama+swd)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"intervention listed twice in {spec!r}")
+    return names

@@ -1,0 +1,170 @@
+"""Networks that declare their own layer map.
+
+Every hidden layer is described by a static `LayerSpec` (kernel and bias paths, consumers, the
+initializer that built it, optional LayerNorm). Interventions and metrics read only this map; they
+never infer structure from parameter order (see ../shared/specs/shared-mechanics.md §1.2).
+
+Twin critics are one `MLP` with `ensemble=2`: kernels are `[E, in, out]`, so both critics run as one
+batched matmul per layer (a fused critic) and unit masks are `[E, H]`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "swish": nn.swish,
+}
+
+# name -> (scale, mode, distribution) for jax.nn.initializers.variance_scaling
+_INITS = {
+    "lecun_normal": (1.0, "fan_in", "truncated_normal"),
+    "xavier_uniform": (1.0, "fan_avg", "uniform"),
+    "kaiming_uniform": (2.0, "fan_in", "uniform"),
+    "kaiming_normal": (2.0, "fan_in", "truncated_normal"),
+    # PyTorch nn.Linear default (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    "torch_default": (1.0 / 3.0, "fan_in", "uniform"),
+}
+INITIALIZERS = tuple(_INITS)
+PROBE_POINTS = ("pre_activation", "post_activation", "weight_grad")
+
+
+def kernel_initializer(name: str, ensemble: int = 0, scale: float = 1.0):
+    """Variance-scaling initializer; with an ensemble axis the leading axis is a batch axis."""
+    if name not in _INITS:
+        raise ValueError(f"unknown initializer {name!r}; valid: {', '.join(INITIALIZERS)}")
+    s, mode, dist = _INITS[name]
+    batch_axis = (0,) if ensemble else ()
+    return jax.nn.initializers.variance_scaling(s * scale, mode, dist, in_axis=-2, out_axis=-1,
+                                                batch_axis=batch_axis)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One resettable set of hidden units (static metadata)."""
+    name: str
+    layer_id: int
+    width: int
+    ensemble: int                      # 0: no ensemble axis, else E (kernels are [E, in, out])
+    kernel: tuple[str, ...]            # path of the kernel inside params
+    bias: tuple[str, ...]
+    consumers: tuple[tuple[str, ...], ...]  # kernels whose input rows (axis -2) these units feed
+    init: Callable                     # the initializer that built `kernel`
+    layer_norm: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (scale, offset) paths
+
+    @property
+    def mask_shape(self) -> tuple[int, ...]:
+        return (self.ensemble, self.width) if self.ensemble else (self.width,)
+
+
+class Dense(nn.Module):
+    features: int
+    ensemble: int = 0
+    init: str = "lecun_normal"
+    init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        kshape = (x.shape[-1], self.features)
+        bshape = (self.features,)
+        if self.ensemble:
+            kshape, bshape = (self.ensemble, *kshape), (self.ensemble, *bshape)
+        kernel = self.param("kernel", kernel_initializer(self.init, self.ensemble, self.init_scale), kshape)
+        bias = self.param("bias", nn.initializers.zeros, bshape)
+        if not self.ensemble:
+            return x @ kernel + bias
+        if x.ndim == 2:  # shared input for every member: [B, in] -> [E, B, out]
+            return jnp.einsum("bi,eio->ebo", x, kernel) + bias[:, None, :]
+        return jnp.einsum("ebi,eio->ebo", x, kernel) + bias[:, None, :]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis with per-member affine parameters when `ensemble > 0`."""
+    ensemble: int = 0
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (self.ensemble, x.shape[-1]) if self.ensemble else (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, shape)
+        offset = self.param("bias", nn.initializers.zeros, shape)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.ensemble:
+            return y * scale[:, None, :] + offset[:, None, :]
+        return y * scale + offset
+
+
+class MLP(nn.Module):
+    """`in -> [Dense -> (LN) -> act] * len(hidden) -> Dense(out)`.
+
+    `probes` (optional dict layer-name -> zeros shaped like the unit tensor) are added at
+    `probe_point` so that d loss / d probe is the per-sample gradient at each unit (shared-mechanics §2.2).
+    Returns `(output, activations)` where activations maps layer name -> post-activation values.
+    """
+    hidden: tuple[int, ...]
+    out: int
+    activation: str = "relu"
+    ensemble: int = 0
+    layer_norm: bool = False
+    kernel_init: str = "lecun_normal"
+    out_init_scale: float = 1.0
+    probe_point: str = "pre_activation"
+
+    @nn.compact
+    def __call__(self, x, probes=None):
+        act = ACTIVATIONS[self.activation]
+        acts = {}
+        for i, width in enumerate(self.hidden):
+            name = f"hidden_{i}"
+            z = Dense(width, self.ensemble, self.kernel_init, name=name)(x)
+            if self.layer_norm:
+                z = LayerNorm(self.ensemble, name=f"ln_{i}")(z)
+            if probes is not None and self.probe_point == "pre_activation":
+                z = z + probes[name]
+            x = act(z)
+            if probes is not None and self.probe_point == "post_activation":
+                x = x + probes[name]
+            acts[name] = x
+        y = Dense(self.out, self.ensemble, self.kernel_init, self.out_init_scale, name="output")(x)
+        return y, acts
+
+    def layer_map(self) -> tuple[LayerSpec, ...]:
+        names = [f"hidden_{i}" for i in range(len(self.hidden))] + ["output"]
+        return tuple(
+            LayerSpec(
+                name=names[i], layer_id=i, width=w, ensemble=self.ensemble,
+                kernel=(names[i], "kernel"), bias=(names[i], "bias"),
+                consumers=((names[i + 1], "kernel"),),
+                init=kernel_initializer(self.kernel_init, self.ensemble),
+                layer_norm=((f"ln_{i}", "scale"), (f"ln_{i}", "bias")) if self.layer_norm else None,
+            )
+            for i, w in enumerate(self.hidden)
+        )
+
+    def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        lead = (self.ensemble,) if self.ensemble else ()
+        return {f"hidden_{i}": (*lead, batch_size, w) for i, w in enumerate(self.hidden)}
+
+
+def get_path(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def set_path(tree, path, value):
+    """Functional update of a nested dict at `path` (copies only the dicts on the path)."""
+    if not path:
+        return value
+    new = dict(tree)
+    new[path[0]] = set_path(tree[path[0]], path[1:], value)
+    return new

@@ -1,0 +1,63 @@
+"""Unit-level parameter and optimizer surgery shared by every reset method (shared-mechanics §1, §3, §4.5).
+
+`reset_units` re-initialises flagged hidden units through the layer map: incoming columns redrawn from
+the layer's own initializer, bias 0, outgoing rows 0, LayerNorm affine reset, and Adam `mu`/`nu`
+zeroed at every touched entry with the scalar `count` kept. Unflagged entries are bit-identical.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from plastic.core import NetState
+from plastic.networks import get_path, kernel_initializer, set_path
+
+REINIT = ("layer_init", "xavier_uniform", "kaiming_uniform", "lecun_normal")
+OUTGOING = ("zero", "keep")
+LAYERNORM = ("reset_unit_affine", "keep")
+OPTIMIZER = ("zero_moments_keep_count", "none")
+
+
+def cap_mask(flagged, score, k):
+    """Keep at most `k` flagged units per row, lowest score first (rank mask, static shapes)."""
+    s = jnp.where(flagged, score, jnp.inf)
+    rank = jnp.argsort(jnp.argsort(s, axis=-1, stable=True), axis=-1, stable=True)
+    return flagged & (rank < k)
+
+
+def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", outgoing="zero",
+                layernorm="reset_unit_affine", optimizer="zero_moments_keep_count"):
+    """Reset the units flagged in `masks` (layer name -> bool `[E?, H]`). Returns the new NetState."""
+    params = ns.params
+    touched = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), params)
+
+    def mark(tree, path, m):
+        return set_path(tree, path, get_path(tree, path) | jnp.broadcast_to(m, get_path(tree, path).shape))
+
+    for layer in net.layers:
+        m = masks[layer.name]
+        col = m[..., None, :]            # incoming column of a [E?, in, H] kernel
+        kernel = get_path(params, layer.kernel)
+        init = layer.init if reinit == "layer_init" else kernel_initializer(reinit, layer.ensemble)
+        fresh = init(jax.random.fold_in(key, layer.layer_id), kernel.shape, kernel.dtype)
+        params = set_path(params, layer.kernel, jnp.where(col, fresh, kernel))
+        touched = mark(touched, layer.kernel, col)
+        params = set_path(params, layer.bias, jnp.where(m, 0.0, get_path(params, layer.bias)))
+        touched = mark(touched, layer.bias, m)
+        if layer.layer_norm is not None and layernorm == "reset_unit_affine":
+            scale, offset = layer.layer_norm
+            params = set_path(params, scale, jnp.where(m, 1.0, get_path(params, scale)))
+            params = set_path(params, offset, jnp.where(m, 0.0, get_path(params, offset)))
+            touched = mark(mark(touched, scale, m), offset, m)
+        for consumer in layer.consumers:
+            row = m[..., :, None]        # outgoing row of a [E?, H, out] consumer kernel
+            if outgoing == "zero":
+                params = set_path(params, consumer, jnp.where(row, 0.0, get_path(params, consumer)))
+            touched = mark(touched, consumer, row)
+
+    opt_state = ns.opt_state
+    if optimizer == "zero_moments_keep_count":
+        opt_state = optax.tree_map_params(
+            net.tx, lambda s, t: jnp.where(t, jnp.zeros_like(s), s), opt_state, touched)
+    return NetState(params, opt_state)

@@ -1,0 +1,237 @@
+"""Off-policy trainer for host-stepped envs with seeds as a batch axis.
+
+Per env step the host does exactly one jitted call (`learn_step`): add the transition of every seed to its
+replay, run UTD gradient updates (`lax.scan`) for every seed (`vmap`), and return the next action. Counters
+(env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a scalar
+predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
+
+The action for env step `i` is drawn with key `fold_in(act_key, i)`, so acting does not depend on how a
+run was split by checkpoints; on resume the episode in flight restarts from a fresh reset.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+import agents
+from metrics.units import dormant_scores, ratio_logs
+from plastic.agent import AgentState, init_counters
+from plastic.checkpoint import Checkpointer
+from plastic.config import ExperimentConfig
+from plastic.envs import HostEnvs
+from plastic.interventions import REGISTRY
+from plastic.logger import RunLogger
+from plastic.replay import Replay
+
+
+@struct.dataclass
+class TrainState:
+    agent: AgentState
+    replay: Replay
+    interventions: dict
+    key: jax.Array          # consumed by updates
+    act_key: jax.Array      # folded with the env step for acting
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        run, a = cfg.run, cfg.agent_cfg
+        self.envs = HostEnvs(run.env, run.seeds, run.seed)
+        self.agent = agents.get(cfg.agent)(a, self.envs.observation_size, self.envs.action_size,
+                                           probe_point=cfg.metrics.grama_target)
+        self.interventions = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
+        self.sampler = next((iv for iv in self.interventions if iv.samples_replay), None)
+        opts = {}
+        for iv in self.interventions:
+            opts.update(iv.replay_options())
+        self.bucket_size = opts.get("bucket_size", 0)
+        capacity = min(a.buffer_size, run.steps)
+        if self.bucket_size:
+            capacity = -(-capacity // self.bucket_size) * self.bucket_size
+        self.capacity = capacity
+        S = run.seeds
+        self._learn = jax.jit(jax.vmap(self._learn_one, in_axes=(0, None, 0, 0), out_axes=(0, None, 0, 0)),
+                              donate_argnums=(0,))
+        self._warm = jax.jit(jax.vmap(self._warm_one, in_axes=(0, None, 0, 0), out_axes=(0, None, 0, 0)),
+                             donate_argnums=(0,))
+        self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
+        self._stats = jax.jit(jax.vmap(self._stats_one, in_axes=(0, None)))
+        self.n_seeds = S
+
+    # ---- state ---------------------------------------------------------------------------------
+    def init_state(self):
+        base = jax.random.PRNGKey(self.cfg.run.seed)
+        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(self.n_seeds))
+        example = {"obs": jnp.zeros(self.envs.observation_size), "action": jnp.zeros(self.envs.action_size),
+                   "reward": jnp.zeros(()), "next_obs": jnp.zeros(self.envs.observation_size),
+                   "terminated": jnp.zeros(())}
+
+        def one(key):
+            k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
+            agent_state = self.agent.init(k_agent)
+            istate = {iv.name: iv.init(jax.random.fold_in(k_iv, j), self.agent)
+                      for j, iv in enumerate(self.interventions)}
+            replay = Replay.create(self.capacity, example, self.bucket_size)
+            return TrainState(agent_state, replay, istate, k_loop, k_act)
+
+        return jax.jit(jax.vmap(one))(keys), init_counters(self.agent)
+
+    # ---- per-seed pure functions (vmapped) -------------------------------------------------------
+    def _action(self, ts: TrainState, counters, obs):
+        """Action for env step `counters['env_steps']`: uniform random during warm-up, else the policy."""
+        step = counters["env_steps"]
+        key = jax.random.fold_in(ts.act_key, step)
+        k_rand, k_pol = jax.random.split(key)
+        random = jax.random.uniform(k_rand, (self.envs.action_size,), minval=-1.0, maxval=1.0)
+        policy = self.agent.act(ts.agent, obs, k_pol, explore=True)
+        return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
+
+    def _observe(self, ts: TrainState, counters, transition):
+        """Store a transition and run the acting-loop hooks; returns (ts, counters, stop)."""
+        ts = ts.replace(replay=ts.replay.add(transition))
+        stop, istate = jnp.zeros((), bool), ts.interventions
+        for iv in self.interventions:
+            s, flag = iv.on_env_step(istate[iv.name], transition)
+            istate, stop = {**istate, iv.name: s}, stop | flag
+        counters = {**counters, "env_steps": counters["env_steps"] + 1}
+        return ts.replace(interventions=istate), counters, stop
+
+    def _warm_one(self, ts, counters, transition, next_obs):
+        ts, counters, stop = self._observe(ts, counters, transition)
+        return ts, counters, self._action(ts, counters, next_obs), stop
+
+    def sample_batch(self, ts: TrainState, key):
+        B = self.cfg.agent_cfg.batch_size
+        if self.sampler is not None:
+            idx = self.sampler.sample(ts.replay, ts.interventions[self.sampler.name], key, B)
+        else:
+            idx = ts.replay.sample_uniform(key, B)
+        return ts.replay.gather(idx)
+
+    def _learn_one(self, ts, counters, transition, next_obs):
+        ts, counters, stop = self._observe(ts, counters, transition)
+        agent_state, istate = ts.agent, ts.interventions
+        for iv in self.interventions:
+            agent_state, s = iv.scheduled_event(self.agent, agent_state, istate[iv.name], counters,
+                                                jax.random.fold_in(ts.key, 1_000_003))
+            istate = {**istate, iv.name: s}
+        ts = ts.replace(agent=agent_state, interventions=istate)
+
+        def body(carry, _):
+            ts, counters = carry
+            key, k_sample, k_update = jax.random.split(ts.key, 3)
+            batch = self.sample_batch(ts, k_sample)
+            agent_state, istate, counters = self.agent.update(ts.agent, batch, counters, k_update,
+                                                              self.interventions, ts.interventions)
+            return (ts.replace(agent=agent_state, interventions=istate, key=key), counters), None
+
+        (ts, counters), _ = jax.lax.scan(body, (ts, counters), None, length=self.cfg.agent_cfg.utd)
+        return ts, counters, self._action(ts, counters, next_obs), stop
+
+    def _stats_one(self, ts: TrainState, key):
+        """Logged values of one seed: last update logs, intervention logs, dormant ratios (fresh batch)."""
+        m = self.cfg.metrics
+        logs = dict(ts.agent.logs)
+        for iv in self.interventions:
+            logs.update(iv.logs(ts.interventions[iv.name]))
+        batch = ts.replay.gather(ts.replay.sample_uniform(key, m.stats_batch))
+        for name, acts in self.agent.activations(ts.agent, batch).items():
+            net = self.agent.nets[name]
+            logs.update(ratio_logs("dormant_ratio", name, dormant_scores(acts, net.layers),
+                                   m.dormant_taus, m.ratio_aggregation))
+        return logs
+
+    # ---- host loop -----------------------------------------------------------------------------
+    def run(self, run_dir: Path, resume: bool = False) -> dict:
+        cfg, run = self.cfg, self.cfg.run
+        ckpt = Checkpointer(Path(run_dir) / "checkpoints")
+        ts, counters = self.init_state()
+        start, resume_step = 0, None
+        if resume:
+            resume_step, (ts, counters), meta = ckpt.restore((ts, counters))
+            start = int(meta["env_steps"])
+            self.envs.episodes = list(meta["episodes"])
+        logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
+        stop_signal = {"sig": None}
+
+        def handler(signum, _frame):
+            stop_signal["sig"] = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        metrics_key = jax.random.PRNGKey(run.seed + 7919)
+        ls = cfg.agent_cfg.learning_starts
+        ep_ret = np.zeros(self.n_seeds)
+        ep_len = np.zeros(self.n_seeds, np.int64)
+        finished = defaultdict(list)
+        obs = self.envs.reset()
+        action, stop = np.asarray(self._first_action(ts, counters, obs)), None
+        t_last, step_last, summary = time.perf_counter(), start, {}
+
+        def save(step):
+            ckpt.save(step, (ts, counters), {"env_steps": step, "episodes": self.envs.episodes})
+
+        try:
+            for step in range(start, run.steps):
+                nobs, rew, term, trunc, final = self.envs.step(action, stop)
+                ep_ret += rew
+                ep_len += 1
+                for i in np.flatnonzero(term | trunc):
+                    finished[i].append((ep_ret[i], ep_len[i]))
+                    ep_ret[i], ep_len[i] = 0.0, 0
+                tr = {"obs": obs, "action": action, "reward": rew, "next_obs": final,
+                      "terminated": term.astype(np.float32)}
+                fn = self._learn if step >= ls else self._warm
+                ts, counters, action, stop = fn(ts, counters, tr, nobs)
+                action, stop = jax.device_get((action, stop))
+                obs, done = nobs, step + 1
+                if done % run.log_every == 0 or done == run.steps:
+                    now = time.perf_counter()
+                    sps = (done - step_last) / max(now - t_last, 1e-9)
+                    stats = jax.device_get(self._stats(ts, jax.random.fold_in(metrics_key, done)))
+                    rows = self._rows(done, sps, stats, finished)
+                    finished.clear()
+                    logger.write(rows)
+                    rets = [r["episode_return"] for r in rows if r.get("episode_return") is not None]
+                    summary = {"step": done, "sps": sps, "return": float(np.mean(rets)) if rets else None}
+                    logger.progress(done - step_last, {"sps": sps, "return": summary["return"]})
+                    t_last, step_last = time.perf_counter(), done
+                    if run.checkpoint_every and done % run.checkpoint_every == 0:
+                        save(done)
+                if stop_signal["sig"] is not None:
+                    save(done)
+                    print(f"received signal {stop_signal['sig']}: checkpoint written at step {done}; "
+                          f"resume with --resume", flush=True)
+                    return {**summary, "interrupted": True, "step": done}
+            if ckpt.latest_step() != run.steps:
+                save(run.steps)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            logger.close()
+            ckpt.close()
+        return {**summary, "interrupted": False}
+
+    def _rows(self, step, sps, stats, finished) -> list[dict]:
+        rows = []
+        agg = self.cfg.metrics.ratio_aggregation
+        for i in range(self.n_seeds):
+            row = {"step": step, "seed": i, "sps": sps}
+            eps = finished.get(i, [])
+            row["episodes"] = len(eps)
+            row["episode_return"] = float(np.mean([e[0] for e in eps])) if eps else None
+            row["episode_length"] = float(np.mean([e[1] for e in eps])) if eps else None
+            row.update({k: np.asarray(v)[i].item() for k, v in stats.items()})
+            if agg == "mean_of_layers":  # GraMa ratios are pooled in-step; re-aggregate per layer here
+                for k in [k for k in row if k.startswith("grama_ratio") and k.count("/") == 1]:
+                    layers = [v for kk, v in row.items() if kk.startswith(k + "/")]
+                    row[k] = float(np.mean(layers)) if layers else row[k]
+            rows.append(row)
+        return rows
