@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class RunConfig:
     env: str = "HalfCheetah-v5"
     seeds: int = 1                     # independent seeds, vmapped in one process
-    seed: int = 0                      # base seed; seed i uses PRNGKey(seed) folded with i
+    seed: int = 0                      # base seed; vmapped seed i behaves as a run with seed + i
     steps: int = 100_000               # env steps per seed
     run_dir: str = ""                  # default: runs/<agent>-<interventions>-<env>-s<seed>
     log_every: int = 5_000             # env steps between log rows

@@ -5,7 +5,7 @@ Ids: gymnasium ids as they are (`HalfCheetah-v5`, `Pendulum-v1`), `dmc:DOMAIN-TA
 values, for tests). Agents see actions in [-1, 1]; adapters rescale to the env's bounds.
 
 `step` returns `(obs, reward, terminated, truncated)`: termination stops bootstrapping, truncation
-(time limits) does not. Every episode is reset with a seed derived from (run seed, seed index,
+(time limits) does not. Every episode is reset with a seed derived from (run seed + seed index,
 episode index), so an episode's randomness does not depend on how the run was interrupted.
 """
 from __future__ import annotations
@@ -126,8 +126,8 @@ def make_env(env_id: str):
     return GymEnv(env_id)
 
 
-def episode_seed(run_seed: int, seed_index: int, episode: int) -> int:
-    return int(np.random.SeedSequence([run_seed, seed_index, episode]).generate_state(1)[0])
+def episode_seed(seed: int, episode: int) -> int:
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
 class HostEnvs:
@@ -145,7 +145,7 @@ class HostEnvs:
         self.action_size = self.envs[0].action_size
 
     def reset(self):
-        return np.stack([e.reset(episode_seed(self.run_seed, i, self.episodes[i])) for i, e in enumerate(self.envs)])
+        return np.stack([e.reset(episode_seed(self.run_seed + i, self.episodes[i])) for i, e in enumerate(self.envs)])
 
     def step(self, actions, stop=None):
         outs = [e.step(a) for e, a in zip(self.envs, actions)]
@@ -158,5 +158,5 @@ class HostEnvs:
         nxt = final.copy()
         for i in np.flatnonzero(term | trunc):
             self.episodes[i] += 1
-            nxt[i] = self.envs[i].reset(episode_seed(self.run_seed, i, self.episodes[i]))
+            nxt[i] = self.envs[i].reset(episode_seed(self.run_seed + i, self.episodes[i]))
         return nxt, reward, term, trunc, final

@@ -53,7 +53,7 @@ class Trainer:
         for iv in self.interventions:
             opts.update(iv.replay_options())
         self.bucket_size = opts.get("bucket_size", 0)
-        capacity = min(a.buffer_size, run.steps)
+        capacity = a.buffer_size  # independent of run.steps, so a resumed run may extend its budget
         if self.bucket_size:
             capacity = -(-capacity // self.bucket_size) * self.bucket_size
         self.capacity = capacity
@@ -68,8 +68,8 @@ class Trainer:
 
     # ---- state ---------------------------------------------------------------------------------
     def init_state(self):
-        base = jax.random.PRNGKey(self.cfg.run.seed)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(self.n_seeds))
+        # seed i of a vmapped run is exactly the single-seed run with --seed base+i
+        keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.n_seeds))
         example = {"obs": jnp.zeros(self.envs.observation_size), "action": jnp.zeros(self.envs.action_size),
                    "reward": jnp.zeros(()), "next_obs": jnp.zeros(self.envs.observation_size),
                    "terminated": jnp.zeros(())}
@@ -212,6 +212,7 @@ class Trainer:
                     return {**summary, "interrupted": True, "step": done}
             if ckpt.latest_step() != run.steps:
                 save(run.steps)
+            self.final_state = (ts, counters)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)

@@ -1,0 +1,105 @@
+"""Command line: help, one-line errors before any compilation, no half-written run dirs, a smoke run."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plastic import interventions as ivs
+from plastic.cli import main
+from plastic.config import ConfigError, build
+from plastic.interventions.base import Intervention
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_lists_agents_and_interventions():
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for name in ("td3", "sac", "grama", "swd", "--intervention", "--resume", "--run-dir"):
+        assert name in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--agent", "ppo2"], "unknown agent 'ppo2'; valid: sac, td3"),
+    (["--intervention", "grama+foo"], "unknown intervention 'foo'; valid: none, grama, swd"),
+    (["--sac.nope", "1"], "unknown field sac.nope; valid fields of sac:"),
+    (["--sac.batch_size", "abc"], "sac.batch_size: expected int, got 'abc'"),
+    (["--intervention", "grama", "--grama.tau", "-1"], "grama.tau must be >= 0"),
+    (["--intervention", "swd", "--swd.sampler", "fast"], "swd.sampler='fast' is not valid; choose one of: exact, bucketed"),
+    (["--swd.T", "10"], "'swd' is not active in this run"),
+    (["--env", "NoSuchEnv-v0"], "unknown environment 'NoSuchEnv-v0'"),
+    (["--env", "dmc:cheetah-fly"], "unknown dm_control task"),
+    (["--env", "brax:ant"], "not supported yet"),
+    (["--seeds", "0"], "run.seeds must be > 0"),
+    (["--config", "nope"], "unknown config preset 'nope'"),
+    (["--bogus"], "unrecognised argument '--bogus'"),
+])
+def test_bad_input_is_one_line_error_and_writes_nothing(argv, needle, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(argv + ["--run-dir", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert not run_dir.exists()
+
+
+def test_intervention_not_applicable_to_agent(monkeypatch):
+    class PPOOnly(Intervention):
+        name, agents = "ppo_only", ("ppo",)
+
+        class Config:
+            pass
+
+    monkeypatch.setitem(ivs.REGISTRY, "ppo_only", PPOOnly)
+    with pytest.raises(ConfigError, match="'ppo_only' does not apply to agent 'sac'; it supports: ppo"):
+        build("sac", "ppo_only")
+
+
+def test_existing_run_dir_needs_resume(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("precious")
+    assert main(["--run-dir", str(tmp_path / "run")]) == 2
+    assert "already exists; pass --resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "keep.txt").read_text() == "precious"
+
+
+def test_resume_without_run_is_error(tmp_path, capsys):
+    assert main(["--resume", "--run-dir", str(tmp_path / "none")]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_smoke_run_and_resume(tmp_path, capsys):
+    run_dir = tmp_path / "smoke"
+    argv = ["--agent", "td3", "--intervention", "grama+swd", "--env", "Pendulum-v1", "--steps", "300",
+            "--run-dir", str(run_dir), "--td3.learning_starts", "100", "--td3.hidden", "16,16",
+            "--td3.buffer_size", "1000", "--run.log_every=100", "--grama.period", "50", "--run.progress", "off"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert str(run_dir) in out and "results in" in out
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["agent"] == "td3" and cfg["intervention"] == "grama+swd" and cfg["grama"]["period"] == 50
+    assert cfg["td3"]["hidden"] == [16, 16]
+    assert (run_dir / "checkpoints").is_dir() and any((run_dir / "tb").iterdir())
+    assert main(["--resume", "--run-dir", str(run_dir), "--steps", "400"]) == 0
+    steps = [l for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 4
+
+
+def test_preset_and_override_precedence(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("agent: td3\nintervention: grama\nrun: {steps: 1234}\ntd3: {actor_lr: 0.001}\n"
+                      "grama: {tau: 0.05}\nsac: {actor_lr: 0.5}\n")
+    from plastic.config import load_preset
+    cfg = build(preset=load_preset(str(preset)), overrides={"grama.tau": "0.1"})
+    assert cfg.agent == "td3" and cfg.run.steps == 1234 and cfg.agent_cfg.actor_lr == 0.001
+    assert cfg.interventions["grama"].tau == 0.1
+
+
+def test_shipped_presets_resolve():
+    from plastic.config import PRESET_DIR, load_preset
+    presets = sorted(PRESET_DIR.glob("*.yaml"))
+    assert presets
+    for p in presets:
+        build(preset=load_preset(p.stem))

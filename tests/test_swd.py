@@ -1,0 +1,282 @@
+"""Sample Weight Decay / SWA replay sampling (interventions.md §3, test invariants §3.6)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from plastic.interventions.swd import SWD, SWDConfig, age_weights
+from plastic.replay import Replay
+
+
+def swd(T, w_min=0.1, sampler="exact", bucket_size=1000):
+    s = SWD(SWDConfig(T=T, w_min=w_min, sampler=sampler, bucket_size=bucket_size), "sac")
+    s.validate(None, None)
+    return s
+
+
+def expected_t_add(capacity, t):
+    """Insertion counter of every slot after `t` add() calls into a ring buffer (dead slots: 0)."""
+    j = np.arange(capacity)
+    size = min(t, capacity)
+    return np.where(j < size, j + capacity * ((t - 1 - j) // capacity), 0), size
+
+
+def synth(capacity, t, bucket_size=0):
+    """The buffer state after `t` add() calls, built directly (fast for large buffers). Bucket means are
+    computed independently here; `test_add_maintains_timestamps_and_bucket_means` checks this equals add()."""
+    t_add, size = expected_t_add(capacity, t)
+    r = Replay.create(capacity, {"obs": jnp.zeros(())}, bucket_size)
+    tmean = np.zeros(r.bucket_tmean.shape[0], np.float32)
+    if bucket_size:
+        counts = np.clip(size - np.arange(len(tmean)) * bucket_size, 0, bucket_size)
+        for b in np.flatnonzero(counts):
+            tmean[b] = t_add[b * bucket_size: b * bucket_size + counts[b]].astype(np.float64).mean()
+    return r.replace(t_add=jnp.asarray(t_add, jnp.int32), size=jnp.asarray(size, jnp.int32),
+                     ptr=jnp.asarray(t % capacity, jnp.int32), t=jnp.asarray(t, jnp.int32),
+                     bucket_tmean=jnp.asarray(tmean))
+
+
+def ref_weights(age, T, w_min):
+    age = np.asarray(age, np.float64)
+    if T > 0:
+        return np.maximum(w_min, 1.0 - age / T)
+    if T < 0:
+        return np.minimum(1.0, w_min + age / abs(T))
+    return np.ones_like(age)
+
+
+def ref_exact_p(capacity, t, T, w_min):
+    """Independent float64 reference of the exact SWD distribution over slots."""
+    t_add, size = expected_t_add(capacity, t)
+    live = np.arange(capacity) < size
+    w = np.where(live, ref_weights((t - 1) - t_add, T, w_min), 0.0)
+    return w / w.sum()
+
+
+def ref_bucketed_slot_p(capacity, t, S, T, w_min):
+    """Independent float64 reference of the bucketed design spread over slots: bucket b has probability
+    ∝ count_b · w(t - 1 - mean t_add over its live slots), then a uniform slot among its live slots."""
+    t_add, size = expected_t_add(capacity, t)
+    M = capacity // S
+    counts = np.clip(size - np.arange(M) * S, 0, S)
+    tmean = np.array([t_add[b * S: b * S + c].mean() if c else 0.0 for b, c in enumerate(counts)])
+    pb = counts * ref_weights((t - 1) - tmean, T, w_min)
+    pb /= pb.sum()
+    live = np.arange(capacity) < size
+    return np.where(live, np.repeat(pb / np.maximum(counts, 1), S), 0.0)
+
+
+_add = jax.jit(lambda r, x: r.add({"obs": x}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The buffer bookkeeping SWD relies on
+
+def test_add_maintains_timestamps_and_bucket_means():
+    capacity, S = 12, 4
+    r = Replay.create(capacity, {"obs": jnp.zeros(())}, bucket_size=S)
+    for k in range(1, 31):                                   # 2.5 passes: wrap-around twice
+        r = _add(r, jnp.float32(k - 1))
+        ref = synth(capacity, k, S)
+        assert int(r.t) == k and int(r.size) == min(k, capacity) and int(r.ptr) == k % capacity
+        live = np.arange(capacity) < min(k, capacity)
+        np.testing.assert_array_equal(np.asarray(r.t_add)[live], np.asarray(ref.t_add)[live])
+        np.testing.assert_array_equal(np.asarray(r.data["obs"])[live], np.asarray(ref.t_add)[live])
+        counts = np.asarray(r.bucket_counts())
+        np.testing.assert_array_equal(counts, np.clip(min(k, capacity) - np.arange(3) * S, 0, S))
+        np.testing.assert_array_equal(np.asarray(r.bucket_tmean)[counts > 0], np.asarray(ref.bucket_tmean)[counts > 0])
+        ages = np.asarray(r.ages())[live]
+        assert ages.min() == 0 and ages.max() == min(k, capacity) - 1
+    # after wrap-around the buckets mix old and new timestamps: slots 0..5 hold 24..29, 6..11 hold 18..23
+    np.testing.assert_array_equal(r.t_add, [24, 25, 26, 27, 28, 29, 18, 19, 20, 21, 22, 23])
+    np.testing.assert_array_equal(r.bucket_tmean, [25.5, (28 + 29 + 18 + 19) / 4, 21.5])
+    with pytest.raises(ValueError):
+        Replay.create(10, {"obs": jnp.zeros(())}, bucket_size=4)
+
+
+def test_age_weights_shape():
+    age = jnp.array([0, 100, 450, 900, 1000, 5000])
+    np.testing.assert_allclose(age_weights(age, 1000, 0.1), [1.0, 0.9, 0.55, 0.1, 0.1, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(age_weights(age, -1000, 0.1), [0.1, 0.2, 0.55, 1.0, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(age_weights(age, 0, 0.1), np.ones(6))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Uniform
+
+@pytest.mark.parametrize("t", [37, 100, 250])
+def test_T0_is_exactly_uniform_over_live_slots(t):
+    r = synth(100, t, bucket_size=10)
+    size = min(t, 100)
+    p = np.asarray(swd(0).probabilities(r))
+    np.testing.assert_array_equal(p[:size], np.float32(1) / np.float32(size))
+    np.testing.assert_array_equal(p[size:], 0.0)
+    pb, counts = swd(0, sampler="bucketed", bucket_size=10).bucket_probabilities(r)
+    np.testing.assert_allclose(pb, np.asarray(counts) / size, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("T", [1e12, -1e12])
+def test_huge_T_is_uniform_within_float_tolerance(T):
+    r = synth(5000, 12345, bucket_size=500)
+    np.testing.assert_allclose(swd(T).probabilities(r), 1 / 5000, rtol=1e-5)
+    pb, _ = swd(T, sampler="bucketed", bucket_size=500).bucket_probabilities(r)
+    np.testing.assert_allclose(pb, 0.1, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Distribution (chi-square on sampled ages), 3. floor ratio, 4. monotonicity
+
+@pytest.mark.parametrize("T", [1000, -1000])
+def test_sampled_age_histogram_matches_weights(T):
+    N, t, draws, width = 2000, 2700, 1_000_000, 50     # wrapped: every age 0..1999 present exactly once
+    r = synth(N, t)
+    idx = swd(T).sample(r, {}, jax.random.PRNGKey(0), draws)
+    assert idx.shape == (draws,)
+    ages = np.asarray(r.ages())[np.asarray(idx)]
+    assert ages.min() >= 0 and ages.max() < N
+    obs = np.bincount(ages // width, minlength=N // width)
+    w = ref_weights(np.arange(N), T, 0.1)
+    exp = np.add.reduceat(w / w.sum(), np.arange(0, N, width)) * draws
+    stat, pval = chisquare(obs, exp)
+    assert pval > 1e-3, (stat, pval)
+    # the test has power: uniform expectations are rejected
+    assert chisquare(obs, np.full(len(obs), draws / len(obs))).pvalue < 1e-10
+
+
+def test_bucketed_sampler_matches_its_bucket_distribution():
+    N, S, t, draws = 2000, 100, 2650, 200_000            # wrapped, write pointer mid-bucket (slot 650)
+    r = synth(N, t, S)
+    s = swd(1000, sampler="bucketed", bucket_size=S)
+    p, counts = s.bucket_probabilities(r)
+    np.testing.assert_allclose(p, np.add.reduceat(ref_bucketed_slot_p(N, t, S, 1000, 0.1), np.arange(0, N, S)),
+                               rtol=1e-5, atol=1e-9)
+    idx = np.asarray(s.sample(r, {}, jax.random.PRNGKey(1), draws))
+    assert idx.min() >= 0 and idx.max() < N
+    p64 = np.asarray(p, np.float64)
+    assert chisquare(np.bincount(idx // S, minlength=N // S), p64 / p64.sum() * draws).pvalue > 1e-3
+    assert chisquare(np.bincount(idx % S, minlength=S)).pvalue > 1e-3     # uniform inside buckets
+
+
+@pytest.mark.parametrize("w_min", [0.1, 0.25])
+def test_newest_to_oldest_ratio_is_inverse_floor(w_min):
+    N, t = 2000, 2700                                    # oldest age 1999 >= T (1 - w_min)
+    r = synth(N, t)
+    ages = np.asarray(r.ages())
+    newest, oldest = np.argmin(ages), np.argmax(ages)
+    assert ages[newest] == 0 and ages[oldest] == N - 1
+    p = np.asarray(swd(1000, w_min).probabilities(r))
+    np.testing.assert_allclose(p[newest] / p[oldest], 1 / w_min, rtol=1e-5)
+    # every transition beyond the floor age has the same (floor) probability
+    floor = ages >= 1000 * (1 - w_min)
+    np.testing.assert_allclose(p[floor], p[oldest], rtol=1e-6)
+    pa = np.asarray(swd(-1000, w_min).probabilities(r))   # SWA: the other way round
+    np.testing.assert_allclose(pa[oldest] / pa[newest], 1 / w_min, rtol=1e-5)
+    np.testing.assert_allclose(p, ref_exact_p(N, t, 1000, w_min), rtol=1e-5)
+    np.testing.assert_allclose(pa, ref_exact_p(N, t, -1000, w_min), rtol=1e-5)
+
+
+def test_monotone_in_age():
+    r = synth(3000, 4100)
+    order = np.argsort(np.asarray(r.ages()))
+    p = np.asarray(swd(1500).probabilities(r))[order]
+    pa = np.asarray(swd(-1500).probabilities(r))[order]
+    assert np.all(np.diff(p) <= 0) and p[0] > p[-1]       # SWD non-increasing, not constant
+    assert np.all(np.diff(pa) >= 0) and pa[-1] > pa[0]    # SWA non-decreasing, not constant
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Liveness
+
+@pytest.mark.parametrize("sampler", ["exact", "bucketed"])
+def test_never_samples_dead_slots(sampler):
+    r = synth(100, 37, bucket_size=10)
+    idx = np.asarray(swd(50, sampler=sampler, bucket_size=10).sample(r, {}, jax.random.PRNGKey(3), 20_000))
+    assert idx.min() >= 0 and idx.max() < 37
+    assert set(range(30, 37)) <= set(idx.tolist())        # the partially filled bucket is used, all of it
+    p = np.asarray(swd(50).probabilities(r))
+    np.testing.assert_array_equal(p[37:], 0.0)
+
+
+def test_wraparound_overwrites_timestamps():
+    capacity = 50
+    r = Replay.create(capacity, {"obs": jnp.zeros(())}, bucket_size=10)
+    for k in range(120):
+        r = _add(r, jnp.float32(k))
+    t_add = np.asarray(r.t_add)
+    assert t_add.min() == 70 and t_add.max() == 119       # slots written 0..69 are gone
+    np.testing.assert_array_equal(np.sort(np.asarray(r.ages())), np.arange(capacity))
+    np.testing.assert_array_equal(np.asarray(r.data["obs"]), t_add)
+    s = swd(20)
+    p = np.asarray(s.probabilities(r))
+    np.testing.assert_allclose(p, ref_exact_p(capacity, 120, 20, 0.1), rtol=1e-5)
+    assert p[119 % capacity] == p.max() and p[120 % capacity] == p.min()   # newest / oldest slots
+    idx = np.asarray(s.sample(r, {}, jax.random.PRNGKey(4), 50_000))
+    ages = np.asarray(r.ages())[idx]
+    assert ages.max() < capacity
+    assert np.mean(ages < 18) > 0.5                       # recent (new-timestamp) data dominates
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Bucketed accuracy
+
+def _bucketed_slot_p(s, r):
+    p, counts = s.bucket_probabilities(r)
+    p, counts = np.asarray(p, np.float64), np.asarray(counts, np.float64)
+    live = np.arange(r.capacity) < int(r.size)
+    return np.where(live, np.repeat(p / np.maximum(counts, 1), s.cfg.bucket_size), 0.0)
+
+
+def test_bucketed_total_variation_full_buffer():
+    N, S, T, t = 1_000_000, 1000, 80_000, 1_500_000      # full, wrapped, write pointer on a bucket edge
+    r = synth(N, t, S)
+    exact = np.asarray(swd(T).probabilities(r), np.float64)
+    ref = ref_exact_p(N, t, T, 0.1)
+    np.testing.assert_allclose(exact.sum(), 1.0, rtol=1e-5)
+    assert 0.5 * np.abs(exact - ref).sum() < 1e-5
+    bucketed = _bucketed_slot_p(swd(T, sampler="bucketed", bucket_size=S), r)
+    tv = 0.5 * np.abs(bucketed - exact).sum()
+    assert tv < 2e-3, tv
+    assert 8e-4 < tv < 9e-4, tv                           # spec §3.3 project calculation: about 8.5e-4
+
+
+@pytest.mark.parametrize("t", [1_500_500, 600_500])
+def test_bucketed_matches_design_other_states(t):
+    # write pointer in the middle of a bucket (that bucket mixes the newest and oldest data), and a
+    # partially filled buffer: the implementation must follow the documented design exactly
+    N, S, T = 1_000_000, 1000, 80_000
+    r = synth(N, t, S)
+    bucketed = _bucketed_slot_p(swd(T, sampler="bucketed", bucket_size=S), r)
+    ref = ref_bucketed_slot_p(N, t, S, T, 0.1)
+    assert 0.5 * np.abs(bucketed - ref).sum() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. vmap over seeds
+
+@pytest.mark.parametrize("sampler", ["exact", "bucketed"])
+def test_vmap_each_seed_uses_its_own_buffer(sampler):
+    N, S, T, B = 200, 20, 60, 40_000
+    ts = (70, 450)                                        # seed 0 partially filled, seed 1 wrapped (ptr 50)
+    rs = [synth(N, t, S) for t in ts]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *rs)
+    s = swd(T, sampler=sampler, bucket_size=S)
+    pv = jax.vmap(s.probabilities)(stacked)
+    for i, r in enumerate(rs):
+        np.testing.assert_allclose(pv[i], s.probabilities(r), rtol=1e-6)
+        np.testing.assert_allclose(pv[i], ref_exact_p(N, ts[i], T, 0.1), rtol=1e-5, atol=1e-9)
+    keys = jax.random.split(jax.random.PRNGKey(5), 2)
+    idx = np.asarray(jax.jit(jax.vmap(lambda r, k: s.sample(r, {}, k, B)))(stacked, keys))
+    assert idx.shape == (2, B)
+    assert idx[0].max() < 70                              # seed 0 never reads beyond its own size
+    for i, r in enumerate(rs):
+        target = ref_exact_p(N, ts[i], T, 0.1) if sampler == "exact" else ref_bucketed_slot_p(N, ts[i], S, T, 0.1)
+        ages = np.asarray(r.ages())
+        mean_age = (target * np.where(target > 0, ages, 0)).sum()
+        sd = np.sqrt((target * (np.where(target > 0, ages, 0) - mean_age) ** 2).sum() / B)
+        assert abs(ages[idx[i]].mean() - mean_age) < 5 * sd, (i, ages[idx[i]].mean(), mean_age)
+        newest = (ts[i] - 1) % N
+        np.testing.assert_allclose(np.mean(idx[i] // S == newest // S),
+                                   target[(newest // S) * S:(newest // S + 1) * S].sum(), atol=0.01)
