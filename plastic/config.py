@@ -30,7 +30,7 @@ class RunConfig:
     env: str = "HalfCheetah-v5"
     seeds: int = 1                     # independent seeds, vmapped in one process
     seed: int = 0                      # base seed; vmapped seed i behaves as a run with seed + i
-    steps: int = 100_000               # env steps per seed
+    steps: int = 30_000                # env steps per seed (presets set paper budgets)
     run_dir: str = ""                  # default: runs/<agent>-<interventions>-<env>-s<seed>
     log_every: int = 5_000             # env steps between log rows
     checkpoint_every: int = 50_000     # env steps between checkpoints (0: only at the end)

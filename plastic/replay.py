@@ -33,20 +33,36 @@ class Replay:
                    size=jnp.zeros((), jnp.int32), t=jnp.zeros((), jnp.int32),
                    bucket_tmean=jnp.zeros(n_buckets, jnp.float32), capacity=capacity, bucket_size=bucket_size)
 
-    def add(self, transition: dict) -> "Replay":
-        i = self.ptr
-        data = {k: self.data[k].at[i].set(v) for k, v in transition.items()}
-        t_add = self.t_add.at[i].set(self.t)
-        size = jnp.minimum(self.size + 1, self.capacity)
-        new = self.replace(data=data, t_add=t_add, ptr=(i + 1) % self.capacity, size=size, t=self.t + 1)
+    def add(self, transition: dict, t=None) -> "Replay":
+        """Write one transition per buffer at slot `t % capacity`, where `t` is the add() counter.
+
+        Works on one buffer or on buffers stacked over seeds (every array with a leading seed axis, as
+        the trainer holds them): all seeds write in lockstep at the same slot, so the write is one
+        in-place dynamic_update_slice. (Under `vmap` a per-seed write becomes a scatter that XLA:CPU
+        lowers to a pass over, and copies of, the whole buffer on every env step.)"""
+        t = self.t if t is None else jnp.asarray(t, jnp.int32)
+        t = t.reshape(-1)[0] if t.ndim else t
+        i = t % self.capacity
+        lead = self.t_add.ndim - 1  # 0: one buffer; 1: stacked over seeds
+
+        def put(buf, v, at):
+            v = jnp.broadcast_to(jnp.asarray(v, buf.dtype), buf.shape[:lead] + buf.shape[lead + 1:])
+            return jax.lax.dynamic_update_slice_in_dim(buf, jnp.expand_dims(v, lead), at, axis=lead)
+
+        data = {k: put(self.data[k], v, i) for k, v in transition.items()}
+        t_add = put(self.t_add, t, i)
+        size = jnp.minimum(t + 1, self.capacity)
+        full = lambda x: jnp.broadcast_to(x, self.size.shape)  # noqa: E731
+        new = self.replace(data=data, t_add=t_add, ptr=full((i + 1) % self.capacity), size=full(size),
+                           t=full(t + 1))
         if self.bucket_size:
             S = self.bucket_size
             b = i // S
-            window = jax.lax.dynamic_slice(t_add, (b * S,), (S,))
+            window = jax.lax.dynamic_slice_in_dim(t_add, b * S, S, axis=lead)
             live = jnp.arange(S) < jnp.clip(size - b * S, 0, S)
-            rel = jnp.where(live, window - self.t, 0).astype(jnp.float32)
-            mean = self.t.astype(jnp.float32) + rel.sum() / jnp.maximum(live.sum(), 1)
-            new = new.replace(bucket_tmean=new.bucket_tmean.at[b].set(mean))
+            rel = jnp.where(live, window - t, 0).astype(jnp.float32)
+            mean = t.astype(jnp.float32) + rel.sum(-1) / jnp.maximum(live.sum(), 1)
+            new = new.replace(bucket_tmean=put(self.bucket_tmean, mean, b))
         return new
 
     def ages(self):

@@ -50,8 +50,11 @@ def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", out
             params = set_path(params, scale, jnp.where(m, 1.0, get_path(params, scale)))
             params = set_path(params, offset, jnp.where(m, 0.0, get_path(params, offset)))
             touched = mark(mark(touched, scale, m), offset, m)
+    # outgoing rows last, so that a reset unit in the next layer (whose incoming column was just redrawn)
+    # cannot put weight back on the outgoing row of a reset unit below it
+    for layer in net.layers:
+        row = masks[layer.name][..., :, None]  # outgoing row of a [E?, H, out] consumer kernel
         for consumer in layer.consumers:
-            row = m[..., :, None]        # outgoing row of a [E?, H, out] consumer kernel
             if outgoing == "zero":
                 params = set_path(params, consumer, jnp.where(row, 0.0, get_path(params, consumer)))
             touched = mark(touched, consumer, row)

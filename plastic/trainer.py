@@ -58,10 +58,8 @@ class Trainer:
             capacity = -(-capacity // self.bucket_size) * self.bucket_size
         self.capacity = capacity
         S = run.seeds
-        self._learn = jax.jit(jax.vmap(self._learn_one, in_axes=(0, None, 0, 0), out_axes=(0, None, 0, 0)),
-                              donate_argnums=(0,))
-        self._warm = jax.jit(jax.vmap(self._warm_one, in_axes=(0, None, 0, 0), out_axes=(0, None, 0, 0)),
-                             donate_argnums=(0,))
+        self._learn = jax.jit(lambda *a: self._env_step(*a, learn=True), donate_argnums=(0,))
+        self._warm = jax.jit(lambda *a: self._env_step(*a, learn=False), donate_argnums=(0,))
         self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
         self._stats = jax.jit(jax.vmap(self._stats_one, in_axes=(0, None)))
         self.n_seeds = S
@@ -94,19 +92,25 @@ class Trainer:
         policy = self.agent.act(ts.agent, obs, k_pol, explore=True)
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
-    def _observe(self, ts: TrainState, counters, transition):
-        """Store a transition and run the acting-loop hooks; returns (ts, counters, stop)."""
-        ts = ts.replace(replay=ts.replay.add(transition))
+    def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool):
+        """One env step for all seeds: store, acting hooks, (UTD updates), next action.
+
+        The replay write runs on the seed-stacked buffers (shared slot, in place); everything else is
+        vmapped over seeds with the counters unbatched."""
+        ts = ts.replace(replay=ts.replay.add(transition, counters["env_steps"]))
+        ts, stop = jax.vmap(self._acting_hooks)(ts, transition)
+        counters = {**counters, "env_steps": counters["env_steps"] + 1}
+        if learn:
+            ts, counters = jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None))(ts, counters)
+        action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
+        return ts, counters, action, stop
+
+    def _acting_hooks(self, ts: TrainState, transition):
         stop, istate = jnp.zeros((), bool), ts.interventions
         for iv in self.interventions:
             s, flag = iv.on_env_step(istate[iv.name], transition)
             istate, stop = {**istate, iv.name: s}, stop | flag
-        counters = {**counters, "env_steps": counters["env_steps"] + 1}
-        return ts.replace(interventions=istate), counters, stop
-
-    def _warm_one(self, ts, counters, transition, next_obs):
-        ts, counters, stop = self._observe(ts, counters, transition)
-        return ts, counters, self._action(ts, counters, next_obs), stop
+        return ts.replace(interventions=istate), stop
 
     def sample_batch(self, ts: TrainState, key):
         B = self.cfg.agent_cfg.batch_size
@@ -116,8 +120,8 @@ class Trainer:
             idx = ts.replay.sample_uniform(key, B)
         return ts.replay.gather(idx)
 
-    def _learn_one(self, ts, counters, transition, next_obs):
-        ts, counters, stop = self._observe(ts, counters, transition)
+    def _updates(self, ts: TrainState, counters):
+        """Scheduled events, then `utd` gradient updates of one seed."""
         agent_state, istate = ts.agent, ts.interventions
         for iv in self.interventions:
             agent_state, s = iv.scheduled_event(self.agent, agent_state, istate[iv.name], counters,
@@ -125,16 +129,22 @@ class Trainer:
             istate = {**istate, iv.name: s}
         ts = ts.replace(agent=agent_state, interventions=istate)
 
-        def body(carry, _):
-            ts, counters = carry
-            key, k_sample, k_update = jax.random.split(ts.key, 3)
-            batch = self.sample_batch(ts, k_sample)
-            agent_state, istate, counters = self.agent.update(ts.agent, batch, counters, k_update,
-                                                              self.interventions, ts.interventions)
-            return (ts.replace(agent=agent_state, interventions=istate, key=key), counters), None
+        # Pre-sample all UTD batches, then scan over them: the replay never enters the loop (inside an
+        # HLO while loop it would become loop state and XLA would copy the whole buffer every env step).
+        key, k_sample = jax.random.split(ts.key)
+        sample_keys = jax.random.split(k_sample, self.cfg.agent_cfg.utd)
+        batches = jax.vmap(lambda k: self.sample_batch(ts, k))(sample_keys)
 
-        (ts, counters), _ = jax.lax.scan(body, (ts, counters), None, length=self.cfg.agent_cfg.utd)
-        return ts, counters, self._action(ts, counters, next_obs), stop
+        def body(carry, batch):
+            agent_state, istate, key, counters = carry
+            key, k_update = jax.random.split(key)
+            agent_state, istate, counters = self.agent.update(agent_state, batch, counters, k_update,
+                                                              self.interventions, istate)
+            return (agent_state, istate, key, counters), None
+
+        carry = (ts.agent, ts.interventions, key, counters)
+        (agent_state, istate, key, counters), _ = jax.lax.scan(body, carry, batches)
+        return ts.replace(agent=agent_state, interventions=istate, key=key), counters
 
     def _stats_one(self, ts: TrainState, key):
         """Logged values of one seed: last update logs, intervention logs, dormant ratios (fresh batch)."""

@@ -1,6 +1,8 @@
 """Sample Weight Decay / SWA replay sampling (interventions.md §3, test invariants §3.6)."""
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,6 +74,12 @@ def ref_bucketed_slot_p(capacity, t, S, T, w_min):
 _add = jax.jit(lambda r, x: r.add({"obs": x}))
 
 
+@partial(jax.jit, static_argnums=(0, 3))
+def draw(s, r, key, n):
+    """`n` indices from the intervention's replay_sampler hook, under jit as in the trainer."""
+    return s.sample(r, {}, key, n)
+
+
 # ---------------------------------------------------------------------------------------------
 # The buffer bookkeeping SWD relies on
 
@@ -133,7 +141,7 @@ def test_huge_T_is_uniform_within_float_tolerance(T):
 def test_sampled_age_histogram_matches_weights(T):
     N, t, draws, width = 2000, 2700, 1_000_000, 50     # wrapped: every age 0..1999 present exactly once
     r = synth(N, t)
-    idx = swd(T).sample(r, {}, jax.random.PRNGKey(0), draws)
+    idx = draw(swd(T), r, jax.random.PRNGKey(0), draws)
     assert idx.shape == (draws,)
     ages = np.asarray(r.ages())[np.asarray(idx)]
     assert ages.min() >= 0 and ages.max() < N
@@ -153,7 +161,7 @@ def test_bucketed_sampler_matches_its_bucket_distribution():
     p, counts = s.bucket_probabilities(r)
     np.testing.assert_allclose(p, np.add.reduceat(ref_bucketed_slot_p(N, t, S, 1000, 0.1), np.arange(0, N, S)),
                                rtol=1e-5, atol=1e-9)
-    idx = np.asarray(s.sample(r, {}, jax.random.PRNGKey(1), draws))
+    idx = np.asarray(draw(s, r, jax.random.PRNGKey(1), draws))
     assert idx.min() >= 0 and idx.max() < N
     p64 = np.asarray(p, np.float64)
     assert chisquare(np.bincount(idx // S, minlength=N // S), p64 / p64.sum() * draws).pvalue > 1e-3
@@ -193,7 +201,7 @@ def test_monotone_in_age():
 @pytest.mark.parametrize("sampler", ["exact", "bucketed"])
 def test_never_samples_dead_slots(sampler):
     r = synth(100, 37, bucket_size=10)
-    idx = np.asarray(swd(50, sampler=sampler, bucket_size=10).sample(r, {}, jax.random.PRNGKey(3), 20_000))
+    idx = np.asarray(draw(swd(50, sampler=sampler, bucket_size=10), r, jax.random.PRNGKey(3), 20_000))
     assert idx.min() >= 0 and idx.max() < 37
     assert set(range(30, 37)) <= set(idx.tolist())        # the partially filled bucket is used, all of it
     p = np.asarray(swd(50).probabilities(r))
@@ -213,7 +221,7 @@ def test_wraparound_overwrites_timestamps():
     p = np.asarray(s.probabilities(r))
     np.testing.assert_allclose(p, ref_exact_p(capacity, 120, 20, 0.1), rtol=1e-5)
     assert p[119 % capacity] == p.max() and p[120 % capacity] == p.min()   # newest / oldest slots
-    idx = np.asarray(s.sample(r, {}, jax.random.PRNGKey(4), 50_000))
+    idx = np.asarray(draw(s, r, jax.random.PRNGKey(4), 50_000))
     ages = np.asarray(r.ages())[idx]
     assert ages.max() < capacity
     assert np.mean(ages < 18) > 0.5                       # recent (new-timestamp) data dominates

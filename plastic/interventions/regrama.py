@@ -72,7 +72,7 @@ class ReGraMa(Intervention):
             if self.cfg.skip_zero_grad_layers:
                 m = m & (jnp.mean(g, axis=-1, keepdims=True) > 0)
             if self.cfg.max_reset_fraction > 0:
-                m = cap_mask(m, G, math.floor(self.cfg.max_reset_fraction * layer.width))
+                m = cap_mask(m, G, math.floor(self.cfg.max_reset_fraction * layer.width + 1e-9))
             out[layer.name] = m
         return out
 

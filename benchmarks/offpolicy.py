@@ -1,0 +1,235 @@
+"""Side-by-side speed of the off-policy stack on HalfCheetah-v5 (same hyperparameters everywhere).
+
+Prints, in one run:
+  env        raw env steps/s with random actions (one host env)
+  update     the agent's update-only rate (jitted updates on a filled replay, no env), 1 and N seeds
+  train      training env steps/s (env + replay add + UTD update + action, one jitted call per step)
+  yardstick  a straightforward CleanRL-style TD3: per-update dispatch of separately jitted critic/actor
+             steps, NumPy replay sampled on the host
+  interventions  update time with ReGraMa, SWD exact and SWD bucketed at a 1M buffer
+and the ratios the targets in docs/benchmarks.md refer to. Usage:
+  python benchmarks/offpolicy.py [--agent td3] [--seeds 8] [--steps 600] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from plastic.config import build  # noqa: E402
+from plastic.envs import make_env  # noqa: E402
+from plastic.trainer import Trainer  # noqa: E402
+
+ENV = "HalfCheetah-v5"
+
+
+def env_rate(n):
+    env = make_env(ENV)
+    env.reset(0)
+    t = time.perf_counter()
+    for _ in range(n):
+        _, _, term, trunc = env.step(np.random.uniform(-1, 1, env.action_size))
+        if term or trunc:
+            env.reset(1)
+    return n / (time.perf_counter() - t)
+
+
+def trainer_for(agent, seeds, intervention="none", overrides=None, buffer=100_000):
+    ov = {f"{agent}.learning_starts": 0, f"{agent}.buffer_size": buffer, "run.progress": "off"}
+    ov.update(overrides or {})
+    return Trainer(build(agent, intervention, overrides=ov, env=ENV, seeds=seeds, steps=10**7))
+
+
+def filled_state(tr, n_fill):
+    """A train state whose replay holds n_fill random transitions per seed (as if after warm-up)."""
+    ts, counters = tr.init_state()
+    S, O, A = tr.n_seeds, tr.envs.observation_size, tr.envs.action_size
+    n = min(n_fill, tr.capacity)
+    rng = np.random.default_rng(0)
+    data = {"obs": rng.normal(size=(S, tr.capacity, O)), "action": rng.uniform(-1, 1, (S, tr.capacity, A)),
+            "reward": rng.normal(size=(S, tr.capacity)), "next_obs": rng.normal(size=(S, tr.capacity, O)),
+            "terminated": np.zeros((S, tr.capacity))}
+    data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+    t_add = jnp.broadcast_to(jnp.arange(tr.capacity, dtype=jnp.int32), (S, tr.capacity))
+    replay = ts.replay.replace(data=data, t_add=t_add, size=jnp.full((S,), n, jnp.int32),
+                               ptr=jnp.full((S,), n % tr.capacity, jnp.int32), t=jnp.full((S,), n, jnp.int32))
+    if tr.bucket_size:
+        means = t_add[:, :: tr.bucket_size] + (tr.bucket_size - 1) / 2.0
+        replay = replay.replace(bucket_tmean=means.astype(jnp.float32))
+    return ts.replace(replay=replay), counters
+
+
+def update_rate(tr, n_fill, n):
+    """Updates/s of `n` UTD-1 learn calls on a filled replay, without the env (per seed)."""
+    ts, counters = filled_state(tr, n_fill)
+    S, O, A = tr.n_seeds, tr.envs.observation_size, tr.envs.action_size
+    tr_ = {"obs": jnp.zeros((S, O)), "action": jnp.zeros((S, A)), "reward": jnp.zeros(S),
+           "next_obs": jnp.zeros((S, O)), "terminated": jnp.zeros(S)}
+    nobs = jnp.zeros((S, O))
+    for _ in range(3):
+        ts, counters, a, _ = tr._learn(ts, counters, tr_, nobs)
+    jax.block_until_ready(a)
+    t = time.perf_counter()
+    for _ in range(n):
+        ts, counters, a, _ = tr._learn(ts, counters, tr_, nobs)
+    jax.block_until_ready(a)
+    return n / (time.perf_counter() - t)
+
+
+def train_rate(tr, n):
+    """Env steps/s of the real host loop (env + one jitted call + action fetch), compile excluded."""
+    ts, counters = tr.init_state()
+    obs = tr.envs.reset()
+    action = np.asarray(tr._first_action(ts, counters, obs))
+
+    def steps(k, ts, counters, obs, action):
+        for _ in range(k):
+            nobs, rew, term, trunc, final = tr.envs.step(action)
+            t = {"obs": obs, "action": action, "reward": rew, "next_obs": final, "terminated": term.astype(np.float32)}
+            ts, counters, action, _ = tr._learn(ts, counters, t, nobs)
+            action = np.asarray(action)
+            obs = nobs
+        return ts, counters, obs, action
+
+    ts, counters, obs, action = steps(5, ts, counters, obs, action)
+    t = time.perf_counter()
+    steps(n, ts, counters, obs, action)
+    return n / (time.perf_counter() - t)
+
+
+def yardstick_rate(n, n_fill=10_000):
+    """CleanRL-style JAX TD3: NumPy replay, separate jitted critic and actor updates, per-step dispatch."""
+    import flax.linen as nn
+
+    class Actor(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(256)(x))
+            x = nn.relu(nn.Dense(256)(x))
+            return jnp.tanh(nn.Dense(A)(x))
+
+    class Critic(nn.Module):
+        @nn.compact
+        def __call__(self, x, a):
+            x = jnp.concatenate([x, a], -1)
+            x = nn.relu(nn.Dense(256)(x))
+            x = nn.relu(nn.Dense(256)(x))
+            return nn.Dense(1)(x)
+
+    env = make_env(ENV)
+    O, A = env.observation_size, env.action_size
+    actor, critic = Actor(), Critic()
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    ap = actor.init(k[0], jnp.zeros((1, O)))
+    q1, q2 = critic.init(k[1], jnp.zeros((1, O)), jnp.zeros((1, A))), critic.init(k[2], jnp.zeros((1, O)), jnp.zeros((1, A)))
+    atx, qtx = optax.adam(3e-4), optax.adam(3e-4)
+    aos, qos = atx.init(ap), qtx.init((q1, q2))
+    targ = (ap, q1, q2)
+
+    @jax.jit
+    def update_critic(qp, qos, targ, o, a, r, no, d, key):
+        ta, tq1, tq2 = targ
+        noise = jnp.clip(0.2 * jax.random.normal(key, a.shape), -0.5, 0.5)
+        na = jnp.clip(actor.apply(ta, no) + noise, -1, 1)
+        y = r + 0.99 * (1 - d) * jnp.minimum(critic.apply(tq1, no, na), critic.apply(tq2, no, na))[:, 0]
+
+        def loss(qp):
+            return sum(jnp.mean((critic.apply(p, o, a)[:, 0] - y) ** 2) for p in qp)
+
+        g = jax.grad(loss)(qp)
+        u, qos = qtx.update(g, qos)
+        return optax.apply_updates(qp, u), qos
+
+    @jax.jit
+    def update_actor(ap, aos, qp, targ, o):
+        g = jax.grad(lambda p: -jnp.mean(critic.apply(qp[0], o, actor.apply(p, o))))(ap)
+        u, aos = atx.update(g, aos)
+        ap = optax.apply_updates(ap, u)
+        targ = optax.incremental_update((ap, *qp), targ, 0.005)
+        return ap, aos, targ
+
+    act = jax.jit(actor.apply)
+    N = 100_000
+    buf = {"o": np.random.normal(size=(N, O)).astype(np.float32), "a": np.random.uniform(-1, 1, (N, A)).astype(np.float32),
+           "r": np.random.normal(size=N).astype(np.float32), "no": np.random.normal(size=(N, O)).astype(np.float32),
+           "d": np.zeros(N, np.float32)}
+    size, ptr = n_fill, n_fill
+    obs = env.reset(0)
+    qp, key = (q1, q2), jax.random.PRNGKey(1)
+
+    def step(i, obs, qp, qos, ap, aos, targ, key, size, ptr):
+        a = np.clip(np.asarray(act(ap, obs[None]))[0] + 0.1 * np.random.normal(size=A), -1, 1)
+        nobs, r, term, trunc = env.step(a)
+        for k_, v in zip(("o", "a", "r", "no", "d"), (obs, a, r, nobs, float(term))):
+            buf[k_][ptr] = v
+        ptr, size = (ptr + 1) % N, min(size + 1, N)
+        if term or trunc:
+            nobs = env.reset(i)
+        idx = np.random.randint(0, size, 256)
+        key, sk = jax.random.split(key)
+        qp, qos = update_critic(qp, qos, targ, buf["o"][idx], buf["a"][idx], buf["r"][idx], buf["no"][idx], buf["d"][idx], sk)
+        if i % 2 == 0:
+            ap, aos, targ = update_actor(ap, aos, qp, targ, buf["o"][idx])
+        return nobs, qp, qos, ap, aos, targ, key, size, ptr
+
+    state = (obs, qp, qos, ap, aos, targ, key, size, ptr)
+    for i in range(6):
+        state = step(i, *state)
+    jax.block_until_ready(state[1])
+    t = time.perf_counter()
+    for i in range(n):
+        state = step(i, *state)
+    jax.block_until_ready(state[1])
+    return n / (time.perf_counter() - t)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agent", default="td3")
+    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--steps", type=int, default=600, help="timed steps/updates per measurement")
+    p.add_argument("--skip-1m", action="store_true", help="skip the 1M-buffer intervention timings")
+    args = p.parse_args()
+    n, agent, S = args.steps, args.agent, args.seeds
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {agent} 256-256, batch 256, UTD 1; {n} timed steps")
+    res = {}
+    res["env"] = env_rate(5 * n)
+    print(f"env (random actions)          {res['env']:9.1f} steps/s")
+    res["update1"] = update_rate(trainer_for(agent, 1), 10_000, n)
+    print(f"update-only, 1 seed           {res['update1']:9.1f} updates/s")
+    res["train1"] = train_rate(trainer_for(agent, 1), n)
+    print(f"training, 1 seed              {res['train1']:9.1f} steps/s")
+    res["yard"] = yardstick_rate(n)
+    print(f"yardstick (CleanRL-style TD3) {res['yard']:9.1f} steps/s")
+    res["updateS"] = update_rate(trainer_for(agent, S), 10_000, max(n // S, 50))
+    print(f"update-only, {S} seeds          {res['updateS']:9.1f} updates/s per seed ({res['updateS'] * S:.1f} aggregate)")
+    res["trainS"] = train_rate(trainer_for(agent, S), max(n // S, 50))
+    print(f"training, {S} seeds             {res['trainS']:9.1f} steps/s per seed ({res['trainS'] * S:.1f} aggregate)")
+    print("\nratios")
+    print(f"  training / update-only, 1 seed        {res['train1'] / res['update1']:.3f}   (target >= 0.90)")
+    print(f"  training / update-only, {S} seeds       {res['trainS'] / res['updateS']:.3f}   (target >= 0.90)")
+    print(f"  training 1 seed / yardstick           {res['train1'] / res['yard']:.3f}   (target >= 1.0, aim 1.25)")
+    print(f"  aggregate {S} seeds / 1 seed            {res['trainS'] * S / res['train1']:.3f}   (target >= 0.90)")
+    if not args.skip_1m:
+        print("\nupdate time at a 1M buffer (ms per update, 1 seed)")
+        base = 1000.0 / update_rate(trainer_for(agent, 1, buffer=1_000_000), 1_000_000, n)
+        rows = {"none": base}
+        for name, iv, ov in [("grama (period 1000)", "grama", {}),
+                             ("grama (every update)", "grama", {"grama.period": 1}),
+                             ("swd exact", "swd", {"swd.sampler": "exact"}),
+                             ("swd bucketed", "swd", {"swd.sampler": "bucketed"})]:
+            rows[name] = 1000.0 / update_rate(trainer_for(agent, 1, iv, ov, buffer=1_000_000), 1_000_000, n)
+        for name, ms in rows.items():
+            print(f"  {name:22s} {ms:7.3f} ms   x{ms / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()
