@@ -81,6 +81,7 @@ def test_smoke_run_and_resume(tmp_path, capsys):
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["agent"] == "td3" and cfg["intervention"] == "grama+swd" and cfg["grama"]["period"] == 50
     assert cfg["td3"]["hidden"] == [16, 16]
+    assert cfg["td3"]["buffer_size"] == 300  # capped at run.steps
     assert (run_dir / "checkpoints").is_dir() and any((run_dir / "tb").iterdir())
     assert main(["--resume", "--run-dir", str(run_dir), "--steps", "400"]) == 0
     steps = [l for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
