@@ -34,10 +34,6 @@ def empty_logs(net: Net) -> dict:
     return logs
 
 
-def counter_names(agent) -> tuple[str, ...]:
-    return tuple(agent.nets)
-
-
 def init_counters(agent) -> dict[str, Any]:
     """Unbatched int32 counters: env steps and one update counter per network (shared by all seeds)."""
     return {"env_steps": jnp.zeros((), jnp.int32), **{n: jnp.zeros((), jnp.int32) for n in agent.nets}}
