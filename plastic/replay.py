@@ -49,8 +49,14 @@ class Replay:
             v = jnp.broadcast_to(jnp.asarray(v, buf.dtype), buf.shape[:lead] + buf.shape[lead + 1:])
             return jax.lax.dynamic_update_slice_in_dim(buf, jnp.expand_dims(v, lead), at, axis=lead)
 
-        data = {k: put(self.data[k], v, i) for k, v in transition.items()}
-        t_add = put(self.t_add, t, i)
+        def write(arrays):
+            data, t_add = arrays
+            return {k: put(data[k], transition[k], i) for k in data}, put(t_add, t, i)
+
+        # The write sits in an always-taken lax.cond so that XLA cannot fuse it into the gathers that
+        # read the new buffer: fused, the old buffer stays alive and every replay array is copied on
+        # every env step (7x slower updates at 1M slots, see docs/benchmarks.md).
+        data, t_add = jax.lax.cond(t >= 0, write, lambda arrays: arrays, (self.data, self.t_add))
         size = jnp.minimum(t + 1, self.capacity)
         full = lambda x: jnp.broadcast_to(x, self.size.shape)  # noqa: E731
         new = self.replace(data=data, t_add=t_add, ptr=full((i + 1) % self.capacity), size=full(size),
