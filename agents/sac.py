@@ -48,8 +48,8 @@ class SAC:
         self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
         actor = MLP(cfg.hidden, 2 * action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
         critic = MLP(cfg.hidden, 1, cfg.activation, ensemble=2, kernel_init=cfg.init, probe_point=probe_point)
-        self.actor = Net.of("actor", actor, optax.adam(cfg.actor_lr))
-        self.critic = Net.of("critic", critic, optax.adam(cfg.critic_lr))
+        self.actor = Net.of("actor", actor, optax.adam(cfg.actor_lr), cfg.actor_lr)
+        self.critic = Net.of("critic", critic, optax.adam(cfg.critic_lr), cfg.critic_lr)
         self.alpha = Net("alpha", optax.adam(cfg.alpha_lr),
                          init_fn=lambda key: {"log_alpha": jnp.log(jnp.asarray(cfg.alpha, jnp.float32))})
         self.nets = {"actor": self.actor, "critic": self.critic, "alpha": self.alpha}
@@ -102,7 +102,7 @@ class SAC:
 
         ns, istate, n, q_mean, logs = gradient_step(
             self.critic, state.nets["critic"], critic_loss, batch_size=B, count=counters["critic"],
-            key=k_critic, interventions=interventions, istate=istate)
+            key=k_critic, interventions=interventions, istate=istate, inputs=squash_obs_action(obs, action))
         target = soft_update(self.critic, state.targets["critic"], ns.params, c.tau, interventions, istate)
         state = state.replace(nets={**state.nets, "critic": ns}, targets={"critic": target})
         state = merge_logs(state, {**logs, "q_mean": q_mean})
@@ -121,7 +121,7 @@ class SAC:
 
             ns, istate, n, logp, logs = gradient_step(
                 self.actor, state.nets["actor"], actor_loss, batch_size=B, count=counters["actor"],
-                key=k_a, interventions=interventions, istate=istate)
+                key=k_a, interventions=interventions, istate=istate, inputs=obs)
             state = merge_logs(state.replace(nets={**state.nets, "actor": ns}), logs)
             counters = {**counters, "actor": n}
             if c.autotune:

@@ -44,8 +44,8 @@ class TD3:
         self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
         actor = MLP(cfg.hidden, action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
         critic = MLP(cfg.hidden, 1, cfg.activation, ensemble=2, kernel_init=cfg.init, probe_point=probe_point)
-        self.actor = Net.of("actor", actor, optax.adam(cfg.actor_lr))
-        self.critic = Net.of("critic", critic, optax.adam(cfg.critic_lr))
+        self.actor = Net.of("actor", actor, optax.adam(cfg.actor_lr), cfg.actor_lr)
+        self.critic = Net.of("critic", critic, optax.adam(cfg.critic_lr), cfg.critic_lr)
         self.nets = {"actor": self.actor, "critic": self.critic}
 
     def role(self, net_name: str) -> str:
@@ -87,7 +87,7 @@ class TD3:
 
         ns, istate, n, q_mean, logs = gradient_step(
             self.critic, state.nets["critic"], critic_loss, batch_size=B, count=counters["critic"],
-            key=k_critic, interventions=interventions, istate=istate)
+            key=k_critic, interventions=interventions, istate=istate, inputs=squash_obs_action(obs, action))
         state = merge_logs(state.replace(nets={**state.nets, "critic": ns}), {**logs, "q_mean": q_mean})
         counters = {**counters, "critic": n}
 
@@ -102,7 +102,7 @@ class TD3:
 
             ns, istate, n, _, logs = gradient_step(
                 self.actor, state.nets["actor"], actor_loss, batch_size=B, count=counters["actor"],
-                key=k_actor, interventions=interventions, istate=istate)
+                key=k_actor, interventions=interventions, istate=istate, inputs=obs)
             nets = {**state.nets, "actor": ns}
             targets = {
                 "actor": soft_update(self.actor, state.targets["actor"], ns.params, c.tau, interventions, istate),

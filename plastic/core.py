@@ -42,10 +42,11 @@ class Net:
     module: nn.Module | None = None
     init_fn: Callable | None = None  # for parameter-only "networks" (e.g. SAC's log α)
     layers: tuple[LayerSpec, ...] = field(default=())
+    lr: float | None = None          # nominal learning rate (diagnostics such as reset_unit_step_ratio)
 
     @classmethod
-    def of(cls, name, module, tx):
-        return cls(name=name, tx=tx, module=module, layers=module.layer_map())
+    def of(cls, name, module, tx, lr=None):
+        return cls(name=name, tx=tx, module=module, layers=module.layer_map(), lr=lr)
 
     def apply(self, params, x, probes=None):
         return self.module.apply({"params": params}, x, probes)
@@ -75,13 +76,16 @@ class UpdateContext:
     probe_grads: Any           # per-sample unit gradients (dict layer -> [E?, B, H]) or None
     scores: Any                # dict layer -> (G normalised, g raw) GraMa scores of this update
     loss: jax.Array
+    updates: Any = None        # the parameter updates the optimizer applied in this step
+    inputs: Any = None         # the network's main input on this batch (e.g. to measure output jumps)
 
 
 def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, key,
-                  interventions=(), istate=None):
+                  interventions=(), istate=None, inputs=None):
     """One optimizer step of `net`.
 
-    `loss_fn(params, probes) -> (loss, aux)`. Returns `(ns, istate, count + 1, aux, logs)` where logs
+    `loss_fn(params, probes) -> (loss, aux)`; `inputs` is the network's main input on this batch, passed
+    on to the `post_update` hooks. Returns `(ns, istate, count + 1, aux, logs)` where logs
     holds the loss and the GraMa ratios of this update (free: the probe gradients come from the same
     backward pass).
     """
@@ -104,7 +108,8 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
     count = count + 1
 
     scores = grama_scores(net.layers, probe_grads, grads, net.probe_point) if net.layers else {}
-    ctx = UpdateContext(count=count, grads=grads, probe_grads=probe_grads, scores=scores, loss=loss)
+    ctx = UpdateContext(count=count, grads=grads, updates=updates, probe_grads=probe_grads, scores=scores,
+                        loss=loss, inputs=inputs)
     for i, iv in enumerate(interventions):
         ns, s = iv.post_update(net, ns, ctx, istate[iv.name], jax.random.fold_in(key, i))
         istate = {**istate, iv.name: s}

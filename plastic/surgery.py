@@ -26,15 +26,32 @@ def cap_mask(flagged, score, k):
     return flagged & (rank < k)
 
 
+def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine"):
+    """Bool tree shaped like `params`: True at every entry a reset of `masks` touches (incoming column,
+    bias, LayerNorm affine, outgoing rows in every consumer), as in shared-mechanics §3.1."""
+    touched = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), params)
+
+    def mark(path, m):
+        nonlocal touched
+        old = get_path(touched, path)
+        touched = set_path(touched, path, old | jnp.broadcast_to(m, old.shape))
+
+    for layer in net.layers:
+        m = masks[layer.name]
+        mark(layer.kernel, m[..., None, :])
+        mark(layer.bias, m)
+        if layer.layer_norm is not None and layernorm == "reset_unit_affine":
+            for path in layer.layer_norm:
+                mark(path, m)
+        for consumer in layer.consumers:
+            mark(consumer, m[..., :, None])
+    return touched
+
+
 def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", outgoing="zero",
                 layernorm="reset_unit_affine", optimizer="zero_moments_keep_count"):
     """Reset the units flagged in `masks` (layer name -> bool `[E?, H]`). Returns the new NetState."""
     params = ns.params
-    touched = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), params)
-
-    def mark(tree, path, m):
-        return set_path(tree, path, get_path(tree, path) | jnp.broadcast_to(m, get_path(tree, path).shape))
-
     for layer in net.layers:
         m = masks[layer.name]
         col = m[..., None, :]            # incoming column of a [E?, in, H] kernel
@@ -42,25 +59,22 @@ def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", out
         init = layer.init if reinit == "layer_init" else kernel_initializer(reinit, layer.ensemble)
         fresh = init(jax.random.fold_in(key, layer.layer_id), kernel.shape, kernel.dtype)
         params = set_path(params, layer.kernel, jnp.where(col, fresh, kernel))
-        touched = mark(touched, layer.kernel, col)
         params = set_path(params, layer.bias, jnp.where(m, 0.0, get_path(params, layer.bias)))
-        touched = mark(touched, layer.bias, m)
         if layer.layer_norm is not None and layernorm == "reset_unit_affine":
             scale, offset = layer.layer_norm
             params = set_path(params, scale, jnp.where(m, 1.0, get_path(params, scale)))
             params = set_path(params, offset, jnp.where(m, 0.0, get_path(params, offset)))
-            touched = mark(mark(touched, scale, m), offset, m)
     # outgoing rows last, so that a reset unit in the next layer (whose incoming column was just redrawn)
     # cannot put weight back on the outgoing row of a reset unit below it
-    for layer in net.layers:
-        row = masks[layer.name][..., :, None]  # outgoing row of a [E?, H, out] consumer kernel
-        for consumer in layer.consumers:
-            if outgoing == "zero":
+    if outgoing == "zero":
+        for layer in net.layers:
+            row = masks[layer.name][..., :, None]  # outgoing row of a [E?, H, out] consumer kernel
+            for consumer in layer.consumers:
                 params = set_path(params, consumer, jnp.where(row, 0.0, get_path(params, consumer)))
-            touched = mark(touched, consumer, row)
 
     opt_state = ns.opt_state
     if optimizer == "zero_moments_keep_count":
+        touched = touched_entries(net, ns.params, masks, layernorm)
         opt_state = optax.tree_map_params(
             net.tx, lambda s, t: jnp.where(t, jnp.zeros_like(s), s), opt_state, touched)
     return NetState(params, opt_state)

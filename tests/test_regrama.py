@@ -62,7 +62,8 @@ def _score(net, params, x, t, scale):
 def score_ctx(net, params, x, t, count=1, scale=1.0):
     """The UpdateContext gradient_step builds for an update on (x, t) at `params` (one compile per net)."""
     gp, gpr, scores, loss = _score(net, params, x, t, jnp.float32(scale))
-    return UpdateContext(count=jnp.asarray(count, jnp.int32), grads=gp, probe_grads=gpr, scores=scores, loss=loss)
+    return UpdateContext(count=jnp.asarray(count, jnp.int32), grads=gp, probe_grads=gpr, scores=scores, loss=loss,
+                         inputs=x)
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -296,6 +297,8 @@ def test_random_relu_mlp_dead_units_flagged_and_function_preserved():
     np.testing.assert_array_equal(nw["output"]["bias"], old["output"]["bias"])
     np.testing.assert_allclose(state["critic"]["reset_fraction"]["hidden_0"], 3 / 16, rtol=1e-6)
     np.testing.assert_allclose(state["critic"]["reset_fraction"]["hidden_1"], 3 / 16, rtol=1e-6)
+    # the logged output jump is the (zero) change of the output on the scoring batch
+    assert float(IV.logs(state)["grama/output_jump/critic"]) <= 1e-6
 
 
 def test_ensemble_masks_are_per_member():
@@ -389,6 +392,7 @@ def test_zero_gradient_layer_guard():
     assert_tree_identical(new.params, ns.params)
     assert_tree_identical(new.opt_state, ns.opt_state)
     assert float(state["critic"]["reset_fraction"]["hidden_0"]) == 0.0
+    assert float(IV.logs(state)["grama/zero_grad_layer/critic/hidden_0"]) == 1.0   # the skip is logged
     # without the guard all three units would be flagged: the guard is what prevents it
     assert np.asarray(regrama(skip_zero_grad_layers=False).masks(net, ctx.scores)["hidden_0"]).all()
     # the guard is per layer and per ensemble member
@@ -475,5 +479,75 @@ def test_layernorm_affine_reset():
     a = adam_state(new.opt_state)
     assert_only_touched_changed(ones, a.mu, touched)
     assert_only_touched_changed(ones, a.nu, touched)
-    # with LayerNorm the output may change (the LN statistics move); it must at least stay finite
-    assert np.all(np.isfinite(np.asarray(apply(NET_LN, new.params, x)[0])))
+    # with LayerNorm the output changes (the LN statistics move): the jump is logged
+    y0, y1 = np.asarray(apply(NET_LN, p, x)[0]), np.asarray(apply(NET_LN, new.params, x)[0])
+    assert np.all(np.isfinite(y1))
+    _, state = run_post_update(IV, NET_LN, ns, ctx)
+    jump = float(IV.logs(state)["grama/output_jump/critic"])
+    assert jump > 0
+    np.testing.assert_allclose(jump, np.mean(np.abs(y1 - y0)), rtol=1e-5)
+    assert float(IV.logs(state)["grama/zero_grad_layer/critic/hidden_0"]) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# reset_unit_step_ratio (metrics.md §8): mean |update| / lr on freshly reset entries
+
+def test_reset_unit_step_ratio_window():
+    """After a non-empty reset, each update adds mean |update| over the touched entries / lr; entries
+    that were not touched do not count; the window closes after `step_ratio_window` updates; an empty
+    reset leaves the window alone."""
+    lr = 1e-2
+    net = Net.of("critic", MLP((3,), 1), optax.adam(lr), lr)
+    iv = regrama(period=100, step_ratio_window=2)
+    state = iv.init(KEY, StubAgent(net))["critic"]
+    fresh = {"hidden_0": jnp.array([False, True, False])}
+    state = {**state, "fresh": fresh, "events": jnp.ones((), jnp.int32)}
+    params = {"hidden_0": {"kernel": jnp.zeros((1, 3)), "bias": jnp.zeros(3)},
+              "output": {"kernel": jnp.zeros((3, 1)), "bias": jnp.zeros(1)}}
+    # touched entries of unit 1: kernel[0, 1], bias[1], output kernel[1, 0]; give them |u| = 2, 4, 6 lr
+    upd = jax.tree.map(lambda p: jnp.full(p.shape, 100.0), params)   # untouched entries: huge, ignored
+    upd["hidden_0"]["kernel"] = upd["hidden_0"]["kernel"].at[0, 1].set(-2 * lr)
+    upd["hidden_0"]["bias"] = upd["hidden_0"]["bias"].at[1].set(4 * lr)
+    upd["output"]["kernel"] = upd["output"]["kernel"].at[1, 0].set(6 * lr)
+    ctx = UpdateContext(count=jnp.asarray(1), grads=None, probe_grads=None, scores=None, loss=jnp.zeros(()),
+                        updates=upd)
+    track = jax.jit(lambda s: iv._track_step_ratio(net, ctx, s))
+    s1 = track(state)
+    np.testing.assert_allclose(float(iv.logs({"critic": s1})["reset_unit_step_ratio/critic"]), 4.0, rtol=1e-6)
+    s2 = track(s1)
+    s3 = track(s2)                                     # window of 2 updates: the third is not counted
+    assert int(s3["since"]) == 2 and float(s3["ratio_n"]) == 2.0
+    np.testing.assert_allclose(float(s3["ratio_sum"]), 8.0, rtol=1e-6)
+
+
+def test_reset_unit_step_ratio_shows_adam_scalar_count_effect():
+    """Zeroed moments with the scalar count kept: on the first update after a reset at count k-1, an entry
+    with gradient g steps lr * (1-b1)/(1-b1^k) / sqrt((1-b2)/(1-b2^k)) whatever g is (3.16 lr when
+    k is large, shared-mechanics §3.3); touched entries that get no gradient step 0."""
+    lr = 1e-3
+    net = Net.of("critic", MLP((4,), 1), optax.adam(lr), lr)
+    iv = regrama(period=50, step_ratio_window=1)
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+    t = x[:, :1] * 3.0
+    params = net.init(jax.random.PRNGKey(1), x).params
+    params["hidden_0"]["bias"] = params["hidden_0"]["bias"].at[0].set(-100.0)   # unit 0 is dead
+    ns = NetState(params, net.tx.init(params))
+    istate = {"grama": iv.init(KEY, StubAgent(net))}
+
+    @jax.jit
+    def step(ns, istate, count):
+        ns, istate, count, _, _ = gradient_step(net, ns, mse_loss(net, x, t), batch_size=64, count=count,
+                                                key=KEY, interventions=(iv,), istate=istate, inputs=x)
+        return ns, istate, count
+
+    count = jnp.zeros((), jnp.int32)
+    for _ in range(51):                      # reset at update 50, then one update inside the window
+        ns, istate, count = step(ns, istate, count)
+    s = istate["grama"]["critic"]
+    assert int(s["events"]) == 1 and np.flatnonzero(s["fresh"]["hidden_0"]).tolist() == [0]
+    assert int(s["since"]) == 1
+    # touched: 2 incoming weights + bias (no gradient: the outgoing weight is 0) + the outgoing weight
+    k, b1, b2 = 51, 0.9, 0.999
+    step_ratio = (1 - b1) / (1 - b1 ** k) / np.sqrt((1 - b2) / (1 - b2 ** k))
+    ratio = float(iv.logs(istate["grama"])["reset_unit_step_ratio/critic"])
+    np.testing.assert_allclose(ratio, step_ratio / 4, rtol=1e-3)

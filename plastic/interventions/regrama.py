@@ -3,18 +3,29 @@
 Scores come from the probe gradients of the very update that just happened (same minibatch, same
 loss; no extra backward pass). Every `period` updates of a network — its own counter — each hidden
 layer is scored independently and flagged units are reset by `plastic.surgery.reset_units`.
+
+Diagnostics in the intervention state (logged with the run's metrics):
+- `reset_fraction/NET/LAYER`: fraction of the layer's units reset at the last event;
+- `grama/output_jump/NET`: mean |output change| on the update's batch caused by the last event (0 on a
+  plain ReLU MLP with τ=0; non-zero with LayerNorm over the reset units, shared-mechanics §1.3);
+- `grama/zero_grad_layer/NET/LAYER`: 1 if the layer's gradient was all zero at the last event, so the
+  guard skipped it (for twin critics: the fraction of members);
+- `reset_unit_step_ratio/NET`: mean |update| on the entries touched by the last non-empty reset,
+  divided by the learning rate, averaged over the first `step_ratio_window` updates after it
+  (metrics.md §8; shows the larger-than-lr Adam steps of the scalar-count convention, §3.3).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 
 from plastic.core import maybe
 from plastic.interventions.base import Intervention
 from plastic.networks import PROBE_POINTS
-from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units
+from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units, touched_entries
 
 
 @dataclass
@@ -30,6 +41,7 @@ class ReGraMaConfig:
     optimizer: str = "zero_moments_keep_count"  # zero_moments_keep_count | none
     eps: float = 1e-9
     skip_zero_grad_layers: bool = True
+    step_ratio_window: int = 1000     # updates after a reset over which reset_unit_step_ratio is averaged
 
 
 def _choice(name, value, valid):
@@ -49,6 +61,8 @@ class ReGraMa(Intervention):
             raise ValueError(f"grama.period must be a positive number of updates, got {c.period}")
         if not 0.0 <= c.max_reset_fraction <= 1.0:
             raise ValueError(f"grama.max_reset_fraction must be in [0, 1] (0 = no cap), got {c.max_reset_fraction}")
+        if c.step_ratio_window < 0:
+            raise ValueError(f"grama.step_ratio_window must be >= 0 (0 = off), got {c.step_ratio_window}")
         _choice("grama.score_target", c.score_target, PROBE_POINTS)
         _choice("grama.outgoing", c.outgoing, OUTGOING)
         _choice("grama.reinit", c.reinit, REINIT)
@@ -59,42 +73,89 @@ class ReGraMa(Intervention):
         return [n for n in agent.nets.values() if n.layers and agent.role(n.name) in self.cfg.networks]
 
     def init(self, key, agent):
-        return {n.name: {"events": jnp.zeros((), jnp.int32),
-                         "reset_fraction": {l.name: jnp.zeros(()) for l in n.layers}}
-                for n in self._nets(agent)}
+        def one(net):
+            zeros = {l.name: jnp.zeros(()) for l in net.layers}
+            return {"events": jnp.zeros((), jnp.int32), "reset_fraction": zeros, "zero_grad_layer": zeros,
+                    "output_jump": jnp.zeros(()),
+                    # the last non-empty reset and the step ratio of the entries it touched
+                    "fresh": {l.name: jnp.zeros((l.ensemble, l.width) if l.ensemble else (l.width,), bool)
+                              for l in net.layers},
+                    "since": jnp.zeros((), jnp.int32), "ratio_sum": jnp.zeros(()), "ratio_n": jnp.zeros(())}
+
+        return {n.name: one(n) for n in self._nets(agent)}
+
+    @staticmethod
+    def zero_grad_layers(net, scores):
+        """layer -> bool `[E?, 1]`: True where the layer's gradient is all zero on this batch."""
+        return {l.name: jnp.mean(scores[l.name][1], axis=-1, keepdims=True) <= 0 for l in net.layers}
 
     def masks(self, net, scores):
         """Flag units with G <= τ per layer; guard all-zero-gradient layers; optional cap."""
-        out = {}
+        out, zero = {}, self.zero_grad_layers(net, scores)
         for layer in net.layers:
-            G, g = scores[layer.name]
-            m = G <= self.cfg.tau
+            m = scores[layer.name][0] <= self.cfg.tau
             if self.cfg.skip_zero_grad_layers:
-                m = m & (jnp.mean(g, axis=-1, keepdims=True) > 0)
+                m = m & ~zero[layer.name]
             if self.cfg.max_reset_fraction > 0:
-                m = cap_mask(m, G, math.floor(self.cfg.max_reset_fraction * layer.width + 1e-9))
+                m = cap_mask(m, scores[layer.name][0], math.floor(self.cfg.max_reset_fraction * layer.width + 1e-9))
             out[layer.name] = m
         return out
 
     def post_update(self, net, ns, ctx, state, key):
         if net.name not in state:
             return ns, state
+        c = self.cfg
+        state = {**state, net.name: self._track_step_ratio(net, ctx, state[net.name])}
 
         def event(operand):
             ns, s = operand
-            masks = self.masks(net, ctx.scores)
-            ns = reset_units(net, ns, masks, key, reinit=self.cfg.reinit, outgoing=self.cfg.outgoing,
-                             layernorm=self.cfg.layernorm, optimizer=self.cfg.optimizer)
-            s = {**s, net.name: {"events": s[net.name]["events"] + 1,
-                                 "reset_fraction": {k: jnp.mean(m.astype(jnp.float32)) for k, m in masks.items()}}}
-            return ns, s
+            masks, zero = self.masks(net, ctx.scores), self.zero_grad_layers(net, ctx.scores)
+            new = reset_units(net, ns, masks, key, reinit=c.reinit, outgoing=c.outgoing,
+                              layernorm=c.layernorm, optimizer=c.optimizer)
+            frac = lambda m: jnp.mean(m.astype(jnp.float32))  # noqa: E731
+            s = {**s, "events": s["events"] + 1,
+                 "reset_fraction": {k: frac(m) for k, m in masks.items()},
+                 "zero_grad_layer": {k: frac(z) for k, z in zero.items()}}
+            if ctx.inputs is not None:
+                jump = net.apply(new.params, ctx.inputs)[0] - net.apply(ns.params, ctx.inputs)[0]
+                s["output_jump"] = jnp.mean(jnp.abs(jump))
+            # a non-empty reset opens a new step-ratio window; an empty one leaves the last window alone
+            any_reset = sum(jnp.sum(m) for m in masks.values()) > 0
+            s.update(jax.tree.map(lambda a, b: jnp.where(any_reset, a, b),
+                                  {"fresh": masks, "since": jnp.zeros((), jnp.int32),
+                                   "ratio_sum": jnp.zeros(()), "ratio_n": jnp.zeros(())},
+                                  {k: s[k] for k in ("fresh", "since", "ratio_sum", "ratio_n")}))
+            return new, s
 
-        return maybe(ctx.count % self.cfg.period == 0, event, (ns, state))
+        ns, s = maybe(ctx.count % c.period == 0, event, (ns, state[net.name]))
+        return ns, {**state, net.name: s}
+
+    def _track_step_ratio(self, net, ctx, s):
+        """Add this update's mean |update| / lr on the freshly reset entries while inside the window."""
+        if not self.cfg.step_ratio_window or ctx.updates is None or not net.lr:
+            return s
+        live = (s["since"] < self.cfg.step_ratio_window) & (s["events"] > 0)
+
+        def add(s):
+            touched = touched_entries(net, ctx.updates, s["fresh"], self.cfg.layernorm)
+            leaves = zip(jax.tree.leaves(ctx.updates), jax.tree.leaves(touched))
+            num, den = jnp.zeros(()), jnp.zeros(())
+            for u, t in leaves:
+                num = num + jnp.sum(jnp.where(t, jnp.abs(u), 0.0))
+                den = den + jnp.sum(t)
+            ratio = num / jnp.maximum(den, 1.0) / net.lr
+            return {**s, "since": s["since"] + 1, "ratio_sum": s["ratio_sum"] + ratio,
+                    "ratio_n": s["ratio_n"] + 1.0}
+
+        return maybe(live & (sum(jnp.sum(m) for m in s["fresh"].values()) > 0), add, s)
 
     def logs(self, state):
         out = {}
         for net, s in state.items():
             out[f"grama/events/{net}"] = s["events"]
+            out[f"grama/output_jump/{net}"] = s["output_jump"]
+            out[f"reset_unit_step_ratio/{net}"] = s["ratio_sum"] / jnp.maximum(s["ratio_n"], 1.0)
             for layer, f in s["reset_fraction"].items():
                 out[f"reset_fraction/{net}/{layer}"] = f
+                out[f"grama/zero_grad_layer/{net}/{layer}"] = s["zero_grad_layer"][layer]
         return out
