@@ -498,7 +498,7 @@ def test_reset_unit_step_ratio_window():
     reset leaves the window alone."""
     lr = 1e-2
     net = Net.of("critic", MLP((3,), 1), optax.adam(lr), lr)
-    iv = regrama(period=100, step_ratio_window=2)
+    iv = regrama(period=100, step_ratio_window=2, step_ratio_every=1)
     state = iv.init(KEY, StubAgent(net))["critic"]
     fresh = {"hidden_0": jnp.array([False, True, False])}
     state = {**state, "fresh": fresh, "events": jnp.ones((), jnp.int32)}
@@ -526,7 +526,7 @@ def test_reset_unit_step_ratio_shows_adam_scalar_count_effect():
     k is large, shared-mechanics §3.3); touched entries that get no gradient step 0."""
     lr = 1e-3
     net = Net.of("critic", MLP((4,), 1), optax.adam(lr), lr)
-    iv = regrama(period=50, step_ratio_window=1)
+    iv = regrama(period=50, step_ratio_window=1, step_ratio_every=1)
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
     t = x[:, :1] * 3.0
     params = net.init(jax.random.PRNGKey(1), x).params
@@ -551,3 +551,20 @@ def test_reset_unit_step_ratio_shows_adam_scalar_count_effect():
     step_ratio = (1 - b1) / (1 - b1 ** k) / np.sqrt((1 - b2) / (1 - b2 ** k))
     ratio = float(iv.logs(istate["grama"])["reset_unit_step_ratio/critic"])
     np.testing.assert_allclose(ratio, step_ratio / 4, rtol=1e-3)
+
+
+def test_reset_unit_step_ratio_subsamples_the_window():
+    lr = 1e-2
+    net = Net.of("critic", MLP((3,), 1), optax.adam(lr), lr)
+    iv = regrama(period=100, step_ratio_window=25, step_ratio_every=10)
+    state = {**iv.init(KEY, StubAgent(net))["critic"], "fresh": {"hidden_0": jnp.array([True, False, False])},
+             "events": jnp.ones((), jnp.int32)}
+    upd = {"hidden_0": {"kernel": jnp.full((1, 3), lr), "bias": jnp.full(3, lr)},
+           "output": {"kernel": jnp.full((3, 1), lr), "bias": jnp.full(1, lr)}}
+    ctx = UpdateContext(count=jnp.asarray(1), grads=None, probe_grads=None, scores=None, loss=jnp.zeros(()),
+                        updates=upd)
+    track = jax.jit(lambda s: iv._track_step_ratio(net, ctx, s))
+    for _ in range(40):
+        state = track(state)
+    assert int(state["since"]) == 25 and float(state["ratio_n"]) == 3.0   # updates 0, 10, 20 of the window
+    np.testing.assert_allclose(float(iv.logs({"critic": state})["reset_unit_step_ratio/critic"]), 1.0, rtol=1e-6)

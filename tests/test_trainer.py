@@ -1,6 +1,5 @@
 """Determinism, resume equivalence, vmapped seeds = separate runs, checkpoint errors."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -100,9 +99,8 @@ def test_env_step_never_copies_the_replay(agent, intervention):
                  overrides={f"{agent}.buffer_size": capacity, f"{agent}.learning_starts": 0})
     ts, counters = tr.init_state()
     S, O, A = 2, tr.envs.observation_size, tr.envs.action_size
-    tr_ = {"obs": jnp.zeros((S, O)), "action": jnp.zeros((S, A)), "reward": jnp.zeros(S),
-           "next_obs": jnp.zeros((S, O)), "terminated": jnp.zeros(S)}
+    packed = tr.pack(np.zeros((S, O)), np.zeros((S, A)), np.zeros(S), np.zeros((S, O)), np.zeros(S), np.zeros((S, O)))
     for fn in (tr._learn, tr._warm):
-        hlo = fn.lower(ts, counters, tr_, jnp.zeros((S, O))).compile().as_text()
+        hlo = fn.lower(ts, counters, packed).compile().as_text()
         copies = [l.strip()[:120] for l in hlo.splitlines() if f"{capacity}" in l and " copy(" in l]
         assert not copies, copies

@@ -11,8 +11,9 @@ Diagnostics in the intervention state (logged with the run's metrics):
 - `grama/zero_grad_layer/NET/LAYER`: 1 if the layer's gradient was all zero at the last event, so the
   guard skipped it (for twin critics: the fraction of members);
 - `reset_unit_step_ratio/NET`: mean |update| on the entries touched by the last non-empty reset,
-  divided by the learning rate, averaged over the first `step_ratio_window` updates after it
-  (metrics.md §8; shows the larger-than-lr Adam steps of the scalar-count convention, §3.3).
+  divided by the learning rate, averaged over the first `step_ratio_window` updates after it, sampled
+  every `step_ratio_every`-th update (metrics.md §8; shows the larger-than-lr Adam steps of the
+  scalar-count convention, shared-mechanics §3.3).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class ReGraMaConfig:
     eps: float = 1e-9
     skip_zero_grad_layers: bool = True
     step_ratio_window: int = 1000     # updates after a reset over which reset_unit_step_ratio is averaged
+    step_ratio_every: int = 10        # ... sampling every k-th update of the window
 
 
 def _choice(name, value, valid):
@@ -63,6 +65,8 @@ class ReGraMa(Intervention):
             raise ValueError(f"grama.max_reset_fraction must be in [0, 1] (0 = no cap), got {c.max_reset_fraction}")
         if c.step_ratio_window < 0:
             raise ValueError(f"grama.step_ratio_window must be >= 0 (0 = off), got {c.step_ratio_window}")
+        if c.step_ratio_every < 1:
+            raise ValueError(f"grama.step_ratio_every must be >= 1, got {c.step_ratio_every}")
         _choice("grama.score_target", c.score_target, PROBE_POINTS)
         _choice("grama.outgoing", c.outgoing, OUTGOING)
         _choice("grama.reinit", c.reinit, REINIT)
@@ -131,23 +135,25 @@ class ReGraMa(Intervention):
         return ns, {**state, net.name: s}
 
     def _track_step_ratio(self, net, ctx, s):
-        """Add this update's mean |update| / lr on the freshly reset entries while inside the window."""
-        if not self.cfg.step_ratio_window or ctx.updates is None or not net.lr:
+        """Inside the window after a non-empty reset, every `step_ratio_every`-th update adds its mean
+        |update| / lr over the entries that reset touched (a subsample of the window keeps the cost low)."""
+        c = self.cfg
+        if not c.step_ratio_window or ctx.updates is None or not net.lr:
             return s
-        live = (s["since"] < self.cfg.step_ratio_window) & (s["events"] > 0)
+        any_fresh = sum(jnp.sum(m) for m in s["fresh"].values()) > 0
+        live = (s["since"] < c.step_ratio_window) & (s["events"] > 0) & any_fresh
 
         def add(s):
-            touched = touched_entries(net, ctx.updates, s["fresh"], self.cfg.layernorm)
-            leaves = zip(jax.tree.leaves(ctx.updates), jax.tree.leaves(touched))
+            touched = touched_entries(net, ctx.updates, s["fresh"], c.layernorm)
             num, den = jnp.zeros(()), jnp.zeros(())
-            for u, t in leaves:
+            for u, t in zip(jax.tree.leaves(ctx.updates), jax.tree.leaves(touched)):
                 num = num + jnp.sum(jnp.where(t, jnp.abs(u), 0.0))
                 den = den + jnp.sum(t)
-            ratio = num / jnp.maximum(den, 1.0) / net.lr
-            return {**s, "since": s["since"] + 1, "ratio_sum": s["ratio_sum"] + ratio,
+            return {**s, "ratio_sum": s["ratio_sum"] + num / jnp.maximum(den, 1.0) / net.lr,
                     "ratio_n": s["ratio_n"] + 1.0}
 
-        return maybe(live & (sum(jnp.sum(m) for m in s["fresh"].values()) > 0), add, s)
+        s = maybe(live & (s["since"] % c.step_ratio_every == 0), add, s)
+        return {**s, "since": jnp.where(live, s["since"] + 1, s["since"])}
 
     def logs(self, state):
         out = {}
