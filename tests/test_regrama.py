@@ -564,6 +564,8 @@ def test_reset_unit_step_ratio_subsamples_the_window():
     ctx = UpdateContext(count=jnp.asarray(1), grads=None, probe_grads=None, scores=None, loss=jnp.zeros(()),
                         updates=upd)
     track = jax.jit(lambda s: iv._track_step_ratio(net, ctx, s))
+    state["ratio_last"] = jnp.asarray(7.0)       # a fresh window shows the previous value until sampled
+    assert float(iv.logs({"critic": state})["reset_unit_step_ratio/critic"]) == 7.0
     for _ in range(40):
         state = track(state)
     assert int(state["since"]) == 25 and float(state["ratio_n"]) == 3.0   # updates 0, 10, 20 of the window

@@ -50,6 +50,11 @@ def test_resume_is_bit_identical(tmp_path):
     assert [r["step"] for r in rr] == [100, 200, 300, 400]  # no duplicate or missing rows
     assert rf == rr
     assert int(ts_f.interventions["grama"]["critic"]["events"][0]) > 0  # resets happened in the test
+    # every row carries the per-seed plasticity metrics and the ReGraMa diagnostics
+    for key in ("dormant_ratio_tau_0/critic/hidden_0", "grama_ratio_tau_0.01/actor", "reset_fraction/critic/hidden_1",
+                "grama/output_jump/critic", "grama/zero_grad_layer/actor/hidden_0", "reset_unit_step_ratio/critic",
+                "loss/critic", "episode_return", "sps"):
+        assert all(key in r for r in rows(tmp_path / "full")), key
 
 
 def test_resume_drops_rows_after_checkpoint(tmp_path):

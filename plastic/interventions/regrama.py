@@ -84,7 +84,8 @@ class ReGraMa(Intervention):
                     # the last non-empty reset and the step ratio of the entries it touched
                     "fresh": {l.name: jnp.zeros((l.ensemble, l.width) if l.ensemble else (l.width,), bool)
                               for l in net.layers},
-                    "since": jnp.zeros((), jnp.int32), "ratio_sum": jnp.zeros(()), "ratio_n": jnp.zeros(())}
+                    "since": jnp.zeros((), jnp.int32), "ratio_sum": jnp.zeros(()), "ratio_n": jnp.zeros(()),
+                    "ratio_last": jnp.zeros(())}  # the previous window's value, shown until a new one has samples
 
         return {n.name: one(n) for n in self._nets(agent)}
 
@@ -125,10 +126,9 @@ class ReGraMa(Intervention):
                 s["output_jump"] = jnp.mean(jnp.abs(jump))
             # a non-empty reset opens a new step-ratio window; an empty one leaves the last window alone
             any_reset = sum(jnp.sum(m) for m in masks.values()) > 0
-            s.update(jax.tree.map(lambda a, b: jnp.where(any_reset, a, b),
-                                  {"fresh": masks, "since": jnp.zeros((), jnp.int32),
-                                   "ratio_sum": jnp.zeros(()), "ratio_n": jnp.zeros(())},
-                                  {k: s[k] for k in ("fresh", "since", "ratio_sum", "ratio_n")}))
+            opened = {"fresh": masks, "since": jnp.zeros((), jnp.int32), "ratio_sum": jnp.zeros(()),
+                      "ratio_n": jnp.zeros(()), "ratio_last": _step_ratio(s)}
+            s.update(jax.tree.map(lambda a, b: jnp.where(any_reset, a, b), opened, {k: s[k] for k in opened}))
             return new, s
 
         ns, s = maybe(ctx.count % c.period == 0, event, (ns, state[net.name]))
@@ -160,8 +160,12 @@ class ReGraMa(Intervention):
         for net, s in state.items():
             out[f"grama/events/{net}"] = s["events"]
             out[f"grama/output_jump/{net}"] = s["output_jump"]
-            out[f"reset_unit_step_ratio/{net}"] = s["ratio_sum"] / jnp.maximum(s["ratio_n"], 1.0)
+            out[f"reset_unit_step_ratio/{net}"] = _step_ratio(s)
             for layer, f in s["reset_fraction"].items():
                 out[f"reset_fraction/{net}/{layer}"] = f
                 out[f"grama/zero_grad_layer/{net}/{layer}"] = s["zero_grad_layer"][layer]
         return out
+
+
+def _step_ratio(s):
+    return jnp.where(s["ratio_n"] > 0, s["ratio_sum"] / jnp.maximum(s["ratio_n"], 1.0), s["ratio_last"])
