@@ -139,7 +139,7 @@ class SAC:
             return merge_logs(state, {"alpha": new_alpha, "entropy": -jnp.mean(logp)}), istate, counters
 
         def actor_phase(operand):
-            return jax.lax.fori_loop(0, c.policy_delay, actor_step, operand)
+            return jax.lax.fori_loop(0, c.policy_delay, actor_step, operand, unroll=True)
 
         return maybe(counters["critic"] % c.policy_delay == 0, actor_phase, (state, istate, counters))
 
