@@ -78,16 +78,17 @@ class UpdateTimer:
         self.tr = tr
         self.ts, self.counters = filled_state(tr, n_fill)
         S, O, A = tr.n_seeds, tr.envs.observation_size, tr.envs.action_size
-        self.packed = jnp.asarray(tr.pack(np.zeros((S, O)), np.zeros((S, A)), np.zeros(S), np.zeros((S, O)),
-                                          np.zeros(S), np.zeros((S, O))))
+        self.tr_ = {"obs": jnp.zeros((S, O)), "action": jnp.zeros((S, A)), "reward": jnp.zeros(S),
+                    "next_obs": jnp.zeros((S, O)), "terminated": jnp.zeros(S)}
+        self.nobs = jnp.zeros((S, O))
         self(3)  # compile and warm up
 
     def __call__(self, n):
         """Updates/s per seed over `n` calls."""
         t = time.perf_counter()
         for _ in range(n):
-            self.ts, self.counters, out = self.tr._learn(self.ts, self.counters, self.packed)
-        jax.block_until_ready(out)
+            self.ts, self.counters, a, _ = self.tr._learn(self.ts, self.counters, self.tr_, self.nobs)
+        jax.block_until_ready(a)
         return n / (time.perf_counter() - t)
 
 
@@ -107,7 +108,8 @@ class TrainTimer:
         t = time.perf_counter()
         for _ in range(n):
             nobs, rew, term, trunc, final = tr.envs.step(action)
-            ts, counters, action, _ = tr.host_step(ts, counters, tr.pack(obs, action, rew, final, term, nobs), True)
+            t_ = {"obs": obs, "action": action, "reward": rew, "next_obs": final, "terminated": term.astype(np.float32)}
+            ts, counters, action, _ = tr.host_step(ts, counters, t_, nobs, learn=True)
             obs = nobs
         rate = n / (time.perf_counter() - t)
         self.ts, self.counters, self.obs, self.action = ts, counters, obs, action

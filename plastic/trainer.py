@@ -1,9 +1,7 @@
 """Off-policy trainer for host-stepped envs with seeds as a batch axis.
 
 Per env step the host does exactly one jitted call: add the transition of every seed to its replay, run UTD
-gradient updates (`lax.scan`) for every seed (`vmap`), and return the next action. The transition goes in
-as one packed float32 array and the action and stop flag come back as one (a single transfer each way:
-with 1 seed, the step is synchronous and per-array transfer costs are not hidden). Counters
+gradient updates (`lax.scan`) for every seed (`vmap`), and return the next action. Counters
 (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a scalar
 predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
 
@@ -60,9 +58,6 @@ class Trainer:
             capacity = -(-capacity // self.bucket_size) * self.bucket_size
         self.capacity = capacity
         S = run.seeds
-        O, A = self.envs.observation_size, self.envs.action_size
-        # packed host -> device layout of one env step: (name, width; 0 = scalar)
-        self._layout = (("obs", O), ("action", A), ("reward", 0), ("next_obs", O), ("terminated", 0), ("nobs", O))
         self._learn = jax.jit(lambda *a: self._env_step(*a, learn=True), donate_argnums=(0,))
         self._warm = jax.jit(lambda *a: self._env_step(*a, learn=False), donate_argnums=(0,))
         self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
@@ -97,39 +92,24 @@ class Trainer:
         policy = self.agent.act(ts.agent, obs, k_pol, explore=True)
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
-    @staticmethod
-    def pack(obs, action, reward, final_obs, terminated, next_obs) -> np.ndarray:
-        """One env step of every seed as a single `[S, W]` float32 array (layout: `self._layout`)."""
-        return np.concatenate([obs, action, np.asarray(reward)[:, None], final_obs,
-                               np.asarray(terminated)[:, None], next_obs], axis=1, dtype=np.float32)
-
-    def _unpack(self, packed):
-        out, i = {}, 0
-        for name, width in self._layout:
-            out[name] = packed[:, i] if width == 0 else packed[:, i:i + width]
-            i += max(width, 1)
-        next_obs = out.pop("nobs")
-        return out, next_obs
-
-    def host_step(self, ts, counters, packed, learn: bool):
+    def host_step(self, ts, counters, transition, next_obs, learn: bool):
         """One jitted env step (state donated); returns `(ts, counters, action, stop)` on the host."""
-        ts, counters, out = (self._learn if learn else self._warm)(ts, counters, packed)
-        out = np.asarray(out)
-        return ts, counters, out[:, :-1], out[:, -1] > 0.5
+        ts, counters, action, stop = (self._learn if learn else self._warm)(ts, counters, transition, next_obs)
+        action, stop = jax.device_get((action, stop))
+        return ts, counters, action, stop
 
-    def _env_step(self, ts: TrainState, counters, packed, learn: bool):
+    def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool):
         """One env step for all seeds: store, acting hooks, (UTD updates), next action and stop flag.
 
         The replay write runs on the seed-stacked buffers (shared slot, in place); everything else is
         vmapped over seeds with the counters unbatched."""
-        transition, next_obs = self._unpack(packed)
         ts = ts.replace(replay=ts.replay.add(transition, counters["env_steps"]))
         ts, stop = jax.vmap(self._acting_hooks)(ts, transition)
         counters = {**counters, "env_steps": counters["env_steps"] + 1}
         if learn:
             ts, counters = jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None))(ts, counters)
         action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
-        return ts, counters, jnp.concatenate([action, stop[:, None].astype(action.dtype)], axis=1)
+        return ts, counters, action, stop
 
     def _acting_hooks(self, ts: TrainState, transition):
         stop, istate = jnp.zeros((), bool), ts.interventions
@@ -222,8 +202,9 @@ class Trainer:
                 for i in np.flatnonzero(term | trunc):
                     finished[i].append((ep_ret[i], ep_len[i]))
                     ep_ret[i], ep_len[i] = 0.0, 0
-                packed = self.pack(obs, action, rew, final, term, nobs)
-                ts, counters, action, stop = self.host_step(ts, counters, packed, learn=step >= ls)
+                tr = {"obs": obs, "action": action, "reward": rew, "next_obs": final,
+                      "terminated": term.astype(np.float32)}
+                ts, counters, action, stop = self.host_step(ts, counters, tr, nobs, learn=step >= ls)
                 obs, done = nobs, step + 1
                 if done % run.log_every == 0 or done == run.steps:
                     now = time.perf_counter()
