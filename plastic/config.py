@@ -33,9 +33,12 @@ class RunConfig:
     steps: int = 30_000                # env steps per seed (presets set paper budgets)
     run_dir: str = ""                  # default: runs/<agent>-<interventions>-<env>-s<seed>
     log_every: int = 5_000             # env steps between log rows
-    checkpoint_every: int = 50_000     # env steps between checkpoints (0: only at the end)
+    checkpoint_every: int = 50_000     # checkpoint at the first log point at or after each multiple (0: only at the end)
     progress: str = "auto"             # auto | on | off
     tensorboard: bool = True
+    # Act with the parameters of one update earlier, so the next update runs while the host steps the
+    # envs (Cleanba-style pipelining). Off: CleanRL order (act with the parameters after the last update).
+    pipelined_acting: bool = False
 
 
 @dataclass

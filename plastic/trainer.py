@@ -7,6 +7,10 @@ predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
 
 The action for env step `i` is drawn with key `fold_in(act_key, i)`, so acting does not depend on how a
 run was split by checkpoints; on resume the episode in flight restarts from a fresh reset.
+
+With `run.pipelined_acting` a learning step is two calls instead: store + act (with the parameters before
+this step's updates), then the updates, dispatched without waiting, so they run while the host steps the
+envs. Steps that write a scheduled checkpoint stay synchronous, so resuming reproduces the run exactly.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ class Trainer:
         S = run.seeds
         self._learn = jax.jit(lambda *a: self._env_step(*a, learn=True), donate_argnums=(0,))
         self._warm = jax.jit(lambda *a: self._env_step(*a, learn=False), donate_argnums=(0,))
+        self._update = jax.jit(jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None)), donate_argnums=(0,))
         self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
         self._stats = jax.jit(jax.vmap(self._stats_one, in_axes=(0, None)))
         self.n_seeds = S
@@ -92,9 +97,16 @@ class Trainer:
         policy = self.agent.act(ts.agent, obs, k_pol, explore=True)
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
-    def host_step(self, ts, counters, transition, next_obs, learn: bool):
-        """One jitted env step (state donated); returns `(ts, counters, action, stop)` on the host."""
-        ts, counters, action, stop = (self._learn if learn else self._warm)(ts, counters, transition, next_obs)
+    def host_step(self, ts, counters, transition, next_obs, learn: bool, pipelined: bool = False):
+        """One env step (state donated); returns `(ts, counters, action, stop)`, action and stop on the host.
+
+        `pipelined` (learning steps only): act before this step's updates and dispatch the updates without
+        waiting for them; the action comes back while they run."""
+        if learn and pipelined:
+            ts, counters, action, stop = self._warm(ts, counters, transition, next_obs)
+            ts, counters = self._update(ts, counters)
+        else:
+            ts, counters, action, stop = (self._learn if learn else self._warm)(ts, counters, transition, next_obs)
         action, stop = jax.device_get((action, stop))
         return ts, counters, action, stop
 
@@ -204,8 +216,11 @@ class Trainer:
                     ep_ret[i], ep_len[i] = 0.0, 0
                 tr = {"obs": obs, "action": action, "reward": rew, "next_obs": final,
                       "terminated": term.astype(np.float32)}
-                ts, counters, action, stop = self.host_step(ts, counters, tr, nobs, learn=step >= ls)
-                obs, done = nobs, step + 1
+                done = step + 1
+                ckpt_due = self._checkpoint_due(done)
+                ts, counters, action, stop = self.host_step(ts, counters, tr, nobs, learn=step >= ls,
+                                                            pipelined=run.pipelined_acting and not ckpt_due)
+                obs = nobs
                 if done % run.log_every == 0 or done == run.steps:
                     now = time.perf_counter()
                     sps = (done - step_last) / max(now - t_last, 1e-9)
@@ -217,7 +232,7 @@ class Trainer:
                     summary = {"step": done, "sps": sps, "return": float(np.mean(rets)) if rets else None}
                     logger.progress(done - step_last, {"sps": sps, "return": summary["return"]})
                     t_last, step_last = time.perf_counter(), done
-                    if run.checkpoint_every and done % run.checkpoint_every == 0:
+                    if ckpt_due and done != run.steps:
                         save(done)
                 if stop_signal["sig"] is not None:
                     save(done)
@@ -233,6 +248,15 @@ class Trainer:
             logger.close()
             ckpt.close()
         return {**summary, "interrupted": False}
+
+    def _checkpoint_due(self, done: int) -> bool:
+        """Checkpoints are written at log points: the first one at or after each multiple of
+        checkpoint_every, and at the end (so the rows kept on resume always end at a log point)."""
+        run = self.cfg.run
+        if done == run.steps:
+            return True
+        ce, le = run.checkpoint_every, run.log_every
+        return bool(ce) and done % le == 0 and done // ce > (done - le) // ce
 
     def _rows(self, step, sps, stats, finished) -> list[dict]:
         rows = []

@@ -21,8 +21,10 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
-def run_once(tmp, name, agent="td3", steps=400, intervention="grama+swd", seeds=1, seed=0, resume=False):
+def run_once(tmp, name, agent="td3", steps=400, intervention="grama+swd", seeds=1, seed=0, resume=False,
+             pipelined=False):
     ov = {f"{agent}.learning_starts": 100, "run.log_every": 100, "run.checkpoint_every": 200,
+          "run.pipelined_acting": pipelined,
           "grama.period": 40, "swd.T": 150, "swd.sampler": "bucketed", "swd.bucket_size": 50}
     if "grama" not in intervention:
         ov = {k: v for k, v in ov.items() if not k.startswith(("grama", "swd"))}
@@ -38,10 +40,11 @@ def test_same_seed_same_results(tmp_path):
     assert strip_timing(rows(tmp_path / "a")) == strip_timing(rows(tmp_path / "b"))
 
 
-def test_resume_is_bit_identical(tmp_path):
-    full = run_once(tmp_path, "full", steps=400)
-    run_once(tmp_path, "split", steps=200)
-    resumed = run_once(tmp_path, "split", steps=400, resume=True)
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_resume_is_bit_identical(tmp_path, pipelined):
+    full = run_once(tmp_path, "full", steps=400, pipelined=pipelined)
+    run_once(tmp_path, "split", steps=200, pipelined=pipelined)
+    resumed = run_once(tmp_path, "split", steps=400, resume=True, pipelined=pipelined)
     assert_trees_equal(params_of(full), params_of(resumed))
     ts_f, ts_r = full.final_state[0], resumed.final_state[0]
     assert_trees_equal(ts_f.replay, ts_r.replay)
@@ -55,6 +58,30 @@ def test_resume_is_bit_identical(tmp_path):
                 "grama/output_jump/critic", "grama/zero_grad_layer/actor/hidden_0", "reset_unit_step_ratio/critic",
                 "loss/critic", "episode_return", "sps"):
         assert all(key in r for r in rows(tmp_path / "full")), key
+
+
+def test_pipelined_acting_uses_the_parameters_of_one_update_earlier(tmp_path):
+    """A pipelined learning step stores, acts, then updates; the fused step stores, updates, then acts.
+    Same state afterwards, and the pipelined action is the policy's action before the updates."""
+    _, tr = make("td3", ENV, 10, "none", seeds=2, overrides={"td3.learning_starts": 0, "td3.policy_delay": 1})
+    S, O, A = 2, tr.envs.observation_size, tr.envs.action_size
+    rng = np.random.default_rng(0)
+    states = []
+    for pipelined in (False, True):
+        ts, counters = tr.init_state()
+        for i in range(3):
+            transition = {"obs": rng.normal(size=(S, O)), "action": rng.uniform(-1, 1, (S, A)),
+                          "reward": rng.normal(size=S), "next_obs": rng.normal(size=(S, O)), "terminated": np.zeros(S)}
+            nobs = rng.normal(size=(S, O)).astype(np.float32)
+            before = tr._first_action(ts, {**counters, "env_steps": counters["env_steps"] + 1}, nobs)
+            before = np.asarray(before)
+            ts, counters, action, _ = tr.host_step(ts, counters, transition, nobs, learn=True, pipelined=pipelined)
+            after = np.asarray(tr._first_action(ts, counters, nobs))
+            np.testing.assert_array_equal(action, before if pipelined else after)
+            assert not np.array_equal(before, after)  # the update did move the policy
+        rng = np.random.default_rng(0)
+        states.append(jax.device_get((ts, counters)))
+    assert_trees_equal(*states)
 
 
 def test_resume_drops_rows_after_checkpoint(tmp_path):
@@ -106,7 +133,15 @@ def test_env_step_never_copies_the_replay(agent, intervention):
     S, O, A = 2, tr.envs.observation_size, tr.envs.action_size
     transition = {"obs": np.zeros((S, O)), "action": np.zeros((S, A)), "reward": np.zeros(S),
                   "next_obs": np.zeros((S, O)), "terminated": np.zeros(S)}
-    for fn in (tr._learn, tr._warm):
-        hlo = fn.lower(ts, counters, transition, np.zeros((S, O))).compile().as_text()
+    programs = [fn.lower(ts, counters, transition, np.zeros((S, O))) for fn in (tr._learn, tr._warm)]
+    for lowered in programs + [tr._update.lower(ts, counters)]:
+        hlo = lowered.compile().as_text()
         copies = [l.strip()[:120] for l in hlo.splitlines() if f"{capacity}" in l and " copy(" in l]
         assert not copies, copies
+
+
+def test_checkpoints_land_on_the_first_log_point_after_each_multiple():
+    _, tr = make("td3", ENV, 1000, "none", overrides={"run.log_every": 100, "run.checkpoint_every": 250})
+    assert [d for d in range(1, 1001) if tr._checkpoint_due(d)] == [300, 500, 800, 1000]
+    _, tr = make("td3", ENV, 950, "none", overrides={"run.log_every": 100, "run.checkpoint_every": 0})
+    assert [d for d in range(1, 951) if tr._checkpoint_due(d)] == [950]
