@@ -1,10 +1,11 @@
 """Agent registry. Add a new agent: one file here with a class exposing the `plastic.agent` API."""
 from __future__ import annotations
 
+from agents.dqn import DQN
 from agents.sac import SAC
 from agents.td3 import TD3
 
-REGISTRY = {cls.name: cls for cls in (TD3, SAC)}
+REGISTRY = {cls.name: cls for cls in (TD3, SAC, DQN)}
 
 
 def get(name: str):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from plastic.agent import AgentState, empty_logs, merge_logs, squash_obs_action
+from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
 from plastic.networks import MLP
 
@@ -34,12 +34,13 @@ class SACConfig:
     policy_delay: int = 2
     autotune: bool = True
     alpha: float = 0.2                # initial (or fixed, if autotune is off) temperature
+    train_frequency: int = 1          # env steps between update rounds
     utd: int = 1
     buffer_size: int = 1_000_000
     learning_starts: int = 5_000
 
 
-class SAC:
+class SAC(ContinuousActions):
     name = "sac"
     Config = SACConfig
     roles = {"actor": "actor", "critic": "critic", "alpha": "temperature"}
@@ -80,7 +81,7 @@ class SAC:
         logp = logp - jnp.sum(jnp.log(1.0 - jnp.square(a) + 1e-6), axis=-1)
         return a, logp, acts, jnp.tanh(mean)
 
-    def act(self, state: AgentState, obs, key, explore: bool = True):
+    def act(self, state: AgentState, obs, key, explore: bool = True, step=0):
         a, _, _, greedy = self.policy(state.nets["actor"].params, obs, key)
         return a if explore else greedy
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from plastic.agent import AgentState, empty_logs, merge_logs, squash_obs_action
+from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
 from plastic.networks import MLP
 
@@ -30,12 +30,13 @@ class TD3Config:
     exploration_noise: float = 0.1
     target_noise: float = 0.2
     noise_clip: float = 0.5
+    train_frequency: int = 1          # env steps between update rounds
     utd: int = 1                      # gradient updates per env step
     buffer_size: int = 1_000_000
     learning_starts: int = 25_000
 
 
-class TD3:
+class TD3(ContinuousActions):
     name = "td3"
     Config = TD3Config
     roles = {"actor": "actor", "critic": "critic"}
@@ -64,7 +65,7 @@ class TD3:
         y, acts = self.actor.apply(params, obs, probes)
         return jnp.tanh(y), acts
 
-    def act(self, state: AgentState, obs, key, explore: bool = True):
+    def act(self, state: AgentState, obs, key, explore: bool = True, step=0):
         a, _ = self.policy(state.nets["actor"].params, obs)
         if explore:
             a = a + self.cfg.exploration_noise * jax.random.normal(key, a.shape)

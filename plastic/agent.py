@@ -2,7 +2,8 @@
 
 An agent is a static Python object (config + `Net`s); all of its methods are pure functions of pytrees:
   init(key) -> AgentState
-  act(state, obs, key, explore) -> action in [-1, 1]      (one seed; the trainer vmaps)
+  act(state, obs, key, explore, step) -> action          (one seed; the trainer vmaps; step = env step)
+  random_action(key), action_example()                   (from ContinuousActions / DiscreteActions)
   update(state, batch, counters, key, interventions, istate) -> (state, istate, counters)
   activations(state, batch) -> {net name: {layer: post-activations}}   (for the dormant ratio)
 Every optimizer step inside `update` goes through `plastic.core.gradient_step`.
@@ -37,6 +38,30 @@ def empty_logs(net: Net) -> dict:
 def init_counters(agent) -> dict[str, Any]:
     """Unbatched int32 counters: env steps and one update counter per network (shared by all seeds)."""
     return {"env_steps": jnp.zeros((), jnp.int32), **{n: jnp.zeros((), jnp.int32) for n in agent.nets}}
+
+
+class ContinuousActions:
+    """Actions in [-1, 1]^action_size (the env adapter rescales to the env's bounds)."""
+    discrete = False
+    default_env = "HalfCheetah-v5"
+
+    def random_action(self, key):
+        return jax.random.uniform(key, (self.action_size,), minval=-1.0, maxval=1.0)
+
+    def action_example(self):
+        return jnp.zeros(self.action_size, jnp.float32)
+
+
+class DiscreteActions:
+    """Integer actions in [0, action_size), action_size being the number of actions."""
+    discrete = True
+    default_env = "CartPole-v1"
+
+    def random_action(self, key):
+        return jax.random.randint(key, (), 0, self.action_size, jnp.int32)
+
+    def action_example(self):
+        return jnp.zeros((), jnp.int32)
 
 
 def merge_logs(state: AgentState, new: dict) -> AgentState:

@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agent", help=f"one of: {', '.join(sorted(agents.REGISTRY))} (default sac)")
     p.add_argument("--intervention", help="NAME[+NAME...] or none (default none)")
-    p.add_argument("--env", help="environment id (default HalfCheetah-v5)")
+    p.add_argument("--env", help="environment id (default HalfCheetah-v5; CartPole-v1 for dqn)")
     p.add_argument("--seeds", type=int, help="number of vmapped seeds (default 1)")
     p.add_argument("--seed", type=int, help="base seed (default 0)")
     p.add_argument("--steps", type=int, help="env steps per seed")

@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    env: str = "HalfCheetah-v5"
+    env: str = ""                      # "": the agent's default (HalfCheetah-v5; CartPole-v1 for dqn)
     seeds: int = 1                     # independent seeds, vmapped in one process
     seed: int = 0                      # base seed; vmapped seed i behaves as a run with seed + i
     steps: int = 30_000                # env steps per seed (presets set paper budgets)
@@ -162,6 +162,7 @@ def build(agent: str | None = None, intervention: str | None = None, preset: dic
         if not fld:
             raise ConfigError(f"override {key!r} must look like NAMESPACE.FIELD")
         _apply(section(ns), ns, {fld: value})
+    cfg.run.env = cfg.run.env or agent_cls.default_env
     if "grama" in cfg.interventions:
         cfg.metrics.grama_target = cfg.interventions["grama"].score_target
     validate(cfg)
@@ -181,8 +182,15 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
     if r.progress not in ("auto", "on", "off"):
         raise ConfigError(f"run.progress={r.progress!r}; valid: auto, on, off")
-    for k in ("batch_size", "utd", "buffer_size", "policy_delay"):
-        _positive(f"{cfg.agent}.{k}", getattr(a, k))
+    for k in ("batch_size", "utd", "buffer_size", "policy_delay", "train_frequency"):
+        if hasattr(a, k):
+            _positive(f"{cfg.agent}.{k}", getattr(a, k))
+    agent_validate = getattr(agents.get(cfg.agent), "validate", None)
+    if agent_validate is not None:
+        try:
+            agent_validate(a)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if a.learning_starts < 0:
         raise ConfigError(f"{cfg.agent}.learning_starts must be >= 0, got {a.learning_starts}")
     if not 0.0 <= a.gamma <= 1.0:

@@ -27,19 +27,27 @@ class GymEnv:
                              f"such as HalfCheetah-v5, dmc:DOMAIN-TASK such as dmc:cheetah-run, or probe:NAME "
                              f"({', '.join(PROBES)})") from None
         space = self.env.action_space
-        if not isinstance(space, gym.spaces.Box):
-            raise ValueError(f"{env_id} has a {type(space).__name__} action space; td3/sac need continuous (Box) actions")
-        self.low, self.high = space.low.astype(np.float64), space.high.astype(np.float64)
         self.observation_size = int(np.prod(self.env.observation_space.shape))
-        self.action_size = int(np.prod(space.shape))
+        if isinstance(space, gym.spaces.Discrete):
+            self.discrete, self.action_size = True, int(space.n)
+        elif isinstance(space, gym.spaces.Box):
+            self.discrete, self.action_size = False, int(np.prod(space.shape))
+            self.low, self.high = space.low.astype(np.float64), space.high.astype(np.float64)
+        else:
+            raise ValueError(f"{env_id} has a {type(space).__name__} action space; supported: Box (continuous), "
+                             f"Discrete")
 
     def reset(self, seed: int):
         obs, _ = self.env.reset(seed=int(seed))
         return np.asarray(obs, np.float32).ravel()
 
     def step(self, action):
-        a = self.low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self.high - self.low)
-        obs, r, term, trunc, _ = self.env.step(a.reshape(self.env.action_space.shape))
+        if self.discrete:
+            a = int(np.asarray(action).reshape(()))
+        else:
+            a = self.low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self.high - self.low)
+            a = a.reshape(self.env.action_space.shape)
+        obs, r, term, trunc, _ = self.env.step(a)
         return np.asarray(obs, np.float32).ravel(), float(r), bool(term), bool(trunc)
 
 
@@ -54,6 +62,7 @@ class DMCEnv:
                              f"dmc:walker-walk, dmc:humanoid-run (DOMAIN-TASK from dm_control.suite.ALL_TASKS)")
         self.env = suite.load(domain, task.replace("-", "_"), task_kwargs={"random": 0})
         spec = self.env.action_spec()
+        self.discrete = False
         self.low, self.high = spec.minimum.astype(np.float64), spec.maximum.astype(np.float64)
         self.observation_size = int(sum(np.prod(v.shape) for v in self.env.observation_spec().values()))
         self.action_size = int(np.prod(spec.shape))
@@ -82,12 +91,17 @@ class ProbeEnv:
     two_step:   obs 0 then 1, reward 0 then 1, terminal     -> Q(0) = γ, Q(1) = 1
     action:     one step, reward = -(a - 0.5)², terminal    -> Q(a) = -(a - 0.5)², best a = 0.5
     truncated:  reward 1 forever, truncated after 5 steps   -> Q = 1 / (1 - γ) (truncation bootstraps)
+
+    Discrete twins (two actions, for DQN): d_constant, d_obs, d_two_step, d_truncated behave as above for
+    every action; d_action: one step, reward 1 for action 1 and 0 for action 0 -> Q = (0, 1).
     """
 
     def __init__(self, name: str):
         if name not in PROBES:
             raise ValueError(f"unknown probe env {name!r}; valid: {', '.join('probe:' + p for p in PROBES)}")
-        self.name, self.observation_size, self.action_size = name, 1, 1
+        self.discrete = name.startswith("d_")
+        self.name = name[2:] if self.discrete else name
+        self.observation_size, self.action_size = 1, 2 if self.discrete else 1
         self.rng, self.t, self.obs = np.random.default_rng(0), 0, 0.0
 
     def reset(self, seed: int):
@@ -103,7 +117,8 @@ class ProbeEnv:
         if self.name == "obs":
             return np.zeros(1, np.float32), self.obs, True, False
         if self.name == "action":
-            return np.zeros(1, np.float32), -(a - 0.5) ** 2, True, False
+            reward = float(a == 1) if self.discrete else -(a - 0.5) ** 2
+            return np.zeros(1, np.float32), reward, True, False
         if self.name == "two_step":
             if self.t == 1:
                 self.obs = 1.0
@@ -113,6 +128,7 @@ class ProbeEnv:
 
 
 PROBES = ("constant", "obs", "two_step", "action", "truncated")
+PROBES = PROBES + tuple(f"d_{p}" for p in PROBES)
 
 
 def make_env(env_id: str):
@@ -142,7 +158,8 @@ class HostEnvs:
         self.run_seed = run_seed
         self.episodes = list(episodes) if episodes is not None else [0] * n
         self.observation_size = self.envs[0].observation_size
-        self.action_size = self.envs[0].action_size
+        self.action_size = self.envs[0].action_size  # number of actions if discrete
+        self.discrete = self.envs[0].discrete
 
     def reset(self):
         return np.stack([e.reset(episode_seed(self.run_seed + i, self.episodes[i])) for i, e in enumerate(self.envs)])

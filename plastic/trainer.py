@@ -28,6 +28,7 @@ import agents
 from metrics.units import dormant_scores, ratio_logs
 from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
+from plastic.core import maybe
 from plastic.config import ExperimentConfig
 from plastic.envs import HostEnvs
 from plastic.interventions import REGISTRY
@@ -49,8 +50,14 @@ class Trainer:
         self.cfg = cfg
         run, a = cfg.run, cfg.agent_cfg
         self.envs = HostEnvs(run.env, run.seeds, run.seed)
-        self.agent = agents.get(cfg.agent)(a, self.envs.observation_size, self.envs.action_size,
-                                           probe_point=cfg.metrics.grama_target)
+        agent_cls = agents.get(cfg.agent)
+        if agent_cls.discrete != self.envs.discrete:
+            kinds = {True: "discrete", False: "continuous"}
+            fits = sorted(n for n, c in agents.REGISTRY.items() if c.discrete == self.envs.discrete)
+            raise ValueError(f"{run.env} has {kinds[self.envs.discrete]} actions but {cfg.agent} needs "
+                             f"{kinds[agent_cls.discrete]} ones; agents for this env: {', '.join(fits)}")
+        self.agent = agent_cls(a, self.envs.observation_size, self.envs.action_size,
+                               probe_point=cfg.metrics.grama_target)
         self.interventions = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
         self.sampler = next((iv for iv in self.interventions if iv.samples_replay), None)
         opts = {}
@@ -73,7 +80,7 @@ class Trainer:
     def init_state(self):
         # seed i of a vmapped run is exactly the single-seed run with --seed base+i
         keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.n_seeds))
-        example = {"obs": jnp.zeros(self.envs.observation_size), "action": jnp.zeros(self.envs.action_size),
+        example = {"obs": jnp.zeros(self.envs.observation_size), "action": self.agent.action_example(),
                    "reward": jnp.zeros(()), "next_obs": jnp.zeros(self.envs.observation_size),
                    "terminated": jnp.zeros(())}
 
@@ -93,8 +100,8 @@ class Trainer:
         step = counters["env_steps"]
         key = jax.random.fold_in(ts.act_key, step)
         k_rand, k_pol = jax.random.split(key)
-        random = jax.random.uniform(k_rand, (self.envs.action_size,), minval=-1.0, maxval=1.0)
-        policy = self.agent.act(ts.agent, obs, k_pol, explore=True)
+        random = self.agent.random_action(k_rand)
+        policy = self.agent.act(ts.agent, obs, k_pol, explore=True, step=step)
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
     def host_step(self, ts, counters, transition, next_obs, learn: bool, pipelined: bool = False):
@@ -160,8 +167,15 @@ class Trainer:
                                                               self.interventions, istate)
             return (agent_state, istate, key, counters), None
 
+        def round_(carry):
+            return jax.lax.scan(body, carry, batches)[0]
+
         carry = (ts.agent, ts.interventions, key, counters)
-        (agent_state, istate, key, counters), _ = jax.lax.scan(body, carry, batches)
+        every = getattr(self.cfg.agent_cfg, "train_frequency", 1)
+        if every == 1:
+            agent_state, istate, key, counters = round_(carry)
+        else:  # an update round after every `train_frequency`-th env step (the batches are drawn regardless)
+            agent_state, istate, key, counters = maybe(counters["env_steps"] % every == 0, round_, carry)
         return ts.replace(agent=agent_state, interventions=istate, key=key), counters
 
     def _stats_one(self, ts: TrainState, key):

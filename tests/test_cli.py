@@ -22,7 +22,7 @@ def test_help_lists_agents_and_interventions():
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--agent", "ppo2"], "unknown agent 'ppo2'; valid: sac, td3"),
+    (["--agent", "ppo2"], "unknown agent 'ppo2'; valid: dqn, sac, td3"),
     (["--intervention", "grama+foo"], "unknown intervention 'foo'; valid: none, grama, swd"),
     (["--sac.nope", "1"], "unknown field sac.nope; valid fields of sac:"),
     (["--sac.batch_size", "abc"], "sac.batch_size: expected int, got 'abc'"),

@@ -22,13 +22,14 @@ def assert_trees_equal(a, b):
 
 
 def run_once(tmp, name, agent="td3", steps=400, intervention="grama+swd", seeds=1, seed=0, resume=False,
-             pipelined=False):
+             pipelined=False, env=ENV, extra=None):
     ov = {f"{agent}.learning_starts": 100, "run.log_every": 100, "run.checkpoint_every": 200,
           "run.pipelined_acting": pipelined,
           "grama.period": 40, "swd.T": 150, "swd.sampler": "bucketed", "swd.bucket_size": 50}
     if "grama" not in intervention:
         ov = {k: v for k, v in ov.items() if not k.startswith(("grama", "swd"))}
-    _, t = make(agent, ENV, steps, intervention, overrides=ov, seeds=seeds, seed=seed)
+    ov.update(extra or {})
+    _, t = make(agent, env, steps, intervention, overrides=ov, seeds=seeds, seed=seed)
     t.run(tmp / name, resume=resume)
     return t
 
@@ -58,6 +59,19 @@ def test_resume_is_bit_identical(tmp_path, pipelined):
                 "grama/output_jump/critic", "grama/zero_grad_layer/actor/hidden_0", "reset_unit_step_ratio/critic",
                 "loss/critic", "episode_return", "sps"):
         assert all(key in r for r in rows(tmp_path / "full")), key
+
+
+def test_dqn_resume_is_bit_identical(tmp_path):
+    """DQN with update rounds every 4th env step (a lax.cond in the step) on 2-step episodes."""
+    kw = dict(agent="dqn", env="probe:d_two_step", extra={"dqn.train_frequency": 4, "dqn.epsilon_decay_steps": 300})
+    full = run_once(tmp_path, "full", steps=400, **kw)
+    run_once(tmp_path, "split", steps=200, **kw)
+    resumed = run_once(tmp_path, "split", steps=400, resume=True, **kw)
+    assert_trees_equal(params_of(full), params_of(resumed))
+    assert_trees_equal(full.final_state[0], resumed.final_state[0])
+    assert strip_timing(rows(tmp_path / "full")) == strip_timing(rows(tmp_path / "split"))
+    assert int(full.final_state[1]["q"]) == (400 - 100) // 4  # one update per 4th env step after warm-up
+    assert int(full.final_state[0].interventions["grama"]["q"]["events"][0]) > 0
 
 
 def test_pipelined_acting_uses_the_parameters_of_one_update_earlier(tmp_path):
@@ -122,16 +136,18 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     assert (tmp_path / "c" / "metrics.jsonl").read_text() == before  # nothing already written is lost
 
 
-@pytest.mark.parametrize("agent,intervention", [("td3", "none"), ("sac", "grama+swd")])
-def test_env_step_never_copies_the_replay(agent, intervention):
+@pytest.mark.parametrize("agent,intervention,env", [("td3", "none", "Pendulum-v1"), ("sac", "grama+swd", "Pendulum-v1"),
+                                                     ("dqn", "grama+swd", "CartPole-v1")])
+def test_env_step_never_copies_the_replay(agent, intervention, env):
     """The compiled env step writes the replay in place: no op materialises a replay-sized array except
     the in-place writes themselves (a copy per step made 1M-slot buffers 7x slower)."""
     capacity = 65_537  # a size no other array has
-    _, tr = make(agent, "Pendulum-v1", 10, intervention, seeds=2,
+    _, tr = make(agent, env, 10, intervention, seeds=2,  # DQN: update rounds under lax.cond (train_frequency 10)
                  overrides={f"{agent}.buffer_size": capacity, f"{agent}.learning_starts": 0})
     ts, counters = tr.init_state()
     S, O, A = 2, tr.envs.observation_size, tr.envs.action_size
-    transition = {"obs": np.zeros((S, O)), "action": np.zeros((S, A)), "reward": np.zeros(S),
+    action = np.zeros(S, np.int32) if tr.agent.discrete else np.zeros((S, A))
+    transition = {"obs": np.zeros((S, O)), "action": action, "reward": np.zeros(S),
                   "next_obs": np.zeros((S, O)), "terminated": np.zeros(S)}
     programs = [fn.lower(ts, counters, transition, np.zeros((S, O))) for fn in (tr._learn, tr._warm)]
     for lowered in programs + [tr._update.lower(ts, counters)]:

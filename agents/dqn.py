@@ -1,0 +1,122 @@
+"""DQN (Mnih et al. 2015) with the Double-DQN target (van Hasselt et al. 2016) on by default.
+
+Defaults are CleanRL's `dqn.py` for classic control (120-84 MLP, lr 2.5e-4, batch 128, buffer 10k,
+one update every 10 env steps, hard target copy every 500 env steps = 50 updates, ε from 1 to 0.05)
+with Dopamine's Huber loss. Presets under experiments/configs/ set other families.
+
+One call of `update` is one gradient step on the online Q-network; every `target_update_period` updates the
+target moves toward it with rate `tau` (1.0: a hard copy) through `core.soft_update`, so the
+`target_update` hook sees it. Actions are integers in [0, num_actions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
+from plastic.core import Net, gradient_step, maybe, soft_update
+from plastic.networks import MLP
+
+LOSSES = ("huber", "mse")
+
+
+@dataclass
+class DQNConfig:
+    hidden: tuple[int, ...] = (120, 84)
+    activation: str = "relu"
+    init: str = "lecun_normal"
+    lr: float = 2.5e-4
+    batch_size: int = 128
+    gamma: float = 0.99
+    double: bool = True               # Double-DQN target: online argmax, target value
+    loss: str = "huber"               # huber (δ = 1) | mse
+    tau: float = 1.0                  # target update rate at each target update (1.0: hard copy)
+    target_update_period: int = 50    # in gradient updates (CleanRL: 500 env steps / train_frequency 10)
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    epsilon_decay_steps: int = 250_000  # env steps of the linear decay (CleanRL: half of 500k)
+    train_frequency: int = 10         # env steps between update rounds
+    utd: int = 1                      # gradient updates per update round
+    buffer_size: int = 10_000
+    learning_starts: int = 10_000
+
+
+class DQN(DiscreteActions):
+    name = "dqn"
+    Config = DQNConfig
+    roles = {"q": "critic"}
+
+    def __init__(self, cfg: DQNConfig, obs_size: int, action_size: int, probe_point="pre_activation"):
+        self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
+        q = MLP(cfg.hidden, action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
+        self.q = Net.of("q", q, optax.adam(cfg.lr), cfg.lr)
+        self.nets = {"q": self.q}
+
+    def role(self, net_name: str) -> str:
+        return self.roles[net_name]
+
+    def init(self, key) -> AgentState:
+        q = self.q.init(key, jnp.zeros((1, self.obs_size)))
+        logs = {**empty_logs(self.q), "q_mean": jnp.zeros(())}
+        return AgentState(nets={"q": q}, targets={"q": q.params}, logs=logs)
+
+    def epsilon(self, step):
+        c = self.cfg
+        frac = jnp.clip(step / max(c.epsilon_decay_steps, 1), 0.0, 1.0)
+        return c.epsilon_start + frac * (c.epsilon_end - c.epsilon_start)
+
+    def act(self, state: AgentState, obs, key, explore: bool = True, step=0):
+        greedy = jnp.argmax(self.q.apply(state.nets["q"].params, obs[None])[0][0]).astype(jnp.int32)
+        if not explore:
+            return greedy
+        k_coin, k_rand = jax.random.split(key)
+        return jnp.where(jax.random.uniform(k_coin) < self.epsilon(step), self.random_action(k_rand), greedy)
+
+    def update(self, state: AgentState, batch, counters, key, interventions=(), istate=None):
+        c = self.cfg
+        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        B = obs.shape[0]
+        q_next_target = self.q.apply(state.targets["q"], next_obs)[0]                       # [B, A]
+        if c.double:
+            a_star = jnp.argmax(self.q.apply(state.nets["q"].params, next_obs)[0], axis=-1)
+            q_next = jnp.take_along_axis(q_next_target, a_star[:, None], axis=-1)[:, 0]
+        else:
+            q_next = jnp.max(q_next_target, axis=-1)
+        y = jax.lax.stop_gradient(batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * q_next)
+
+        def loss_fn(params, probes):
+            q = self.q.apply(params, obs, probes)[0]
+            q_a = jnp.take_along_axis(q, action[:, None].astype(jnp.int32), axis=-1)[:, 0]
+            err = q_a - y
+            loss = optax.huber_loss(err, delta=1.0) if c.loss == "huber" else 0.5 * jnp.square(err)
+            return jnp.mean(loss), q_a.mean()
+
+        ns, istate, n, q_mean, logs = gradient_step(
+            self.q, state.nets["q"], loss_fn, batch_size=B, count=counters["q"], key=key,
+            interventions=interventions, istate=istate, inputs=obs)
+
+        def sync(target):
+            return soft_update(self.q, target, ns.params, c.tau, interventions, istate)
+
+        target = maybe(n % c.target_update_period == 0, sync, state.targets["q"])
+        state = merge_logs(state.replace(nets={"q": ns}, targets={"q": target}), {**logs, "q_mean": q_mean})
+        return state, istate, {**counters, "q": n}
+
+    def q_values(self, state: AgentState, obs):
+        return self.q.apply(state.nets["q"].params, obs)[0]
+
+    def activations(self, state: AgentState, batch):
+        return {"q": self.q.apply(state.nets["q"].params, batch["obs"])[1]}
+
+    @staticmethod
+    def validate(cfg: DQNConfig) -> None:
+        if cfg.loss not in LOSSES:
+            raise ValueError(f"dqn.loss={cfg.loss!r}; valid: {', '.join(LOSSES)}")
+        if cfg.target_update_period <= 0 or cfg.epsilon_decay_steps < 0:
+            raise ValueError("dqn.target_update_period must be > 0 and dqn.epsilon_decay_steps >= 0")
+        for k in ("epsilon_start", "epsilon_end"):
+            if not 0.0 <= getattr(cfg, k) <= 1.0:
+                raise ValueError(f"dqn.{k} must be in [0, 1], got {getattr(cfg, k)}")
