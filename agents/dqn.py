@@ -69,7 +69,7 @@ class DQN(DiscreteActions):
         return c.epsilon_start + frac * (c.epsilon_end - c.epsilon_start)
 
     def act(self, state: AgentState, obs, key, explore: bool = True, step=0):
-        greedy = jnp.argmax(self.q.apply(state.nets["q"].params, obs[None])[0][0]).astype(jnp.int32)
+        greedy = jnp.argmax(self.q_values(state, obs[None])[0]).astype(jnp.int32)
         if not explore:
             return greedy
         k_coin, k_rand = jax.random.split(key)
@@ -81,7 +81,7 @@ class DQN(DiscreteActions):
         B = obs.shape[0]
         q_next_target = self.q.apply(state.targets["q"], next_obs)[0]                       # [B, A]
         if c.double:
-            a_star = jnp.argmax(self.q.apply(state.nets["q"].params, next_obs)[0], axis=-1)
+            a_star = jnp.argmax(self.q_values(state, next_obs), axis=-1)
             q_next = jnp.take_along_axis(q_next_target, a_star[:, None], axis=-1)[:, 0]
         else:
             q_next = jnp.max(q_next_target, axis=-1)
@@ -115,8 +115,8 @@ class DQN(DiscreteActions):
     def validate(cfg: DQNConfig) -> None:
         if cfg.loss not in LOSSES:
             raise ValueError(f"dqn.loss={cfg.loss!r}; valid: {', '.join(LOSSES)}")
-        if cfg.target_update_period <= 0 or cfg.epsilon_decay_steps < 0:
-            raise ValueError("dqn.target_update_period must be > 0 and dqn.epsilon_decay_steps >= 0")
+        if cfg.epsilon_decay_steps < 0:
+            raise ValueError(f"dqn.epsilon_decay_steps must be >= 0, got {cfg.epsilon_decay_steps}")
         for k in ("epsilon_start", "epsilon_end"):
             if not 0.0 <= getattr(cfg, k) <= 1.0:
                 raise ValueError(f"dqn.{k} must be in [0, 1], got {getattr(cfg, k)}")

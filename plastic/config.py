@@ -182,7 +182,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
     if r.progress not in ("auto", "on", "off"):
         raise ConfigError(f"run.progress={r.progress!r}; valid: auto, on, off")
-    for k in ("batch_size", "utd", "buffer_size", "policy_delay", "train_frequency"):
+    for k in ("batch_size", "utd", "buffer_size", "policy_delay", "train_frequency", "target_update_period"):
         if hasattr(a, k):
             _positive(f"{cfg.agent}.{k}", getattr(a, k))
     agent_validate = getattr(agents.get(cfg.agent), "validate", None)

@@ -127,8 +127,8 @@ class ProbeEnv:
         return np.zeros(1, np.float32), 1.0, False, self.t >= 5  # truncated
 
 
-PROBES = ("constant", "obs", "two_step", "action", "truncated")
-PROBES = PROBES + tuple(f"d_{p}" for p in PROBES)
+_CONTINUOUS_PROBES = ("constant", "obs", "two_step", "action", "truncated")
+PROBES = _CONTINUOUS_PROBES + tuple(f"d_{p}" for p in _CONTINUOUS_PROBES)
 
 
 def make_env(env_id: str):

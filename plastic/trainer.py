@@ -71,7 +71,9 @@ class Trainer:
         S = run.seeds
         self._learn = jax.jit(lambda *a: self._env_step(*a, learn=True), donate_argnums=(0,))
         self._warm = jax.jit(lambda *a: self._env_step(*a, learn=False), donate_argnums=(0,))
-        self._update = jax.jit(jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None)), donate_argnums=(0,))
+        # the update rounds of all seeds (counters unbatched): inside the fused step, or alone when pipelined
+        self._seed_updates = jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None))
+        self._update = jax.jit(self._seed_updates, donate_argnums=(0,))
         self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
         self._stats = jax.jit(jax.vmap(self._stats_one, in_axes=(0, None)))
         self.n_seeds = S
@@ -126,7 +128,7 @@ class Trainer:
         ts, stop = jax.vmap(self._acting_hooks)(ts, transition)
         counters = {**counters, "env_steps": counters["env_steps"] + 1}
         if learn:
-            ts, counters = jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None))(ts, counters)
+            ts, counters = self._seed_updates(ts, counters)
         action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
         return ts, counters, action, stop
 
@@ -171,7 +173,7 @@ class Trainer:
             return jax.lax.scan(body, carry, batches)[0]
 
         carry = (ts.agent, ts.interventions, key, counters)
-        every = getattr(self.cfg.agent_cfg, "train_frequency", 1)
+        every = self.cfg.agent_cfg.train_frequency
         if every == 1:
             agent_state, istate, key, counters = round_(carry)
         else:  # an update round after every `train_frequency`-th env step (the batches are drawn regardless)
