@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from agents.dqn import DQN
+from agents.ppo import PPO
 from agents.sac import SAC
 from agents.td3 import TD3
 
-REGISTRY = {cls.name: cls for cls in (TD3, SAC, DQN)}
+REGISTRY = {cls.name: cls for cls in (TD3, SAC, DQN, PPO)}
 
 
 def get(name: str):

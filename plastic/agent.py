@@ -25,6 +25,7 @@ class AgentState:
     nets: dict          # name -> NetState
     targets: dict       # name -> target params
     logs: dict          # name -> scalar, last value of each update log (fixed key set)
+    extra: dict = struct.field(default_factory=dict)  # other agent state (e.g. PPO's normalisation stats)
 
 
 def empty_logs(net: Net) -> dict:

@@ -15,7 +15,10 @@ from plastic.config import ConfigError, build, from_dict, load_preset
 
 EPILOG = """agents: {agents}
 interventions: none, {ivs} (stack with '+', e.g. grama+swd)
-environments: gymnasium ids (HalfCheetah-v5, Pendulum-v1), dmc:DOMAIN-TASK (dmc:cheetah-run), probe:NAME
+environments: gymnasium ids (HalfCheetah-v5, Pendulum-v1), dmc:DOMAIN-TASK (dmc:cheetah-run), probe:NAME,
+  and JAX-native gymnax:NAME (gymnax:CartPole-v1, gymnax:Breakout-MinAtar), brax:NAME[:BACKEND] (brax:ant)
+drivers (--run.driver): host steps gymnasium/dm_control envs from Python; jit runs whole chunks of training
+  (env steps, replay, updates) as one program; auto (default) picks jit for gymnax:/brax:/probe: envs and for ppo
 
 typed overrides of any config field: --NAMESPACE.FIELD VALUE, e.g.
   --sac.actor_lr 1e-4  --grama.tau 0.01  --swd.sampler bucketed  --run.log_every 1000
@@ -101,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg, run_dir, resume = resolve(argv)
-        from plastic.trainer import Trainer
-        trainer = Trainer(cfg)  # builds envs and networks: fails here, before any directory is written
+        from plastic.trainer import make_trainer
+        trainer = make_trainer(cfg)  # builds envs and networks: fails here, before any directory is written
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

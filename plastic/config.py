@@ -21,13 +21,18 @@ from plastic.networks import INITIALIZERS, PROBE_POINTS, ACTIVATIONS
 PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 
+DRIVERS = ("auto", "host", "jit")
+
+
 class ConfigError(ValueError):
     pass
 
 
 @dataclass
 class RunConfig:
-    env: str = ""                      # "": the agent's default (HalfCheetah-v5; CartPole-v1 for dqn)
+    env: str = ""                      # "": the agent's default (HalfCheetah-v5; CartPole-v1 for dqn;
+                                       # gymnax:CartPole-v1 for ppo)
+    driver: str = "auto"               # auto | host | jit  (auto: jit for gymnax:/brax:/probe: envs and ppo)
     seeds: int = 1                     # independent seeds, vmapped in one process
     seed: int = 0                      # base seed; vmapped seed i behaves as a run with seed + i
     steps: int = 30_000                # env steps per seed (presets set paper budgets)
@@ -137,6 +142,9 @@ def build(agent: str | None = None, intervention: str | None = None, preset: dic
         raise ConfigError(str(e)) from None
     cfg = ExperimentConfig(agent=agent, agent_cfg=agent_cls.Config(),
                            interventions={n: iv_registry.REGISTRY[n].Config() for n in names})
+    for n, icfg in cfg.interventions.items():  # per-agent defaults of an intervention (e.g. ReGraMa on PPO)
+        for k, v in iv_registry.REGISTRY[n].agent_defaults.get(agent, {}).items():
+            setattr(icfg, k, v)
     sections = {"run": cfg.run, "metrics": cfg.metrics, agent: cfg.agent_cfg, "agent": cfg.agent_cfg,
                 **cfg.interventions}
     for alias, target in iv_registry.ALIASES.items():
@@ -180,6 +188,8 @@ def validate(cfg: ExperimentConfig) -> None:
         _positive(f"run.{k}", getattr(r, k))
     if r.checkpoint_every < 0:
         raise ConfigError(f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
+    if r.driver not in DRIVERS:
+        raise ConfigError(f"run.driver={r.driver!r}; valid: {', '.join(DRIVERS)}")
     if r.progress not in ("auto", "on", "off"):
         raise ConfigError(f"run.progress={r.progress!r}; valid: auto, on, off")
     for k in ("batch_size", "utd", "buffer_size", "policy_delay", "train_frequency", "target_update_period"):
@@ -191,11 +201,11 @@ def validate(cfg: ExperimentConfig) -> None:
             agent_validate(a)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if a.learning_starts < 0:
+    if getattr(a, "learning_starts", 0) < 0:
         raise ConfigError(f"{cfg.agent}.learning_starts must be >= 0, got {a.learning_starts}")
     if not 0.0 <= a.gamma <= 1.0:
         raise ConfigError(f"{cfg.agent}.gamma must be in [0, 1], got {a.gamma}")
-    if not 0.0 < a.tau <= 1.0:
+    if hasattr(a, "tau") and not 0.0 < a.tau <= 1.0:
         raise ConfigError(f"{cfg.agent}.tau must be in (0, 1], got {a.tau}")
     if a.activation not in ACTIVATIONS:
         raise ConfigError(f"{cfg.agent}.activation={a.activation!r}; valid: {', '.join(ACTIVATIONS)}")

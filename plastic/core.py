@@ -2,7 +2,7 @@
 
 Hook order inside one step of one network (shared-mechanics.md §6):
 
-    loss_fn(params, probes) + Σ loss_term          # `loss_term` hook (L2-init, GTR)
+    loss_fn(params, probes) + Σ loss_term          # `loss_term` hook (L2-init, GTR); sees loss_fn's aux
     value_and_grad w.r.t. (params, probes)         # probes -> per-unit gradients, same backward pass
     grads <- grad_transform(...) for each          # `grad_transform` hook (NE masking, coupled WD)
     optimizer update
@@ -96,7 +96,7 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
         loss, aux = loss_fn(params, probes)
         total = loss
         for iv in interventions:
-            total = total + iv.loss_term(net, params, istate[iv.name])
+            total = total + iv.loss_term(net, params, istate[iv.name], aux)
         return total, (loss, aux)
 
     (_, (loss, aux)), (grads, probe_grads) = jax.value_and_grad(

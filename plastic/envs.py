@@ -1,8 +1,10 @@
 """Host-stepped environments behind one interface, and the vector of one env per seed.
 
 Ids: gymnasium ids as they are (`HalfCheetah-v5`, `Pendulum-v1`), `dmc:DOMAIN-TASK`
-(e.g. `dmc:cheetah-run`, observations flattened in key order), and `probe:NAME` (tiny envs with known
-values, for tests). Agents see actions in [-1, 1]; adapters rescale to the env's bounds.
+(e.g. `dmc:cheetah-run`, observations flattened in key order), and the JAX-native ids of
+`plastic.jaxenvs` (`gymnax:NAME`, `brax:NAME[:BACKEND]`, `probe:NAME`: tiny envs with known values, for
+tests), stepped here one jitted call at a time through `HostJaxEnv`. Agents see actions in [-1, 1];
+adapters clip (JAX-native envs) and rescale to the env's bounds.
 
 `step` returns `(obs, reward, terminated, truncated)`: termination stops bootstrapping, truncation
 (time limits) does not. Every episode is reset with a seed derived from (run seed + seed index,
@@ -14,7 +16,14 @@ import os
 
 import numpy as np
 
-JAX_NATIVE = ("brax:", "gymnax:")
+from plastic.jaxenvs import PROBES, HostJaxEnv, make_jax_env
+
+JAX_NATIVE = ("gymnax:", "brax:", "probe:")
+
+
+def is_jax_native(env_id: str) -> bool:
+    """Whether `env_id` names a JAX-native env (`plastic.jaxenvs`), steppable inside jit."""
+    return env_id.startswith(JAX_NATIVE)
 
 
 class GymEnv:
@@ -24,8 +33,8 @@ class GymEnv:
             self.env = gym.make(env_id)
         except gym.error.Error as e:
             raise ValueError(f"unknown environment {env_id!r} ({type(e).__name__}); use a gymnasium id "
-                             f"such as HalfCheetah-v5, dmc:DOMAIN-TASK such as dmc:cheetah-run, or probe:NAME "
-                             f"({', '.join(PROBES)})") from None
+                             f"such as HalfCheetah-v5, dmc:DOMAIN-TASK such as dmc:cheetah-run, gymnax:NAME, "
+                             f"brax:NAME[:BACKEND], or probe:NAME ({', '.join(PROBES)})") from None
         space = self.env.action_space
         self.observation_size = int(np.prod(self.env.observation_space.shape))
         if isinstance(space, gym.spaces.Discrete):
@@ -83,62 +92,11 @@ class DMCEnv:
         return self._flat(ts.observation), float(ts.reward or 0.0), terminated, bool(last and not terminated)
 
 
-class ProbeEnv:
-    """Tiny envs with analytic action values (rejax/Andy Jones style probes).
-
-    constant:   one step, reward 1, terminal               -> Q = 1
-    obs:        one step, obs ±1, reward = obs, terminal    -> Q(s) = s
-    two_step:   obs 0 then 1, reward 0 then 1, terminal     -> Q(0) = γ, Q(1) = 1
-    action:     one step, reward = -(a - 0.5)², terminal    -> Q(a) = -(a - 0.5)², best a = 0.5
-    truncated:  reward 1 forever, truncated after 5 steps   -> Q = 1 / (1 - γ) (truncation bootstraps)
-
-    Discrete twins (two actions, for DQN): d_constant, d_obs, d_two_step, d_truncated behave as above for
-    every action; d_action: one step, reward 1 for action 1 and 0 for action 0 -> Q = (0, 1).
-    """
-
-    def __init__(self, name: str):
-        if name not in PROBES:
-            raise ValueError(f"unknown probe env {name!r}; valid: {', '.join('probe:' + p for p in PROBES)}")
-        self.discrete = name.startswith("d_")
-        self.name = name[2:] if self.discrete else name
-        self.observation_size, self.action_size = 1, 2 if self.discrete else 1
-        self.rng, self.t, self.obs = np.random.default_rng(0), 0, 0.0
-
-    def reset(self, seed: int):
-        self.rng, self.t = np.random.default_rng(int(seed)), 0
-        self.obs = float(self.rng.choice([-1.0, 1.0])) if self.name == "obs" else 0.0
-        return np.array([self.obs], np.float32)
-
-    def step(self, action):
-        self.t += 1
-        a = float(np.asarray(action).ravel()[0])
-        if self.name == "constant":
-            return np.zeros(1, np.float32), 1.0, True, False
-        if self.name == "obs":
-            return np.zeros(1, np.float32), self.obs, True, False
-        if self.name == "action":
-            reward = float(a == 1) if self.discrete else -(a - 0.5) ** 2
-            return np.zeros(1, np.float32), reward, True, False
-        if self.name == "two_step":
-            if self.t == 1:
-                self.obs = 1.0
-                return np.ones(1, np.float32), 0.0, False, False
-            return np.zeros(1, np.float32), 1.0, True, False
-        return np.zeros(1, np.float32), 1.0, False, self.t >= 5  # truncated
-
-
-_CONTINUOUS_PROBES = ("constant", "obs", "two_step", "action", "truncated")
-PROBES = _CONTINUOUS_PROBES + tuple(f"d_{p}" for p in _CONTINUOUS_PROBES)
-
-
 def make_env(env_id: str):
     if env_id.startswith("dmc:"):
         return DMCEnv(env_id)
-    if env_id.startswith("probe:"):
-        return ProbeEnv(env_id.split(":", 1)[1])
-    if env_id.startswith(JAX_NATIVE):
-        raise ValueError(f"{env_id!r}: JAX-native environments (brax:, gymnax:) are not supported yet; "
-                         f"use a gymnasium id (HalfCheetah-v5) or dmc:DOMAIN-TASK")
+    if is_jax_native(env_id):
+        return HostJaxEnv(make_jax_env(env_id))
     return GymEnv(env_id)
 
 

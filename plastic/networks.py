@@ -9,6 +9,7 @@ batched matmul per layer (a fused critic) and unit masks are `[E, H]`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,12 +33,22 @@ _INITS = {
     # PyTorch nn.Linear default (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     "torch_default": (1.0 / 3.0, "fan_in", "uniform"),
 }
-INITIALIZERS = tuple(_INITS)
+INITIALIZERS = tuple(_INITS) + ("orthogonal",)
 PROBE_POINTS = ("pre_activation", "post_activation", "weight_grad")
 
 
 def kernel_initializer(name: str, ensemble: int = 0, scale: float = 1.0):
-    """Variance-scaling initializer; with an ensemble axis the leading axis is a batch axis."""
+    """Variance-scaling or orthogonal initializer; with an ensemble axis the leading axis is a batch axis.
+
+    `scale` multiplies the variance. "orthogonal" is CleanRL's PPO `layer_init`: gain sqrt(2) for hidden
+    layers, so gain = sqrt(2 * scale) (scale 0.5: gain 1, the value head; 5e-5: gain 0.01, the policy head).
+    """
+    if name == "orthogonal":
+        ortho = jax.nn.initializers.orthogonal(jnp.sqrt(2.0 * scale), column_axis=-1)
+        if not ensemble:
+            return ortho
+        return lambda key, shape, dtype=jnp.float32: jax.vmap(lambda k: ortho(k, shape[1:], dtype))(
+            jax.random.split(key, shape[0]))
     if name not in _INITS:
         raise ValueError(f"unknown initializer {name!r}; valid: {', '.join(INITIALIZERS)}")
     s, mode, dist = _INITS[name]
@@ -153,6 +164,33 @@ class MLP(nn.Module):
     def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         lead = (self.ensemble,) if self.ensemble else ()
         return {f"hidden_{i}": (*lead, batch_size, w) for i, w in enumerate(self.hidden)}
+
+
+class GaussianHead(nn.Module):
+    """A Gaussian policy with a state-independent log-std: `mlp` gives the mean, one free parameter
+    vector the log-std. Returns `((mean, log_std), activations)`; the layer map is the MLP's, under "mlp"."""
+    mlp: MLP
+    log_std_init: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, probes=None):
+        mean, acts = self.mlp(x, probes)
+        log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.mlp.out,))
+        return (mean, jnp.broadcast_to(log_std, mean.shape)), acts
+
+    @property
+    def probe_point(self) -> str:
+        return self.mlp.probe_point
+
+    def layer_map(self) -> tuple[LayerSpec, ...]:
+        pre = lambda p: ("mlp", *p)  # noqa: E731
+        return tuple(dataclasses.replace(
+            l, kernel=pre(l.kernel), bias=pre(l.bias), consumers=tuple(pre(c) for c in l.consumers),
+            layer_norm=None if l.layer_norm is None else tuple(pre(p) for p in l.layer_norm))
+            for l in self.mlp.layer_map())
+
+    def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return self.mlp.probe_shapes(batch_size)
 
 
 def get_path(tree, path):

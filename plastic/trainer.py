@@ -30,7 +30,7 @@ from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
 from plastic.config import ExperimentConfig
-from plastic.envs import HostEnvs
+from plastic.envs import JAX_NATIVE, HostEnvs, is_jax_native
 from plastic.interventions import REGISTRY
 from plastic.logger import RunLogger
 from plastic.replay import Replay
@@ -46,18 +46,13 @@ class TrainState:
 
 
 class Trainer:
+    """Off-policy agents on host-stepped envs (the host driver)."""
+
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         run, a = cfg.run, cfg.agent_cfg
-        self.envs = HostEnvs(run.env, run.seeds, run.seed)
-        agent_cls = agents.get(cfg.agent)
-        if agent_cls.discrete != self.envs.discrete:
-            kinds = {True: "discrete", False: "continuous"}
-            fits = sorted(n for n, c in agents.REGISTRY.items() if c.discrete == self.envs.discrete)
-            raise ValueError(f"{run.env} has {kinds[self.envs.discrete]} actions but {cfg.agent} needs "
-                             f"{kinds[agent_cls.discrete]} ones; agents for this env: {', '.join(fits)}")
-        self.agent = agent_cls(a, self.envs.observation_size, self.envs.action_size,
-                               probe_point=cfg.metrics.grama_target)
+        self.envs = self._make_envs()
+        self.agent = build_agent(cfg, self.envs)
         self.interventions = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
         self.sampler = next((iv for iv in self.interventions if iv.samples_replay), None)
         opts = {}
@@ -77,6 +72,10 @@ class Trainer:
         self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
         self._stats = jax.jit(jax.vmap(self._stats_one, in_axes=(0, None)))
         self.n_seeds = S
+
+    def _make_envs(self):
+        run = self.cfg.run
+        return HostEnvs(run.env, run.seeds, run.seed)
 
     # ---- state ---------------------------------------------------------------------------------
     def init_state(self):
@@ -120,17 +119,19 @@ class Trainer:
         return ts, counters, action, stop
 
     def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool):
-        """One env step for all seeds: store, acting hooks, (UTD updates), next action and stop flag.
-
-        The replay write runs on the seed-stacked buffers (shared slot, in place); everything else is
-        vmapped over seeds with the counters unbatched."""
-        ts = ts.replace(replay=ts.replay.add(transition, counters["env_steps"]))
-        ts, stop = jax.vmap(self._acting_hooks)(ts, transition)
-        counters = {**counters, "env_steps": counters["env_steps"] + 1}
+        """One env step for all seeds: store, acting hooks, (UTD updates), next action and stop flag."""
+        ts, counters, stop = self._store(ts, counters, transition)
         if learn:
             ts, counters = self._seed_updates(ts, counters)
         action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
         return ts, counters, action, stop
+
+    def _store(self, ts: TrainState, counters, transition):
+        """Replay write on the seed-stacked buffers (shared slot, in place), then the acting hooks
+        (vmapped over seeds) and the env-step counter."""
+        ts = ts.replace(replay=ts.replay.add(transition, counters["env_steps"]))
+        ts, stop = jax.vmap(self._acting_hooks)(ts, transition)
+        return ts, {**counters, "env_steps": counters["env_steps"] + 1}, stop
 
     def _acting_hooks(self, ts: TrainState, transition):
         stop, istate = jnp.zeros((), bool), ts.interventions
@@ -204,12 +205,7 @@ class Trainer:
             start = int(meta["env_steps"])
             self.envs.episodes = list(meta["episodes"])
         logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
-        stop_signal = {"sig": None}
-
-        def handler(signum, _frame):
-            stop_signal["sig"] = signum
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        stop_signal, restore = catch_stop_signals()
         metrics_key = jax.random.PRNGKey(run.seed + 7919)
         ls = cfg.agent_cfg.learning_starts
         ep_ret = np.zeros(self.n_seeds)
@@ -259,8 +255,7 @@ class Trainer:
                 save(run.steps)
             self.final_state = (ts, counters)
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            restore()
             logger.close()
             ckpt.close()
         return {**summary, "interrupted": False}
@@ -275,18 +270,83 @@ class Trainer:
         return bool(ce) and done % le == 0 and done // ce > (done - le) // ce
 
     def _rows(self, step, sps, stats, finished) -> list[dict]:
-        rows = []
-        agg = self.cfg.metrics.ratio_aggregation
-        for i in range(self.n_seeds):
-            row = {"step": step, "seed": i, "sps": sps}
-            eps = finished.get(i, [])
-            row["episodes"] = len(eps)
-            row["episode_return"] = float(np.mean([e[0] for e in eps])) if eps else None
-            row["episode_length"] = float(np.mean([e[1] for e in eps])) if eps else None
-            row.update({k: np.asarray(v)[i].item() for k, v in stats.items()})
-            if agg == "mean_of_layers":  # GraMa ratios are pooled in-step; re-aggregate per layer here
-                for k in [k for k in row if k.startswith("grama_ratio") and k.count("/") == 1]:
-                    layers = [v for kk, v in row.items() if kk.startswith(k + "/")]
-                    row[k] = float(np.mean(layers)) if layers else row[k]
-            rows.append(row)
-        return rows
+        """`finished`: seed -> list of (return, length) of the episodes that ended since the last row."""
+        eps = [finished.get(i, []) for i in range(self.n_seeds)]
+        return episode_rows(self.cfg, step, sps, stats, [len(e) for e in eps],
+                            [sum(x[0] for x in e) for e in eps], [sum(x[1] for x in e) for e in eps])
+
+
+def catch_stop_signals():
+    """Record SIGTERM / SIGUSR1 (Slurm preemption) instead of dying: returns `(flag, restore)`; the loop
+    checkpoints and exits when `flag["sig"]` is set, and calls `restore()` when it ends."""
+    flag = {"sig": None}
+
+    def handler(signum, _frame):
+        flag["sig"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def restore():
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return flag, restore
+
+
+def episode_rows(cfg, step, sps, stats, count, return_sum, length_sum) -> list[dict]:
+    """One log row per seed: episode summaries from per-seed sums, then the seed's logged values."""
+    rows = []
+    agg = cfg.metrics.ratio_aggregation
+    for i in range(cfg.run.seeds):
+        n = int(count[i])
+        row = {"step": step, "seed": i, "sps": sps, "episodes": n,
+               "episode_return": float(return_sum[i]) / n if n else None,
+               "episode_length": float(length_sum[i]) / n if n else None}
+        row.update({k: np.asarray(v)[i].item() for k, v in stats.items()})
+        if agg == "mean_of_layers":  # GraMa ratios are pooled in-step; re-aggregate per layer here
+            for k in [k for k in row if k.startswith("grama_ratio") and k.count("/") == 1]:
+                layers = [v for kk, v in row.items() if kk.startswith(k + "/")]
+                row[k] = float(np.mean(layers)) if layers else row[k]
+        rows.append(row)
+    return rows
+
+
+def build_agent(cfg: ExperimentConfig, envs):
+    """The agent for `envs` (host or JAX-native: both expose observation/action sizes and `discrete`)."""
+    agent_cls = agents.get(cfg.agent)
+    kinds = {True: "discrete", False: "continuous"}
+    kwargs = {"probe_point": cfg.metrics.grama_target}
+    if agent_cls.discrete is None:  # handles both kinds
+        kwargs["discrete"] = envs.discrete
+    elif agent_cls.discrete != envs.discrete:
+        fits = sorted(n for n, c in agents.REGISTRY.items() if c.discrete in (envs.discrete, None)
+                      and (is_jax_native(cfg.run.env) or not getattr(c, "on_policy", False)))
+        raise ValueError(f"{cfg.run.env} has {kinds[envs.discrete]} actions but {cfg.agent} needs "
+                         f"{kinds[agent_cls.discrete]} ones; agents for this env: {', '.join(fits)}")
+    if getattr(agent_cls, "on_policy", False):
+        kwargs["total_steps"] = cfg.run.steps
+    return agent_cls(cfg.agent_cfg, envs.observation_size, envs.action_size, **kwargs)
+
+
+def driver_of(cfg: ExperimentConfig) -> str:
+    """'host' or 'jit': `run.driver`, or with 'auto' the jitted driver for JAX-native envs and PPO."""
+    if cfg.run.driver != "auto":
+        return cfg.run.driver
+    on_policy = getattr(agents.get(cfg.agent), "on_policy", False)
+    return "jit" if on_policy or cfg.run.env.startswith(JAX_NATIVE) else "host"
+
+
+def make_trainer(cfg: ExperimentConfig):
+    """The trainer for this config: host or fully-jitted driver, off- or on-policy agent."""
+    from plastic.jit_trainer import JitTrainer, OnPolicyTrainer
+    on_policy = getattr(agents.get(cfg.agent), "on_policy", False)
+    driver = driver_of(cfg)
+    if driver == "jit" and not is_jax_native(cfg.run.env):
+        raise ValueError(f"the jitted driver needs a JAX-native env (brax:NAME, gymnax:NAME, probe:NAME), "
+                         f"got {cfg.run.env!r}" + ("; ppo runs on the jitted driver only" if on_policy else
+                                                   "; use --run.driver host"))
+    if on_policy:
+        if driver == "host":
+            raise ValueError(f"{cfg.agent} runs on the jitted driver only; use a brax:, gymnax: or probe: env")
+        return OnPolicyTrainer(cfg)
+    return JitTrainer(cfg) if driver == "jit" else Trainer(cfg)

@@ -22,7 +22,7 @@ def test_help_lists_agents_and_interventions():
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--agent", "ppo2"], "unknown agent 'ppo2'; valid: dqn, sac, td3"),
+    (["--agent", "ppo2"], "unknown agent 'ppo2'; valid: dqn, ppo, sac, td3"),
     (["--intervention", "grama+foo"], "unknown intervention 'foo'; valid: none, grama, swd"),
     (["--sac.nope", "1"], "unknown field sac.nope; valid fields of sac:"),
     (["--sac.batch_size", "abc"], "sac.batch_size: expected int, got 'abc'"),
@@ -31,7 +31,8 @@ def test_help_lists_agents_and_interventions():
     (["--swd.T", "10"], "'swd' is not active in this run"),
     (["--env", "NoSuchEnv-v0"], "unknown environment 'NoSuchEnv-v0'"),
     (["--env", "dmc:cheetah-fly"], "unknown dm_control task"),
-    (["--env", "brax:ant"], "not supported yet"),
+    (["--env", "brax:nope"], "unknown brax env 'brax:nope'; valid: brax:ant, "),
+    (["--env", "gymnax:Nope-v0"], "unknown gymnax env 'gymnax:Nope-v0'; valid: gymnax:CartPole-v1, "),
     (["--seeds", "0"], "run.seeds must be > 0"),
     (["--config", "nope"], "unknown config preset 'nope'"),
     (["--bogus"], "unrecognised argument '--bogus'"),

@@ -42,7 +42,8 @@ def test_truncation_bootstraps(tmp_path):
 @pytest.mark.parametrize("double", [True, False])
 def test_double_dqn_target_uses_online_argmax(double):
     """Targets on a hand-built case: online prefers action 0, the target net values action 1 more."""
-    _, tr = make("dqn", "probe:d_constant", 10, overrides={"dqn.double": double, "dqn.gamma": 1.0})
+    _, tr = make("dqn", "probe:d_constant", 10, overrides={"dqn.double": double, "dqn.gamma": 1.0,
+                                                                 "dqn.loss": "huber"})
     agent = tr.agent
     state = agent.init(jax.random.PRNGKey(0))
     # online: last layer makes Q = (1, 0); target: Q = (0, 5), whatever the input

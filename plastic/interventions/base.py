@@ -32,6 +32,7 @@ class Intervention:
     Config: ClassVar[type]
     agents: ClassVar[tuple[str, ...]] = ALL_AGENTS
     samples_replay: ClassVar[bool] = False   # True if it overrides `sample` (replay_sampler hook)
+    agent_defaults: ClassVar[dict] = {}      # agent -> {field: default} replacing the Config defaults
 
     def __init__(self, cfg, agent_name: str):
         self.cfg = cfg
@@ -52,7 +53,9 @@ class Intervention:
         return {}
 
     # ---- hooks (defaults are identities) ----------------------------------------------------
-    def loss_term(self, net, params, state):
+    def loss_term(self, net, params, state, aux):
+        """Extra loss added inside the gradient; `aux` is the agent loss's aux output (PPO's policy loss
+        passes per-sample `logp`, `logp_old` and normalised `adv`)."""
         return jnp.zeros(())
 
     def grad_transform(self, net, grads, params, state):

@@ -32,7 +32,7 @@ from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, re
 @dataclass
 class ReGraMaConfig:
     tau: float = 0.0                  # 0 for plain MLPs (paper Table 7); 0.01 for LayerNorm/residual nets
-    period: int = 1000                # in updates of the network being reset
+    period: int = 1000                # in updates of the network being reset (PPO default: 100)
     max_reset_fraction: float = 0.0   # 0 = no cap; paper uses 0.05 for SAC on Humanoid
     score_target: str = "pre_activation"  # pre_activation | post_activation | weight_grad
     networks: tuple[str, ...] = ("actor", "critic")
@@ -54,6 +54,8 @@ def _choice(name, value, valid):
 class ReGraMa(Intervention):
     name = "grama"
     Config = ReGraMaConfig
+    # PPO: every 100 minibatch updates (interventions.md §1.4, by analogy with LOP's ReDo-for-PPO setting)
+    agent_defaults = {"ppo": {"period": 100}}
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg

@@ -1,0 +1,282 @@
+"""PPO (Schulman et al. 2017) for discrete (categorical) and continuous (Gaussian, state-independent
+log-std, no tanh) actions, with CleanRL / PureJaxRL defaults for classic control.
+
+One call of `update` is one PPO iteration on a rollout of `num_steps` steps of `num_envs` envs: values and
+log-probs of the rollout policy, GAE, then `epochs` passes of `minibatches` minibatch steps. The policy
+("actor") and the value function ("critic") are separate networks, each stepped by `core.gradient_step` on
+the same minibatch (the policy on the clipped surrogate minus the entropy bonus, the value net on
+`vf_coef` times the value loss), so interventions see every minibatch step of both. With separate Adam
+states this equals CleanRL's single optimizer on the summed loss except that the global-norm clip
+(`max_grad_norm`) is taken per network.
+
+Rollout dict (from the trainer, leading axes [T, E]): obs, action, reward, next_obs (the true next
+observation, also at episode ends), terminated, truncated. Values and log-probs are recomputed here with
+the parameters that acted (they have not changed since), so `act` has the same signature as every agent.
+
+Truncation bootstraps: the TD error at every step uses V(next_obs), which is the final observation of a
+truncated episode, and the GAE recursion is cut at every episode end (`gae` below).
+
+Normalisation (`norm_obs`, `norm_reward`) keeps its running statistics in `AgentState.extra`; they are
+updated after each iteration's epochs, so one rollout is normalised with one set of statistics.
+
+The policy loss hands its per-sample terms (`logp`, `logp_old`, `adv`) to the `loss_term` hook as the
+loss's aux, so a trust-region method such as GTR can add its own term next to (or instead of) clipping.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
+from plastic.core import Net, gradient_step
+from plastic.networks import MLP, GaussianHead
+from plastic.normalize import RunningStats
+
+LOG_2PI_E = float(jnp.log(2 * jnp.pi) + 1.0)
+
+
+@dataclass
+class PPOConfig:
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    init: str = "orthogonal"          # CleanRL layer_init: gain sqrt(2); heads 0.01 (policy), 1 (value)
+    lr: float = 2.5e-4
+    anneal_lr: bool = True            # linear decay to 0 over the run's budget (run.steps)
+    num_envs: int = 4                 # parallel envs per seed
+    num_steps: int = 128              # rollout length per env; batch = num_envs * num_steps
+    epochs: int = 4
+    minibatches: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_vloss: bool = True           # clip the value update around the rollout's values
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5        # per network (0: off)
+    norm_adv: bool = True             # per minibatch
+    norm_obs: bool = False
+    norm_reward: bool = False         # scale rewards by the running std of the discounted return
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+    log_std_init: float = 0.0
+
+
+def gae(reward, value, next_value, terminated, truncated, gamma: float, lam: float):
+    """Generalised advantage estimation over a time-major rollout [T, ...].
+
+    `next_value[t]` is V of the true next observation of step t. Termination drops the bootstrap;
+    truncation keeps it; both cut the recursion (the next step belongs to a new episode).
+    Returns (advantages, returns = advantages + value)."""
+    terminated = terminated.astype(value.dtype)
+    done = jnp.maximum(terminated, truncated.astype(value.dtype))
+    delta = reward + gamma * (1.0 - terminated) * next_value - value
+
+    def back(acc, x):
+        d, dn = x
+        acc = d + gamma * lam * (1.0 - dn) * acc
+        return acc, acc
+
+    _, adv = jax.lax.scan(back, jnp.zeros_like(value[0]), (delta, done), reverse=True)
+    return adv, adv + value
+
+
+class PPO:
+    name = "ppo"
+    Config = PPOConfig
+    on_policy = True
+    discrete = None                   # either kind: the trainer passes the env's as `discrete=`
+    default_env = "gymnax:CartPole-v1"
+    roles = {"actor": "actor", "critic": "critic"}
+
+    def __init__(self, cfg: PPOConfig, obs_size: int, action_size: int, probe_point="pre_activation",
+                 discrete: bool = True, total_steps: int = 0):
+        self.cfg, self.obs_size, self.action_size, self.discrete = cfg, obs_size, action_size, discrete
+        mlp = lambda out, scale: MLP(cfg.hidden, out, cfg.activation, kernel_init=cfg.init,  # noqa: E731
+                                     out_init_scale=scale, probe_point=probe_point)
+        # output scales: gain 0.01 (policy) and 1 (value) for orthogonal init; 1 for the others
+        ortho = cfg.init == "orthogonal"
+        pi = mlp(action_size, 5e-5 if ortho else 1.0)
+        if not self.discrete:
+            pi = GaussianHead(pi, cfg.log_std_init)
+        v = mlp(1, 0.5 if ortho else 1.0)
+        self.batch_size = cfg.num_envs * cfg.num_steps
+        self.minibatch_size = self.batch_size // cfg.minibatches
+        lr = cfg.lr
+        iterations = total_steps // self.batch_size
+        if cfg.anneal_lr and iterations > 0:
+            per_iter = cfg.epochs * cfg.minibatches
+            lr = lambda count: cfg.lr * jnp.maximum(1.0 - (count // per_iter) / iterations, 0.0)  # noqa: E731
+        tx = lambda: optax.chain(  # noqa: E731
+            optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0 else optax.identity(),
+            optax.adam(lr, eps=1e-5))
+        self.actor = Net.of("actor", pi, tx(), cfg.lr)
+        self.critic = Net.of("critic", v, tx(), cfg.lr)
+        self.nets = {"actor": self.actor, "critic": self.critic}
+
+    def role(self, net_name: str) -> str:
+        return self.roles[net_name]
+
+    def init(self, key) -> AgentState:
+        ka, kc = jax.random.split(key)
+        obs = jnp.zeros((1, self.obs_size))
+        nets = {"actor": self.actor.init(ka, obs), "critic": self.critic.init(kc, obs)}
+        logs = {**empty_logs(self.actor), **empty_logs(self.critic)}
+        logs.update({k: jnp.zeros(()) for k in ("entropy", "approx_kl", "clip_fraction", "value_mean")})
+        extra = {"obs_rms": RunningStats.create((self.obs_size,)), "ret_rms": RunningStats.create(),
+                 "returns": jnp.zeros(self.cfg.num_envs)}
+        return AgentState(nets=nets, targets={}, logs=logs, extra=extra)
+
+    # ---- policy ---------------------------------------------------------------------------------
+    def normalize(self, state: AgentState, obs):
+        return state.extra["obs_rms"].normalize(obs, self.cfg.clip_obs) if self.cfg.norm_obs else obs
+
+    def dist(self, params, obs, probes=None):
+        """Distribution parameters (logits, or (mean, log_std)) and activations."""
+        return self.actor.apply(params, obs, probes)
+
+    def act(self, state: AgentState, obs, key, explore: bool = True, step=0):
+        out, _ = self.dist(state.nets["actor"].params, self.normalize(state, obs)[None])
+        return self._sample(out, key, explore)
+
+    def value(self, state: AgentState, obs):
+        return self.critic.apply(state.nets["critic"].params, self.normalize(state, obs))[0][..., 0]
+
+    def activations(self, state: AgentState, batch):
+        obs = self.normalize(state, batch["obs"])
+        return {"actor": self.dist(state.nets["actor"].params, obs)[1],
+                "critic": self.critic.apply(state.nets["critic"].params, obs)[1]}
+
+    # ---- update ---------------------------------------------------------------------------------
+    def update(self, state: AgentState, rollout, counters, key, interventions=(), istate=None):
+        c = self.cfg
+        obs = self.normalize(state, rollout["obs"])
+        next_obs = self.normalize(state, rollout["next_obs"])
+        extra = dict(state.extra)
+        reward = rollout["reward"]
+        if c.norm_reward:
+            reward, extra["returns"], extra["ret_rms"] = self._scale_rewards(state, rollout)
+        pi_params, v_params = state.nets["actor"].params, state.nets["critic"].params
+        logp_old = self._log_prob(self.dist(pi_params, obs)[0], rollout["action"])[0]
+        value = self.critic.apply(v_params, obs)[0][..., 0]
+        next_value = self.critic.apply(v_params, next_obs)[0][..., 0]
+        adv, ret = gae(reward, value, next_value, rollout["terminated"], rollout["truncated"], c.gamma,
+                       c.gae_lambda)
+        flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731
+        data = {"obs": flat(obs), "action": flat(rollout["action"]), "logp": flat(logp_old),
+                "adv": flat(adv), "ret": flat(ret), "value": flat(value)}
+
+        def minibatch(carry, mb):
+            nets, istate, counters, key = carry
+            key, k_pi, k_v = jax.random.split(key, 3)
+            actor, istate, n_pi, aux_pi, logs_pi = gradient_step(
+                self.actor, nets["actor"], lambda p, pr: self._policy_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
+                count=counters["actor"], key=k_pi, interventions=interventions, istate=istate, inputs=mb["obs"])
+            critic, istate, n_v, value_mean, logs_v = gradient_step(
+                self.critic, nets["critic"], lambda p, pr: self._value_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
+                count=counters["critic"], key=k_v, interventions=interventions, istate=istate, inputs=mb["obs"])
+            stats = {"entropy": aux_pi["entropy"], "approx_kl": aux_pi["approx_kl"],
+                     "clip_fraction": aux_pi["clip_fraction"], "value_mean": value_mean, **logs_pi, **logs_v}
+            return ({"actor": actor, "critic": critic}, istate, {**counters, "actor": n_pi, "critic": n_v},
+                    key), stats
+
+        def epoch(carry, _):
+            key, k_perm = jax.random.split(carry[3])
+            perm = jax.random.permutation(k_perm, self.batch_size)
+            mbs = jax.tree.map(lambda x: x[perm].reshape(c.minibatches, self.minibatch_size, *x.shape[1:]),
+                               data)
+            return jax.lax.scan(minibatch, (*carry[:3], key), mbs)
+
+        (nets, istate, counters, _), stats = jax.lax.scan(epoch, (state.nets, istate, counters, key), None,
+                                                          length=c.epochs)
+        if c.norm_obs:
+            extra["obs_rms"] = state.extra["obs_rms"].update(rollout["obs"])
+        logs = {**state.logs, **jax.tree.map(lambda x: x[-1, -1], stats)}
+        return state.replace(nets=nets, logs=logs, extra=extra), istate, counters
+
+    def _policy_loss(self, params, probes, mb):
+        c = self.cfg
+        out, _ = self.dist(params, mb["obs"], probes)
+        logp, entropy = self._log_prob(out, mb["action"])
+        adv = mb["adv"]
+        if c.norm_adv:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        log_ratio = logp - mb["logp"]
+        ratio = jnp.exp(log_ratio)
+        surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - c.clip_coef, 1.0 + c.clip_coef) * adv)
+        loss = -surrogate.mean() - c.ent_coef * entropy.mean()
+        aux = {"logp": logp, "logp_old": mb["logp"], "adv": adv, "entropy": entropy.mean(),
+               "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),  # the k3 estimator of KL(old || new)
+               "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > c.clip_coef)}
+        return loss, aux
+
+    def _value_loss(self, params, probes, mb):
+        c = self.cfg
+        v = self.critic.apply(params, mb["obs"], probes)[0][..., 0]
+        err = jnp.square(v - mb["ret"])
+        if c.clip_vloss:
+            v_clip = mb["value"] + jnp.clip(v - mb["value"], -c.clip_coef, c.clip_coef)
+            err = jnp.maximum(err, jnp.square(v_clip - mb["ret"]))
+        return c.vf_coef * 0.5 * err.mean(), v.mean()
+
+    def _scale_rewards(self, state, rollout):
+        """Divide rewards by the running std of the discounted return (gymnasium's NormalizeReward),
+        the return restarting at episode ends; statistics take this rollout in before scaling."""
+        c = self.cfg
+        done = jnp.maximum(rollout["terminated"], rollout["truncated"]).astype(jnp.float32)
+
+        def acc(g, x):
+            r, d = x
+            g = r + c.gamma * g
+            return g * (1.0 - d), g
+
+        returns, g = jax.lax.scan(acc, state.extra["returns"], (rollout["reward"], done))
+        rms = state.extra["ret_rms"].update(g)
+        scaled = jnp.clip(rollout["reward"] / jnp.sqrt(rms.var + 1e-8), -c.clip_reward, c.clip_reward)
+        return scaled, returns, rms
+
+    @staticmethod
+    def validate(cfg: PPOConfig) -> None:
+        for k in ("num_envs", "num_steps", "epochs", "minibatches"):
+            if getattr(cfg, k) <= 0:
+                raise ValueError(f"ppo.{k} must be > 0, got {getattr(cfg, k)}")
+        if (cfg.num_envs * cfg.num_steps) % cfg.minibatches:
+            raise ValueError(f"ppo.minibatches={cfg.minibatches} must divide the rollout batch "
+                             f"num_envs * num_steps = {cfg.num_envs * cfg.num_steps}")
+        for k in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(cfg, k) <= 1.0:
+                raise ValueError(f"ppo.{k} must be in [0, 1], got {getattr(cfg, k)}")
+        for k in ("lr", "clip_coef", "clip_obs", "clip_reward"):
+            if getattr(cfg, k) <= 0:
+                raise ValueError(f"ppo.{k} must be > 0, got {getattr(cfg, k)}")
+        for k in ("ent_coef", "vf_coef", "max_grad_norm"):
+            if getattr(cfg, k) < 0:
+                raise ValueError(f"ppo.{k} must be >= 0, got {getattr(cfg, k)}")
+
+
+    # ---- action kinds ---------------------------------------------------------------------------
+    def random_action(self, key):
+        return (DiscreteActions if self.discrete else ContinuousActions).random_action(self, key)
+
+    def action_example(self):
+        return (DiscreteActions if self.discrete else ContinuousActions).action_example(self)
+
+    def _sample(self, out, key, explore):
+        if self.discrete:
+            a = jax.random.categorical(key, out[0]) if explore else jnp.argmax(out[0])
+            return a.astype(jnp.int32)
+        mean, log_std = out
+        return (mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape) if explore else mean)[0]
+
+    def _log_prob(self, out, action):
+        """(log pi(action), entropy) per sample."""
+        if self.discrete:
+            logp_all = jax.nn.log_softmax(out)
+            logp = jnp.take_along_axis(logp_all, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+            return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+        mean, log_std = out
+        z = (action - mean) * jnp.exp(-log_std)
+        logp = jnp.sum(-0.5 * jnp.square(z) - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
+        return logp, jnp.sum(log_std + 0.5 * LOG_2PI_E, axis=-1)

@@ -1,0 +1,338 @@
+"""JAX-native environments behind one functional interface, and an adapter to the host interface.
+
+Ids: `gymnax:NAME` (a name from `gymnax.registered_envs`, e.g. `gymnax:CartPole-v1`,
+`gymnax:Breakout-MinAtar`, `gymnax:Pendulum-v1`), `brax:NAME` or `brax:NAME:BACKEND` (e.g. `brax:ant`,
+`brax:hopper:spring`; backends positional (default), spring, generalized, mjx) and `probe:NAME` (tiny
+envs with analytic action values, for tests; see `ProbeJaxEnv`).
+
+A `JaxEnv` is a static Python object whose methods are pure and jittable, for ONE unbatched env (vmap
+them for a batch):
+
+    state, obs = env.reset(key)
+    state, next_obs, reward, terminated, truncated, final_obs = env.step(state, action, key)
+
+`step` auto-resets: when the episode ends, `next_obs` and `state` belong to a fresh episode, while
+`final_obs` is always the observation this step really reached (the replay's next_obs). Termination
+stops bootstrapping; truncation (the time limit `max_episode_steps`, or `force_truncate`) does not, and
+is never reported together with termination. Observations are flattened float32 vectors. Discrete
+actions are int32 scalars; continuous ones are in [-1, 1]^action_size: they are clipped to that box and
+then rescaled linearly to the env's bounds.
+
+`HostJaxEnv` gives a JaxEnv the numpy interface of the host envs in `plastic.envs` (`reset(seed)`,
+`step(action) -> (obs, reward, terminated, truncated)`, no auto-reset).
+
+gymnax and brax are imported only when an env of theirs is built, so importing this module is cheap.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+_CONTINUOUS_PROBES = ("constant", "obs", "two_step", "action", "truncated")
+PROBES = _CONTINUOUS_PROBES + tuple(f"d_{p}" for p in _CONTINUOUS_PROBES)
+BRAX_BACKENDS = ("positional", "spring", "generalized", "mjx")
+BRAX_EPISODE_LENGTH = 1000  # brax.envs.create's default episode_length
+
+
+@struct.dataclass
+class JaxEnvState:
+    inner: Any          # the wrapped env's own state
+    t: jax.Array        # int32, steps taken in this episode
+
+
+def _strong(tree):
+    """Arrays with concrete (not weak) dtypes, so that reset and step states have identical types."""
+    def leaf(x):
+        x = jnp.asarray(x)
+        return x if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else jnp.asarray(x, x.dtype)
+    return jax.tree.map(leaf, tree)
+
+
+def _flat(obs) -> jax.Array:
+    leaves = jax.tree.leaves(obs)
+    if len(leaves) == 1:
+        return jnp.ravel(leaves[0]).astype(jnp.float32)
+    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+
+
+class JaxEnv:
+    """One env, pure functions. Subclasses set `env_id`, `discrete`, `action_size`, `max_episode_steps`
+    (and, if continuous, the bounds `action_low`/`action_high` and `action_shape` the wrapped env wants)
+    in `__init__`, implement `_reset(key) -> (inner, obs)` and
+    `_step(inner, action, key) -> (inner, obs, reward, terminated)` (action already converted to the
+    env's units), then call `_init_spaces()`. The base class adds the time limit and auto-reset."""
+
+    env_id: str
+    discrete: bool
+    action_size: int
+    max_episode_steps: int
+    observation_shape: tuple
+    observation_size: int
+    action_low: np.ndarray | None = None     # float32 [action_size] (continuous only)
+    action_high: np.ndarray | None = None
+    action_shape: tuple = ()
+
+    def _reset(self, key):
+        raise NotImplementedError
+
+    def _step(self, inner, action, key):
+        raise NotImplementedError
+
+    def _init_spaces(self):
+        _, obs = jax.eval_shape(self._reset, jax.random.PRNGKey(0))  # traces only; compiles nothing
+        leaves = jax.tree.leaves(obs)
+        self.observation_size = int(sum(np.prod(x.shape, dtype=int) for x in leaves))
+        self.observation_shape = tuple(leaves[0].shape) if len(leaves) == 1 else (self.observation_size,)
+
+    def _action(self, action):
+        if self.discrete:
+            return jnp.asarray(action).reshape(()).astype(jnp.int32)
+        a = jnp.clip(jnp.asarray(action, jnp.float32).reshape(self.action_size), -1.0, 1.0)
+        a = self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
+        return a.reshape(self.action_shape)
+
+    def reset(self, key):
+        """`(state, obs)` of a fresh episode."""
+        inner, obs = self._reset(key)
+        return JaxEnvState(inner=_strong(inner), t=jnp.zeros((), jnp.int32)), _flat(obs)
+
+    def transition(self, state: JaxEnvState, action, key):
+        """One step with the time limit but without auto-reset:
+        `(state, obs, reward, terminated, truncated)`; `obs` is the observation reached."""
+        inner, obs, reward, terminated = self._step(state.inner, self._action(action), key)
+        t = state.t + 1
+        terminated = jnp.asarray(terminated).reshape(()).astype(bool)
+        truncated = (t >= self.max_episode_steps) & ~terminated
+        return (JaxEnvState(inner=_strong(inner), t=t), _flat(obs),
+                jnp.asarray(reward, jnp.float32).reshape(()), terminated, truncated)
+
+    def step(self, state: JaxEnvState, action, key, force_truncate=False):
+        """`(state, next_obs, reward, terminated, truncated, final_obs)`, auto-resetting ended episodes
+        with a key derived from `key`. `force_truncate` (a bool, may be traced) ends the episode as a
+        truncation unless it terminated anyway."""
+        k_step, k_reset = jax.random.split(key)
+        stepped, final_obs, reward, terminated, truncated = self.transition(state, action, k_step)
+        truncated = (truncated | jnp.asarray(force_truncate, bool)) & ~terminated
+        done = terminated | truncated
+        fresh, reset_obs = self.reset(k_reset)
+        state = jax.tree.map(lambda f, s: jnp.where(done, f, s).astype(f.dtype), fresh, stepped)
+        next_obs = jnp.where(done, reset_obs, final_obs)
+        return state, next_obs, reward, terminated, truncated, final_obs
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.env_id!r})"
+
+
+class GymnaxEnv(JaxEnv):
+    """`gymnax:NAME`. Steps with `step_env` (no gymnax auto-reset) under params whose
+    `max_steps_in_episode` is huge, so gymnax's `done` is the true termination only; the env's own
+    `max_steps_in_episode` (500 for CartPole-v1) becomes our time limit, reported as truncation.
+    (Envs whose dynamics or observations read `max_steps_in_episode`, e.g. DiscountingChain-bsuite's
+    time feature, see the huge value.)"""
+
+    def __init__(self, env_id: str):
+        import gymnax
+        name = env_id.split(":", 1)[1]
+        if name not in gymnax.registered_envs:
+            raise ValueError(f"unknown gymnax env {env_id!r}; valid: "
+                             f"{', '.join('gymnax:' + n for n in gymnax.registered_envs)}")
+        self.env_id = env_id
+        self._env, params = gymnax.make(name)
+        self.max_episode_steps = int(params.max_steps_in_episode)
+        big = 2 ** 30 if isinstance(params.max_steps_in_episode, (int, np.integer)) else float(2 ** 30)
+        self._params = params.replace(max_steps_in_episode=big)
+        space = self._env.action_space(params)
+        if hasattr(space, "n"):
+            self.discrete, self.action_size = True, int(space.n)
+        elif hasattr(space, "low") and hasattr(space, "high"):
+            self.discrete = False
+            self.action_shape = tuple(space.shape)
+            self.action_size = int(np.prod(self.action_shape, dtype=int))
+            self.action_low = np.broadcast_to(np.asarray(space.low, np.float32), self.action_shape).ravel()
+            self.action_high = np.broadcast_to(np.asarray(space.high, np.float32), self.action_shape).ravel()
+        else:
+            raise ValueError(f"{env_id} has a {type(space).__name__} action space; supported: Box, Discrete")
+        self._init_spaces()
+
+    def _reset(self, key):
+        obs, inner = self._env.reset_env(key, self._params)
+        return inner, obs
+
+    def _step(self, inner, action, key):
+        obs, inner, reward, done, _ = self._env.step_env(key, inner, action, self._params)
+        return inner, obs, reward, done
+
+
+@contextlib.contextmanager
+def _quiet_brax():
+    """Drop the 'Failed to import (mujoco_)warp' lines mujoco.mjx prints on import, and the
+    maintenance warnings of brax and jaxopt; everything else printed passes through."""
+    buf = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(not actively being|no longer) maintained.*")
+        try:
+            with contextlib.redirect_stdout(buf):
+                yield
+        finally:
+            rest = [l for l in buf.getvalue().splitlines(keepends=True) if "Failed to import" not in l
+                    or "warp" not in l]
+            sys.stdout.write("".join(rest))
+
+
+class BraxEnv(JaxEnv):
+    """`brax:NAME[:BACKEND]`, the bare env (no brax wrappers). Termination is the env's `done`; the time
+    limit is brax's default episode length (1000). Brax actions are already in [-1, 1]."""
+
+    def __init__(self, env_id: str):
+        _, name, *rest = env_id.split(":")
+        backend = rest[0] if rest else "positional"
+        if len(rest) > 1 or backend not in BRAX_BACKENDS:
+            raise ValueError(f"bad brax env id {env_id!r}: use brax:NAME or brax:NAME:BACKEND with BACKEND one "
+                             f"of {', '.join(BRAX_BACKENDS)}")
+        with _quiet_brax():
+            import brax.envs
+            if name not in brax.envs._envs:
+                raise ValueError(f"unknown brax env {env_id!r}; valid: "
+                                 f"{', '.join('brax:' + n for n in brax.envs._envs)} (optionally :BACKEND)")
+            self._env = brax.envs.get_environment(name, backend=backend)
+        self.env_id = env_id
+        self.discrete = False
+        self.action_size = int(self._env.action_size)
+        self.action_shape = (self.action_size,)
+        self.action_low = -np.ones(self.action_size, np.float32)
+        self.action_high = np.ones(self.action_size, np.float32)
+        self.max_episode_steps = BRAX_EPISODE_LENGTH
+        with _quiet_brax():
+            self._init_spaces()
+
+    def _reset(self, key):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Accessing `ncon`", category=DeprecationWarning)
+            s = self._env.reset(key)
+        return s, s.obs
+
+    def _step(self, inner, action, key):
+        with warnings.catch_warnings():  # brax's contact code reads a deprecated mujoco field when traced
+            warnings.filterwarnings("ignore", message="Accessing `ncon`", category=DeprecationWarning)
+            s = self._env.step(inner, action)
+        return s, s.obs, s.reward, s.done
+
+
+class ProbeJaxEnv(JaxEnv):
+    """Tiny envs with analytic action values (rejax/Andy Jones style probes). Observation: one float.
+
+    constant:   one step, reward 1, terminal               -> Q = 1
+    obs:        one step, obs ±1, reward = obs, terminal    -> Q(s) = s
+    two_step:   obs 0 then 1, reward 0 then 1, terminal     -> Q(0) = γ, Q(1) = 1
+    action:     one step, reward = -(a - 0.5)², terminal    -> Q(a) = -(a - 0.5)², best a = 0.5
+    truncated:  reward 1 forever, truncated after 5 steps   -> Q = 1 / (1 - γ) (truncation bootstraps)
+
+    Continuous probes have one action in [-1, 1]. Discrete twins (two actions, for DQN): d_constant,
+    d_obs, d_two_step, d_truncated behave as above for every action; d_action: one step, reward 1 for
+    action 1 and 0 for action 0 -> Q = (0, 1). Every probe but `truncated` has a time limit of 1000 steps,
+    which its episodes never reach. The observation after a terminal step is 0 (1 after two_step's
+    first step).
+    """
+
+    def __init__(self, env_id: str):
+        name = env_id.split(":", 1)[1]
+        if name not in PROBES:
+            raise ValueError(f"unknown probe env {env_id!r}; valid: {', '.join('probe:' + p for p in PROBES)}")
+        self.env_id = env_id
+        self.discrete = name.startswith("d_")
+        self.name = name[2:] if self.discrete else name
+        self.action_size = 2 if self.discrete else 1
+        if not self.discrete:
+            self.action_shape = (1,)
+            self.action_low, self.action_high = -np.ones(1, np.float32), np.ones(1, np.float32)
+        self.max_episode_steps = 5 if self.name == "truncated" else 1000
+        self._init_spaces()
+
+    def _reset(self, key):
+        obs = jnp.where(jax.random.bernoulli(key), 1.0, -1.0) if self.name == "obs" else jnp.zeros(())
+        obs = jnp.asarray(obs, jnp.float32).reshape(1)
+        return obs, obs  # the inner state is the observation
+
+    def _step(self, inner, action, key):
+        zero, one = jnp.zeros(1, jnp.float32), jnp.ones(1, jnp.float32)
+        if self.name == "constant":
+            return zero, zero, 1.0, True
+        if self.name == "obs":
+            return zero, zero, inner[0], True
+        if self.name == "action":
+            reward = (action == 1).astype(jnp.float32) if self.discrete else -(action[0] - 0.5) ** 2
+            return zero, zero, reward, True
+        if self.name == "two_step":
+            first = inner[0] == 0.0
+            obs = jnp.where(first, one, zero)
+            return obs, obs, jnp.where(first, 0.0, 1.0), ~first
+        return zero, zero, 1.0, False  # truncated: the base class's time limit (5) ends it
+
+
+def make_jax_env(env_id: str) -> JaxEnv:
+    """The JaxEnv for `gymnax:NAME`, `brax:NAME[:BACKEND]` or `probe:NAME`."""
+    if env_id.startswith("gymnax:"):
+        return GymnaxEnv(env_id)
+    if env_id.startswith("brax:"):
+        return BraxEnv(env_id)
+    if env_id.startswith("probe:"):
+        return ProbeJaxEnv(env_id)
+    raise ValueError(f"unknown JAX env id {env_id!r}; use gymnax:NAME (e.g. gymnax:CartPole-v1), "
+                     f"brax:NAME[:BACKEND] (e.g. brax:ant, brax:hopper:spring) or probe:NAME ({', '.join(PROBES)})")
+
+
+_HOST_FNS: dict = {}  # (env class, env id, time limit) -> jitted (reset, transition), shared by adapters
+
+
+def _host_fns(env: JaxEnv):
+    key = (type(env), env.env_id, env.max_episode_steps)
+    if key not in _HOST_FNS:
+        def reset(seed):
+            k_reset, k_steps = jax.random.split(jax.random.PRNGKey(seed))
+            state, obs = env.reset(k_reset)
+            return state, obs, k_steps
+
+        def transition(state, action, k_steps):
+            return env.transition(state, action, jax.random.fold_in(k_steps, state.t))
+
+        _HOST_FNS[key] = jax.jit(reset), jax.jit(transition)
+    return _HOST_FNS[key]
+
+
+class HostJaxEnv:
+    """A JaxEnv with the host interface of `plastic.envs` (numpy in and out, no auto-reset).
+
+    `reset(seed)` resets with key `split(PRNGKey(seed))[0]`; step `i` of the episode (from 0) uses
+    `fold_in(split(PRNGKey(seed))[1], i)`. `step` returns the observation actually reached and reports
+    the time limit as truncation; the caller resets after an episode ends. The jitted functions are
+    shared by all adapters of the same env id and time limit, so n adapters compile once."""
+
+    def __init__(self, env: JaxEnv):
+        self.env = env
+        self.observation_size, self.action_size = env.observation_size, env.action_size
+        self.discrete = env.discrete
+        self._reset_fn, self._step_fn = _host_fns(env)
+        self._state = self._keys = None
+
+    def reset(self, seed: int):
+        self._state, obs, self._keys = self._reset_fn(np.uint32(int(seed) % 2 ** 32))
+        return np.array(obs)
+
+    def step(self, action):
+        if self._state is None:
+            raise RuntimeError("HostJaxEnv.step before reset")
+        if self.discrete:
+            a = np.int32(np.asarray(action).reshape(()))
+        else:
+            a = np.asarray(action, np.float32).reshape(self.action_size)
+        self._state, obs, reward, term, trunc = self._step_fn(self._state, a, self._keys)
+        obs, reward, term, trunc = jax.device_get((obs, reward, term, trunc))
+        return np.array(obs), float(reward), bool(term), bool(trunc)

@@ -1,0 +1,280 @@
+"""The fully-jitted driver: JAX-native envs (brax, gymnax, probes) stepped inside the training program.
+
+A chunk of training — env steps, replay writes or rollouts, updates, interventions, and the logged values
+at its end — is one jitted `lax.scan` over all seeds (the seed axis is vmapped inside the step, with
+counters unbatched, exactly as on the host driver). Between chunks the host writes the log rows, streams
+progress, checkpoints and checks for signals, so runs resume and report as host-driver runs do. A chunk is
+`run.log_every` env steps (rounded to whole PPO iterations), so each log point is a chunk boundary.
+
+Keys: seed i's env key is derived from `run.seed + i` and folded with the env-step counter at every step
+(acting keys likewise), so a run's randomness does not depend on where it was split into chunks and a
+vmapped seed equals the single-seed run with that seed.
+
+- `JitTrainer`: off-policy agents (TD3, SAC, DQN); the per-seed functions are the host driver's.
+- `OnPolicyTrainer`: PPO; one scan iteration is a rollout of `num_steps` steps of `num_envs` envs per seed,
+  then one `agent.update` (epochs of minibatch steps) per seed.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from metrics.units import dormant_scores, ratio_logs
+from plastic.agent import AgentState, init_counters
+from plastic.checkpoint import Checkpointer
+from plastic.core import maybe
+from plastic.jaxenvs import make_jax_env
+from plastic.logger import RunLogger
+from plastic.interventions import REGISTRY
+from plastic.trainer import Trainer, build_agent, catch_stop_signals, episode_rows
+
+ENV_KEY_SALT = 0x3E7  # env keys: fold_in(PRNGKey(seed + i), ENV_KEY_SALT)
+
+
+@struct.dataclass
+class EnvCarry:
+    """Per-seed env state between steps (leading axes [S] or [S, E])."""
+    state: object
+    obs: jax.Array
+    key: jax.Array          # per seed; folded with the env-step counter
+    stop: jax.Array         # acting-loop hook asked to end the episode at the next step
+    ep_return: jax.Array
+    ep_length: jax.Array
+
+
+def _episode_sums(n_seeds):
+    return {"count": jnp.zeros(n_seeds, jnp.int32), "return": jnp.zeros(n_seeds), "length": jnp.zeros(n_seeds)}
+
+
+def _account(ec: EnvCarry, sums, reward, done):
+    """Add this step's reward; move finished episodes into the per-seed sums (summed over any env axis)."""
+    ret, length = ec.ep_return + reward, ec.ep_length + 1
+    axes = tuple(range(1, done.ndim))
+    sums = {"count": sums["count"] + done.sum(axes).astype(jnp.int32),
+            "return": sums["return"] + jnp.where(done, ret, 0.0).sum(axes),
+            "length": sums["length"] + jnp.where(done, length, 0).sum(axes)}
+    return ret * ~done, length * ~done, sums
+
+
+class ChunkedRun:
+    """The host loop shared by the jitted drivers: run chunks, log, checkpoint, stop on signals.
+
+    Subclasses give `init_carry()`, `unit` (env steps per scan iteration) and `_chunk(carry, n)`
+    -> (carry, episode sums, logged values) running n iterations."""
+
+    unit = 1
+
+    def _build_chunk(self):
+        self.traces = 0  # Python traces of the chunk program (a retrace test reads it)
+
+        def chunk(carry, n):
+            self.traces += 1
+            return self._chunk(carry, n)
+
+        self._chunk_jit = jax.jit(chunk, static_argnums=(1,), donate_argnums=(0,))
+
+    def total_units(self):
+        return -(-self.cfg.run.steps // self.unit)
+
+    def run(self, run_dir: Path, resume: bool = False) -> dict:
+        run = self.cfg.run
+        ckpt = Checkpointer(Path(run_dir) / "checkpoints")
+        carry = self.init_carry()
+        start, resume_step = 0, None
+        if resume:
+            resume_step, carry, meta = ckpt.restore(carry)
+            start = int(meta["env_steps"])
+        logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
+        stop_signal, restore = catch_stop_signals()
+        per_chunk = max(1, run.log_every // self.unit)
+        units, total = start // self.unit, self.total_units()
+        summary = {}
+        try:
+            while units < total:
+                n = min(per_chunk, total - units)
+                prev = units * self.unit
+                t0 = time.perf_counter()
+                carry, sums, stats = self._chunk_jit(carry, n)
+                sums, stats = jax.device_get((sums, stats))
+                units += n
+                done = units * self.unit
+                sps = (done - prev) / max(time.perf_counter() - t0, 1e-9)
+                rows = episode_rows(self.cfg, done, sps, stats, sums["count"], sums["return"], sums["length"])
+                logger.write(rows)
+                rets = [r["episode_return"] for r in rows if r["episode_return"] is not None]
+                summary = {"step": done, "sps": sps, "return": float(np.mean(rets)) if rets else None}
+                logger.progress(done - prev, {"sps": sps, "return": summary["return"]})
+                ce = run.checkpoint_every
+                if units == total or (ce and done // ce > prev // ce) or stop_signal["sig"] is not None:
+                    ckpt.save(done, carry, {"env_steps": done})
+                if stop_signal["sig"] is not None and units < total:
+                    print(f"received signal {stop_signal['sig']}: checkpoint written at step {done}; "
+                          f"resume with --resume", flush=True)
+                    return {**summary, "interrupted": True, "step": done}
+            self.final_state = carry
+        finally:
+            restore()
+            logger.close()
+            ckpt.close()
+        return {**summary, "interrupted": False}
+
+    def _env_carry(self, lead: tuple[int, ...]):
+        """Reset every env; `lead` is (S,) or (S, E)."""
+        S = self.n_seeds
+        keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), ENV_KEY_SALT))(
+            self.cfg.run.seed + jnp.arange(S))
+        reset_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, 0x7FFFFFFF), int(np.prod(lead[1:]))))(keys)
+        reset_keys = reset_keys.reshape(*lead, *reset_keys.shape[2:])
+        reset = self.env.reset
+        for _ in lead:
+            reset = jax.vmap(reset)
+        state, obs = reset(reset_keys)
+        return EnvCarry(state=state, obs=obs, key=keys, stop=jnp.zeros(lead, bool),
+                        ep_return=jnp.zeros(lead), ep_length=jnp.zeros(lead, jnp.int32))
+
+
+class JitTrainer(ChunkedRun, Trainer):
+    """Off-policy agents on a JAX-native env, the whole chunk in one program."""
+
+    def __init__(self, cfg):
+        Trainer.__init__(self, cfg)
+        self.env = self.envs
+        self._build_chunk()
+
+    def _make_envs(self):
+        return make_jax_env(self.cfg.run.env)
+
+    def init_carry(self):
+        ts, counters = self.init_state()
+        return ts, counters, self._env_carry((self.n_seeds,))
+
+    def _chunk(self, carry, n):
+        ts, counters, ec = carry
+        ls = self.cfg.agent_cfg.learning_starts
+
+        def step(c, _):
+            ts, counters, ec, sums = c
+            t = counters["env_steps"]
+            action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, ec.obs)
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(ec.key, t)
+            state, nobs, reward, term, trunc, final = jax.vmap(self.env.step)(ec.state, action, keys, ec.stop)
+            tr = {"obs": ec.obs, "action": action, "reward": reward, "next_obs": final,
+                  "terminated": term.astype(jnp.float32)}
+            ts, counters, stop = self._store(ts, counters, tr)
+            ts, counters = self._maybe_learn(ts, counters, t >= ls)
+            ret, length, sums = _account(ec, sums, reward, term | trunc)
+            ec = ec.replace(state=state, obs=nobs, stop=stop, ep_return=ret, ep_length=length)
+            return (ts, counters, ec, sums), None
+
+        (ts, counters, ec, sums), _ = jax.lax.scan(step, (ts, counters, ec, _episode_sums(self.n_seeds)),
+                                                   None, length=n)
+        key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.run.seed + 7919), counters["env_steps"])
+        stats = jax.vmap(self._stats_one, in_axes=(0, None))(ts, key)
+        return (ts, counters, ec), sums, stats
+
+    def _maybe_learn(self, ts, counters, pred):
+        """The update rounds under `lax.cond`; the replay is read from the closure, never a cond output,
+        so the untaken branch does not copy it."""
+        def learn(c):
+            agent, istate, key, counters = c
+            out, counters = self._seed_updates(ts.replace(agent=agent, interventions=istate, key=key), counters)
+            return out.agent, out.interventions, out.key, counters
+
+        agent, istate, key, counters = maybe(pred, learn, (ts.agent, ts.interventions, ts.key, counters))
+        return ts.replace(agent=agent, interventions=istate, key=key), counters
+
+
+@struct.dataclass
+class OnPolicyState:
+    agent: AgentState
+    interventions: dict
+    key: jax.Array          # consumed by updates
+    act_key: jax.Array      # folded with the env step for acting
+    stats_obs: jax.Array    # observations of the last rollout, for the dormant ratio at log points
+
+
+class OnPolicyTrainer(ChunkedRun):
+    """PPO on a JAX-native env: rollouts of `num_envs` x `num_steps` per seed, then one update."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.env = self.envs = make_jax_env(cfg.run.env)
+        self.agent = build_agent(cfg, self.env)
+        self.interventions = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
+        a = cfg.agent_cfg
+        self.n_seeds, self.n_envs, self.unit = cfg.run.seeds, a.num_envs, a.num_envs * a.num_steps
+        self.n_stats = min(cfg.metrics.stats_batch, self.unit)
+        self._build_chunk()
+
+    def init_carry(self):
+        keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.n_seeds))
+
+        def one(key):
+            k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
+            istate = {iv.name: iv.init(jax.random.fold_in(k_iv, j), self.agent)
+                      for j, iv in enumerate(self.interventions)}
+            return OnPolicyState(self.agent.init(k_agent), istate, k_loop, k_act,
+                                 jnp.zeros((self.n_stats, self.env.observation_size)))
+
+        ts = jax.jit(jax.vmap(one))(keys)
+        return ts, init_counters(self.agent), self._env_carry((self.n_seeds, self.n_envs))
+
+    def _chunk(self, carry, n):
+        ts, counters, ec = carry
+        E, agent = self.n_envs, self.agent
+
+        def act_one(agent_state, obs, key, t):
+            return jax.vmap(lambda o, k: agent.act(agent_state, o, k, True, t))(obs, jax.random.split(key, E))
+
+        def step(c, _):
+            ts, counters, ec, sums = c
+            t = counters["env_steps"]
+            fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+            action = jax.vmap(act_one, in_axes=(0, 0, 0, None))(ts.agent, ec.obs, fold(ts.act_key, t), t)
+            keys = jax.vmap(lambda k: jax.random.split(k, E))(fold(ec.key, t))
+            state, nobs, reward, term, trunc, final = jax.vmap(jax.vmap(self.env.step))(
+                ec.state, action, keys, ec.stop)
+            tr = {"obs": ec.obs, "action": action, "reward": reward, "next_obs": final,
+                  "terminated": term, "truncated": trunc}
+            ret, length, sums = _account(ec, sums, reward, term | trunc)
+            ec = ec.replace(state=state, obs=nobs, ep_return=ret, ep_length=length)
+            return (ts, {**counters, "env_steps": t + E}, ec, sums), tr
+
+        def iteration(c, _):
+            (ts, counters, ec, sums), rollout = jax.lax.scan(step, c, None, length=self.cfg.agent_cfg.num_steps)
+            rollout = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rollout)  # [S, T, E, ...]
+            ts, counters = jax.vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None))(
+                ts, counters, rollout)
+            return (ts, counters, ec, sums), None
+
+        (ts, counters, ec, sums), _ = jax.lax.scan(iteration, (ts, counters, ec, _episode_sums(self.n_seeds)),
+                                                   None, length=n)
+        stats = jax.vmap(self._stats_one)(ts)
+        return (ts, counters, ec), sums, stats
+
+    def _update_one(self, ts: OnPolicyState, counters, rollout):
+        agent_state, istate = ts.agent, ts.interventions
+        key, k_event, k_update = jax.random.split(ts.key, 3)
+        for iv in self.interventions:
+            agent_state, s = iv.scheduled_event(self.agent, agent_state, istate[iv.name], counters, k_event)
+            istate = {**istate, iv.name: s}
+        agent_state, istate, counters = self.agent.update(agent_state, rollout, counters, k_update,
+                                                          self.interventions, istate)
+        obs = rollout["obs"].reshape(-1, rollout["obs"].shape[-1])[:self.n_stats]
+        return ts.replace(agent=agent_state, interventions=istate, key=key, stats_obs=obs), counters
+
+    def _stats_one(self, ts: OnPolicyState):
+        m = self.cfg.metrics
+        logs = dict(ts.agent.logs)
+        for iv in self.interventions:
+            logs.update(iv.logs(ts.interventions[iv.name]))
+        for name, acts in self.agent.activations(ts.agent, {"obs": ts.stats_obs}).items():
+            net = self.agent.nets[name]
+            logs.update(ratio_logs("dormant_ratio", name, dormant_scores(acts, net.layers),
+                                   m.dormant_taus, m.ratio_aggregation))
+        return logs

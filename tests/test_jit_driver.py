@@ -1,0 +1,132 @@
+"""The fully-jitted driver: every agent runs on it, runs are deterministic, resume exactly, vmapped seeds
+equal separate runs, and chunks neither retrace nor leave the device."""
+import jax
+import numpy as np
+import pytest
+
+from helpers import rows, strip_timing
+from plastic.config import build
+from plastic.jit_trainer import JitTrainer, OnPolicyTrainer
+from plastic.trainer import Trainer, make_trainer
+
+SMALL = {"td3": {"hidden": "32,32", "batch_size": 32, "buffer_size": 2000, "learning_starts": 100},
+         "sac": {"hidden": "32,32", "batch_size": 32, "buffer_size": 2000, "learning_starts": 100},
+         "dqn": {"hidden": "32,32", "batch_size": 32, "buffer_size": 2000, "learning_starts": 100,
+                 "train_frequency": 2, "target_update_period": 20},
+         "ppo": {"hidden": "32,32", "num_envs": 2, "num_steps": 25, "minibatches": 2, "anneal_lr": "false"}}
+ENVS = {"td3": "gymnax:Pendulum-v1", "sac": "gymnax:Pendulum-v1", "dqn": "gymnax:CartPole-v1",
+        "ppo": "gymnax:CartPole-v1"}
+
+
+def trainer(agent, steps=400, intervention="none", seeds=1, seed=0, env=None, extra=None):
+    ov = {f"{agent}.{k}": v for k, v in SMALL[agent].items()}
+    ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
+               "run.checkpoint_every": 200})
+    if "grama" in intervention:
+        ov["grama.period"] = 20
+    ov.update(extra or {})
+    cfg = build(agent, intervention, overrides=ov, env=env or ENVS[agent], steps=steps, seeds=seeds, seed=seed)
+    return make_trainer(cfg)
+
+
+def assert_trees_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_driver_choice():
+    assert type(trainer("dqn")) is JitTrainer
+    assert type(trainer("ppo")) is OnPolicyTrainer
+    assert type(trainer("dqn", extra={"run.driver": "host"})) is Trainer  # gymnax env on the host driver
+    with pytest.raises(ValueError, match="jitted driver needs a JAX-native env"):
+        make_trainer(build("td3", overrides={"run.driver": "jit"}, env="Pendulum-v1"))
+    with pytest.raises(ValueError, match="ppo runs on the jitted driver only"):
+        make_trainer(build("ppo", env="CartPole-v1"))
+
+
+@pytest.mark.parametrize("agent,intervention", [("td3", "grama+swd"), ("sac", "grama"), ("dqn", "grama+swd"),
+                                                ("ppo", "grama")])
+def test_resume_is_bit_identical(tmp_path, agent, intervention):
+    full = trainer(agent, 400, intervention)
+    full.run(tmp_path / "full")
+    trainer(agent, 200, intervention).run(tmp_path / "split")
+    resumed = trainer(agent, 400, intervention)
+    resumed.run(tmp_path / "split", resume=True)
+    assert_trees_equal(full.final_state, resumed.final_state)
+    rf, rr = strip_timing(rows(tmp_path / "full")), strip_timing(rows(tmp_path / "split"))
+    assert rf == rr and [r["step"] for r in rf] == [r["step"] for r in rr]
+    assert any(r["episodes"] for r in rf)
+    ts = full.final_state[0]
+    net = "q" if agent == "dqn" else "critic"
+    assert int(ts.interventions["grama"][net]["events"][0]) > 0  # resets happened under the jitted loop
+    for key in (f"dormant_ratio_tau_0/{net}/hidden_0", f"grama_ratio_tau_0/{net}", f"loss/{net}"):
+        assert all(key in r for r in rf), key
+
+
+@pytest.mark.parametrize("agent", ["dqn", "ppo"])
+def test_vmapped_seeds_match_separate_runs(tmp_path, agent):
+    both = trainer(agent, 300, seeds=2, seed=5)
+    both.run(tmp_path / "both")
+    for i in range(2):
+        single = trainer(agent, 300, seeds=1, seed=5 + i)
+        single.run(tmp_path / f"s{i}")
+        a = jax.tree.map(lambda x: np.asarray(x[i]), both.final_state[0].agent.nets)
+        b = jax.tree.map(lambda x: np.asarray(x[0]), single.final_state[0].agent.nets)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+        ra = [r["episode_return"] for r in rows(tmp_path / "both") if r["seed"] == i]
+        rb = [r["episode_return"] for r in rows(tmp_path / f"s{i}")]
+        assert ra == pytest.approx(rb, rel=1e-4)
+
+
+def test_chunks_do_not_retrace_or_leave_the_device(tmp_path):
+    """Four equal chunks: the chunk program is traced once, env.step / env.reset run as Python only while
+    tracing, and the program holds no host callback."""
+    tr = trainer("dqn", 400)
+    calls = {"step": 0, "reset": 0}
+    env = tr.env
+    step, reset = env.step, env.reset
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    env.step, env.reset = counting("step", step), counting("reset", reset)
+    carry = tr.init_carry()
+    jaxpr = jax.make_jaxpr(tr._chunk, static_argnums=(1,))(carry, 100)
+    assert not [e for e in _eqns(jaxpr.jaxpr) if "callback" in e.primitive.name]
+    after_init = dict(calls)
+    with jax.transfer_guard("disallow"):
+        carry, sums, _ = tr._chunk_jit(carry, 100)
+    traced = dict(calls)
+    assert traced["step"] > after_init["step"]
+    for _ in range(3):
+        with jax.transfer_guard("disallow"):
+            carry, sums, _ = tr._chunk_jit(carry, 100)
+    assert calls == traced and tr.traces == 1
+    assert int(carry[1]["env_steps"]) == 400 and int(sums["count"][0]) > 0
+
+
+def _eqns(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            for sub in (v if isinstance(v, (list, tuple)) else [v]):
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    yield from _eqns(getattr(inner, "jaxpr", inner))
+
+
+def test_dqn_learns_gymnax_cartpole(tmp_path):
+    """The jitted twin of the host-driver CartPole test: 3 vmapped seeds, 20k steps, return >= 100."""
+    ov = {"dqn.learning_starts": 1000, "dqn.epsilon_decay_steps": 10_000, "dqn.train_frequency": 1,
+          "dqn.lr": 1e-3, "dqn.target_update_period": 500, "dqn.hidden": "64,64", "dqn.batch_size": 64,
+          "dqn.buffer_size": 20_000, "run.log_every": 2000, "run.progress": "off", "run.tensorboard": "false"}
+    make_trainer(build("dqn", overrides=ov, env="gymnax:CartPole-v1", steps=20_000, seeds=3)).run(tmp_path / "r")
+    for seed in range(3):
+        late = [r["episode_return"] for r in rows(tmp_path / "r") if r["seed"] == seed and r["step"] > 12_000]
+        assert np.mean(late) >= 100, (seed, late)

@@ -1,0 +1,191 @@
+"""PPO: GAE against a plain reference, loss pieces, probe values and learning CartPole (jitted driver)."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from agents.ppo import PPO, PPOConfig, gae
+from plastic.config import ConfigError, build
+from plastic.trainer import make_trainer
+from tests.helpers import rows
+
+
+def gae_reference(r, v, v_next, term, trunc, gamma, lam):
+    """Backward loop, one env: an episode end cuts the trace; only a termination drops V(next)."""
+    adv, running = np.zeros(len(r)), 0.0
+    for t in reversed(range(len(r))):
+        bootstrap = 0.0 if term[t] else gamma * v_next[t]
+        delta = r[t] + bootstrap - v[t]
+        running = delta if (term[t] or trunc[t]) else delta + gamma * lam * running
+        adv[t] = running
+    return adv
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
+def test_gae_matches_reference_with_terminations_and_truncations(lam):
+    rng = np.random.default_rng(0)
+    T, E, gamma = 64, 3, 0.97
+    r, v, v_next = rng.normal(size=(3, T, E))
+    end = rng.random((T, E)) < 0.15
+    term = end & (rng.random((T, E)) < 0.5)
+    trunc = end & ~term
+    adv, ret = gae(jnp.asarray(r), jnp.asarray(v), jnp.asarray(v_next), jnp.asarray(term), jnp.asarray(trunc),
+                   gamma, lam)
+    for e in range(E):
+        ref = gae_reference(r[:, e], v[:, e], v_next[:, e], term[:, e], trunc[:, e], gamma, lam)
+        np.testing.assert_allclose(np.asarray(adv[:, e]), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ret), np.asarray(adv) + v, rtol=1e-5, atol=1e-6)
+
+
+def test_gae_hand_computed_truncation_vs_termination():
+    # two steps of one episode, rewards 1, V = 0 everywhere except V(final obs) = 10, gamma 0.5, lam 1
+    r, v, v_next = jnp.ones(2), jnp.zeros(2), jnp.array([0.0, 10.0])
+    no = jnp.zeros(2, bool)
+    adv_term, _ = gae(r, v, v_next, jnp.array([False, True]), no, 0.5, 1.0)
+    adv_trunc, _ = gae(r, v, v_next, no, jnp.array([False, True]), 0.5, 1.0)
+    np.testing.assert_allclose(adv_term, [1.5, 1.0])            # 1 + 0.5 * 1
+    np.testing.assert_allclose(adv_trunc, [1 + 0.5 * 6, 6.0])  # last: 1 + 0.5 * 10
+
+
+def make_agent(discrete, **cfg):
+    return PPO(PPOConfig(**cfg), 3, 2, discrete=discrete)
+
+
+def test_continuous_log_prob_and_entropy_match_scipy():
+    agent = make_agent(False)
+    mean, log_std = jnp.array([[0.3, -1.0]]), jnp.array([[-0.5, 0.2]])
+    a = jnp.array([[0.1, 0.4]])
+    logp, ent = agent._log_prob((mean, log_std), a)
+    ref = stats.norm(np.asarray(mean), np.exp(np.asarray(log_std)))
+    np.testing.assert_allclose(logp, ref.logpdf(np.asarray(a)).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(ent, ref.entropy().sum(-1), rtol=1e-5)
+
+
+def test_discrete_log_prob_and_entropy():
+    agent = make_agent(True)
+    logits = jnp.array([[0.0, math.log(3.0)]])  # p = (0.25, 0.75)
+    logp, ent = agent._log_prob(logits, jnp.array([1]))
+    np.testing.assert_allclose(logp, [math.log(0.75)], rtol=1e-6)
+    np.testing.assert_allclose(ent, [-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))], rtol=1e-6)
+
+
+def _minibatch(agent, state, n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    obs = jnp.asarray(rng.normal(size=(n, 3)), jnp.float32)
+    params = state.nets["actor"].params
+    logits = agent.dist(params, obs)[0]
+    action = jax.random.categorical(jax.random.PRNGKey(seed), logits)
+    logp = agent._log_prob(logits, action)[0]
+    return {"obs": obs, "action": action, "logp": logp, "adv": jnp.asarray(rng.normal(size=n), jnp.float32),
+            "ret": jnp.asarray(rng.normal(size=n), jnp.float32),
+            "value": jnp.asarray(rng.normal(size=n), jnp.float32)}
+
+
+def test_policy_loss_at_the_rollout_policy_is_the_plain_policy_gradient():
+    """ratio = 1: nothing is clipped and d loss = -mean(adv * d logp) - ent_coef * d entropy."""
+    agent = make_agent(True, ent_coef=0.0, norm_adv=False)
+    state = agent.init(jax.random.PRNGKey(0))
+    mb = _minibatch(agent, state)
+    params = state.nets["actor"].params
+    g, aux = jax.grad(lambda p: agent._policy_loss(p, None, mb), has_aux=True)(params)
+    g_ref = jax.grad(lambda p: -jnp.mean(mb["adv"] * agent._log_prob(agent.dist(p, mb["obs"])[0], mb["action"])[0]))(params)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert float(aux["clip_fraction"]) == 0.0 and abs(float(aux["approx_kl"])) < 1e-6
+
+
+def test_clipped_ratio_has_no_gradient_in_the_clipped_direction():
+    agent = make_agent(True, ent_coef=0.0, norm_adv=False, clip_coef=0.2)
+    state = agent.init(jax.random.PRNGKey(0))
+    mb = _minibatch(agent, state)
+    mb = {**mb, "adv": jnp.ones_like(mb["adv"]), "logp": mb["logp"] - 1.0}  # ratio = e > 1.2, adv > 0
+    g, aux = jax.grad(lambda p: agent._policy_loss(p, None, mb), has_aux=True)(state.nets["actor"].params)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g))
+    assert float(aux["clip_fraction"]) == 1.0
+
+
+@pytest.mark.parametrize("clip_vloss", [True, False])
+def test_value_loss_clipping_switch(clip_vloss):
+    agent = make_agent(True, clip_vloss=clip_vloss, vf_coef=1.0)
+    state = agent.init(jax.random.PRNGKey(0))
+    mb = _minibatch(agent, state)
+    params = state.nets["critic"].params
+    v = agent.critic.apply(params, mb["obs"])[0][..., 0]
+    mb = {**mb, "value": v - 1.0, "ret": v + 2.0}  # the clipped prediction is further from the return
+    loss, _ = agent._value_loss(params, None, mb)
+    expected = 0.5 * (3.0 - 0.2) ** 2 if clip_vloss else 0.5 * 2.0 ** 2
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_bad_ppo_values_are_clear_errors():
+    with pytest.raises(ConfigError, match="minibatches=3 must divide"):
+        build("ppo", overrides={"ppo.minibatches": 3})
+    with pytest.raises(ConfigError, match="gae_lambda must be in"):
+        build("ppo", overrides={"ppo.gae_lambda": 1.5})
+    with pytest.raises(ConfigError, match="does not apply to agent 'ppo'"):
+        build("ppo", "swd")
+
+
+def run_ppo(tmp_path, env, steps, seeds=1, **ov):
+    overrides = {"run.progress": "off", "run.tensorboard": "false", **{f"ppo.{k}": v for k, v in ov.items()}}
+    cfg = build("ppo", overrides=overrides, env=env, steps=steps, seeds=seeds, log_every=steps)
+    trainer = make_trainer(cfg)
+    trainer.run(tmp_path / "run")
+    return trainer
+
+
+def values(trainer, obs):
+    ts = trainer.final_state[0]
+    state = jax.tree.map(lambda x: x[0], ts.agent)
+    return np.asarray(trainer.agent.value(state, jnp.asarray(obs, jnp.float32)))
+
+
+@pytest.mark.parametrize("probe,obs,expected", [
+    ("probe:d_constant", [[0.0]], [1.0]),
+    ("probe:d_obs", [[-1.0], [1.0]], [-1.0, 1.0]),
+    ("probe:d_two_step", [[0.0], [1.0]], [0.5, 1.0]),     # gamma 0.5
+    ("probe:d_truncated", [[0.0]], [2.0]),               # 1 / (1 - gamma): truncation bootstraps
+])
+def test_value_probes(tmp_path, probe, obs, expected):
+    trainer = run_ppo(tmp_path, probe, 12_800, gamma=0.5, lr=3e-3, anneal_lr="false", ent_coef=0.0,
+                      num_envs=8, num_steps=16)
+    np.testing.assert_allclose(values(trainer, obs), expected, atol=0.1)
+
+
+@pytest.mark.parametrize("env", ["probe:d_action", "probe:action"])
+def test_policy_probe_finds_the_best_action(tmp_path, env):
+    trainer = run_ppo(tmp_path, env, 12_800, lr=3e-3, anneal_lr="false", num_envs=8, num_steps=16)
+    ts = trainer.final_state[0]
+    state = jax.tree.map(lambda x: x[0], ts.agent)
+    best = trainer.agent.act(state, jnp.zeros(1), jax.random.PRNGKey(0), explore=False)
+    target = 1 if trainer.agent.discrete else 0.5
+    np.testing.assert_allclose(np.asarray(best).ravel()[0], target, atol=0.15)
+
+
+def test_learns_gymnax_cartpole(tmp_path):
+    """PureJaxRL's CartPole setting (4 envs x 128 steps, 4 epochs x 4 minibatches): 2 vmapped seeds, and
+    the greedy return of the final policies."""
+    trainer = run_ppo(tmp_path, "gymnax:CartPole-v1", 300_000, seeds=2)
+    ts = trainer.final_state[0]
+    env = trainer.env
+
+    def greedy_return(agent_state, key):
+        def body(c, _):
+            state, obs, total, alive, k = c
+            k, k_env = jax.random.split(k)
+            a = trainer.agent.act(agent_state, obs, k, explore=False)
+            state, obs, r, term, trunc, _ = env.step(state, a, k_env)
+            total = total + r * alive
+            return (state, obs, total, alive & ~(term | trunc), k), None
+        state, obs = env.reset(key)
+        (_, _, total, _, _), _ = jax.lax.scan(body, (state, obs, 0.0, True, key), None, length=500)
+        return total
+
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    returns = jax.jit(jax.vmap(greedy_return))(ts.agent, keys)
+    assert float(returns.min()) >= 475, returns
+    last = [r for r in rows(tmp_path / "run") if r["episode_return"] is not None]
+    assert last and all(r["episode_return"] > 150 for r in last), last
