@@ -35,6 +35,7 @@ class DQNConfig:
     batch_size: int = 128
     gamma: float = 0.99
     double: bool = True               # Double-DQN target: online argmax, target value
+    n_step: int = 1                   # n-step returns (windows stop at episode ends and at the newest slot)
     loss: str = "mse"                 # mse (0.5 err², CleanRL) | huber (δ = 1, Dopamine's Atari setting)
     tau: float = 1.0                  # target update rate at each target update (1.0: hard copy)
     target_update_period: int = 50    # in gradient updates (CleanRL: 500 env steps / train_frequency 10)
@@ -88,7 +89,8 @@ class DQN(DiscreteActions):
             q_next = jnp.take_along_axis(q_next_target, a_star[:, None], axis=-1)[:, 0]
         else:
             q_next = jnp.max(q_next_target, axis=-1)
-        y = jax.lax.stop_gradient(batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * q_next)
+        discount = batch.get("discount", c.gamma)  # gamma^m for an m-step transition (n_step > 1)
+        y = jax.lax.stop_gradient(batch["reward"] + discount * (1.0 - batch["terminated"]) * q_next)
 
         def loss_fn(params, probes):
             q = self.q.apply(params, obs, probes)[0]

@@ -85,7 +85,7 @@ def resolve(argv: list[str]):
     preset = load_preset(args.config) if args.config else None
     cfg = build(args.agent, args.intervention, preset=preset, overrides=overrides, env=args.env,
                 seeds=args.seeds, seed=args.seed, steps=args.steps, run_dir=args.run_dir)
-    if cfg.agent_cfg.buffer_size > cfg.run.steps:
+    if getattr(cfg.agent_cfg, "buffer_size", 0) > cfg.run.steps:
         # a run never fills more slots than it has steps; the resolved value is saved in config.yaml,
         # so a resumed run keeps the same buffer even if --steps extends it
         cfg.agent_cfg.buffer_size = cfg.run.steps

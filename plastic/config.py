@@ -2,8 +2,8 @@
 
 Sources, lowest precedence first: dataclass defaults, a preset (`--config NAME|PATH`, YAML under
 experiments/configs/), the main flags (`--agent --intervention --env --seeds --steps --run-dir`), then
-typed overrides `--NAMESPACE.FIELD VALUE` (or `=VALUE`) where NAMESPACE is `run`, `metrics`, the agent
-name (or `agent`) or an intervention name. Every error is a `ConfigError` with a one-line message.
+typed overrides `--NAMESPACE.FIELD VALUE` (or `=VALUE`) where NAMESPACE is `run`, `metrics`, `env`
+(non-stationarity, plastic/nonstationary.py), the agent name (or `agent`) or an intervention name. Every error is a `ConfigError` with a one-line message.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import yaml
 
 import agents
 from plastic import interventions as iv_registry
+from plastic import nonstationary
+from plastic.nonstationary import EnvConfig
 from plastic.networks import INITIALIZERS, PROBE_POINTS, ACTIVATIONS
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
@@ -61,10 +63,12 @@ class ExperimentConfig:
     interventions: dict                # name -> config dataclass, in stacking order
     run: RunConfig = field(default_factory=RunConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)   # non-stationarity (`--env.nonstationary ...`)
 
     def to_dict(self) -> dict:
         return {"agent": self.agent, "intervention": "+".join(self.interventions) or "none",
                 "run": dataclasses.asdict(self.run), "metrics": dataclasses.asdict(self.metrics),
+                "env": dataclasses.asdict(self.env),
                 self.agent: dataclasses.asdict(self.agent_cfg),
                 **{n: dataclasses.asdict(c) for n, c in self.interventions.items()}}
 
@@ -145,7 +149,7 @@ def build(agent: str | None = None, intervention: str | None = None, preset: dic
     for n, icfg in cfg.interventions.items():  # per-agent defaults of an intervention (e.g. ReGraMa on PPO)
         for k, v in iv_registry.REGISTRY[n].agent_defaults.get(agent, {}).items():
             setattr(icfg, k, v)
-    sections = {"run": cfg.run, "metrics": cfg.metrics, agent: cfg.agent_cfg, "agent": cfg.agent_cfg,
+    sections = {"run": cfg.run, "metrics": cfg.metrics, "env": cfg.env, agent: cfg.agent_cfg, "agent": cfg.agent_cfg,
                 **cfg.interventions}
     for alias, target in iv_registry.ALIASES.items():
         if target in cfg.interventions:
@@ -170,7 +174,8 @@ def build(agent: str | None = None, intervention: str | None = None, preset: dic
         if not fld:
             raise ConfigError(f"override {key!r} must look like NAMESPACE.FIELD")
         _apply(section(ns), ns, {fld: value})
-    cfg.run.env = cfg.run.env or agent_cls.default_env
+    tasks = cfg.env.tasks if cfg.env.nonstationary == "tasks" else ()
+    cfg.run.env = cfg.run.env or (tasks[0] if tasks else agent_cls.default_env)
     if "grama" in cfg.interventions:
         cfg.metrics.grama_target = cfg.interventions["grama"].score_target
     validate(cfg)
@@ -192,7 +197,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"run.driver={r.driver!r}; valid: {', '.join(DRIVERS)}")
     if r.progress not in ("auto", "on", "off"):
         raise ConfigError(f"run.progress={r.progress!r}; valid: auto, on, off")
-    for k in ("batch_size", "utd", "buffer_size", "policy_delay", "train_frequency", "target_update_period"):
+    for k in ("batch_size", "utd", "buffer_size", "policy_delay", "train_frequency", "target_update_period",
+              "n_step"):
         if hasattr(a, k):
             _positive(f"{cfg.agent}.{k}", getattr(a, k))
     agent_validate = getattr(agents.get(cfg.agent), "validate", None)
@@ -217,6 +223,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"metrics.ratio_aggregation={m.ratio_aggregation!r}; valid: pooled, mean_of_layers")
     if m.grama_target not in PROBE_POINTS:
         raise ConfigError(f"metrics.grama_target={m.grama_target!r}; valid: {', '.join(PROBE_POINTS)}")
+    try:
+        nonstationary.validate(cfg.env, r.env)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     samplers = [n for n in cfg.interventions if iv_registry.REGISTRY[n].samples_replay]
     if len(samplers) > 1:
         raise ConfigError(f"interventions {' and '.join(samplers)} both replace the replay sampler; use one")

@@ -30,6 +30,7 @@ from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
 from plastic.jaxenvs import make_jax_env
 from plastic.logger import RunLogger
+from plastic.nonstationary import NonstationaryJaxEnv, wrap_jax
 from plastic.interventions import REGISTRY
 from plastic.trainer import Trainer, build_agent, catch_stop_signals, episode_rows
 
@@ -130,10 +131,14 @@ class ChunkedRun:
             self.cfg.run.seed + jnp.arange(S))
         reset_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, 0x7FFFFFFF), int(np.prod(lead[1:]))))(keys)
         reset_keys = reset_keys.reshape(*lead, *reset_keys.shape[2:])
-        reset = self.env.reset
+        # the non-stationary schedule id of seed i (the same for all its envs); ignored by plain envs
+        sched = (self.cfg.run.seed + jnp.arange(S)).astype(jnp.uint32) if self.cfg.env.per_seed else jnp.zeros(S, jnp.uint32)
+        sched = jnp.broadcast_to(sched.reshape(S, *([1] * (len(lead) - 1))), lead)
+        wrapped = isinstance(self.env, NonstationaryJaxEnv)
+        reset = (lambda k, s: self.env.reset(k, schedule=s)) if wrapped else (lambda k, s: self.env.reset(k))
         for _ in lead:
             reset = jax.vmap(reset)
-        state, obs = reset(reset_keys)
+        state, obs = reset(reset_keys, sched)
         return EnvCarry(state=state, obs=obs, key=keys, stop=jnp.zeros(lead, bool),
                         ep_return=jnp.zeros(lead), ep_length=jnp.zeros(lead, jnp.int32))
 
@@ -147,7 +152,7 @@ class JitTrainer(ChunkedRun, Trainer):
         self._build_chunk()
 
     def _make_envs(self):
-        return make_jax_env(self.cfg.run.env)
+        return wrap_jax(make_jax_env(self.cfg.run.env), self.cfg.env)
 
     def init_carry(self):
         ts, counters = self.init_state()
@@ -164,7 +169,7 @@ class JitTrainer(ChunkedRun, Trainer):
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(ec.key, t)
             state, nobs, reward, term, trunc, final = jax.vmap(self.env.step)(ec.state, action, keys, ec.stop)
             tr = {"obs": ec.obs, "action": action, "reward": reward, "next_obs": final,
-                  "terminated": term.astype(jnp.float32)}
+                  "terminated": term.astype(jnp.float32), "done": (term | trunc).astype(jnp.float32)}
             ts, counters, stop = self._store(ts, counters, tr)
             ts, counters = self._maybe_learn(ts, counters, t >= ls)
             ret, length, sums = _account(ec, sums, reward, term | trunc)
@@ -203,7 +208,7 @@ class OnPolicyTrainer(ChunkedRun):
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.env = self.envs = make_jax_env(cfg.run.env)
+        self.env = self.envs = wrap_jax(make_jax_env(cfg.run.env), cfg.env, envs_per_seed=cfg.agent_cfg.num_envs)
         self.agent = build_agent(cfg, self.env)
         self.interventions = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
         a = cfg.agent_cfg

@@ -33,6 +33,7 @@ from plastic.config import ExperimentConfig
 from plastic.envs import JAX_NATIVE, HostEnvs, is_jax_native
 from plastic.interventions import REGISTRY
 from plastic.logger import RunLogger
+from plastic.nonstationary import phase_info, wrap_host
 from plastic.replay import Replay
 
 
@@ -75,7 +76,9 @@ class Trainer:
 
     def _make_envs(self):
         run = self.cfg.run
-        return HostEnvs(run.env, run.seeds, run.seed)
+        envs = HostEnvs(run.env, run.seeds, run.seed)
+        envs.envs = [wrap_host(e, self.cfg.env, schedule=run.seed + i) for i, e in enumerate(envs.envs)]
+        return envs
 
     # ---- state ---------------------------------------------------------------------------------
     def init_state(self):
@@ -83,7 +86,7 @@ class Trainer:
         keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.n_seeds))
         example = {"obs": jnp.zeros(self.envs.observation_size), "action": self.agent.action_example(),
                    "reward": jnp.zeros(()), "next_obs": jnp.zeros(self.envs.observation_size),
-                   "terminated": jnp.zeros(())}
+                   "terminated": jnp.zeros(()), "done": jnp.zeros(())}
 
         def one(key):
             k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
@@ -146,7 +149,8 @@ class Trainer:
             idx = self.sampler.sample(ts.replay, ts.interventions[self.sampler.name], key, B)
         else:
             idx = ts.replay.sample_uniform(key, B)
-        return ts.replay.gather(idx)
+        n = getattr(self.cfg.agent_cfg, "n_step", 1)
+        return ts.replay.gather_nstep(idx, n, self.cfg.agent_cfg.gamma) if n > 1 else ts.replay.gather(idx)
 
     def _updates(self, ts: TrainState, counters):
         """Scheduled events, then `utd` gradient updates of one seed."""
@@ -204,6 +208,9 @@ class Trainer:
             resume_step, (ts, counters), meta = ckpt.restore((ts, counters))
             start = int(meta["env_steps"])
             self.envs.episodes = list(meta["episodes"])
+            for e in self.envs.envs:
+                if hasattr(e, "env_steps"):  # non-stationary schedule position
+                    e.env_steps = start
         logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
         stop_signal, restore = catch_stop_signals()
         metrics_key = jax.random.PRNGKey(run.seed + 7919)
@@ -227,7 +234,7 @@ class Trainer:
                     finished[i].append((ep_ret[i], ep_len[i]))
                     ep_ret[i], ep_len[i] = 0.0, 0
                 tr = {"obs": obs, "action": action, "reward": rew, "next_obs": final,
-                      "terminated": term.astype(np.float32)}
+                      "terminated": term.astype(np.float32), "done": (term | trunc).astype(np.float32)}
                 done = step + 1
                 ckpt_due = self._checkpoint_due(done)
                 ts, counters, action, stop = self.host_step(ts, counters, tr, nobs, learn=step >= ls,
@@ -302,6 +309,9 @@ def episode_rows(cfg, step, sps, stats, count, return_sum, length_sum) -> list[d
         row = {"step": step, "seed": i, "sps": sps, "episodes": n,
                "episode_return": float(return_sum[i]) / n if n else None,
                "episode_length": float(length_sum[i]) / n if n else None}
+        if cfg.env.nonstationary != "none":  # the phase of the row's last env step (task, scale, sign)
+            phase = phase_info(cfg.env, step - 1, cfg.run.seed + i if cfg.env.per_seed else 0)
+            row.update({f"nonstationary/{k}": v for k, v in phase.items()})
         row.update({k: np.asarray(v)[i].item() for k, v in stats.items()})
         if agg == "mean_of_layers":  # GraMa ratios are pooled in-step; re-aggregate per layer here
             for k in [k for k in row if k.startswith("grama_ratio") and k.count("/") == 1]:

@@ -1,4 +1,5 @@
 """Command line: help, one-line errors before any compilation, no half-written run dirs, a smoke run."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,30 @@ def test_smoke_run_and_resume(tmp_path, capsys):
     assert main(["--resume", "--run-dir", str(run_dir), "--steps", "400"]) == 0
     steps = [l for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 4
+
+
+def test_ppo_nonstationary_smoke_run_and_resume(tmp_path, capsys):
+    """PPO (jitted driver, the default for ppo) with reward-sign flips every 200 steps, from the CLI."""
+    run_dir = tmp_path / "ppo"
+    argv = ["--agent", "ppo", "--intervention", "grama", "--steps", "400", "--run-dir", str(run_dir),
+            "--ppo.num_envs", "2", "--ppo.num_steps", "50", "--ppo.hidden", "16,16", "--run.log_every", "100",
+            "--env.nonstationary", "flip_reward", "--env.period", "200", "--run.progress", "off"]
+    assert main(argv) == 0
+    assert "gymnax:CartPole-v1" in capsys.readouterr().out
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["env"]["nonstationary"] == "flip_reward" and cfg["grama"]["period"] == 100  # PPO default
+    assert main(["--resume", "--run-dir", str(run_dir), "--steps", "600"]) == 0
+    rs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rs] == [100, 200, 300, 400, 500, 600]
+    assert [r["nonstationary/reward_sign"] for r in rs] == [1, 1, -1, -1, 1, 1]
+
+
+def test_bad_nonstationary_values_are_one_line_errors(capsys):
+    assert main(["--agent", "td3", "--env", "Pendulum-v1", "--env.nonstationary", "dynamics"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "friction is not available for Pendulum-v1" in err and "gravity" in err and "\n" not in err
+    assert main(["--env.nonstationary", "wobble"]) == 2
+    assert "permute_obs" in capsys.readouterr().err
 
 
 def test_preset_and_override_precedence(tmp_path):

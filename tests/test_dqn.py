@@ -39,6 +39,36 @@ def test_truncation_bootstraps(tmp_path):
     np.testing.assert_allclose(q, [2.0, 2.0], atol=0.15)  # 1 / (1 - γ) with γ = 0.5
 
 
+@pytest.mark.parametrize("n_step", [2, 3])
+def test_n_step_returns_keep_the_probe_values(tmp_path, n_step):
+    """n-step targets on the 2-step probe (windows stop at the episode end) and on the truncated probe
+    (windows cross no episode boundary; the bootstrap after a truncation stays)."""
+    q = q_values(train_probe("probe:d_two_step", tmp_path / "a", steps=2000, **{"dqn.n_step": n_step}),
+                 [[0.0], [1.0]])
+    np.testing.assert_allclose(q, [[0.5, 0.5], [1.0, 1.0]], atol=0.07)
+    q = q_values(train_probe("probe:d_truncated", tmp_path / "b", steps=2500, **{"dqn.n_step": n_step}), [[0.0]])
+    np.testing.assert_allclose(q[0], [2.0, 2.0], atol=0.15)
+
+
+def test_gather_nstep_windows():
+    """Rewards 1..6 in slots 0..5 (newest 5); slot 2 ends an episode by termination, slot 4 by truncation."""
+    from plastic.replay import Replay
+    example = {"obs": jnp.zeros(1), "action": jnp.zeros((), jnp.int32), "reward": jnp.zeros(()),
+               "next_obs": jnp.zeros(1), "terminated": jnp.zeros(()), "done": jnp.zeros(())}
+    rb = Replay.create(8, example)
+    for t in range(6):
+        rb = rb.add({"obs": jnp.full(1, t), "action": jnp.int32(0), "reward": jnp.float32(t + 1),
+                     "next_obs": jnp.full(1, 10 + t), "terminated": jnp.float32(t == 2),
+                     "done": jnp.float32(t in (2, 4))})
+    g = 0.5
+    out = rb.gather_nstep(jnp.arange(6), 3, g)
+    np.testing.assert_allclose(out["reward"], [1 + g * 2 + g * g * 3, 2 + g * 3, 3, 4 + g * 5, 5, 6])
+    np.testing.assert_allclose(out["discount"], [g ** 3, g ** 2, g, g ** 2, g, g])
+    np.testing.assert_allclose(out["terminated"], [1, 1, 1, 0, 0, 0])
+    np.testing.assert_allclose(out["next_obs"][:, 0], [12, 12, 12, 14, 14, 15])
+    np.testing.assert_allclose(out["obs"][:, 0], np.arange(6))
+
+
 @pytest.mark.parametrize("double", [True, False])
 def test_double_dqn_target_uses_online_argmax(double):
     """Targets on a hand-built case: online prefers action 0, the target net values action 1 more."""
