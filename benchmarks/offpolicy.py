@@ -60,7 +60,7 @@ def filled_state(tr, n_fill):
     rng = np.random.default_rng(0)
     data = {"obs": rng.normal(size=(S, tr.capacity, O)), "action": rng.uniform(-1, 1, (S, tr.capacity, A)),
             "reward": rng.normal(size=(S, tr.capacity)), "next_obs": rng.normal(size=(S, tr.capacity, O)),
-            "terminated": np.zeros((S, tr.capacity))}
+            "terminated": np.zeros((S, tr.capacity)), "done": np.zeros((S, tr.capacity))}
     data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
     t_add = jnp.broadcast_to(jnp.arange(tr.capacity, dtype=jnp.int32), (S, tr.capacity))
     replay = ts.replay.replace(data=data, t_add=t_add, size=jnp.full((S,), n, jnp.int32),
@@ -81,7 +81,8 @@ class UpdateTimer:
         self.ts, self.counters = filled_state(tr, n_fill)
         S, O, A = tr.n_seeds, tr.envs.observation_size, tr.envs.action_size
         self.tr_ = {"obs": jnp.zeros((S, O)), "action": jnp.zeros((S, A)), "reward": jnp.zeros(S),
-                    "next_obs": jnp.zeros((S, O)), "terminated": jnp.zeros(S)}
+                    "next_obs": jnp.zeros((S, O)), "terminated": jnp.zeros(S),
+                    "done": jnp.zeros(S)}
         self.nobs = jnp.zeros((S, O))
         self(3)  # compile and warm up
 
@@ -111,7 +112,8 @@ class TrainTimer:
         t = time.perf_counter()
         for _ in range(n):
             nobs, rew, term, trunc, final = tr.envs.step(action)
-            t_ = {"obs": obs, "action": action, "reward": rew, "next_obs": final, "terminated": term.astype(np.float32)}
+            t_ = {"obs": obs, "action": action, "reward": rew, "next_obs": final, "terminated": term.astype(np.float32),
+                  "done": (term | trunc).astype(np.float32)}
             ts, counters, action, _ = tr.host_step(ts, counters, t_, nobs, learn=True, pipelined=self.pipelined)
             obs = nobs
         rate = n / (time.perf_counter() - t)

@@ -99,7 +99,8 @@ def test_pipelined_acting_uses_the_parameters_of_one_update_earlier(tmp_path):
         ts, counters = tr.init_state()
         for i in range(3):
             transition = {"obs": rng.normal(size=(S, O)), "action": rng.uniform(-1, 1, (S, A)),
-                          "reward": rng.normal(size=S), "next_obs": rng.normal(size=(S, O)), "terminated": np.zeros(S)}
+                          "reward": rng.normal(size=S), "next_obs": rng.normal(size=(S, O)), "terminated": np.zeros(S),
+                          "done": np.zeros(S)}
             nobs = rng.normal(size=(S, O)).astype(np.float32)
             before = tr._first_action(ts, {**counters, "env_steps": counters["env_steps"] + 1}, nobs)
             before = np.asarray(before)
@@ -162,7 +163,7 @@ def test_env_step_never_copies_the_replay(agent, intervention, env):
     S, O, A = 2, tr.envs.observation_size, tr.envs.action_size
     action = np.zeros(S, np.int32) if tr.agent.discrete else np.zeros((S, A))
     transition = {"obs": np.zeros((S, O)), "action": action, "reward": np.zeros(S),
-                  "next_obs": np.zeros((S, O)), "terminated": np.zeros(S)}
+                  "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
     programs = [fn.lower(ts, counters, transition, np.zeros((S, O))) for fn in (tr._learn, tr._warm)]
     for lowered in programs + [tr._update.lower(ts, counters)]:
         hlo = lowered.compile().as_text()
