@@ -32,18 +32,21 @@ QUIET = {"run.progress": "off", "run.tensorboard": "false"}
 def chunk_rate(tr, units, rounds):
     """(compile seconds, steady env steps/s aggregated over seeds) of `units` scan iterations per chunk."""
     carry = tr.init_carry()
+    carry, first = timed_chunk(tr, carry, units)
+    best = float("inf")
+    for _ in range(rounds):  # the carry is donated: thread it through
+        carry, seconds = timed_chunk(tr, carry, units)
+        best = min(best, seconds)
+    steps = units * tr.unit * tr.n_seeds
+    return max(first - best, 0.0), steps / best
+
+
+def timed_chunk(tr, carry, units):
+    """(carry, seconds) of one chunk of `units` scan iterations, waited for."""
     t = time.perf_counter()
     carry, sums, _ = tr._chunk_jit(carry, units)
     jax.block_until_ready(sums)
-    first = time.perf_counter() - t
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        carry, sums, _ = tr._chunk_jit(carry, units)
-        jax.block_until_ready(sums)
-        best = min(best, time.perf_counter() - t)
-    steps = units * tr.unit * tr.n_seeds
-    return max(first - best, 0.0), steps / best
+    return carry, time.perf_counter() - t
 
 
 def ppo(env, seeds, rounds, **ov):
@@ -75,14 +78,12 @@ def dqn(seeds, steps, rounds):
                for _ in range(rounds))
     tr = make_trainer(build("dqn", overrides=ov, env="gymnax:CartPole-v1", seeds=seeds, steps=10**9))
     carry = tr.init_carry()
-    carry, sums, _ = tr._chunk_jit(carry, 1000)  # past learning_starts, compiled
-    jax.block_until_ready(sums)
+    for _ in range(-(-1000 // steps) + 1):  # past learning_starts, with the timed chunk length compiled
+        carry, _ = timed_chunk(tr, carry, steps)
     best = float("inf")
     for _ in range(rounds):
-        t = time.perf_counter()
-        carry, sums, _ = tr._chunk_jit(carry, steps)
-        jax.block_until_ready(sums)
-        best = min(best, time.perf_counter() - t)
+        carry, seconds = timed_chunk(tr, carry, steps)
+        best = min(best, seconds)
     return host, steps * seeds / best
 
 

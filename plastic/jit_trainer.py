@@ -24,15 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from metrics.units import dormant_scores, ratio_logs
 from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
 from plastic.jaxenvs import make_jax_env
 from plastic.logger import RunLogger
 from plastic.nonstationary import NonstationaryJaxEnv, wrap_jax
-from plastic.interventions import REGISTRY
-from plastic.trainer import Trainer, build_agent, catch_stop_signals, episode_rows
+from plastic.trainer import (Trainer, build_agent, build_interventions, catch_stop_signals, episode_rows,
+                             logged_values, scheduled_events)
 
 ENV_KEY_SALT = 0x3E7  # env keys: fold_in(PRNGKey(seed + i), ENV_KEY_SALT)
 
@@ -210,7 +209,7 @@ class OnPolicyTrainer(ChunkedRun):
         self.cfg = cfg
         self.env = self.envs = wrap_jax(make_jax_env(cfg.run.env), cfg.env, envs_per_seed=cfg.agent_cfg.num_envs)
         self.agent = build_agent(cfg, self.env)
-        self.interventions = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
+        self.interventions = build_interventions(cfg)
         a = cfg.agent_cfg
         self.n_seeds, self.n_envs, self.unit = cfg.run.seeds, a.num_envs, a.num_envs * a.num_steps
         self.n_stats = min(cfg.metrics.stats_batch, self.unit)
@@ -263,23 +262,14 @@ class OnPolicyTrainer(ChunkedRun):
         return (ts, counters, ec), sums, stats
 
     def _update_one(self, ts: OnPolicyState, counters, rollout):
-        agent_state, istate = ts.agent, ts.interventions
         key, k_event, k_update = jax.random.split(ts.key, 3)
-        for iv in self.interventions:
-            agent_state, s = iv.scheduled_event(self.agent, agent_state, istate[iv.name], counters, k_event)
-            istate = {**istate, iv.name: s}
+        agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
+                                               counters, k_event)
         agent_state, istate, counters = self.agent.update(agent_state, rollout, counters, k_update,
                                                           self.interventions, istate)
         obs = rollout["obs"].reshape(-1, rollout["obs"].shape[-1])[:self.n_stats]
         return ts.replace(agent=agent_state, interventions=istate, key=key, stats_obs=obs), counters
 
     def _stats_one(self, ts: OnPolicyState):
-        m = self.cfg.metrics
-        logs = dict(ts.agent.logs)
-        for iv in self.interventions:
-            logs.update(iv.logs(ts.interventions[iv.name]))
-        for name, acts in self.agent.activations(ts.agent, {"obs": ts.stats_obs}).items():
-            net = self.agent.nets[name]
-            logs.update(ratio_logs("dormant_ratio", name, dormant_scores(acts, net.layers),
-                                   m.dormant_taus, m.ratio_aggregation))
-        return logs
+        return logged_values(self.agent, self.interventions, self.cfg.metrics, ts.agent, ts.interventions,
+                             {"obs": ts.stats_obs})

@@ -54,7 +54,7 @@ class Trainer:
         run, a = cfg.run, cfg.agent_cfg
         self.envs = self._make_envs()
         self.agent = build_agent(cfg, self.envs)
-        self.interventions = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
+        self.interventions = build_interventions(cfg)
         self.sampler = next((iv for iv in self.interventions if iv.samples_replay), None)
         opts = {}
         for iv in self.interventions:
@@ -154,11 +154,8 @@ class Trainer:
 
     def _updates(self, ts: TrainState, counters):
         """Scheduled events, then `utd` gradient updates of one seed."""
-        agent_state, istate = ts.agent, ts.interventions
-        for iv in self.interventions:
-            agent_state, s = iv.scheduled_event(self.agent, agent_state, istate[iv.name], counters,
-                                                jax.random.fold_in(ts.key, 1_000_003))
-            istate = {**istate, iv.name: s}
+        agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
+                                               counters, jax.random.fold_in(ts.key, 1_000_003))
         ts = ts.replace(agent=agent_state, interventions=istate)
 
         # Pre-sample all UTD batches, then scan over them: the replay never enters the loop (inside an
@@ -187,16 +184,8 @@ class Trainer:
 
     def _stats_one(self, ts: TrainState, key):
         """Logged values of one seed: last update logs, intervention logs, dormant ratios (fresh batch)."""
-        m = self.cfg.metrics
-        logs = dict(ts.agent.logs)
-        for iv in self.interventions:
-            logs.update(iv.logs(ts.interventions[iv.name]))
-        batch = ts.replay.gather(ts.replay.sample_uniform(key, m.stats_batch))
-        for name, acts in self.agent.activations(ts.agent, batch).items():
-            net = self.agent.nets[name]
-            logs.update(ratio_logs("dormant_ratio", name, dormant_scores(acts, net.layers),
-                                   m.dormant_taus, m.ratio_aggregation))
-        return logs
+        batch = ts.replay.gather(ts.replay.sample_uniform(key, self.cfg.metrics.stats_batch))
+        return logged_values(self.agent, self.interventions, self.cfg.metrics, ts.agent, ts.interventions, batch)
 
     # ---- host loop -----------------------------------------------------------------------------
     def run(self, run_dir: Path, resume: bool = False) -> dict:
@@ -281,6 +270,31 @@ class Trainer:
         eps = [finished.get(i, []) for i in range(self.n_seeds)]
         return episode_rows(self.cfg, step, sps, stats, [len(e) for e in eps],
                             [sum(x[0] for x in e) for e in eps], [sum(x[1] for x in e) for e in eps])
+
+
+def build_interventions(cfg: ExperimentConfig) -> tuple:
+    """The active interventions, in stacking order."""
+    return tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
+
+
+def scheduled_events(agent, interventions, agent_state, istate, counters, key):
+    """The `scheduled_event` hook of every intervention, in order (one seed)."""
+    for iv in interventions:
+        agent_state, s = iv.scheduled_event(agent, agent_state, istate[iv.name], counters, key)
+        istate = {**istate, iv.name: s}
+    return agent_state, istate
+
+
+def logged_values(agent, interventions, metrics, agent_state, istate, batch) -> dict:
+    """Logged values of one seed: last update logs, intervention logs, dormant ratios on `batch`."""
+    logs = dict(agent_state.logs)
+    for iv in interventions:
+        logs.update(iv.logs(istate[iv.name]))
+    for name, acts in agent.activations(agent_state, batch).items():
+        net = agent.nets[name]
+        logs.update(ratio_logs("dormant_ratio", name, dormant_scores(acts, net.layers),
+                               metrics.dormant_taus, metrics.ratio_aggregation))
+    return logs
 
 
 def catch_stop_signals():
