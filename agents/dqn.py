@@ -21,21 +21,24 @@ import optax
 
 from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
 from plastic.core import Net, gradient_step, maybe, soft_update
-from plastic.networks import MLP
+from plastic.networks import MLP, TORSOS, ConvNet
 
 LOSSES = ("huber", "mse")
 
 
 @dataclass
 class DQNConfig:
-    hidden: tuple[int, ...] = (120, 84)
+    hidden: tuple[int, ...] = (120, 84)   # Dense layers (after the convolutions with an image torso)
+    torso: str = "mlp"                # mlp | nature (Nature-CNN, Atari) | minatar (one 16x3x3 conv)
     activation: str = "relu"
     init: str = "lecun_normal"
     lr: float = 2.5e-4
+    adam_eps: float = 1e-8            # Dopamine's Atari setting: 1.5e-4
     batch_size: int = 128
     gamma: float = 0.99
     double: bool = True               # Double-DQN target: online argmax, target value
     n_step: int = 1                   # n-step returns (windows stop at episode ends and at the newest slot)
+    reward_clip: float = 0.0          # > 0: rewards clipped to [-c, c] per step for learning (Atari: 1)
     loss: str = "mse"                 # mse (0.5 err², CleanRL) | huber (δ = 1, Dopamine's Atari setting)
     tau: float = 1.0                  # target update rate at each target update (1.0: hard copy)
     target_update_period: int = 50    # in gradient updates (CleanRL: 500 env steps / train_frequency 10)
@@ -53,10 +56,23 @@ class DQN(DiscreteActions):
     Config = DQNConfig
     roles = {"q": "critic"}
 
-    def __init__(self, cfg: DQNConfig, obs_size: int, action_size: int, probe_point="pre_activation"):
+    image_obs = True  # build_agent passes the observation's shape and dtype (for the CNN torsos)
+
+    def __init__(self, cfg: DQNConfig, obs_size: int, action_size: int, probe_point="pre_activation",
+                 obs_shape=None, obs_dtype="float32"):
         self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
-        q = MLP(cfg.hidden, action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
-        self.q = Net.of("q", q, optax.adam(cfg.lr), cfg.lr)
+        if cfg.torso == "mlp":
+            q = MLP(cfg.hidden, action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
+        else:
+            shape = tuple(obs_shape or (obs_size,))
+            if len(shape) != 3:
+                raise ValueError(f"dqn.torso={cfg.torso} needs image observations (height, width, channels); "
+                                 f"this env's are shaped {shape}: use dqn.torso=mlp")
+            # uint8 frames (Atari) are scaled to [0, 1]; MinAtar's 0/1 grids are used as they are
+            scale = 1.0 / 255.0 if str(obs_dtype) == "uint8" else 1.0
+            q = ConvNet(shape, TORSOS[cfg.torso], cfg.hidden, action_size, cfg.activation, cfg.init, scale,
+                        probe_point)
+        self.q = Net.of("q", q, optax.adam(cfg.lr, eps=cfg.adam_eps), cfg.lr)
         self.nets = {"q": self.q}
 
     def role(self, net_name: str) -> str:
@@ -118,8 +134,12 @@ class DQN(DiscreteActions):
 
     @staticmethod
     def validate(cfg: DQNConfig) -> None:
+        if cfg.torso not in TORSOS:
+            raise ValueError(f"dqn.torso={cfg.torso!r}; valid: {', '.join(TORSOS)}")
         if cfg.loss not in LOSSES:
             raise ValueError(f"dqn.loss={cfg.loss!r}; valid: {', '.join(LOSSES)}")
+        if cfg.reward_clip < 0:
+            raise ValueError(f"dqn.reward_clip must be >= 0 (0 = off), got {cfg.reward_clip}")
         if cfg.epsilon_decay_steps < 0:
             raise ValueError(f"dqn.epsilon_decay_steps must be >= 0, got {cfg.epsilon_decay_steps}")
         for k in ("epsilon_start", "epsilon_end"):

@@ -8,7 +8,7 @@ Prints, in one run:
           driver (gymnax:CartPole-v1, whole chunks in one program), same hyperparameters, 1 and 8 seeds
   compile time of the first chunk minus one steady-state chunk, per agent
 Steady-state rates exclude compilation (one warm-up chunk first); the best of --rounds is reported.
-Usage: python benchmarks/jitted.py [--seeds 1,16,256] [--brax brax:ant] [--rounds 2] [--skip-brax]
+Usage: python benchmarks/jitted.py [--seeds 1,16,256] [--brax brax:ant] [--brax-units 4] [--rounds 2] [--skip-brax]
 """
 from __future__ import annotations
 
@@ -49,10 +49,11 @@ def timed_chunk(tr, carry, units):
     return carry, time.perf_counter() - t
 
 
-def ppo(env, seeds, rounds, **ov):
+def ppo(env, seeds, rounds, units=None, **ov):
+    """PPO chunks of `units` iterations (default: 8192 env steps per seed)."""
     overrides = {**QUIET, **{f"ppo.{k}": v for k, v in ov.items()}}
     tr = make_trainer(build("ppo", overrides=overrides, env=env, seeds=seeds, steps=10**9))
-    return chunk_rate(tr, max(1, 8192 // tr.unit), rounds)
+    return chunk_rate(tr, units or max(1, 8192 // tr.unit), rounds)
 
 
 def host_rate(cfg, steps):
@@ -102,6 +103,7 @@ def main():
     p.add_argument("--brax", default="brax:ant", help="brax env for the PPO rows")
     p.add_argument("--brax-envs", type=int, default=4, help="brax envs per seed (CPU-sized)")
     p.add_argument("--brax-seeds", default="1,16", help="vmapped seed counts for brax PPO")
+    p.add_argument("--brax-units", type=int, default=4, help="PPO iterations per timed brax chunk")
     p.add_argument("--dqn-steps", type=int, default=5000)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--skip-brax", action="store_true")
@@ -114,7 +116,8 @@ def main():
         print(f"{'gymnax:CartPole-v1':24s} {s:6d} {r:12,.0f} {r / s:10,.0f} {c:10.1f}", flush=True)
     if not args.skip_brax:
         for s in [int(x) for x in args.brax_seeds.split(",")]:
-            c, r = ppo(args.brax, s, 1, num_envs=args.brax_envs, num_steps=64, minibatches=4, hidden="256,256")
+            c, r = ppo(args.brax, s, 1, args.brax_units, num_envs=args.brax_envs, num_steps=64, minibatches=4,
+                       hidden="256,256")
             print(f"{args.brax:24s} {s:6d} {r:12,.0f} {r / s:10,.0f} {c:10.1f}", flush=True)
     print("\nDQN on CartPole (64-64 MLP, batch 64, one update per env step), env steps/s aggregated")
     for s in (1, 8):

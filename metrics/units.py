@@ -38,7 +38,7 @@ def grama_scores(layers, probe_grads, param_grads, target: str = "pre_activation
             k = param_grads
             for p in l.kernel:
                 k = k[p]
-            g = jnp.mean(jnp.abs(k), axis=-2)
+            g = unit_magnitude(k, l.ensemble)  # over the incoming column: [E?, (kh, kw,) in, H] -> [E?, H]
         else:
             g = unit_magnitude(probe_grads[l.name], l.ensemble)
         out[l.name] = (normalize_scores(g, eps), g)

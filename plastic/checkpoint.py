@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -39,7 +42,11 @@ class Checkpointer:
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable or does not match "
                                   f"this config ({msg}); delete it to resume from an earlier one") from None
-        return step, out.state, out.meta
+        # orbax hands back arrays committed to a device; fresh state is uncommitted, and jit compiles a
+        # program per placement. Re-created uncommitted, a resumed run reuses the programs (and the
+        # persistent compilation cache entries) of a fresh one.
+        state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if isinstance(x, jax.Array) else x, out.state)
+        return step, state, out.meta
 
     def close(self):
         self.manager.close()

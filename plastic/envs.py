@@ -1,7 +1,8 @@
 """Host-stepped environments behind one interface, and the vector of one env per seed.
 
 Ids: gymnasium ids as they are (`HalfCheetah-v5`, `Pendulum-v1`), `dmc:DOMAIN-TASK`
-(e.g. `dmc:cheetah-run`, observations flattened in key order), and the JAX-native ids of
+(e.g. `dmc:cheetah-run`, observations flattened in key order), `atari:GAME` (e.g. `atari:Breakout`, ale-py's
+bundled ROMs, Dopamine/Machado et al. protocol: see `AtariEnv`), and the JAX-native ids of
 `plastic.jaxenvs` (`gymnax:NAME`, `brax:NAME[:BACKEND]`, `probe:NAME`: tiny envs with known values, for
 tests), stepped here one jitted call at a time through `HostJaxEnv`. Agents see actions in [-1, 1];
 adapters clip (JAX-native envs) and rescale to the env's bounds.
@@ -27,16 +28,20 @@ def is_jax_native(env_id: str) -> bool:
 
 
 class GymEnv:
+    observation_dtype = np.float32
+
     def __init__(self, env_id: str):
         import gymnasium as gym
         try:
-            self.env = gym.make(env_id)
+            self.env = self._make(env_id)
         except gym.error.Error as e:
             raise ValueError(f"unknown environment {env_id!r} ({type(e).__name__}); use a gymnasium id "
-                             f"such as HalfCheetah-v5, dmc:DOMAIN-TASK such as dmc:cheetah-run, gymnax:NAME, "
-                             f"brax:NAME[:BACKEND], or probe:NAME ({', '.join(PROBES)})") from None
+                             f"such as HalfCheetah-v5, dmc:DOMAIN-TASK such as dmc:cheetah-run, atari:GAME such "
+                             f"as atari:Breakout, gymnax:NAME, brax:NAME[:BACKEND], or probe:NAME "
+                             f"({', '.join(PROBES)})") from None
         space = self.env.action_space
-        self.observation_size = int(np.prod(self.env.observation_space.shape))
+        self.observation_shape = tuple(self.env.observation_space.shape)
+        self.observation_size = int(np.prod(self.observation_shape))
         if isinstance(space, gym.spaces.Discrete):
             self.discrete, self.action_size = True, int(space.n)
         elif isinstance(space, gym.spaces.Box):
@@ -46,9 +51,17 @@ class GymEnv:
             raise ValueError(f"{env_id} has a {type(space).__name__} action space; supported: Box (continuous), "
                              f"Discrete")
 
+    @staticmethod
+    def _make(env_id):
+        import gymnasium as gym
+        return gym.make(env_id)
+
+    def _obs(self, obs):
+        return np.asarray(obs, self.observation_dtype).ravel()
+
     def reset(self, seed: int):
         obs, _ = self.env.reset(seed=int(seed))
-        return np.asarray(obs, np.float32).ravel()
+        return self._obs(obs)
 
     def step(self, action):
         if self.discrete:
@@ -57,7 +70,41 @@ class GymEnv:
             a = self.low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self.high - self.low)
             a = a.reshape(self.env.action_space.shape)
         obs, r, term, trunc, _ = self.env.step(a)
-        return np.asarray(obs, np.float32).ravel(), float(r), bool(term), bool(trunc)
+        return self._obs(obs), float(r), bool(term), bool(trunc)
+
+
+class AtariEnv(GymEnv):
+    """`atari:GAME` (e.g. `atari:Breakout`, `atari:Pong`): ale-py's bundled ROMs (no download) with the
+    protocol of Dopamine, whose DQN the ReDo paper uses (Machado et al. 2018): sticky actions with
+    probability 0.25, the minimal action set, 4 frames skipped with the max over the last two, 84x84
+    grayscale, a stack of the last 4 frames, no no-op starts, the episode ends at game over (not at a lost
+    life), and at most 108k frames (27k agent steps) per episode. Observations are uint8 `[84, 84, 4]`
+    (channels last, flattened in the replay; the CNN torso reshapes and scales them); rewards are the
+    game's own (DQN clips them for learning with `dqn.reward_clip`; logged returns stay unclipped)."""
+    observation_dtype = np.uint8
+    STICKY, FRAME_SKIP, SIZE, STACK, MAX_FRAMES = 0.25, 4, 84, 4, 108_000
+
+    @classmethod
+    def _make(cls, env_id):
+        import gymnasium as gym
+        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TransformObservation
+        try:
+            import ale_py
+        except ImportError:
+            raise ValueError(f"{env_id} needs ale-py (pip install ale-py opencv-python-headless)") from None
+        gym.register_envs(ale_py)
+        game = env_id.split(":", 1)[1]
+        try:
+            env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=cls.STICKY,
+                           max_num_frames_per_episode=cls.MAX_FRAMES)
+        except gym.error.Error:
+            raise ValueError(f"unknown Atari game {env_id!r}; use atari:GAME with a game of ale-py's "
+                             f"(e.g. atari:Breakout, atari:Pong, atari:Seaquest)") from None
+        env = AtariPreprocessing(env, noop_max=0, frame_skip=cls.FRAME_SKIP, screen_size=cls.SIZE,
+                                 terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+        env = FrameStackObservation(env, cls.STACK)
+        space = gym.spaces.Box(0, 255, (cls.SIZE, cls.SIZE, cls.STACK), np.uint8)
+        return TransformObservation(env, lambda o: np.moveaxis(np.asarray(o), 0, -1), space)
 
 
 class DMCEnv:
@@ -74,6 +121,7 @@ class DMCEnv:
         self.discrete = False
         self.low, self.high = spec.minimum.astype(np.float64), spec.maximum.astype(np.float64)
         self.observation_size = int(sum(np.prod(v.shape) for v in self.env.observation_spec().values()))
+        self.observation_shape, self.observation_dtype = (self.observation_size,), np.float32
         self.action_size = int(np.prod(spec.shape))
 
     @staticmethod
@@ -95,6 +143,8 @@ class DMCEnv:
 def make_env(env_id: str):
     if env_id.startswith("dmc:"):
         return DMCEnv(env_id)
+    if env_id.startswith("atari:"):
+        return AtariEnv(env_id)
     if is_jax_native(env_id):
         return HostJaxEnv(make_jax_env(env_id))
     return GymEnv(env_id)
@@ -116,6 +166,8 @@ class HostEnvs:
         self.run_seed = run_seed
         self.episodes = list(episodes) if episodes is not None else [0] * n
         self.observation_size = self.envs[0].observation_size
+        self.observation_shape = self.envs[0].observation_shape
+        self.observation_dtype = self.envs[0].observation_dtype
         self.action_size = self.envs[0].action_size  # number of actions if discrete
         self.discrete = self.envs[0].discrete
 

@@ -76,6 +76,7 @@ class JaxEnv:
     max_episode_steps: int
     observation_shape: tuple
     observation_size: int
+    observation_dtype = np.float32            # observations are flattened to float32
     action_low: np.ndarray | None = None     # float32 [action_size] (continuous only)
     action_high: np.ndarray | None = None
     action_shape: tuple = ()
@@ -318,6 +319,7 @@ class HostJaxEnv:
     def __init__(self, env: JaxEnv):
         self.env = env
         self.observation_size, self.action_size = env.observation_size, env.action_size
+        self.observation_shape, self.observation_dtype = env.observation_shape, np.float32
         self.discrete = env.discrete
         self._reset_fn, self._step_fn = _host_fns(env)
         self._state = self._keys = None

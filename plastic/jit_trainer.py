@@ -13,6 +13,8 @@ vmapped seed equals the single-seed run with that seed.
 - `JitTrainer`: off-policy agents (TD3, SAC, DQN); the per-seed functions are the host driver's.
 - `OnPolicyTrainer`: PPO; one scan iteration is a rollout of `num_steps` steps of `num_envs` envs per seed,
   then one `agent.update` (epochs of minibatch steps) per seed.
+- `HostOnPolicyTrainer`: PPO on host-stepped envs (gymnasium MuJoCo, dm_control, Atari): the same chunked
+  run and the same jitted update; the rollout is collected by a Python loop, one jitted act call per step.
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ from flax import struct
 from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
+from plastic.envs import HostEnvs
 from plastic.jaxenvs import make_jax_env
 from plastic.logger import RunLogger
-from plastic.nonstationary import NonstationaryJaxEnv, wrap_jax
+from plastic.nonstationary import NonstationaryJaxEnv, wrap_host, wrap_jax
 from plastic.trainer import (Trainer, build_agent, build_interventions, catch_stop_signals, episode_rows,
                              logged_values, scheduled_events)
 
@@ -89,6 +92,7 @@ class ChunkedRun:
         if resume:
             resume_step, carry, meta = ckpt.restore(carry)
             start = int(meta["env_steps"])
+            self._restore_meta(meta)
         logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
         stop_signal, restore = catch_stop_signals()
         per_chunk = max(1, run.log_every // self.unit)
@@ -111,7 +115,7 @@ class ChunkedRun:
                 logger.progress(done - prev, {"sps": sps, "return": summary["return"]})
                 ce = run.checkpoint_every
                 if units == total or (ce and done // ce > prev // ce) or stop_signal["sig"] is not None:
-                    ckpt.save(done, carry, {"env_steps": done})
+                    ckpt.save(done, carry, {"env_steps": done, **self._meta()})
                 if stop_signal["sig"] is not None and units < total:
                     print(f"received signal {stop_signal['sig']}: checkpoint written at step {done}; "
                           f"resume with --resume", flush=True)
@@ -122,6 +126,13 @@ class ChunkedRun:
             logger.close()
             ckpt.close()
         return {**summary, "interrupted": False}
+
+    def _meta(self) -> dict:
+        """Extra checkpoint metadata (host envs: their episode counters)."""
+        return {}
+
+    def _restore_meta(self, meta: dict) -> None:
+        pass
 
     def _env_carry(self, lead: tuple[int, ...]):
         """Reset every env; `lead` is (S,) or (S, E)."""
@@ -216,6 +227,9 @@ class OnPolicyTrainer(ChunkedRun):
         self._build_chunk()
 
     def init_carry(self):
+        return self._init_states(), init_counters(self.agent), self._env_carry((self.n_seeds, self.n_envs))
+
+    def _init_states(self):
         keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.n_seeds))
 
         def one(key):
@@ -225,8 +239,7 @@ class OnPolicyTrainer(ChunkedRun):
             return OnPolicyState(self.agent.init(k_agent), istate, k_loop, k_act,
                                  jnp.zeros((self.n_stats, self.env.observation_size)))
 
-        ts = jax.jit(jax.vmap(one))(keys)
-        return ts, init_counters(self.agent), self._env_carry((self.n_seeds, self.n_envs))
+        return jax.jit(jax.vmap(one))(keys)
 
     def _chunk(self, carry, n):
         ts, counters, ec = carry
@@ -273,3 +286,78 @@ class OnPolicyTrainer(ChunkedRun):
     def _stats_one(self, ts: OnPolicyState):
         return logged_values(self.agent, self.interventions, self.cfg.metrics, ts.agent, ts.interventions,
                              {"obs": ts.stats_obs})
+
+
+class HostOnPolicyTrainer(OnPolicyTrainer):
+    """PPO on host-stepped envs: `num_envs` host envs per seed (seed i owns envs i*E ... i*E + E-1), one
+    jitted call per vector step to act for every env of every seed, the rollout stacked on the host, then
+    the jitted driver's vmapped update. A "chunk" is a Python loop over iterations. As on the off-policy host
+    driver, the episodes in flight are not checkpointed: a resumed run starts fresh episodes (each with the
+    seed it would have had)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        a, run = cfg.agent_cfg, cfg.run
+        self.n_seeds, self.n_envs, self.unit = run.seeds, a.num_envs, a.num_envs * a.num_steps
+        envs = HostEnvs(run.env, run.seeds * a.num_envs, run.seed)
+        envs.envs = [wrap_host(e, cfg.env, schedule=run.seed + i // a.num_envs if cfg.env.per_seed else 0,
+                               envs_per_seed=a.num_envs) for i, e in enumerate(envs.envs)]
+        self.env = self.envs = envs
+        self.agent = build_agent(cfg, envs)
+        self.interventions = build_interventions(cfg)
+        self.n_stats = min(cfg.metrics.stats_batch, self.unit)
+        self.traces, self._obs = 0, None
+        E = self.n_envs
+
+        def act(ts, obs, t):  # [S, E, D] -> [S, E, ...]
+            def one(agent_state, obs, key):
+                return jax.vmap(lambda o, k: self.agent.act(agent_state, o, k, True, t))(obs, jax.random.split(key, E))
+            return jax.vmap(one)(ts.agent, obs, jax.vmap(jax.random.fold_in, in_axes=(0, None))(ts.act_key, t))
+
+        self._act = jax.jit(act)
+        self._update = jax.jit(jax.vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None)),
+                               donate_argnums=(0,))
+        self._stats = jax.jit(jax.vmap(self._stats_one))
+        self._chunk_jit = self._host_chunk
+
+    def init_carry(self):
+        return self._init_states(), init_counters(self.agent)  # the host envs live outside the carry
+
+    def _meta(self):
+        return {"episodes": list(self.envs.episodes)}
+
+    def _restore_meta(self, meta):
+        self.envs.episodes = list(meta["episodes"])
+        for e in self.envs.envs:
+            if hasattr(e, "env_steps"):  # non-stationary schedule position
+                e.env_steps = int(meta["env_steps"])
+
+    def _host_chunk(self, carry, n):
+        ts, counters = carry
+        S, E = self.n_seeds, self.n_envs
+        if self._obs is None:
+            self._obs = self.envs.reset().reshape(S, E, -1)
+            self._ret, self._len = np.zeros((S, E)), np.zeros((S, E), np.int64)
+        sums = {"count": np.zeros(S, np.int64), "return": np.zeros(S), "length": np.zeros(S)}
+        for _ in range(n):
+            steps = []
+            for _ in range(self.cfg.agent_cfg.num_steps):
+                t = int(counters["env_steps"])
+                action = np.asarray(self._act(ts, self._obs, t))
+                nobs, reward, term, trunc, final = self.envs.step(action.reshape(S * E, *action.shape[2:]))
+                shape = lambda x: x.reshape(S, E, *x.shape[1:])  # noqa: E731
+                reward, term, trunc = shape(reward), shape(term), shape(trunc)
+                steps.append({"obs": self._obs, "action": action, "reward": reward, "next_obs": shape(final),
+                              "terminated": term, "truncated": trunc})
+                self._ret += reward
+                self._len += 1
+                done = term | trunc
+                sums["count"] += done.sum(1)
+                sums["return"] += np.where(done, self._ret, 0.0).sum(1)
+                sums["length"] += np.where(done, self._len, 0).sum(1)
+                self._ret, self._len = self._ret * ~done, self._len * ~done
+                self._obs = shape(nobs)
+                counters = {**counters, "env_steps": counters["env_steps"] + E}
+            rollout = {k: np.stack([s[k] for s in steps], axis=1) for k in steps[0]}  # [S, T, E, ...]
+            ts, counters = self._update(ts, counters, rollout)
+        return (ts, counters), sums, self._stats(ts)

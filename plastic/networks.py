@@ -69,10 +69,20 @@ class LayerSpec:
     consumers: tuple[tuple[str, ...], ...]  # kernels whose input rows (axis -2) these units feed
     init: Callable                     # the initializer that built `kernel`
     layer_norm: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (scale, offset) paths
+    # per consumer, how many times the unit axis repeats along the consumer's input rows (a conv layer
+    # flattened into a Dense kernel feeds rows s * C + c for every spatial position s); () means 1 each
+    consumer_tiles: tuple[int, ...] = ()
 
     @property
     def mask_shape(self) -> tuple[int, ...]:
         return (self.ensemble, self.width) if self.ensemble else (self.width,)
+
+    def consumer_rows(self):
+        """`(consumer path, row mask builder)` pairs: the builder maps a unit mask `[E?, H]` to the
+        consumer's input-row mask `[E?, rows, 1]` (tiled over spatial positions after a flatten)."""
+        tiles = self.consumer_tiles or (1,) * len(self.consumers)
+        return tuple((c, (lambda m, t=t: (jnp.tile(m, t) if t > 1 else m)[..., :, None]))
+                     for c, t in zip(self.consumers, tiles))
 
 
 class Dense(nn.Module):
@@ -114,6 +124,17 @@ class LayerNorm(nn.Module):
         return y * scale + offset
 
 
+def probed_unit(act, z, name, probes, probe_point, acts):
+    """`act(z)` with the layer's probe added at `probe_point`; records the post-activation in `acts`."""
+    if probes is not None and probe_point == "pre_activation":
+        z = z + probes[name]
+    x = act(z)
+    if probes is not None and probe_point == "post_activation":
+        x = x + probes[name]
+    acts[name] = x
+    return x
+
+
 class MLP(nn.Module):
     """`in -> [Dense -> (LN) -> act] * len(hidden) -> Dense(out)`.
 
@@ -139,12 +160,7 @@ class MLP(nn.Module):
             z = Dense(width, self.ensemble, self.kernel_init, name=name)(x)
             if self.layer_norm:
                 z = LayerNorm(self.ensemble, name=f"ln_{i}")(z)
-            if probes is not None and self.probe_point == "pre_activation":
-                z = z + probes[name]
-            x = act(z)
-            if probes is not None and self.probe_point == "post_activation":
-                x = x + probes[name]
-            acts[name] = x
+            x = probed_unit(act, z, name, probes, self.probe_point, acts)
         y = Dense(self.out, self.ensemble, self.kernel_init, self.out_init_scale, name="output")(x)
         return y, acts
 
@@ -191,6 +207,81 @@ class GaussianHead(nn.Module):
 
     def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         return self.mlp.probe_shapes(batch_size)
+
+
+TORSOS = {  # name -> ((features, kernel, stride) per conv layer); "mlp": no convolutions
+    "mlp": (),
+    "nature": ((32, 8, 4), (64, 4, 2), (64, 3, 1)),   # Mnih et al. 2015 (84x84 Atari frames)
+    "minatar": ((16, 3, 1),),                         # Young & Tian 2019 (10x10 MinAtar grids)
+}
+
+
+class ConvNet(nn.Module):
+    """Image input: `[VALID conv -> act] * len(convs) -> flatten -> [Dense -> act] * len(hidden) -> Dense(out)`.
+
+    Inputs arrive flat (`[B, prod(obs_shape)]`, as every replay stores them) and are reshaped to
+    `[B, *obs_shape]` (channels last) and multiplied by `input_scale` (1/255 for uint8 frames). Each conv
+    channel is one unit of the layer map: its incoming column is `kernel[..., c]`, its outgoing rows are
+    the next conv's input channel `c` or, after the flatten, the Dense rows `s * C + c` for every spatial
+    position `s` (`LayerSpec.consumer_tiles`). Unit scores average over batch and spatial positions.
+    """
+    obs_shape: tuple[int, ...]
+    convs: tuple[tuple[int, int, int], ...]
+    hidden: tuple[int, ...]
+    out: int
+    activation: str = "relu"
+    kernel_init: str = "lecun_normal"
+    input_scale: float = 1.0
+    probe_point: str = "pre_activation"
+
+    def _spatial(self):
+        """Static (height, width) after each conv."""
+        h, w = self.obs_shape[0], self.obs_shape[1]
+        sizes = []
+        for _, k, s in self.convs:
+            h, w = (h - k) // s + 1, (w - k) // s + 1
+            if h < 1 or w < 1:
+                raise ValueError(f"observations of shape {self.obs_shape} are too small for the convolutions "
+                                 f"{self.convs} (features, kernel, stride); choose a smaller torso")
+            sizes.append((h, w))
+        return sizes
+
+    def _names(self):
+        return [f"conv_{i}" for i in range(len(self.convs))] + [f"hidden_{i}" for i in range(len(self.hidden))]
+
+    @nn.compact
+    def __call__(self, x, probes=None):
+        act = ACTIVATIONS[self.activation]
+        init = kernel_initializer(self.kernel_init)
+        x = x.astype(jnp.float32).reshape(x.shape[0], *self.obs_shape) * self.input_scale
+        acts, names = {}, self._names()
+        for i, (feat, k, s) in enumerate(self.convs):
+            z = nn.Conv(feat, (k, k), (s, s), padding="VALID", kernel_init=init, name=names[i])(x)
+            x = probed_unit(act, z, names[i], probes, self.probe_point, acts)
+        x = x.reshape(x.shape[0], -1)
+        for j, width in enumerate(self.hidden):
+            name = names[len(self.convs) + j]
+            z = Dense(width, 0, self.kernel_init, name=name)(x)
+            x = probed_unit(act, z, name, probes, self.probe_point, acts)
+        return Dense(self.out, 0, self.kernel_init, name="output")(x), acts
+
+    def layer_map(self) -> tuple[LayerSpec, ...]:
+        names = self._names() + ["output"]
+        widths = [f for f, _, _ in self.convs] + list(self.hidden)
+        n_conv, spatial = len(self.convs), self._spatial()
+        init = kernel_initializer(self.kernel_init)
+        # the last conv feeds the first Dense through the flatten: its rows repeat per spatial position
+        tile = lambda i: spatial[i][0] * spatial[i][1] if i == n_conv - 1 else 1  # noqa: E731
+        return tuple(LayerSpec(name=names[i], layer_id=i, width=w, ensemble=0, kernel=(names[i], "kernel"),
+                               bias=(names[i], "bias"), consumers=((names[i + 1], "kernel"),), init=init,
+                               consumer_tiles=(tile(i),))
+                     for i, w in enumerate(widths))
+
+    def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        shapes = {f"conv_{i}": (batch_size, h, w, f) for i, ((f, _, _), (h, w)) in
+                  enumerate(zip(self.convs, self._spatial()))}
+        shapes.update({f"hidden_{j}": (batch_size, w) for j, w in enumerate(self.hidden)})
+        return shapes
 
 
 def get_path(tree, path):

@@ -640,6 +640,8 @@ class NonstationaryHostEnv:
         else:
             self.envs = [env]
         self.observation_size = self.envs[0].observation_size
+        self.observation_shape = getattr(self.envs[0], "observation_shape", (self.observation_size,))
+        self.observation_dtype = getattr(self.envs[0], "observation_dtype", np.float32)
         self.action_size, self.discrete = self.envs[0].action_size, self.envs[0].discrete
         self._active = None          # the task env reset last
         self._applied = None         # the phase whose physics are applied

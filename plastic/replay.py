@@ -85,13 +85,13 @@ class Replay:
     def gather(self, idx) -> dict:
         return {k: v[idx] for k, v in self.data.items()}
 
-    def gather_nstep(self, idx, n: int, gamma: float) -> dict:
+    def gather_nstep(self, idx, n: int, gamma: float, clip: float = 0.0) -> dict:
         """n-step transitions starting at slots `idx` of one buffer (needs a `done` = episode-end field).
 
         Slot k of the window is idx + k (one env per buffer, so consecutive slots are consecutive steps).
         The window stops after the first episode end and at the newest slot, so it spans m <= n steps:
         reward = sum_{k<m} gamma^k r_k, next_obs and terminated of its last step, discount = gamma^m (the
-        bootstrap factor, applied only if not terminated)."""
+        bootstrap factor, applied only if not terminated). `clip` > 0 clips each r_k to [-clip, clip]."""
         out = self.gather(idx)
         steps_to_newest = (self.ptr - 1 - idx) % self.capacity
         reward, discount = jnp.zeros_like(out["reward"]), jnp.ones_like(out["reward"])
@@ -100,7 +100,8 @@ class Replay:
         for k in range(n):
             tr = out if k == 0 else self.gather((idx + k) % self.capacity)
             use = alive & (k <= steps_to_newest)
-            reward = reward + jnp.where(use, discount * tr["reward"], 0.0)
+            r = jnp.clip(tr["reward"], -clip, clip) if clip else tr["reward"]
+            reward = reward + jnp.where(use, discount * r, 0.0)
             next_obs = jnp.where(use[:, None], tr["next_obs"], next_obs)
             terminated = jnp.where(use, tr["terminated"], terminated)
             discount = jnp.where(use, discount * gamma, discount)

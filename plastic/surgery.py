@@ -43,8 +43,8 @@ def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine"):
         if layer.layer_norm is not None and layernorm == "reset_unit_affine":
             for path in layer.layer_norm:
                 mark(path, m)
-        for consumer in layer.consumers:
-            mark(consumer, m[..., :, None])
+        for consumer, rows in layer.consumer_rows():
+            mark(consumer, rows(m))
     return touched
 
 
@@ -68,8 +68,8 @@ def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", out
     # cannot put weight back on the outgoing row of a reset unit below it
     if outgoing == "zero":
         for layer in net.layers:
-            row = masks[layer.name][..., :, None]  # outgoing row of a [E?, H, out] consumer kernel
-            for consumer in layer.consumers:
+            for consumer, rows in layer.consumer_rows():  # outgoing rows of a [E?, (spatial x) H, out] kernel
+                row = rows(masks[layer.name])
                 params = set_path(params, consumer, jnp.where(row, 0.0, get_path(params, consumer)))
 
     opt_state = ns.opt_state

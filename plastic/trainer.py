@@ -30,7 +30,7 @@ from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
 from plastic.config import ExperimentConfig
-from plastic.envs import JAX_NATIVE, HostEnvs, is_jax_native
+from plastic.envs import HostEnvs, is_jax_native
 from plastic.interventions import REGISTRY
 from plastic.logger import RunLogger
 from plastic.nonstationary import phase_info, wrap_host
@@ -84,8 +84,9 @@ class Trainer:
     def init_state(self):
         # seed i of a vmapped run is exactly the single-seed run with --seed base+i
         keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.n_seeds))
-        example = {"obs": jnp.zeros(self.envs.observation_size), "action": self.agent.action_example(),
-                   "reward": jnp.zeros(()), "next_obs": jnp.zeros(self.envs.observation_size),
+        obs = jnp.zeros(self.envs.observation_size, self.envs.observation_dtype)  # uint8 Atari frames stay uint8
+        example = {"obs": obs, "action": self.agent.action_example(),
+                   "reward": jnp.zeros(()), "next_obs": obs,
                    "terminated": jnp.zeros(()), "done": jnp.zeros(())}
 
         def one(key):
@@ -150,7 +151,11 @@ class Trainer:
         else:
             idx = ts.replay.sample_uniform(key, B)
         n = getattr(self.cfg.agent_cfg, "n_step", 1)
-        return ts.replay.gather_nstep(idx, n, self.cfg.agent_cfg.gamma) if n > 1 else ts.replay.gather(idx)
+        clip = getattr(self.cfg.agent_cfg, "reward_clip", 0.0)  # per step, before any n-step sum
+        if n > 1:
+            return ts.replay.gather_nstep(idx, n, self.cfg.agent_cfg.gamma, clip)
+        batch = ts.replay.gather(idx)
+        return {**batch, "reward": jnp.clip(batch["reward"], -clip, clip)} if clip else batch
 
     def _updates(self, ts: TrainState, counters):
         """Scheduled events, then `utd` gradient updates of one seed."""
@@ -349,28 +354,27 @@ def build_agent(cfg: ExperimentConfig, envs):
                          f"{kinds[agent_cls.discrete]} ones; agents for this env: {', '.join(fits)}")
     if getattr(agent_cls, "on_policy", False):
         kwargs["total_steps"] = cfg.run.steps
+    if getattr(agent_cls, "image_obs", False):
+        kwargs["obs_shape"] = envs.observation_shape
+        kwargs["obs_dtype"] = str(np.dtype(getattr(envs, "observation_dtype", np.float32)))
     return agent_cls(cfg.agent_cfg, envs.observation_size, envs.action_size, **kwargs)
 
 
 def driver_of(cfg: ExperimentConfig) -> str:
-    """'host' or 'jit': `run.driver`, or with 'auto' the jitted driver for JAX-native envs and PPO."""
+    """'host' or 'jit': `run.driver`, or with 'auto' the jitted driver exactly for JAX-native envs."""
     if cfg.run.driver != "auto":
         return cfg.run.driver
-    on_policy = getattr(agents.get(cfg.agent), "on_policy", False)
-    return "jit" if on_policy or cfg.run.env.startswith(JAX_NATIVE) else "host"
+    return "jit" if is_jax_native(cfg.run.env) else "host"
 
 
 def make_trainer(cfg: ExperimentConfig):
     """The trainer for this config: host or fully-jitted driver, off- or on-policy agent."""
-    from plastic.jit_trainer import JitTrainer, OnPolicyTrainer
+    from plastic.jit_trainer import HostOnPolicyTrainer, JitTrainer, OnPolicyTrainer
     on_policy = getattr(agents.get(cfg.agent), "on_policy", False)
     driver = driver_of(cfg)
     if driver == "jit" and not is_jax_native(cfg.run.env):
         raise ValueError(f"the jitted driver needs a JAX-native env (brax:NAME, gymnax:NAME, probe:NAME), "
-                         f"got {cfg.run.env!r}" + ("; ppo runs on the jitted driver only" if on_policy else
-                                                   "; use --run.driver host"))
+                         f"got {cfg.run.env!r}; use --run.driver host")
     if on_policy:
-        if driver == "host":
-            raise ValueError(f"{cfg.agent} runs on the jitted driver only; use a brax:, gymnax: or probe: env")
-        return OnPolicyTrainer(cfg)
+        return OnPolicyTrainer(cfg) if driver == "jit" else HostOnPolicyTrainer(cfg)
     return JitTrainer(cfg) if driver == "jit" else Trainer(cfg)

@@ -39,7 +39,7 @@ def test_truncation_bootstraps(tmp_path):
     np.testing.assert_allclose(q, [2.0, 2.0], atol=0.15)  # 1 / (1 - γ) with γ = 0.5
 
 
-@pytest.mark.parametrize("n_step", [2, 3])
+@pytest.mark.parametrize("n_step", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_n_step_returns_keep_the_probe_values(tmp_path, n_step):
     """n-step targets on the 2-step probe (windows stop at the episode end) and on the truncated probe
     (windows cross no episode boundary; the bootstrap after a truncation stays)."""

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import rows, strip_timing
 from plastic.config import build
-from plastic.jit_trainer import JitTrainer, OnPolicyTrainer
+from plastic.jit_trainer import HostOnPolicyTrainer, JitTrainer, OnPolicyTrainer
 from plastic.trainer import Trainer, make_trainer
 
 SMALL = {"td3": {"hidden": "32,32", "batch_size": 32, "buffer_size": 2000, "learning_starts": 100},
@@ -42,11 +42,14 @@ def test_driver_choice():
     assert type(trainer("dqn", extra={"run.driver": "host"})) is Trainer  # gymnax env on the host driver
     with pytest.raises(ValueError, match="jitted driver needs a JAX-native env"):
         make_trainer(build("td3", overrides={"run.driver": "jit"}, env="Pendulum-v1"))
-    with pytest.raises(ValueError, match="ppo runs on the jitted driver only"):
-        make_trainer(build("ppo", env="CartPole-v1"))
+    assert type(make_trainer(build("ppo", env="CartPole-v1"))) is HostOnPolicyTrainer
+    assert type(trainer("ppo", extra={"run.driver": "host"})) is HostOnPolicyTrainer
+    with pytest.raises(ValueError, match="jitted driver needs a JAX-native env"):
+        make_trainer(build("ppo", overrides={"run.driver": "jit"}, env="CartPole-v1"))
 
 
-@pytest.mark.parametrize("agent,intervention", [("td3", "grama+swd"), ("sac", "grama"), ("dqn", "grama+swd"),
+@pytest.mark.parametrize("agent,intervention", [pytest.param("td3", "grama+swd", marks=pytest.mark.slow),
+                                                ("sac", "grama"), ("dqn", "grama+swd"),
                                                 ("ppo", "grama")])
 def test_resume_is_bit_identical(tmp_path, agent, intervention):
     full = trainer(agent, 400, intervention)
@@ -65,7 +68,7 @@ def test_resume_is_bit_identical(tmp_path, agent, intervention):
         assert all(key in r for r in rf), key
 
 
-@pytest.mark.parametrize("agent", ["dqn", "ppo"])
+@pytest.mark.parametrize("agent", [pytest.param("dqn", marks=pytest.mark.slow), "ppo"])
 def test_vmapped_seeds_match_separate_runs(tmp_path, agent):
     both = trainer(agent, 300, seeds=2, seed=5)
     both.run(tmp_path / "both")

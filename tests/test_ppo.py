@@ -1,4 +1,5 @@
-"""PPO: GAE against a plain reference, loss pieces, probe values and learning CartPole (jitted driver)."""
+"""PPO: GAE against a plain reference, loss pieces, probe values and learning CartPole (jitted driver);
+the host driver for gymnasium / dm_control envs."""
 import math
 
 import jax
@@ -10,7 +11,7 @@ from scipy import stats
 from agents.ppo import PPO, PPOConfig, gae
 from plastic.config import ConfigError, build
 from plastic.trainer import make_trainer
-from tests.helpers import rows
+from tests.helpers import rows, strip_timing
 
 
 def gae_reference(r, v, v_next, term, trunc, gamma, lam):
@@ -130,7 +131,8 @@ def test_bad_ppo_values_are_clear_errors():
 
 
 def run_ppo(tmp_path, env, steps, seeds=1, **ov):
-    overrides = {"run.progress": "off", "run.tensorboard": "false", **{f"ppo.{k}": v for k, v in ov.items()}}
+    overrides = {"run.progress": "off", "run.tensorboard": "false",
+                 **{k if "." in k else f"ppo.{k}": v for k, v in ov.items()}}
     cfg = build("ppo", overrides=overrides, env=env, steps=steps, seeds=seeds, log_every=steps)
     trainer = make_trainer(cfg)
     trainer.run(tmp_path / "run")
@@ -153,6 +155,38 @@ def test_value_probes(tmp_path, probe, obs, expected):
     trainer = run_ppo(tmp_path, probe, 12_800, gamma=0.5, lr=3e-3, anneal_lr="false", ent_coef=0.0,
                       num_envs=8, num_steps=16)
     np.testing.assert_allclose(values(trainer, obs), expected, atol=0.1)
+
+
+@pytest.mark.parametrize("probe,obs,expected", [
+    ("probe:d_two_step", [[0.0], [1.0]], [0.5, 1.0]),
+    ("probe:d_truncated", [[0.0]], [2.0]),               # the host envs' final observation bootstraps
+])
+def test_value_probes_on_the_host_driver(tmp_path, probe, obs, expected):
+    trainer = run_ppo(tmp_path, probe, 6_400, gamma=0.5, lr=3e-3, anneal_lr="false", ent_coef=0.0,
+                      num_envs=8, num_steps=16, **{"run.driver": "host"})
+    assert type(trainer).__name__ == "HostOnPolicyTrainer"
+    np.testing.assert_allclose(values(trainer, obs), expected, atol=0.1)
+
+
+def test_host_driver_resume_is_bit_identical(tmp_path):
+    """2-step episodes and 16-step rollouts: every checkpoint falls on an episode boundary of every env,
+    so a resumed host run (fresh episodes, each with the seed it would have had) equals the full run."""
+    def run(name, steps, resume=False):
+        ov = {"run.progress": "off", "run.tensorboard": "false", "run.driver": "host", "run.log_every": 64,
+              "run.checkpoint_every": 128, "ppo.num_envs": 4, "ppo.num_steps": 16, "ppo.hidden": "16,16",
+              "ppo.anneal_lr": "false", "grama.period": 5}
+        tr = make_trainer(build("ppo", "grama", overrides=ov, env="probe:d_two_step", steps=steps, seeds=2))
+        tr.run(tmp_path / name, resume=resume)
+        return tr
+
+    full = run("full", 320)
+    run("split", 128)
+    resumed = run("split", 320, resume=True)
+    for a, b in zip(jax.tree.leaves(full.final_state), jax.tree.leaves(resumed.final_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rf, rr = strip_timing(rows(tmp_path / "full")), strip_timing(rows(tmp_path / "split"))
+    assert rf == rr and [r["step"] for r in rf[::2]] == [64, 128, 192, 256, 320]
+    assert int(full.final_state[0].interventions["grama"]["critic"]["events"][0]) > 0
 
 
 @pytest.mark.parametrize("env", ["probe:d_action", "probe:action"])

@@ -151,8 +151,9 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     assert (tmp_path / "c" / "metrics.jsonl").read_text() == before  # nothing already written is lost
 
 
-@pytest.mark.parametrize("agent,intervention,env", [("td3", "none", "Pendulum-v1"), ("sac", "grama+swd", "Pendulum-v1"),
-                                                     ("dqn", "grama+swd", "CartPole-v1")])
+@pytest.mark.parametrize("agent,intervention,env", [
+    pytest.param("td3", "none", "Pendulum-v1", marks=pytest.mark.slow), ("sac", "grama+swd", "Pendulum-v1"),
+    pytest.param("dqn", "grama+swd", "CartPole-v1", marks=pytest.mark.slow)])
 def test_env_step_never_copies_the_replay(agent, intervention, env):
     """The compiled env step writes the replay in place: no op materialises a replay-sized array except
     the in-place writes themselves (a copy per step made 1M-slot buffers 7x slower)."""

@@ -123,9 +123,9 @@ class ReGraMa(Intervention):
             s = {**s, "events": s["events"] + 1,
                  "reset_fraction": {k: frac(m) for k, m in masks.items()},
                  "zero_grad_layer": {k: frac(z) for k, z in zero.items()}}
-            if ctx.inputs is not None:
-                jump = net.apply(new.params, ctx.inputs)[0] - net.apply(ns.params, ctx.inputs)[0]
-                s["output_jump"] = jnp.mean(jnp.abs(jump))
+            if ctx.inputs is not None:  # of the first output (a Gaussian policy's mean, not its log-std)
+                out = lambda p: jax.tree.leaves(net.apply(p, ctx.inputs)[0])[0]  # noqa: E731
+                s["output_jump"] = jnp.mean(jnp.abs(out(new.params) - out(ns.params)))
             # a non-empty reset opens a new step-ratio window; an empty one leaves the last window alone
             any_reset = sum(jnp.sum(m) for m in masks.values()) > 0
             opened = {"fresh": masks, "since": jnp.zeros((), jnp.int32), "ratio_sum": jnp.zeros(()),
