@@ -16,6 +16,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": nn.relu,
@@ -44,7 +45,7 @@ def kernel_initializer(name: str, ensemble: int = 0, scale: float = 1.0):
     layers, so gain = sqrt(2 * scale) (scale 0.5: gain 1, the value head; 5e-5: gain 0.01, the policy head).
     """
     if name == "orthogonal":
-        ortho = jax.nn.initializers.orthogonal(jnp.sqrt(2.0 * scale), column_axis=-1)
+        ortho = orthogonal(jnp.sqrt(2.0 * scale))
         if not ensemble:
             return ortho
         return lambda key, shape, dtype=jnp.float32: jax.vmap(lambda k: ortho(k, shape[1:], dtype))(
@@ -55,6 +56,37 @@ def kernel_initializer(name: str, ensemble: int = 0, scale: float = 1.0):
     batch_axis = (0,) if ensemble else ()
     return jax.nn.initializers.variance_scaling(s * scale, mode, dist, in_axis=-2, out_axis=-1,
                                                 batch_axis=batch_axis)
+
+
+def orthogonal(gain: float = 1.0):
+    """A (semi-)orthogonal initializer for `[..., in, out]` kernels, Haar-distributed like
+    `jax.nn.initializers.orthogonal`, computed with matmuls only (Gram-Schmidt, twice per column).
+
+    jaxlib's CPU QR kernel splits a batch of factorisations (vmapped seeds) over the thread pool it runs
+    on and blocks until they finish; two such kernels running side by side on a 2-thread pool wait on
+    each other forever (seen here: PPO's init of 2-256 vmapped seeds hanging at random). This one has no
+    custom call, so it cannot."""
+    def init(key, shape, dtype=jnp.float32):
+        n_rows, n_cols = int(np.prod(shape[:-1])), shape[-1]
+        tall = (max(n_rows, n_cols), min(n_rows, n_cols))
+        q = _gram_schmidt(jax.random.normal(key, tall, jnp.float32))
+        q = q if n_rows >= n_cols else q.T
+        return (gain * q).reshape(shape).astype(dtype)
+    return init
+
+
+def _gram_schmidt(a):
+    """Orthonormal columns of a tall `[m, n]` matrix (its QR's Q with a positive diagonal of R)."""
+    n = a.shape[1]
+
+    def column(j, q):
+        earlier = (jnp.arange(n) < j).astype(a.dtype)
+        v = q[:, j]
+        for _ in range(2):  # re-orthogonalise once: as accurate as Householder QR in float32
+            v = v - q @ ((q.T @ v) * earlier)
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, n, column, a)
 
 
 @dataclass(frozen=True)

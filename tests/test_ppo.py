@@ -1,6 +1,7 @@
 """PPO: GAE against a plain reference, loss pieces, probe values and learning CartPole (jitted driver);
 the host driver for gymnasium / dm_control envs."""
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -223,3 +224,16 @@ def test_learns_gymnax_cartpole(tmp_path):
     assert float(returns.min()) >= 475, returns
     last = [r for r in rows(tmp_path / "run") if r["episode_return"] is not None]
     assert last and all(r["episode_return"] > 150 for r in last), last
+
+
+def test_orthogonal_init_is_orthogonal_and_free_of_lapack_calls():
+    """CleanRL's orthogonal init without jaxlib's CPU QR kernel: under vmap (seeds) that kernel can
+    deadlock a 2-thread pool (plastic/networks.py::orthogonal)."""
+    from plastic.networks import kernel_initializer
+    init = kernel_initializer("orthogonal")  # gain sqrt(2)
+    for shape in [(4, 64), (64, 64), (64, 2)]:
+        w = np.asarray(init(jax.random.PRNGKey(0), shape))
+        gram = w.T @ w if shape[0] >= shape[1] else w @ w.T
+        np.testing.assert_allclose(gram, 2.0 * np.eye(len(gram)), atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(jax.vmap(lambda k: init(k, (64, 64))))(jax.random.split(jax.random.PRNGKey(0), 4)))
+    assert not re.search(r"\b(qr|geqrf|householder_product|custom_call)\b", jaxpr)
