@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 class RunConfig:
     env: str = ""                      # "": the agent's default (HalfCheetah-v5; CartPole-v1 for dqn;
                                        # gymnax:CartPole-v1 for ppo)
-    driver: str = "auto"               # auto | host | jit  (auto: jit for gymnax:/brax:/probe: envs and ppo)
+    driver: str = "auto"               # auto | host | jit  (auto: jit for gymnax:/brax:/probe: envs, else host)
     seeds: int = 1                     # independent seeds, vmapped in one process
     seed: int = 0                      # base seed; vmapped seed i behaves as a run with seed + i
     steps: int = 30_000                # env steps per seed (presets set paper budgets)
