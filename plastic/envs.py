@@ -171,6 +171,13 @@ class HostEnvs:
         self.action_size = self.envs[0].action_size  # number of actions if discrete
         self.discrete = self.envs[0].discrete
 
+    def restore(self, episodes, env_steps: int):
+        """After a resume: each env's episode counter, and the non-stationary schedule position."""
+        self.episodes = list(episodes)
+        for e in self.envs:
+            if hasattr(e, "env_steps"):
+                e.env_steps = int(env_steps)
+
     def reset(self):
         return np.stack([e.reset(episode_seed(self.run_seed + i, self.episodes[i])) for i, e in enumerate(self.envs)])
 

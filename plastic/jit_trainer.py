@@ -54,13 +54,15 @@ def _episode_sums(n_seeds):
     return {"count": jnp.zeros(n_seeds, jnp.int32), "return": jnp.zeros(n_seeds), "length": jnp.zeros(n_seeds)}
 
 
-def _account(ec: EnvCarry, sums, reward, done):
-    """Add this step's reward; move finished episodes into the per-seed sums (summed over any env axis)."""
-    ret, length = ec.ep_return + reward, ec.ep_length + 1
+def _account(ep_return, ep_length, sums, reward, done):
+    """Add this step's reward; move finished episodes into the per-seed sums (summed over any env axis).
+    Works on jax arrays (inside the jitted loop) and on numpy arrays (the host PPO loop)."""
+    where = np.where if isinstance(done, np.ndarray) else jnp.where
+    ret, length = ep_return + reward, ep_length + 1
     axes = tuple(range(1, done.ndim))
-    sums = {"count": sums["count"] + done.sum(axes).astype(jnp.int32),
-            "return": sums["return"] + jnp.where(done, ret, 0.0).sum(axes),
-            "length": sums["length"] + jnp.where(done, length, 0).sum(axes)}
+    sums = {"count": sums["count"] + done.sum(axes).astype(np.int32),
+            "return": sums["return"] + where(done, ret, 0.0).sum(axes),
+            "length": sums["length"] + where(done, length, 0).sum(axes)}
     return ret * ~done, length * ~done, sums
 
 
@@ -182,7 +184,7 @@ class JitTrainer(ChunkedRun, Trainer):
                   "terminated": term.astype(jnp.float32), "done": (term | trunc).astype(jnp.float32)}
             ts, counters, stop = self._store(ts, counters, tr)
             ts, counters = self._maybe_learn(ts, counters, t >= ls)
-            ret, length, sums = _account(ec, sums, reward, term | trunc)
+            ret, length, sums = _account(ec.ep_return, ec.ep_length, sums, reward, term | trunc)
             ec = ec.replace(state=state, obs=nobs, stop=stop, ep_return=ret, ep_length=length)
             return (ts, counters, ec, sums), None
 
@@ -258,7 +260,7 @@ class OnPolicyTrainer(ChunkedRun):
                 ec.state, action, keys, ec.stop)
             tr = {"obs": ec.obs, "action": action, "reward": reward, "next_obs": final,
                   "terminated": term, "truncated": trunc}
-            ret, length, sums = _account(ec, sums, reward, term | trunc)
+            ret, length, sums = _account(ec.ep_return, ec.ep_length, sums, reward, term | trunc)
             ec = ec.replace(state=state, obs=nobs, ep_return=ret, ep_length=length)
             return (ts, {**counters, "env_steps": t + E}, ec, sums), tr
 
@@ -300,8 +302,8 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
         a, run = cfg.agent_cfg, cfg.run
         self.n_seeds, self.n_envs, self.unit = run.seeds, a.num_envs, a.num_envs * a.num_steps
         envs = HostEnvs(run.env, run.seeds * a.num_envs, run.seed)
-        envs.envs = [wrap_host(e, cfg.env, schedule=run.seed + i // a.num_envs if cfg.env.per_seed else 0,
-                               envs_per_seed=a.num_envs) for i, e in enumerate(envs.envs)]
+        envs.envs = [wrap_host(e, cfg.env, schedule=run.seed + i // a.num_envs, envs_per_seed=a.num_envs)
+                     for i, e in enumerate(envs.envs)]
         self.env = self.envs = envs
         self.agent = build_agent(cfg, envs)
         self.interventions = build_interventions(cfg)
@@ -327,10 +329,7 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
         return {"episodes": list(self.envs.episodes)}
 
     def _restore_meta(self, meta):
-        self.envs.episodes = list(meta["episodes"])
-        for e in self.envs.envs:
-            if hasattr(e, "env_steps"):  # non-stationary schedule position
-                e.env_steps = int(meta["env_steps"])
+        self.envs.restore(meta["episodes"], int(meta["env_steps"]))
 
     def _host_chunk(self, carry, n):
         ts, counters = carry
@@ -339,23 +338,17 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
             self._obs = self.envs.reset().reshape(S, E, -1)
             self._ret, self._len = np.zeros((S, E)), np.zeros((S, E), np.int64)
         sums = {"count": np.zeros(S, np.int64), "return": np.zeros(S), "length": np.zeros(S)}
+        shape = lambda x: x.reshape(S, E, *x.shape[1:])  # noqa: E731  [S * E, ...] -> [S, E, ...]
         for _ in range(n):
             steps = []
             for _ in range(self.cfg.agent_cfg.num_steps):
                 t = int(counters["env_steps"])
                 action = np.asarray(self._act(ts, self._obs, t))
                 nobs, reward, term, trunc, final = self.envs.step(action.reshape(S * E, *action.shape[2:]))
-                shape = lambda x: x.reshape(S, E, *x.shape[1:])  # noqa: E731
                 reward, term, trunc = shape(reward), shape(term), shape(trunc)
                 steps.append({"obs": self._obs, "action": action, "reward": reward, "next_obs": shape(final),
                               "terminated": term, "truncated": trunc})
-                self._ret += reward
-                self._len += 1
-                done = term | trunc
-                sums["count"] += done.sum(1)
-                sums["return"] += np.where(done, self._ret, 0.0).sum(1)
-                sums["length"] += np.where(done, self._len, 0).sum(1)
-                self._ret, self._len = self._ret * ~done, self._len * ~done
+                self._ret, self._len, sums = _account(self._ret, self._len, sums, reward, term | trunc)
                 self._obs = shape(nobs)
                 counters = {**counters, "env_steps": counters["env_steps"] + E}
             rollout = {k: np.stack([s[k] for s in steps], axis=1) for k in steps[0]}  # [S, T, E, ...]

@@ -113,7 +113,7 @@ class LayerSpec:
         """`(consumer path, row mask builder)` pairs: the builder maps a unit mask `[E?, H]` to the
         consumer's input-row mask `[E?, rows, 1]` (tiled over spatial positions after a flatten)."""
         tiles = self.consumer_tiles or (1,) * len(self.consumers)
-        return tuple((c, (lambda m, t=t: (jnp.tile(m, t) if t > 1 else m)[..., :, None]))
+        return tuple((c, (lambda m, t=t: jnp.tile(m, t)[..., :, None]))
                      for c, t in zip(self.consumers, tiles))
 
 

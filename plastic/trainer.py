@@ -201,10 +201,7 @@ class Trainer:
         if resume:
             resume_step, (ts, counters), meta = ckpt.restore((ts, counters))
             start = int(meta["env_steps"])
-            self.envs.episodes = list(meta["episodes"])
-            for e in self.envs.envs:
-                if hasattr(e, "env_steps"):  # non-stationary schedule position
-                    e.env_steps = start
+            self.envs.restore(meta["episodes"], start)
         logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
         stop_signal, restore = catch_stop_signals()
         metrics_key = jax.random.PRNGKey(run.seed + 7919)
