@@ -129,8 +129,17 @@ class DQN(DiscreteActions):
     def q_values(self, state: AgentState, obs):
         return self.q.apply(state.nets["q"].params, obs)[0]
 
-    def activations(self, state: AgentState, batch):
-        return {"q": self.q.apply(state.nets["q"].params, batch["obs"])[1]}
+    # ---- what the metrics collector (plastic/monitor.py) reads ----------------------------------
+    policy_net, critic_net = "q", "q"
+
+    def net_inputs(self, state: AgentState, batch):
+        return {"q": batch["obs"]}
+
+    def policy_view(self, out):
+        return {"q": out}
+
+    def critic_scalar(self, out, batch):
+        return jnp.take_along_axis(out, batch["action"][:, None].astype(jnp.int32), axis=-1)[:, 0]
 
     @staticmethod
     def validate(cfg: DQNConfig) -> None:

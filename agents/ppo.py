@@ -144,10 +144,21 @@ class PPO:
     def value(self, state: AgentState, obs):
         return self.critic.apply(state.nets["critic"].params, self.normalize(state, obs))[0][..., 0]
 
-    def activations(self, state: AgentState, batch):
+    # ---- what the metrics collector (plastic/monitor.py) reads ----------------------------------
+    policy_net, critic_net = "actor", "critic"
+
+    def net_inputs(self, state: AgentState, batch):
         obs = self.normalize(state, batch["obs"])
-        return {"actor": self.dist(state.nets["actor"].params, obs)[1],
-                "critic": self.critic.apply(state.nets["critic"].params, obs)[1]}
+        return {"actor": obs, "critic": obs}
+
+    def policy_view(self, out):
+        if self.discrete:
+            return {"logits": out}
+        mean, log_std = out
+        return {"action": mean, "mean": mean, "log_std": log_std}
+
+    def critic_scalar(self, out, batch):
+        return out[..., 0]
 
     # ---- update ---------------------------------------------------------------------------------
     def update(self, state: AgentState, rollout, counters, key, interventions=(), istate=None):

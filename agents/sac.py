@@ -69,11 +69,16 @@ class SAC(ContinuousActions):
                 "alpha": jnp.zeros(()), "entropy": jnp.zeros(()), "q_mean": jnp.zeros(())}
         return AgentState(nets=nets, targets={"critic": nets["critic"].params}, logs=logs)
 
+    @staticmethod
+    def _gaussian(y):
+        """The actor's output -> (mean, log_std) of the pre-tanh Gaussian (log_std squashed into its range)."""
+        mean, log_std = jnp.split(y, 2, axis=-1)
+        return mean, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(log_std) + 1.0)
+
     def policy(self, params, obs, key, probes=None):
         """Sample a squashed action; returns (action, log_prob, activations, deterministic action)."""
         y, acts = self.actor.apply(params, obs, probes)
-        mean, log_std = jnp.split(y, 2, axis=-1)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(log_std) + 1.0)
+        mean, log_std = self._gaussian(y)
         std = jnp.exp(log_std)
         x = mean + std * jax.random.normal(key, mean.shape)
         a = jnp.tanh(x)
@@ -144,8 +149,15 @@ class SAC(ContinuousActions):
 
         return maybe(counters["critic"] % c.policy_delay == 0, actor_phase, (state, istate, counters))
 
-    def activations(self, state: AgentState, batch):
-        obs = batch["obs"]
-        _, actor_acts = self.actor.apply(state.nets["actor"].params, obs)
-        _, critic_acts = self.critic.apply(state.nets["critic"].params, squash_obs_action(obs, batch["action"]))
-        return {"actor": actor_acts, "critic": critic_acts}
+    # ---- what the metrics collector (plastic/monitor.py) reads ----------------------------------
+    policy_net, critic_net = "actor", "critic"
+
+    def net_inputs(self, state: AgentState, batch):
+        return {"actor": batch["obs"], "critic": squash_obs_action(batch["obs"], batch["action"])}
+
+    def policy_view(self, out):
+        mean, log_std = self._gaussian(out)
+        return {"action": jnp.tanh(mean), "mean": mean, "log_std": log_std}
+
+    def critic_scalar(self, out, batch):
+        return out[..., 0]  # [2, B]: both critics

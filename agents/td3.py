@@ -115,8 +115,14 @@ class TD3(ContinuousActions):
 
         return maybe(counters["critic"] % c.policy_delay == 0, actor_phase, (state, istate, counters))
 
-    def activations(self, state: AgentState, batch):
-        obs = batch["obs"]
-        _, actor_acts = self.actor.apply(state.nets["actor"].params, obs)
-        _, critic_acts = self.critic.apply(state.nets["critic"].params, squash_obs_action(obs, batch["action"]))
-        return {"actor": actor_acts, "critic": critic_acts}
+    # ---- what the metrics collector (plastic/monitor.py) reads ----------------------------------
+    policy_net, critic_net = "actor", "critic"
+
+    def net_inputs(self, state: AgentState, batch):
+        return {"actor": batch["obs"], "critic": squash_obs_action(batch["obs"], batch["action"])}
+
+    def policy_view(self, out):
+        return {"action": jnp.tanh(out)}
+
+    def critic_scalar(self, out, batch):
+        return out[..., 0]  # [2, B]: both critics

@@ -5,6 +5,7 @@ except the ensemble axis and the unit axis (batch, spatial) is averaged, giving 
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 EPS = 1e-9
@@ -68,3 +69,18 @@ def ratio_logs(metric: str, network: str, scores: dict, taus, aggregation: str =
             logs[f"{key}/{network}"] = (flagged / total if aggregation == "pooled"
                                         else sum(per_layer) / len(per_layer))
     return logs
+
+
+def dormant_masks(scores: dict, tau: float) -> dict:
+    """τ-dormant (or GraMa-inactive) unit masks (metrics.md §1, §2): dict layer -> bool `s <= tau`, same
+    shape as the scores (`[H]` or `[E, H]`)."""
+    return {name: jnp.asarray(s) <= tau for name, s in scores.items()}
+
+
+@jax.jit
+def set_overlap(prev_mask, mask):
+    """`dormant_overlap` / `grama_persistence` (metrics.md §8): |D_t ∩ D_prev| / max(|D_t|, 1), with D_prev
+    and D_t the units flagged in boolean masks `prev_mask` and `mask` of equal (any) shape; 0 when D_t is
+    empty. float32."""
+    both = jnp.sum(jnp.logical_and(prev_mask, mask), dtype=jnp.float32)
+    return both / jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0)

@@ -5,7 +5,10 @@ An agent is a static Python object (config + `Net`s); all of its methods are pur
   act(state, obs, key, explore, step) -> action          (one seed; the trainer vmaps; step = env step)
   random_action(key), action_example()                   (from ContinuousActions / DiscreteActions)
   update(state, batch, counters, key, interventions, istate) -> (state, istate, counters)
-  activations(state, batch) -> {net name: {layer: post-activations}}   (for the dormant ratio)
+For the metrics collector (plastic/monitor.py):
+  net_inputs(state, batch) -> {net name: the input that network sees on `batch` (obs, action)}
+  policy_net, policy_view(output) -> {"q"} | {"logits"} | {"action"} | {"action", "mean", "log_std"}
+  critic_net, critic_scalar(output, batch) -> [E?, B] the scalar whose per-example gradients give the NTK
 Every optimizer step inside `update` goes through `plastic.core.gradient_step`.
 """
 from __future__ import annotations

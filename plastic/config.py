@@ -50,10 +50,30 @@ class RunConfig:
 
 @dataclass
 class MetricsConfig:
-    dormant_taus: tuple[float, ...] = (0.0, 0.025)
+    """What the in-training metrics collector (plastic/monitor.py) measures, on which networks, how often.
+
+    Periods count the gradient updates of each network (its own counter); 0 turns a group off. Every
+    group is also measured at a network's first update. Definitions: ../shared/specs/metrics.md."""
+    networks: tuple[str, ...] = ("all",)  # network names (e.g. critic), or all
+    activity_every: int = 1_000        # dormant ratios, FAU, linearised ratio, feature norm, dormant overlap
+    grad_every: int = 1_000            # gradient sparsity/L1/L2, gradient- and update-to-parameter ratios,
+                                       # parameter RMS and distance from init, GraMa persistence
+    rank_every: int = 10_000           # srank, approximate, effective, feature and matrix rank of features
+    churn_every: int = 10_000          # policy churn over one update round, on the metrics batch
+    ntk_every: int = 50_000            # NTK Gram rank of the critic (per-example gradients)
+    batch: str = "fresh_replay"        # fresh_replay | fixed_probe (indices drawn once, at the first update)
+    batch_size: int = 256              # replay batch (off-policy) or rollout subset (PPO) the metrics use
+    dormant_taus: tuple[float, ...] = (0.0, 0.025, 0.1)
     ratio_aggregation: str = "pooled"  # pooled | mean_of_layers
     grama_target: str = "pre_activation"  # pre_activation | post_activation | weight_grad
-    stats_batch: int = 256             # fresh replay batch for the dormant ratio
+    linearised_frac: float = 0.9       # a unit is linearised if its pre-activation is > 0 on this fraction
+    srank_delta: float = 0.01
+    approx_rank_p: float = 0.99
+    feature_rank_eps: float = 0.01
+    grad_zero_threshold: float = 1e-8  # |g| below this counts as a zero gradient entry (grad_sparsity)
+    ntk_batch: int = 64                # state-action pairs for the NTK Gram matrix (at most 64)
+    ntk_tol: float = 1e-6              # absolute tolerance on the Gram matrix's singular values
+    ntk_branch: str = "critic1"        # twin critics: critic1 | critic2 | min
 
 
 @dataclass
@@ -223,6 +243,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"metrics.ratio_aggregation={m.ratio_aggregation!r}; valid: pooled, mean_of_layers")
     if m.grama_target not in PROBE_POINTS:
         raise ConfigError(f"metrics.grama_target={m.grama_target!r}; valid: {', '.join(PROBE_POINTS)}")
+    _validate_metrics(m)
+    if m.batch == "fixed_probe" and getattr(agents.get(cfg.agent), "on_policy", False):
+        raise ConfigError(f"metrics.batch=fixed_probe needs a replay buffer; {cfg.agent} measures on its current "
+                          f"rollout (use metrics.batch=fresh_replay)")
     try:
         nonstationary.validate(cfg.env, r.env)
     except ValueError as e:
@@ -239,6 +263,33 @@ def validate(cfg: ExperimentConfig) -> None:
             cls(icfg, cfg.agent).validate(r, a)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+METRIC_BATCHES = ("fresh_replay", "fixed_probe")
+NTK_BRANCHES = ("critic1", "critic2", "min")
+
+
+def _validate_metrics(m: MetricsConfig) -> None:
+    for k in ("activity_every", "grad_every", "rank_every", "churn_every", "ntk_every"):
+        if getattr(m, k) < 0:
+            raise ConfigError(f"metrics.{k} must be >= 0 (0: off), got {getattr(m, k)}")
+    _positive("metrics.batch_size", m.batch_size)
+    if m.batch not in METRIC_BATCHES:
+        raise ConfigError(f"metrics.batch={m.batch!r}; valid: {', '.join(METRIC_BATCHES)}")
+    if m.ntk_branch not in NTK_BRANCHES:
+        raise ConfigError(f"metrics.ntk_branch={m.ntk_branch!r}; valid: {', '.join(NTK_BRANCHES)}")
+    if not 1 <= m.ntk_batch <= min(64, m.batch_size):
+        raise ConfigError(f"metrics.ntk_batch must be in [1, min(64, metrics.batch_size)], got {m.ntk_batch}")
+    if not m.networks:
+        raise ConfigError("metrics.networks is empty; give network names or all")
+    for k in ("linearised_frac", "approx_rank_p", "srank_delta"):
+        if not 0.0 < getattr(m, k) <= 1.0:
+            raise ConfigError(f"metrics.{k} must be in (0, 1], got {getattr(m, k)}")
+    for k in ("feature_rank_eps", "ntk_tol", "grad_zero_threshold"):
+        if getattr(m, k) <= 0:
+            raise ConfigError(f"metrics.{k} must be > 0, got {getattr(m, k)}")
+    if any(t < 0 for t in m.dormant_taus):
+        raise ConfigError(f"metrics.dormant_taus must be >= 0, got {m.dormant_taus}")
 
 
 def from_dict(d: dict) -> ExperimentConfig:

@@ -78,6 +78,7 @@ class UpdateContext:
     loss: jax.Array
     updates: Any = None        # the parameter updates the optimizer applied in this step
     inputs: Any = None         # the network's main input on this batch (e.g. to measure output jumps)
+    params_before: Any = None  # the parameters this update started from
 
 
 def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, key,
@@ -104,12 +105,13 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
     for iv in interventions:
         grads = iv.grad_transform(net, grads, ns.params, istate[iv.name])
     updates, opt_state = net.tx.update(grads, ns.opt_state, ns.params)
+    params_before = ns.params
     ns = NetState(optax.apply_updates(ns.params, updates), opt_state)
     count = count + 1
 
     scores = grama_scores(net.layers, probe_grads, grads, net.probe_point) if net.layers else {}
     ctx = UpdateContext(count=count, grads=grads, updates=updates, probe_grads=probe_grads, scores=scores,
-                        loss=loss, inputs=inputs)
+                        loss=loss, inputs=inputs, params_before=params_before)
     for i, iv in enumerate(interventions):
         ns, s = iv.post_update(net, ns, ctx, istate[iv.name], jax.random.fold_in(key, i))
         istate = {**istate, iv.name: s}

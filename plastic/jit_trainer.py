@@ -33,8 +33,9 @@ from plastic.envs import HostEnvs
 from plastic.jaxenvs import make_jax_env
 from plastic.logger import RunLogger
 from plastic.nonstationary import NonstationaryJaxEnv, wrap_host, wrap_jax
-from plastic.trainer import (Trainer, build_agent, build_interventions, catch_stop_signals, episode_rows,
-                             logged_values, scheduled_events)
+from plastic.trainer import (METRICS_SALT, Trainer, build_agent, build_interventions, catch_stop_signals,
+                             collect_metrics, episode_rows, init_interventions, log_point, monitor_of,
+                             scheduled_events)
 
 ENV_KEY_SALT = 0x3E7  # env keys: fold_in(PRNGKey(seed + i), ENV_KEY_SALT)
 
@@ -190,8 +191,7 @@ class JitTrainer(ChunkedRun, Trainer):
 
         (ts, counters, ec, sums), _ = jax.lax.scan(step, (ts, counters, ec, _episode_sums(self.n_seeds)),
                                                    None, length=n)
-        key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.run.seed + 7919), counters["env_steps"])
-        stats = jax.vmap(self._stats_one, in_axes=(0, None))(ts, key)
+        ts, stats = jax.vmap(self._stats_one)(ts)
         return (ts, counters, ec), sums, stats
 
     def _maybe_learn(self, ts, counters, pred):
@@ -212,7 +212,6 @@ class OnPolicyState:
     interventions: dict
     key: jax.Array          # consumed by updates
     act_key: jax.Array      # folded with the env step for acting
-    stats_obs: jax.Array    # observations of the last rollout, for the dormant ratio at log points
 
 
 class OnPolicyTrainer(ChunkedRun):
@@ -222,10 +221,10 @@ class OnPolicyTrainer(ChunkedRun):
         self.cfg = cfg
         self.env = self.envs = wrap_jax(make_jax_env(cfg.run.env), cfg.env, envs_per_seed=cfg.agent_cfg.num_envs)
         self.agent = build_agent(cfg, self.env)
-        self.interventions = build_interventions(cfg)
+        self.interventions = build_interventions(cfg, self.agent)
+        self.monitor = monitor_of(self.interventions)
         a = cfg.agent_cfg
         self.n_seeds, self.n_envs, self.unit = cfg.run.seeds, a.num_envs, a.num_envs * a.num_steps
-        self.n_stats = min(cfg.metrics.stats_batch, self.unit)
         self._build_chunk()
 
     def init_carry(self):
@@ -236,10 +235,9 @@ class OnPolicyTrainer(ChunkedRun):
 
         def one(key):
             k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
-            istate = {iv.name: iv.init(jax.random.fold_in(k_iv, j), self.agent)
-                      for j, iv in enumerate(self.interventions)}
-            return OnPolicyState(self.agent.init(k_agent), istate, k_loop, k_act,
-                                 jnp.zeros((self.n_stats, self.env.observation_size)))
+            agent_state = self.agent.init(k_agent)
+            return OnPolicyState(agent_state, init_interventions(self.interventions, self.agent, agent_state, k_iv),
+                                 k_loop, k_act)
 
         return jax.jit(jax.vmap(one))(keys)
 
@@ -273,21 +271,30 @@ class OnPolicyTrainer(ChunkedRun):
 
         (ts, counters, ec, sums), _ = jax.lax.scan(iteration, (ts, counters, ec, _episode_sums(self.n_seeds)),
                                                    None, length=n)
-        stats = jax.vmap(self._stats_one)(ts)
+        ts, stats = jax.vmap(self._stats_one)(ts)
         return (ts, counters, ec), sums, stats
 
     def _update_one(self, ts: OnPolicyState, counters, rollout):
         key, k_event, k_update = jax.random.split(ts.key, 3)
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, k_event)
+        before, counters_before = agent_state, counters
         agent_state, istate, counters = self.agent.update(agent_state, rollout, counters, k_update,
                                                           self.interventions, istate)
-        obs = rollout["obs"].reshape(-1, rollout["obs"].shape[-1])[:self.n_stats]
-        return ts.replace(agent=agent_state, interventions=istate, key=key, stats_obs=obs), counters
+        if self.monitor is not None:
+            flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rollout)  # [T * E, ...]
+            n, size = self.unit, self.cfg.metrics.batch_size
+
+            def batch_fn(k, mstate):  # a random subset of the rollout (all of it if it is smaller)
+                idx = jax.random.permutation(k, n)[:size] if n > size else jnp.arange(n)
+                return jax.tree.map(lambda x: x[idx], flat), mstate
+
+            istate = collect_metrics(self.monitor, before, agent_state, istate, counters_before, counters,
+                                     batch_fn, jax.random.fold_in(ts.key, METRICS_SALT))
+        return ts.replace(agent=agent_state, interventions=istate, key=key), counters
 
     def _stats_one(self, ts: OnPolicyState):
-        return logged_values(self.agent, self.interventions, self.cfg.metrics, ts.agent, ts.interventions,
-                             {"obs": ts.stats_obs})
+        return log_point(self.interventions, ts)
 
 
 class HostOnPolicyTrainer(OnPolicyTrainer):
@@ -306,8 +313,8 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
                      for i, e in enumerate(envs.envs)]
         self.env = self.envs = envs
         self.agent = build_agent(cfg, envs)
-        self.interventions = build_interventions(cfg)
-        self.n_stats = min(cfg.metrics.stats_batch, self.unit)
+        self.interventions = build_interventions(cfg, self.agent)
+        self.monitor = monitor_of(self.interventions)
         self.traces, self._obs = 0, None
         E = self.n_envs
 
@@ -319,7 +326,7 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
         self._act = jax.jit(act)
         self._update = jax.jit(jax.vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None)),
                                donate_argnums=(0,))
-        self._stats = jax.jit(jax.vmap(self._stats_one))
+        self._stats = jax.jit(jax.vmap(self._stats_one), donate_argnums=(0,))
         self._chunk_jit = self._host_chunk
 
     def init_carry(self):
@@ -353,4 +360,5 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
                 counters = {**counters, "env_steps": counters["env_steps"] + E}
             rollout = {k: np.stack([s[k] for s in steps], axis=1) for k in steps[0]}  # [S, T, E, ...]
             ts, counters = self._update(ts, counters, rollout)
-        return (ts, counters), sums, self._stats(ts)
+        ts, stats = self._stats(ts)
+        return (ts, counters), sums, stats

@@ -25,7 +25,6 @@ import numpy as np
 from flax import struct
 
 import agents
-from metrics.units import dormant_scores, ratio_logs
 from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
@@ -33,6 +32,7 @@ from plastic.config import ExperimentConfig
 from plastic.envs import HostEnvs, is_jax_native
 from plastic.interventions import REGISTRY
 from plastic.logger import RunLogger
+from plastic.monitor import Monitor
 from plastic.nonstationary import phase_info, wrap_host
 from plastic.replay import Replay
 
@@ -54,7 +54,8 @@ class Trainer:
         run, a = cfg.run, cfg.agent_cfg
         self.envs = self._make_envs()
         self.agent = build_agent(cfg, self.envs)
-        self.interventions = build_interventions(cfg)
+        self.interventions = build_interventions(cfg, self.agent)
+        self.monitor = monitor_of(self.interventions)
         self.sampler = next((iv for iv in self.interventions if iv.samples_replay), None)
         opts = {}
         for iv in self.interventions:
@@ -71,7 +72,7 @@ class Trainer:
         self._seed_updates = jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None))
         self._update = jax.jit(self._seed_updates, donate_argnums=(0,))
         self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
-        self._stats = jax.jit(jax.vmap(self._stats_one, in_axes=(0, None)))
+        self._stats = jax.jit(jax.vmap(self._stats_one), donate_argnums=(0,))
         self.n_seeds = S
 
     def _make_envs(self):
@@ -92,8 +93,7 @@ class Trainer:
         def one(key):
             k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
             agent_state = self.agent.init(k_agent)
-            istate = {iv.name: iv.init(jax.random.fold_in(k_iv, j), self.agent)
-                      for j, iv in enumerate(self.interventions)}
+            istate = init_interventions(self.interventions, self.agent, agent_state, k_iv)
             replay = Replay.create(self.capacity, example, self.bucket_size)
             return TrainState(agent_state, replay, istate, k_loop, k_act)
 
@@ -163,6 +163,7 @@ class Trainer:
                                                counters, jax.random.fold_in(ts.key, 1_000_003))
         ts = ts.replace(agent=agent_state, interventions=istate)
 
+        before = ts.agent
         # Pre-sample all UTD batches, then scan over them: the replay never enters the loop (inside an
         # HLO while loop it would become loop state and XLA would copy the whole buffer every env step).
         key, k_sample = jax.random.split(ts.key)
@@ -185,12 +186,18 @@ class Trainer:
             agent_state, istate, key, counters = round_(carry)
         else:  # an update round after every `train_frequency`-th env step (the batches are drawn regardless)
             agent_state, istate, key, counters = maybe(counters["env_steps"] % every == 0, round_, carry)
+        if self.monitor is not None:
+            def batch_fn(k, mstate):
+                fresh = ts.replay.sample_uniform(k, self.cfg.metrics.batch_size)
+                idx, mstate = self.monitor.probe_indices(mstate, fresh)
+                return ts.replay.gather(idx), mstate
+
+            istate = collect_metrics(self.monitor, before, agent_state, istate, carry[3], counters, batch_fn,
+                                     jax.random.fold_in(ts.key, METRICS_SALT))
         return ts.replace(agent=agent_state, interventions=istate, key=key), counters
 
-    def _stats_one(self, ts: TrainState, key):
-        """Logged values of one seed: last update logs, intervention logs, dormant ratios (fresh batch)."""
-        batch = ts.replay.gather(ts.replay.sample_uniform(key, self.cfg.metrics.stats_batch))
-        return logged_values(self.agent, self.interventions, self.cfg.metrics, ts.agent, ts.interventions, batch)
+    def _stats_one(self, ts: TrainState):
+        return log_point(self.interventions, ts)
 
     # ---- host loop -----------------------------------------------------------------------------
     def run(self, run_dir: Path, resume: bool = False) -> dict:
@@ -204,7 +211,6 @@ class Trainer:
             self.envs.restore(meta["episodes"], start)
         logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
         stop_signal, restore = catch_stop_signals()
-        metrics_key = jax.random.PRNGKey(run.seed + 7919)
         ls = cfg.agent_cfg.learning_starts
         ep_ret = np.zeros(self.n_seeds)
         ep_len = np.zeros(self.n_seeds, np.int64)
@@ -234,7 +240,8 @@ class Trainer:
                 if done % run.log_every == 0 or done == run.steps:
                     now = time.perf_counter()
                     sps = (done - step_last) / max(now - t_last, 1e-9)
-                    stats = jax.device_get(self._stats(ts, jax.random.fold_in(metrics_key, done)))
+                    ts, stats = self._stats(ts)
+                    stats = jax.device_get(stats)
                     rows = self._rows(done, sps, stats, finished)
                     finished.clear()
                     logger.write(rows)
@@ -274,9 +281,33 @@ class Trainer:
                             [sum(x[0] for x in e) for e in eps], [sum(x[1] for x in e) for e in eps])
 
 
-def build_interventions(cfg: ExperimentConfig) -> tuple:
-    """The active interventions, in stacking order."""
-    return tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
+METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT), outside the training stream
+
+
+def build_interventions(cfg: ExperimentConfig, agent) -> tuple:
+    """The active interventions in stacking order, then the metrics collector (if any metric is on)."""
+    ivs = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
+    monitor = Monitor(cfg.metrics, agent)
+    return ivs + (monitor,) if monitor.active else ivs
+
+
+def monitor_of(interventions):
+    return next((iv for iv in interventions if isinstance(iv, Monitor)), None)
+
+
+def init_interventions(interventions, agent, agent_state, key) -> dict:
+    """Every intervention's state for one seed."""
+    return {iv.name: iv.init(jax.random.fold_in(key, j), agent, agent_state=agent_state)
+            for j, iv in enumerate(interventions)}
+
+
+def collect_metrics(monitor, before, agent_state, istate, counters_before, counters, batch_fn, key) -> dict:
+    """The monitor's batch metrics after one update round of one seed (`before`: the agent state the
+    round started from, for policy churn)."""
+    policy = monitor.policy_net
+    mstate = monitor.collect(agent_state, istate[monitor.name], counters_before, counters, batch_fn, key,
+                             None if policy is None else before.nets[policy].params)
+    return {**istate, monitor.name: mstate}
 
 
 def scheduled_events(agent, interventions, agent_state, istate, counters, key):
@@ -287,15 +318,21 @@ def scheduled_events(agent, interventions, agent_state, istate, counters, key):
     return agent_state, istate
 
 
-def logged_values(agent, interventions, metrics, agent_state, istate, batch) -> dict:
-    """Logged values of one seed: last update logs, intervention logs, dormant ratios on `batch`."""
+def log_point(interventions, ts):
+    """At a log point, for one seed: the measurements deferred to log time (the metrics collector's NTK
+    rank), then the logged values. Returns `(ts, logs)`."""
+    mon = monitor_of(interventions)
+    if mon is not None:
+        ts = ts.replace(interventions={**ts.interventions, mon.name: mon.at_log_point(ts.interventions[mon.name])})
+    return ts, logged_values(interventions, ts.agent, ts.interventions)
+
+
+def logged_values(interventions, agent_state, istate) -> dict:
+    """Logged values of one seed: the last update's logs, then every intervention's and the metrics
+    collector's (the latest value of each metric)."""
     logs = dict(agent_state.logs)
     for iv in interventions:
         logs.update(iv.logs(istate[iv.name]))
-    for name, acts in agent.activations(agent_state, batch).items():
-        net = agent.nets[name]
-        logs.update(ratio_logs("dormant_ratio", name, dormant_scores(acts, net.layers),
-                               metrics.dormant_taus, metrics.ratio_aggregation))
     return logs
 
 

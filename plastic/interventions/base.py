@@ -49,7 +49,8 @@ class Intervention:
         """Extra features this intervention needs from the replay buffer (e.g. bucket statistics)."""
         return {}
 
-    def init(self, key, agent) -> Any:
+    def init(self, key, agent, agent_state=None) -> Any:
+        """This intervention's state for one seed; `agent_state` is the freshly initialised agent's."""
         return {}
 
     # ---- hooks (defaults are identities) ----------------------------------------------------

@@ -78,7 +78,7 @@ class ReGraMa(Intervention):
     def _nets(self, agent):
         return [n for n in agent.nets.values() if n.layers and agent.role(n.name) in self.cfg.networks]
 
-    def init(self, key, agent):
+    def init(self, key, agent, agent_state=None):
         def one(net):
             zeros = {l.name: jnp.zeros(()) for l in net.layers}
             return {"events": jnp.zeros((), jnp.int32), "reset_fraction": zeros, "zero_grad_layer": zeros,

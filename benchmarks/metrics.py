@@ -1,0 +1,93 @@
+"""What the in-training metrics cost, measured side by side in one run (TD3 or SAC on HalfCheetah-v5).
+
+Prints:
+  update          update-only rate (jitted UTD-1 learn calls on a filled replay, no env) with every metric
+                  group off, and with the default metric set at its default periods; the timed stretch is a
+                  whole number of 1k-update periods, so the groups due every 1k updates fire at their rate
+  groups          one firing of each batch group (activity, rank, churn, NTK at B = ntk_batch) timed alone
+  amortised       measured update overhead + each rarer group's cost / its period (the 5 % target)
+Usage:
+  python benchmarks/metrics.py [--agent td3] [--updates 2000] [--rounds 3] [--ntk-batch 64]
+Rounds are interleaved and the best one is kept (a shared 2-core machine varies by +-10%).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks.offpolicy import UpdateTimer, best_of, trainer_for  # noqa: E402
+from plastic.config import MetricsConfig  # noqa: E402
+from plastic.monitor import BATCH_GROUPS  # noqa: E402
+
+GROUPS = ("activity", "grad", "rank", "churn", "ntk")
+OFF = {f"metrics.{g}_every": 0 for g in GROUPS}
+
+
+def group_cost(tr, group, repeats=5):
+    """Seconds for one firing of one batch group on one seed (jitted, compile excluded)."""
+    mon = tr.monitor
+    ts, _ = tr.init_state()
+    one = jax.tree.map(lambda x: x[0], ts)
+    agent, c = tr.agent, tr.cfg.metrics
+    batch = {"obs": jax.random.normal(jax.random.PRNGKey(0), (c.batch_size, agent.obs_size)),
+             "action": jnp.zeros((c.batch_size, agent.action_size))}
+    nets = dict.fromkeys(agent.nets, 0)
+    before = {k: jnp.asarray(v, jnp.int32) for k, v in {**nets, "env_steps": 0}.items()}
+    due_net = agent.policy_net if group == "churn" else agent.critic_net
+    after = {**before, due_net: jnp.asarray(mon.periods[group], jnp.int32) + 1}
+    # only this group on, and due: the others are switched off by a periods override
+    saved = dict(mon.periods)
+    mon.periods = {g: (p if g == group else 0) for g, p in saved.items()}
+    try:
+        fn = jax.jit(lambda st, m: mon.collect(st, m, before, {**after}, lambda k, m: (batch, m), jax.random.PRNGKey(1),
+                                               st.nets[agent.policy_net].params)["values"])
+        m = one.interventions["metrics"]
+        jax.block_until_ready(fn(one.agent, m))
+        t = time.perf_counter()
+        for _ in range(repeats):
+            out = fn(one.agent, m)
+        jax.block_until_ready(out)
+    finally:
+        mon.periods = saved
+    return (time.perf_counter() - t) / repeats
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agent", default="td3", choices=("td3", "sac"))
+    ap.add_argument("--updates", type=int, default=2000, help="timed updates per round (a multiple of 1000)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ntk-batch", type=int, default=64)
+    args = ap.parse_args()
+    d = MetricsConfig()
+    print(f"{args.agent} on HalfCheetah-v5, 1 seed, default metric periods: activity {d.activity_every}, "
+          f"grad {d.grad_every}, rank {d.rank_every}, churn {d.churn_every}, ntk {d.ntk_every} updates", flush=True)
+    off = trainer_for(args.agent, 1, overrides=OFF)
+    on = trainer_for(args.agent, 1, overrides={"metrics.ntk_batch": args.ntk_batch})
+    timers = {"off": UpdateTimer(off, 10_000), "default": UpdateTimer(on, 10_000)}
+    # start both just after a 1k boundary so each timed stretch holds whole periods
+    for tm in timers.values():
+        tm(1000 - int(tm.counters["critic"]) % 1000)
+    rates = best_of(timers, {k: args.updates for k in timers}, args.rounds)
+    ms = {k: 1000.0 / v for k, v in rates.items()}
+    print(f"update-only: metrics off {rates['off']:.1f}/s ({ms['off']:.3f} ms), default set "
+          f"{rates['default']:.1f}/s ({ms['default']:.3f} ms): {100 * (ms['default'] / ms['off'] - 1):+.1f} %",
+          flush=True)
+    cost = {g: group_cost(on, g) for g in BATCH_GROUPS}
+    for g, s in cost.items():
+        print(f"one {g} firing: {1000 * s:.2f} ms (every {on.monitor.periods[g]} updates)", flush=True)
+    rare = sum(1000 * cost[g] / on.monitor.periods[g] for g in ("rank", "churn", "ntk"))
+    total = ms["default"] - ms["off"] + rare
+    print(f"amortised overhead of the default set: {total:.3f} ms per update = {100 * total / ms['off']:.1f} % "
+          f"(target <= 5 %); NTK rank at B={args.ntk_batch}: {1000 * cost['ntk']:.1f} ms per measurement")
+
+
+if __name__ == "__main__":
+    main()

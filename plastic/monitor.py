@@ -1,0 +1,271 @@
+"""The in-training metrics collector: the metrics library (metrics/) measured inside the jitted step.
+
+`Monitor` joins the training core like an intervention (it is appended after the user's interventions, so
+it sees every update after them) and keeps its results in its own pytree state, `interventions["metrics"]`:
+vmapped over seeds, checkpointed, and of fixed size (the latest value of every key; nothing is stacked).
+Two places measure:
+
+- `post_update` (inside `core.gradient_step`, every `metrics.grad_every` updates of a network): what only
+  the update itself knows: gradient sparsity/L1/L2, gradient- and update-to-parameter ratios, parameter
+  RMS and distance from initialisation, and the persistence of GraMa-inactive units.
+- `collect` (called by every trainer after a seed's update round, or PPO's update): the metrics of a
+  fixed-size batch, a replay sample (off-policy) or a subset of the current rollout (PPO), each group
+  under its own `lax.cond` when the network's update counter crosses a multiple of its period:
+  activity (dormant ratios, FAU, linearised ratio, feature norm, dormant overlap), ranks of the
+  penultimate features, policy churn over the round, and the NTK Gram rank of the critic.
+
+A network's groups are also measured at its first update. Values read NaN (null in metrics.jsonl) until
+first measured. Keys follow metrics.md §0.2: `<metric>/<network>` and `<metric>/<network>/<layer>`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from metrics.activity import fau_logs, linearised_logs
+from metrics.churn import churn_logs
+from metrics.norms import feature_norm, norm_logs
+from metrics.ntk import jacobian, ntk_logs
+from metrics.rank import rank_logs
+from metrics.units import dormant_masks, dormant_scores, ratio_logs, set_overlap
+from plastic.interventions.base import Intervention
+
+BATCH_GROUPS = ("activity", "rank", "churn", "ntk")
+
+
+def crossed(before, after, period: int):
+    """True when an update counter moved past a multiple of `period` (or made its first update)."""
+    return (after > before) & ((after // period > before // period) | (before == 0))
+
+
+def _pooled_overlap(prev: dict, now: dict):
+    """set_overlap over the units of all layers together."""
+    flat = lambda d: jnp.concatenate([m.reshape(-1) for m in d.values()])  # noqa: E731
+    return set_overlap(flat(prev), flat(now))
+
+
+def _when(pred, fn, current):
+    """`fn()` if `pred` else `current` (same structure), under `lax.cond`: only these leaves are outputs."""
+    return jax.lax.cond(pred, lambda _: fn(), lambda c: c, current)
+
+
+def _unchanged(fn, values, extra):
+    """What a group `fn() -> (logs, extra)` leaves in place when not due: its keys' values, and `extra`."""
+    return {k: values[k] for k in jax.eval_shape(fn)[0]}, extra
+
+
+def _rows(batch, n):
+    """The first `n` (obs, action) rows of a batch, observations as float32 (uint8 frames too: the
+    networks cast and scale them the same way)."""
+    return {"obs": batch["obs"][:n].astype(jnp.float32), "action": batch["action"][:n]}
+
+
+def _features(net, acts):
+    """Penultimate features: the last hidden layer's outputs, `[B, d]` (`[E, B, d]` for an ensemble);
+    conv outputs are flattened over positions and channels."""
+    phi = acts[net.layers[-1].name]
+    lead = 2 if net.layers[-1].ensemble else 1
+    return phi.reshape(*phi.shape[:lead], -1)
+
+
+def _activation(module) -> str:
+    return getattr(module, "activation", None) or getattr(getattr(module, "mlp", None), "activation", "relu")
+
+
+class Monitor(Intervention):
+    name = "metrics"
+
+    def __init__(self, cfg, agent):
+        super().__init__(cfg, "")
+        self.agent = agent
+        layered = [n for n, net in agent.nets.items() if net.layers]
+        wanted = layered if "all" in cfg.networks else list(cfg.networks)
+        unknown = [n for n in wanted if n not in layered]
+        if unknown:
+            raise ValueError(f"metrics.networks names {', '.join(unknown)}; this agent's networks with layers: "
+                             f"{', '.join(layered)} (or all)")
+        self.nets = tuple(wanted)
+        self.periods = {g: getattr(cfg, f"{g}_every") for g in ("grad",) + BATCH_GROUPS}
+        self.policy_net = agent.policy_net if agent.policy_net in self.nets else None
+        self.critic_net = agent.critic_net if agent.critic_net in self.nets else None
+
+    @property
+    def active(self) -> bool:
+        return any(self.periods.values())
+
+    # ---- state ---------------------------------------------------------------------------------
+    def init(self, key, agent, agent_state=None):
+        """NaN for every key this configuration can produce (found by tracing the measurements), the
+        parameters at initialisation, the previous dormant / GraMa-inactive sets, the fixed probe indices."""
+        c = self.cfg
+        state = {"values": {}, "theta0": {n: agent_state.nets[n].params for n in self.nets},
+                 "probe_idx": jnp.zeros(c.batch_size, jnp.int32), "probe_set": jnp.zeros((), bool),
+                 "dormant": {}, "grama": {}}
+        for n in self.nets:
+            net = agent.nets[n]
+            masks = {l.name: jnp.zeros(l.mask_shape, bool) for l in net.layers}
+            state["dormant"][n], state["grama"][n] = masks, masks
+        example = {"obs": jnp.zeros((c.batch_size, agent.obs_size)),
+                   "action": jnp.zeros((c.batch_size, *agent.action_example().shape), agent.action_example().dtype)}
+        if self.periods["ntk"]:  # what the NTK group captures when due, measured at the next log point
+            x = agent.net_inputs(agent_state, example)[self.critic_net][:c.ntk_batch]
+            state["ntk"] = {"params": agent_state.nets[self.critic_net].params, "x": x.astype(jnp.float32),
+                            "rows": _rows(example, c.ntk_batch), "pending": jnp.zeros((), bool)}
+        shapes = dict(jax.eval_shape(lambda s, b: self._measure_all(s, state, b), agent_state, example)["values"])
+        for n in self.nets:
+            params = agent_state.nets[n].params
+            if self.periods["grad"]:
+                shapes.update(jax.eval_shape(lambda p, n=n: self._grad_values(n, p, p, p, p, None, state)[0],
+                                             params))
+        state["values"] = {k: jnp.full((), jnp.nan) for k in sorted(shapes)}
+        return state
+
+    def logs(self, state) -> dict:
+        return dict(state["values"])
+
+    # ---- measured inside gradient_step -----------------------------------------------------------
+    def post_update(self, net, ns, ctx, state, key):
+        every = self.periods["grad"]
+        if not every or net.name not in self.nets:
+            return ns, state
+        n = net.name
+        def measure():
+            return self._grad_values(n, ctx.grads, ctx.updates, ctx.params_before, ns.params, ctx.scores, state)
+
+        vals, grama = _when((ctx.count % every == 0) | (ctx.count == 1), measure,
+                            _unchanged(measure, state["values"], state["grama"][n]))
+        return ns, {**state, "values": {**state["values"], **vals}, "grama": {**state["grama"], n: grama}}
+
+    def _grad_values(self, n, grads, updates, before, after, scores, state):
+        c = self.cfg
+        vals = norm_logs(n, grads, updates, before, after, state["theta0"][n], c.grad_zero_threshold)
+        net = self.agent.nets[n]
+        if scores is None:  # tracing the key set
+            now = state["grama"][n]
+        else:
+            now = dormant_masks({l.name: scores[l.name][0] for l in net.layers}, 0.0)
+        vals[f"grama_persistence/{n}"] = _pooled_overlap(state["grama"][n], now)
+        return vals, now
+
+    # ---- measured after an update round ---------------------------------------------------------
+    def probe_indices(self, state, fresh_idx):
+        """`metrics.batch`: fresh indices, or the ones drawn at the first collection (`fixed_probe`)."""
+        if self.cfg.batch != "fixed_probe":
+            return fresh_idx, state
+        idx = jnp.where(state["probe_set"], state["probe_idx"], fresh_idx)
+        return idx, {**state, "probe_idx": idx, "probe_set": jnp.ones((), bool)}
+
+    def collect(self, agent_state, state, before, after, batch_fn, key, policy_before=None):
+        """Batch metrics of one seed after an update round. `before`/`after`: the (unbatched) update
+        counters around the round; `batch_fn(key, state) -> (batch, state)` draws the metrics batch;
+        `policy_before`: the policy network's parameters before the round."""
+        due = {(n, g): crossed(before[n], after[n], self.periods[g])
+               for n in self.nets for g in BATCH_GROUPS if self.periods[g]}
+        if not due:
+            return state
+        anything = jnp.any(jnp.stack(list(due.values())))
+        # The batch is drawn outside the cond (a gather of batch_size rows): a replay read inside it would
+        # make the whole buffer a cond operand, which XLA copies on every step (+45 % update time, TD3).
+        # Only what a measurement changes crosses the cond (theta0 and the GraMa sets stay outside).
+        batch, state = batch_fn(key, state)
+        moving = ("values", "dormant") + (("ntk",) if "ntk" in state else ())
+
+        def measure():
+            st = self._measure_all(agent_state, state, batch, due, policy_before)
+            return {k: st[k] for k in moving}
+
+        return {**state, **_when(anything, measure, {k: state[k] for k in moving})}
+
+    def _measure_all(self, agent_state, state, batch, due=None, policy_before=None):
+        """Every due batch group of every network: new state (or, with `due=None`, every key: init)."""
+        inputs = self.agent.net_inputs(agent_state, batch)
+        values, dormant = dict(state["values"]), dict(state["dormant"])
+        for n in self.nets:
+            net = self.agent.nets[n]
+            x = inputs[n]
+            out, acts = net.apply(agent_state.nets[n].params, x)
+            phi = _features(net, acts)
+
+            def group(g, fn, extra=None):
+                """fn() -> (logs, extra'): measured if due; else the current values of its keys and `extra`."""
+                if due is None:
+                    return fn()
+                if (n, g) not in due:
+                    return {}, extra
+                return _when(due[(n, g)], fn, _unchanged(fn, values, extra))
+
+            groups = {}
+            if self.periods["activity"]:
+                groups["activity"] = (lambda: self._activity(n, net, acts, dormant[n]), dormant[n])
+            if self.periods["rank"]:
+                groups["rank"] = (lambda: (self._ranks(n, phi), None), None)
+            if n == self.policy_net and self.periods["churn"]:
+                old = out if policy_before is None else net.apply(policy_before, x)[0]
+                groups["churn"] = (lambda: (churn_logs(n, self.agent.policy_view(old),
+                                                       self.agent.policy_view(out)), None), None)
+            if n == self.critic_net and self.periods["ntk"]:
+                B = self.cfg.ntk_batch
+                x_rows, rows = x[:B].astype(jnp.float32), _rows(batch, B)
+                if due is None:  # init: trace the keys
+                    values.update(self._ntk(n, net, agent_state.nets[n].params, x_rows, rows))
+                else:
+                    capture = {"params": agent_state.nets[n].params, "x": x_rows, "rows": rows,
+                               "pending": jnp.ones((), bool)}
+                    groups["ntk"] = (lambda: ({}, capture), state["ntk"])
+            for g, (fn, extra) in groups.items():
+                logs, extra = group(g, fn, extra)
+                values.update(logs)
+                if g == "activity":
+                    dormant[n] = extra
+                if g == "ntk":
+                    state = {**state, "ntk": extra}
+        return {**state, "values": values, "dormant": dormant}
+
+    def at_log_point(self, state):
+        """The NTK rank captured by `collect` (critic parameters and rows at the period boundary), measured
+        at the next log point in the log-time program: its B x P Jacobian would otherwise sit in every
+        training step's program, whose temporary memory (and page faults) grow with it (+30 % per update,
+        TD3, B = 64, measured)."""
+        if "ntk" not in state:
+            return state
+        n, cap = self.critic_net, state["ntk"]
+
+        def measure():
+            return self._ntk(n, self.agent.nets[n], cap["params"], cap["x"], cap["rows"]), \
+                {**cap, "pending": jnp.zeros((), bool)}
+
+        vals, cap = _when(cap["pending"], measure, _unchanged(measure, state["values"], cap))
+        return {**state, "values": {**state["values"], **vals}, "ntk": cap}
+
+    def _activity(self, n, net, acts, prev):
+        """Activity logs of one network and its dormant set at the first τ (for the next overlap)."""
+        c, act = self.cfg, _activation(net.module)
+        scores = dormant_scores(acts, net.layers)
+        logs = ratio_logs("dormant_ratio", n, scores, c.dormant_taus, c.ratio_aggregation)
+        logs.update(fau_logs(n, acts, act))
+        if act != "dff":
+            logs.update(linearised_logs(n, acts, net.layers, act, c.linearised_frac))
+        logs[f"feature_norm/{n}"] = feature_norm(_features(net, acts))
+        now = dormant_masks(scores, c.dormant_taus[0] if c.dormant_taus else 0.0)
+        logs[f"dormant_overlap/{n}"] = _pooled_overlap(prev, now)
+        return logs, now
+
+    def _ranks(self, n, phi):
+        c = self.cfg
+        return rank_logs(n, phi, c.srank_delta, c.approx_rank_p, c.feature_rank_eps)
+
+    def _ntk(self, n, net, params, x, rows):
+        """NTK Gram rank of the critic's scalar output on `ntk_batch` samples (metrics.md §6): `x` its
+        inputs, `rows` the batch's (obs, action) rows."""
+        c = self.cfg
+        ens = net.layers[0].ensemble
+        rows = (x, rows)
+
+        def scalar(params, row):
+            xb, bb = row
+            q = self.agent.critic_scalar(net.apply(params, xb[None])[0], jax.tree.map(lambda a: a[None], bb))
+            if ens:
+                q = {"critic1": q[0], "critic2": q[1], "min": jnp.min(q, axis=0)}[c.ntk_branch]
+            return q[0]
+
+        return ntk_logs(n, jacobian(scalar, params, rows), c.ntk_tol)
