@@ -146,17 +146,18 @@ def matrix_rank(sv, n: int, d: int):
 
 
 @partial(jax.jit, static_argnames=("network", "delta", "p", "eps"))
-def rank_logs(network: str, phi, delta: float = 0.01, p: float = 0.99, eps: float = 0.01) -> dict:
+def rank_logs(network: str, phi, delta: float = 0.01, p: float = 0.99, eps: float = 0.01, sv=None) -> dict:
     """All §5 ranks of `Phi` as flat float32 logs (metrics.md §5): `srank_delta_<δ>/<network>`,
     `approx_rank_<p>/<network>`, `effective_rank/<network>`, `feature_rank_eps_<ε>/<network>`,
     `matrix_rank/<network>` (numbers formatted with `:g`). `phi` is `[n, d]` or `[E, n, d]`; for an
     ensemble each member's rank is computed on its own `[n, d]` and the network value is the mean over
-    members. Conv features must be flattened by the caller. No `stable_rank` is ever emitted."""
+    members. Conv features must be flattened by the caller. No `stable_rank` is ever emitted.
+    `sv`: singular values already computed (default: `singular_values(phi)`, with its host fallback)."""
     phi = jnp.asarray(phi, jnp.float32)
     if phi.ndim not in (2, 3):
         raise ValueError(f"rank_logs expects phi [n, d] or [E, n, d] (flatten conv features), got {phi.shape}")
     n, d = phi.shape[-2:]
-    sv = singular_values(phi)
+    sv = singular_values(phi) if sv is None else jnp.asarray(sv, jnp.float32)
     values = {
         f"srank_delta_{_fmt(delta)}": srank(sv, delta),
         f"approx_rank_{_fmt(p)}": approx_rank(sv, p),

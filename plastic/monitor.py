@@ -26,7 +26,7 @@ from metrics.activity import fau_logs, linearised_logs
 from metrics.churn import churn_logs
 from metrics.norms import feature_norm, norm_logs
 from metrics.ntk import jacobian, ntk_logs
-from metrics.rank import rank_logs
+from metrics.rank import _device_svdvals, rank_logs
 from metrics.units import dormant_masks, dormant_scores, ratio_logs, set_overlap
 from plastic.interventions.base import Intervention
 
@@ -75,9 +75,12 @@ def _activation(module) -> str:
 class Monitor(Intervention):
     name = "metrics"
 
-    def __init__(self, cfg, agent):
+    def __init__(self, cfg, agent, rows: int | None = None):
+        """`rows`: the size of the metrics batch (default `cfg.batch_size`; PPO: at most its rollout)."""
         super().__init__(cfg, "")
         self.agent = agent
+        self.rows = rows or cfg.batch_size
+        self.ntk_rows = min(cfg.ntk_batch, self.rows)
         layered = [n for n, net in agent.nets.items() if net.layers]
         wanted = layered if "all" in cfg.networks else list(cfg.networks)
         unknown = [n for n in wanted if n not in layered]
@@ -105,19 +108,24 @@ class Monitor(Intervention):
             net = agent.nets[n]
             masks = {l.name: jnp.zeros(l.mask_shape, bool) for l in net.layers}
             state["dormant"][n], state["grama"][n] = masks, masks
-        example = {"obs": jnp.zeros((c.batch_size, agent.obs_size)),
-                   "action": jnp.zeros((c.batch_size, *agent.action_example().shape), agent.action_example().dtype)}
+        example = {"obs": jnp.zeros((self.rows, agent.obs_size)),
+                   "action": jnp.zeros((self.rows, *agent.action_example().shape), agent.action_example().dtype)}
+        if self.periods["rank"]:  # features whose device SVD failed, kept for a host recompute
+            feats = {n: jax.eval_shape(lambda s, b, n=n: _features(agent.nets[n], agent.nets[n].apply(
+                s.nets[n].params, agent.net_inputs(s, b)[n])[1]), agent_state, example) for n in self.nets}
+            state["svd_retry"] = {n: {"phi": jnp.zeros(f.shape, jnp.float32), "pending": jnp.zeros((), bool)}
+                                  for n, f in feats.items()}
         if self.periods["ntk"]:  # what the NTK group captures when due, measured at the next log point
-            x = agent.net_inputs(agent_state, example)[self.critic_net][:c.ntk_batch]
+            x = agent.net_inputs(agent_state, example)[self.critic_net][:self.ntk_rows]
             state["ntk"] = {"params": agent_state.nets[self.critic_net].params, "x": x.astype(jnp.float32),
-                            "rows": _rows(example, c.ntk_batch), "pending": jnp.zeros((), bool)}
+                            "rows": _rows(example, self.ntk_rows), "pending": jnp.zeros((), bool)}
         shapes = dict(jax.eval_shape(lambda s, b: self._measure_all(s, state, b), agent_state, example)["values"])
         for n in self.nets:
             params = agent_state.nets[n].params
             if self.periods["grad"]:
                 shapes.update(jax.eval_shape(lambda p, n=n: self._grad_values(n, p, p, p, p, None, state)[0],
                                              params))
-        state["values"] = {k: jnp.full((), jnp.nan) for k in sorted(shapes)}
+        state["values"] = {k: jnp.full((), jnp.nan, jnp.float32) for k in sorted(shapes)}
         return state
 
     def logs(self, state) -> dict:
@@ -168,7 +176,7 @@ class Monitor(Intervention):
         # make the whole buffer a cond operand, which XLA copies on every step (+45 % update time, TD3).
         # Only what a measurement changes crosses the cond (theta0 and the GraMa sets stay outside).
         batch, state = batch_fn(key, state)
-        moving = ("values", "dormant") + (("ntk",) if "ntk" in state else ())
+        moving = ("values", "dormant") + tuple(k for k in ("ntk", "svd_retry") if k in state)
 
         def measure():
             st = self._measure_all(agent_state, state, batch, due, policy_before)
@@ -198,13 +206,23 @@ class Monitor(Intervention):
             if self.periods["activity"]:
                 groups["activity"] = (lambda: self._activity(n, net, acts, dormant[n]), dormant[n])
             if self.periods["rank"]:
-                groups["rank"] = (lambda: (self._ranks(n, phi), None), None)
+                # the device SVD only: a host callback in the step program would take every training
+                # step off JAX's fast dispatch path. Non-finite values (GPU SVD failures) keep the
+                # features, and at_log_point recomputes them with SciPy's gesvd (metrics.md §5).
+                def ranks():
+                    sv = _device_svdvals(phi.astype(jnp.float32))
+                    ok = jnp.all(jnp.isfinite(sv))
+                    held = state["svd_retry"][n]
+                    retry = {"phi": jnp.where(ok, held["phi"], phi), "pending": held["pending"] | ~ok}
+                    return self._ranks(n, phi, sv), retry
+
+                groups["rank"] = (ranks, state["svd_retry"][n])
             if n == self.policy_net and self.periods["churn"]:
                 old = out if policy_before is None else net.apply(policy_before, x)[0]
                 groups["churn"] = (lambda: (churn_logs(n, self.agent.policy_view(old),
                                                        self.agent.policy_view(out)), None), None)
             if n == self.critic_net and self.periods["ntk"]:
-                B = self.cfg.ntk_batch
+                B = self.ntk_rows
                 x_rows, rows = x[:B].astype(jnp.float32), _rows(batch, B)
                 if due is None:  # init: trace the keys
                     values.update(self._ntk(n, net, agent_state.nets[n].params, x_rows, rows))
@@ -219,13 +237,22 @@ class Monitor(Intervention):
                     dormant[n] = extra
                 if g == "ntk":
                     state = {**state, "ntk": extra}
+                if g == "rank":
+                    state = {**state, "svd_retry": {**state["svd_retry"], n: extra}}
         return {**state, "values": values, "dormant": dormant}
 
     def at_log_point(self, state):
-        """The NTK rank captured by `collect` (critic parameters and rows at the period boundary), measured
-        at the next log point in the log-time program: its B x P Jacobian would otherwise sit in every
-        training step's program, whose temporary memory (and page faults) grow with it (+30 % per update,
-        TD3, B = 64, measured)."""
+        """Measurements deferred to the log-time program: feature ranks whose device SVD failed (recomputed
+        by `metrics.rank.singular_values`, which falls back on SciPy's gesvd on the host), and the NTK rank captured by `collect` (critic parameters and rows at the period
+        boundary), whose B x P Jacobian would otherwise sit in every training step's program, whose
+        temporary memory grows with it (+2.7 ms per TD3 update at B = 64, measured)."""
+        for n, held in state.get("svd_retry", {}).items():
+            def recompute(n=n, held=held):
+                return self._ranks(n, held["phi"]), \
+                    {**held, "pending": jnp.zeros((), bool)}
+
+            vals, held = _when(held["pending"], recompute, _unchanged(recompute, state["values"], held))
+            state = {**state, "values": {**state["values"], **vals}, "svd_retry": {**state["svd_retry"], n: held}}
         if "ntk" not in state:
             return state
         n, cap = self.critic_net, state["ntk"]
@@ -250,9 +277,9 @@ class Monitor(Intervention):
         logs[f"dormant_overlap/{n}"] = _pooled_overlap(prev, now)
         return logs, now
 
-    def _ranks(self, n, phi):
+    def _ranks(self, n, phi, sv=None):
         c = self.cfg
-        return rank_logs(n, phi, c.srank_delta, c.approx_rank_p, c.feature_rank_eps)
+        return rank_logs(n, phi, c.srank_delta, c.approx_rank_p, c.feature_rank_eps, sv=sv)
 
     def _ntk(self, n, net, params, x, rows):
         """NTK Gram rank of the critic's scalar output on `ntk_batch` samples (metrics.md §6): `x` its

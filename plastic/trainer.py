@@ -287,7 +287,10 @@ METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT),
 def build_interventions(cfg: ExperimentConfig, agent) -> tuple:
     """The active interventions in stacking order, then the metrics collector (if any metric is on)."""
     ivs = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
-    monitor = Monitor(cfg.metrics, agent)
+    rows = cfg.metrics.batch_size
+    if getattr(agent, "on_policy", False):  # a subset of the rollout, or all of it if smaller
+        rows = min(rows, cfg.agent_cfg.num_envs * cfg.agent_cfg.num_steps)
+    monitor = Monitor(cfg.metrics, agent, rows)
     return ivs + (monitor,) if monitor.active else ivs
 
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import rows, strip_timing
+from helpers import METRICS_OFF, rows, strip_timing
 from plastic.config import build
 from plastic.jit_trainer import HostOnPolicyTrainer, JitTrainer, OnPolicyTrainer
 from plastic.trainer import Trainer, make_trainer
@@ -18,8 +18,10 @@ ENVS = {"td3": "gymnax:Pendulum-v1", "sac": "gymnax:Pendulum-v1", "dqn": "gymnax
         "ppo": "gymnax:CartPole-v1"}
 
 
-def trainer(agent, steps=400, intervention="none", seeds=1, seed=0, env=None, extra=None):
+def trainer(agent, steps=400, intervention="none", seeds=1, seed=0, env=None, extra=None, metrics=False):
     ov = {f"{agent}.{k}": v for k, v in SMALL[agent].items()}
+    if not metrics:
+        ov.update(METRICS_OFF)
     ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
                "run.checkpoint_every": 200})
     if "grama" in intervention:
@@ -52,10 +54,10 @@ def test_driver_choice():
                                                 ("sac", "grama"), ("dqn", "grama+swd"),
                                                 ("ppo", "grama")])
 def test_resume_is_bit_identical(tmp_path, agent, intervention):
-    full = trainer(agent, 400, intervention)
+    full = trainer(agent, 400, intervention, metrics=True)
     full.run(tmp_path / "full")
-    trainer(agent, 200, intervention).run(tmp_path / "split")
-    resumed = trainer(agent, 400, intervention)
+    trainer(agent, 200, intervention, metrics=True).run(tmp_path / "split")
+    resumed = trainer(agent, 400, intervention, metrics=True)
     resumed.run(tmp_path / "split", resume=True)
     assert_trees_equal(full.final_state, resumed.final_state)
     rf, rr = strip_timing(rows(tmp_path / "full")), strip_timing(rows(tmp_path / "split"))
@@ -88,7 +90,7 @@ def test_chunks_do_not_retrace_or_leave_the_device(tmp_path):
     """Four equal chunks: the chunk program is traced once, env.step / env.reset run as Python only while
     tracing, and the program holds no host callback but the SciPy SVD that feature ranks fall back on
     when the device SVD returns non-finite values (metrics.md §5; a branch taken only then)."""
-    tr = trainer("dqn", 400)
+    tr = trainer("dqn", 400, metrics=True)
     calls = {"step": 0, "reset": 0}
     env = tr.env
     step, reset = env.step, env.reset
@@ -130,7 +132,8 @@ def test_dqn_learns_gymnax_cartpole(tmp_path):
     """The jitted twin of the host-driver CartPole test: 3 vmapped seeds, 20k steps, return >= 100."""
     ov = {"dqn.learning_starts": 1000, "dqn.epsilon_decay_steps": 10_000, "dqn.train_frequency": 1,
           "dqn.lr": 1e-3, "dqn.target_update_period": 500, "dqn.hidden": "64,64", "dqn.batch_size": 64,
-          "dqn.buffer_size": 20_000, "run.log_every": 2000, "run.progress": "off", "run.tensorboard": "false"}
+          "dqn.buffer_size": 20_000, "run.log_every": 2000, "run.progress": "off", "run.tensorboard": "false",
+          **METRICS_OFF}
     make_trainer(build("dqn", overrides=ov, env="gymnax:CartPole-v1", steps=20_000, seeds=3)).run(tmp_path / "r")
     for seed in range(3):
         late = [r["episode_return"] for r in rows(tmp_path / "r") if r["seed"] == seed and r["step"] > 12_000]

@@ -12,7 +12,7 @@ from scipy import stats
 from agents.ppo import PPO, PPOConfig, gae
 from plastic.config import ConfigError, build
 from plastic.trainer import make_trainer
-from tests.helpers import rows, strip_timing
+from tests.helpers import METRICS_OFF, rows, strip_timing
 
 
 def gae_reference(r, v, v_next, term, trunc, gamma, lam):
@@ -132,7 +132,7 @@ def test_bad_ppo_values_are_clear_errors():
 
 
 def run_ppo(tmp_path, env, steps, seeds=1, **ov):
-    overrides = {"run.progress": "off", "run.tensorboard": "false",
+    overrides = {"run.progress": "off", "run.tensorboard": "false", **METRICS_OFF,
                  **{k if "." in k else f"ppo.{k}": v for k, v in ov.items()}}
     cfg = build("ppo", overrides=overrides, env=env, steps=steps, seeds=seeds, log_every=steps)
     trainer = make_trainer(cfg)

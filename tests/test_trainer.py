@@ -22,14 +22,14 @@ def assert_trees_equal(a, b):
 
 
 def run_once(tmp, name, agent="td3", steps=400, intervention="grama+swd", seeds=1, seed=0, resume=False,
-             pipelined=False, env=ENV, extra=None):
+             pipelined=False, env=ENV, extra=None, metrics=False):
     ov = {f"{agent}.learning_starts": 100, "run.log_every": 100, "run.checkpoint_every": 200,
           "run.pipelined_acting": pipelined,
           "grama.period": 40, "swd.T": 150, "swd.sampler": "bucketed", "swd.bucket_size": 50}
     if "grama" not in intervention:
         ov = {k: v for k, v in ov.items() if not k.startswith(("grama", "swd"))}
     ov.update(extra or {})
-    _, t = make(agent, env, steps, intervention, overrides=ov, seeds=seeds, seed=seed)
+    _, t = make(agent, env, steps, intervention, overrides=ov, seeds=seeds, seed=seed, metrics=metrics)
     t.run(tmp / name, resume=resume)
     return t
 
@@ -43,9 +43,9 @@ def test_same_seed_same_results(tmp_path):
 
 @pytest.mark.parametrize("pipelined", [False, True])
 def test_resume_is_bit_identical(tmp_path, pipelined):
-    full = run_once(tmp_path, "full", steps=400, pipelined=pipelined)
-    run_once(tmp_path, "split", steps=200, pipelined=pipelined)
-    resumed = run_once(tmp_path, "split", steps=400, resume=True, pipelined=pipelined)
+    full = run_once(tmp_path, "full", steps=400, pipelined=pipelined, metrics=True)
+    run_once(tmp_path, "split", steps=200, pipelined=pipelined, metrics=True)
+    resumed = run_once(tmp_path, "split", steps=400, resume=True, pipelined=pipelined, metrics=True)
     assert_trees_equal(params_of(full), params_of(resumed))
     ts_f, ts_r = full.final_state[0], resumed.final_state[0]
     assert_trees_equal(ts_f.replay, ts_r.replay)
