@@ -54,6 +54,16 @@ def _unchanged(fn, values, extra):
     return {k: values[k] for k in jax.eval_shape(fn)[0]}, extra
 
 
+def _settle(values, held, measure):
+    """A deferred measurement: if `held["pending"]`, `measure(held)` logs into `values` and clears the
+    flag; otherwise both are returned unchanged. Returns `(values, held)`."""
+    def fn():
+        return measure(held), {**held, "pending": jnp.zeros((), bool)}
+
+    logs, held = _when(held["pending"], fn, _unchanged(fn, values, held))
+    return {**values, **logs}, held
+
+
 def _rows(batch, n):
     """The first `n` (obs, action) rows of a batch, observations as float32 (uint8 frames too: the
     networks cast and scale them the same way)."""
@@ -137,10 +147,11 @@ class Monitor(Intervention):
         if not every or net.name not in self.nets:
             return ns, state
         n = net.name
+
         def measure():
             return self._grad_values(n, ctx.grads, ctx.updates, ctx.params_before, ns.params, ctx.scores, state)
 
-        vals, grama = _when((ctx.count % every == 0) | (ctx.count == 1), measure,
+        vals, grama = _when(crossed(ctx.count - 1, ctx.count, every), measure,
                             _unchanged(measure, state["values"], state["grama"][n]))
         return ns, {**state, "values": {**state["values"], **vals}, "grama": {**state["grama"], n: grama}}
 
@@ -204,7 +215,7 @@ class Monitor(Intervention):
 
             groups = {}
             if self.periods["activity"]:
-                groups["activity"] = (lambda: self._activity(n, net, acts, dormant[n]), dormant[n])
+                groups["activity"] = (lambda: self._activity(n, net, acts, phi, dormant[n]), dormant[n])
             if self.periods["rank"]:
                 # the device SVD only: a host callback in the step program would take every training
                 # step off JAX's fast dispatch path. Non-finite values (GPU SVD failures) keep the
@@ -243,28 +254,21 @@ class Monitor(Intervention):
 
     def at_log_point(self, state):
         """Measurements deferred to the log-time program: feature ranks whose device SVD failed (recomputed
-        by `metrics.rank.singular_values`, which falls back on SciPy's gesvd on the host), and the NTK rank captured by `collect` (critic parameters and rows at the period
-        boundary), whose B x P Jacobian would otherwise sit in every training step's program, whose
-        temporary memory grows with it (+2.7 ms per TD3 update at B = 64, measured)."""
+        by `metrics.rank.singular_values`, which falls back on SciPy's gesvd on the host), and the NTK rank
+        captured by `collect` (critic parameters and rows at the period boundary), whose B x P Jacobian
+        would otherwise sit in every training step's program, whose temporary memory grows with it
+        (+2.7 ms per TD3 update at B = 64, measured)."""
         for n, held in state.get("svd_retry", {}).items():
-            def recompute(n=n, held=held):
-                return self._ranks(n, held["phi"]), \
-                    {**held, "pending": jnp.zeros((), bool)}
+            vals, held = _settle(state["values"], held, lambda h, n=n: self._ranks(n, h["phi"]))
+            state = {**state, "values": vals, "svd_retry": {**state["svd_retry"], n: held}}
+        if "ntk" in state:
+            n = self.critic_net
+            vals, held = _settle(state["values"], state["ntk"], lambda h: self._ntk(
+                n, self.agent.nets[n], h["params"], h["x"], h["rows"]))
+            state = {**state, "values": vals, "ntk": held}
+        return state
 
-            vals, held = _when(held["pending"], recompute, _unchanged(recompute, state["values"], held))
-            state = {**state, "values": {**state["values"], **vals}, "svd_retry": {**state["svd_retry"], n: held}}
-        if "ntk" not in state:
-            return state
-        n, cap = self.critic_net, state["ntk"]
-
-        def measure():
-            return self._ntk(n, self.agent.nets[n], cap["params"], cap["x"], cap["rows"]), \
-                {**cap, "pending": jnp.zeros((), bool)}
-
-        vals, cap = _when(cap["pending"], measure, _unchanged(measure, state["values"], cap))
-        return {**state, "values": {**state["values"], **vals}, "ntk": cap}
-
-    def _activity(self, n, net, acts, prev):
+    def _activity(self, n, net, acts, phi, prev):
         """Activity logs of one network and its dormant set at the first τ (for the next overlap)."""
         c, act = self.cfg, _activation(net.module)
         scores = dormant_scores(acts, net.layers)
@@ -272,7 +276,7 @@ class Monitor(Intervention):
         logs.update(fau_logs(n, acts, act))
         if act != "dff":
             logs.update(linearised_logs(n, acts, net.layers, act, c.linearised_frac))
-        logs[f"feature_norm/{n}"] = feature_norm(_features(net, acts))
+        logs[f"feature_norm/{n}"] = feature_norm(phi)
         now = dormant_masks(scores, c.dormant_taus[0] if c.dormant_taus else 0.0)
         logs[f"dormant_overlap/{n}"] = _pooled_overlap(prev, now)
         return logs, now
