@@ -3,24 +3,34 @@
 `Monitor` joins the training core like an intervention (it is appended after the user's interventions, so
 it sees every update after them) and keeps its results in its own pytree state, `interventions["metrics"]`:
 vmapped over seeds, checkpointed, and of fixed size (the latest value of every key; nothing is stacked).
-Two places measure:
+When a network's update counter passes a multiple of a group's period (or makes its first update), the
+round marks that group due (`schedule`); it is measured in the next round in which that network updates:
 
-- `post_update` (inside `core.gradient_step`, every `metrics.grad_every` updates of a network): what only
-  the update itself knows: gradient sparsity/L1/L2, gradient- and update-to-parameter ratios, parameter
-  RMS and distance from initialisation, and the persistence of GraMa-inactive units.
+- `post_update` (inside `core.gradient_step`, at the network's first update of that round): what only the
+  update itself knows: gradient sparsity/L1/L2, gradient- and update-to-parameter ratios, parameter RMS
+  and distance from initialisation, and the persistence of GraMa-inactive units.
 - `collect` (called by every trainer after a seed's update round, or PPO's update): the metrics of a
   fixed-size batch, a replay sample (off-policy) or a subset of the current rollout (PPO), each group
-  under its own `lax.cond` when the network's update counter crosses a multiple of its period:
-  activity (dormant ratios, FAU, linearised ratio, feature norm, dormant overlap), ranks of the
-  penultimate features, policy churn over the round, and the NTK Gram rank of the critic.
+  under its own `lax.cond`: activity (dormant ratios, FAU, linearised ratio, feature norm, dormant
+  overlap), ranks of the penultimate features, policy churn over the round, and the NTK Gram rank of the
+  critic.
 
-A network's groups are also measured at its first update. Values read NaN (null in metrics.jsonl) until
-first measured. Keys follow metrics.md §0.2: `<metric>/<network>` and `<metric>/<network>/<layer>`.
+The one-round delay lets the host drivers keep all of this out of their ordinary training step: they run
+a program without any measuring code, and the measuring one only after a round that marked a group
+(`pending`), so metrics cost nothing between firings. The device-loop drivers run the same code with the
+conds inside their scanned step. Values read NaN (null in metrics.jsonl) until first measured. Keys
+follow metrics.md §0.2: `<metric>/<network>` and `<metric>/<network>/<layer>`.
+
+The state is packed: each of its parts (the values, theta0, the unit sets, the NTK capture, the SVD retry,
+the due flags) is one flat vector, and `logs` / `view` unpack them. A jitted step pays a dispatch cost for
+every array it takes and returns (about 3 us per donated leaf on CPU): the ~100 leaves of the unpacked
+state cost a TD3 update +8 % even when no group was due (docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from metrics.activity import fau_logs, linearised_logs
 from metrics.churn import churn_logs
@@ -31,6 +41,7 @@ from metrics.units import dormant_masks, dormant_scores, ratio_logs, set_overlap
 from plastic.interventions.base import Intervention
 
 BATCH_GROUPS = ("activity", "rank", "churn", "ntk")
+PACKED = ("values", "theta0", "dormant", "grama", "ntk", "svd_retry", "due")  # state parts kept as one flat vector
 
 
 def crossed(before, after, period: int):
@@ -109,7 +120,8 @@ class Monitor(Intervention):
     # ---- state ---------------------------------------------------------------------------------
     def init(self, key, agent, agent_state=None):
         """NaN for every key this configuration can produce (found by tracing the measurements), the
-        parameters at initialisation, the previous dormant / GraMa-inactive sets, the fixed probe indices."""
+        parameters at initialisation, the previous dormant / GraMa-inactive sets, the fixed probe indices;
+        the parts named in PACKED as flat vectors (their layouts are kept on the monitor)."""
         c = self.cfg
         state = {"values": {}, "theta0": {n: agent_state.nets[n].params for n in self.nets},
                  "probe_idx": jnp.zeros(c.batch_size, jnp.int32), "probe_set": jnp.zeros((), bool),
@@ -136,24 +148,41 @@ class Monitor(Intervention):
                 shapes.update(jax.eval_shape(lambda p, n=n: self._grad_values(n, p, p, p, p, None, state)[0],
                                              params))
         state["values"] = {k: jnp.full((), jnp.nan, jnp.float32) for k in sorted(shapes)}
-        return state
+        owners = {"churn": [self.policy_net], "ntk": [self.critic_net]}
+        state["due"] = {g: {n: jnp.zeros((), bool) for n in owners.get(g, self.nets) if n is not None}
+                        for g, p in self.periods.items() if p}
+        self._layout = {k: ravel_pytree(state[k])[1] for k in PACKED if k in state}
+        return self.pack(state)
+
+    def pack(self, view: dict) -> dict:
+        """The state from its unpacked view (only the parts present in `view` are packed)."""
+        return {k: ravel_pytree(v)[0] if k in PACKED else v for k, v in view.items()}
+
+    def view(self, state: dict, *parts) -> dict:
+        """The named parts of the state (default: all) unpacked."""
+        parts = parts or tuple(state)
+        return {k: self._layout[k](state[k]) if k in PACKED else state[k] for k in parts}
 
     def logs(self, state) -> dict:
-        return dict(state["values"])
+        return dict(self._layout["values"](state["values"]))
 
     # ---- measured inside gradient_step -----------------------------------------------------------
     def post_update(self, net, ns, ctx, state, key):
-        every = self.periods["grad"]
-        if not every or net.name not in self.nets:
+        if not self.periods["grad"] or net.name not in self.nets:
             return ns, state
         n = net.name
 
-        def measure():
-            return self._grad_values(n, ctx.grads, ctx.updates, ctx.params_before, ns.params, ctx.scores, state)
+        flags = self.view(state, "due")["due"]
 
-        vals, grama = _when(crossed(ctx.count - 1, ctx.count, every), measure,
-                            _unchanged(measure, state["values"], state["grama"][n]))
-        return ns, {**state, "values": {**state["values"], **vals}, "grama": {**state["grama"], n: grama}}
+        def fire():  # unpacked inside the branch: slices outside it would run on every step
+            view = self.view(state, "values", "grama", "theta0")
+            vals, grama = self._grad_values(n, ctx.grads, ctx.updates, ctx.params_before, ns.params, ctx.scores,
+                                            view)
+            return self.pack({"values": {**view["values"], **vals}, "grama": {**view["grama"], n: grama}})
+
+        moved = _when(flags["grad"][n], fire, {"values": state["values"], "grama": state["grama"]})
+        flags = {**flags, "grad": {**flags["grad"], n: jnp.zeros((), bool)}}  # measured at its first update
+        return ns, {**state, **moved, **self.pack({"due": flags})}
 
     def _grad_values(self, n, grads, updates, before, after, scores, state):
         c = self.cfg
@@ -175,25 +204,42 @@ class Monitor(Intervention):
         return idx, {**state, "probe_idx": idx, "probe_set": jnp.ones((), bool)}
 
     def collect(self, agent_state, state, before, after, batch_fn, key, policy_before=None):
-        """Batch metrics of one seed after an update round. `before`/`after`: the (unbatched) update
-        counters around the round; `batch_fn(key, state) -> (batch, state)` draws the metrics batch;
-        `policy_before`: the policy network's parameters before the round."""
-        due = {(n, g): crossed(before[n], after[n], self.periods[g])
-               for n in self.nets for g in BATCH_GROUPS if self.periods[g]}
-        if not due:
-            return state
-        anything = jnp.any(jnp.stack(list(due.values())))
-        # The batch is drawn outside the cond (a gather of batch_size rows): a replay read inside it would
-        # make the whole buffer a cond operand, which XLA copies on every step (+45 % update time, TD3).
-        # Only what a measurement changes crosses the cond (theta0 and the GraMa sets stay outside).
-        batch, state = batch_fn(key, state)
-        moving = ("values", "dormant") + tuple(k for k in ("ntk", "svd_retry") if k in state)
+        """Batch metrics of one seed after an update round, then `schedule`. The groups marked due by an
+        earlier round are measured if their network updated in this one. `before`/`after`: the (unbatched)
+        update counters around the round; `batch_fn(key, state) -> (batch, state)` draws the metrics batch;
+        `policy_before`: the policy network's parameters before the round (churn is its change over it)."""
+        flags = self.view(state, "due")["due"]
+        fire = {(n, g): flags[g][n] & (after[n] > before[n]) for g in BATCH_GROUPS if g in flags for n in flags[g]}
+        if fire:
+            anything = jnp.any(jnp.stack(list(fire.values())))
+            # The batch is drawn outside the cond (a gather of batch_size rows): a replay read inside it would
+            # make the whole buffer a cond operand, which XLA copies on every step (+45 % update time, TD3).
+            # Only what a measurement changes crosses the cond (theta0 and the GraMa sets stay outside).
+            batch, state = batch_fn(key, state)
+            moving = ("values", "dormant") + tuple(k for k in ("ntk", "svd_retry") if k in state)
 
-        def measure():
-            st = self._measure_all(agent_state, state, batch, due, policy_before)
-            return {k: st[k] for k in moving}
+            def measure():  # unpacked inside the branch (its slices would otherwise run on every step)
+                st = self._measure_all(agent_state, self.view(state, *moving), batch, fire, policy_before)
+                return self.pack({k: st[k] for k in moving})
 
-        return {**state, **_when(anything, measure, {k: state[k] for k in moving})}
+            state = {**state, **_when(anything, measure, {k: state[k] for k in moving})}
+            flags = {g: {n: f & ~fire[(n, g)] if (n, g) in fire else f for n, f in fs.items()} for g, fs in flags.items()}
+        return self.schedule({**state, **self.pack({"due": flags})}, before, after)
+
+    def schedule(self, state, before, after):
+        """Marks the groups whose period boundary this round crossed (the network's update counter moved
+        past a multiple of the period, or made its first update). A marked group is measured in the next
+        round in which its network updates: the gradient group at that update (`post_update`), the batch
+        groups after that round (`collect`). Host drivers run a round without any measuring code unless a
+        group is marked (`pending`), so the measurements sit one round after the boundary everywhere."""
+        flags = self.view(state, "due")["due"]
+        flags = {g: {n: f | crossed(before[n], after[n], self.periods[g]) for n, f in fs.items()}
+                 for g, fs in flags.items()}
+        return {**state, **self.pack({"due": flags})}
+
+    def pending(self, state):
+        """Whether any group is marked due (one seed)."""
+        return jnp.any(state["due"])
 
     def _measure_all(self, agent_state, state, batch, due=None, policy_before=None):
         """Every due batch group of every network: new state (or, with `due=None`, every key: init)."""
@@ -258,15 +304,19 @@ class Monitor(Intervention):
         captured by `collect` (critic parameters and rows at the period boundary), whose B x P Jacobian
         would otherwise sit in every training step's program, whose temporary memory grows with it
         (+2.7 ms per TD3 update at B = 64, measured)."""
-        for n, held in state.get("svd_retry", {}).items():
-            vals, held = _settle(state["values"], held, lambda h, n=n: self._ranks(n, h["phi"]))
-            state = {**state, "values": vals, "svd_retry": {**state["svd_retry"], n: held}}
-        if "ntk" in state:
-            n = self.critic_net
-            vals, held = _settle(state["values"], state["ntk"], lambda h: self._ntk(
-                n, self.agent.nets[n], h["params"], h["x"], h["rows"]))
-            state = {**state, "values": vals, "ntk": held}
-        return state
+        def settle(view):
+            for n, held in view.get("svd_retry", {}).items():
+                vals, held = _settle(view["values"], held, lambda h, n=n: self._ranks(n, h["phi"]))
+                view = {**view, "values": vals, "svd_retry": {**view["svd_retry"], n: held}}
+            if "ntk" in view:
+                n = self.critic_net
+                vals, held = _settle(view["values"], view["ntk"], lambda h: self._ntk(
+                    n, self.agent.nets[n], h["params"], h["x"], h["rows"]))
+                view = {**view, "values": vals, "ntk": held}
+            return view
+
+        parts = [k for k in ("values", "svd_retry", "ntk") if k in state]
+        return {**state, **self.pack(settle(self.view(state, *parts)))}
 
     def _activity(self, n, net, acts, phi, prev):
         """Activity logs of one network and its dormant set at the first τ (for the next overlap)."""

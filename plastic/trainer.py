@@ -5,6 +5,10 @@ gradient updates (`lax.scan`) for every seed (`vmap`), and return the next actio
 (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a scalar
 predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
 
+The step comes in two compiled versions: the ordinary one, without the metrics collector's measuring code,
+and the measuring one, which the host calls for the step after a round that marked a metric group due
+(plastic/monitor.py); with metrics off they are the same program.
+
 The action for env step `i` is drawn with key `fold_in(act_key, i)`, so acting does not depend on how a
 run was split by checkpoints; on resume the episode in flight restarts from a fresh reset.
 
@@ -66,11 +70,22 @@ class Trainer:
             capacity = -(-capacity // self.bucket_size) * self.bucket_size
         self.capacity = capacity
         S = run.seeds
-        self._learn = jax.jit(lambda *a: self._env_step(*a, learn=True), donate_argnums=(0,))
-        self._warm = jax.jit(lambda *a: self._env_step(*a, learn=False), donate_argnums=(0,))
-        # the update rounds of all seeds (counters unbatched): inside the fused step, or alone when pipelined
+        # Two programs per kind of step: the ordinary one has no measuring code at all (the metrics
+        # collector only marks what is due); the measuring one runs after a round that marked something
+        # (`self._pending`, resolved on the host at the next step). See plastic/monitor.py.
+        jit = lambda f: jax.jit(f, donate_argnums=(0,))  # noqa: E731
+        self._learn = jit(lambda *a: self._env_step(*a, learn=True))
+        self._learn_measure = jit(lambda *a: self._env_step(*a, learn=True, measure=True))
+        self._warm = jit(lambda *a: self._env_step(*a, learn=False))
+        # the update rounds of all seeds (counters unbatched): inside the fused step, or alone when pipelined;
+        # the device-loop driver (jit_trainer) calls the measuring one inside its scan
         self._seed_updates = jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None))
-        self._update = jax.jit(self._seed_updates, donate_argnums=(0,))
+        self._seed_updates_plain = jax.vmap(lambda ts, c: self._updates(ts, c, measure=False), in_axes=(0, None),
+                                            out_axes=(0, None))
+        self._update = jit(lambda ts, c: self._with_pending(*self._seed_updates_plain(ts, c)))
+        self._update_measure = jit(lambda ts, c: self._with_pending(*self._seed_updates(ts, c)))
+        self._pending = None  # None: read it from the state at the next step (after init or restore)
+        self._step_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)
         self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
         self._stats = jax.jit(jax.vmap(self._stats_one), donate_argnums=(0,))
         self.n_seeds = S
@@ -97,6 +112,7 @@ class Trainer:
             replay = Replay.create(self.capacity, example, self.bucket_size)
             return TrainState(agent_state, replay, istate, k_loop, k_act)
 
+        self._pending = None
         return jax.jit(jax.vmap(one))(keys), init_counters(self.agent)
 
     # ---- per-seed pure functions (vmapped) -------------------------------------------------------
@@ -113,22 +129,40 @@ class Trainer:
         """One env step (state donated); returns `(ts, counters, action, stop)`, action and stop on the host.
 
         `pipelined` (learning steps only): act before this step's updates and dispatch the updates without
-        waiting for them; the action comes back while they run."""
+        waiting for them; the action comes back while they run. A learning step runs the measuring
+        program when the previous round marked a metric group due."""
+        measure = learn and self._measure_due(ts)
         if learn and pipelined:
-            ts, counters, action, stop = self._warm(ts, counters, transition, next_obs)
-            ts, counters = self._update(ts, counters)
+            ts, counters, action, stop, _ = self._warm(ts, counters, transition, next_obs)
+            ts, counters, self._pending = (self._update_measure if measure else self._update)(ts, counters)
+            action, stop = jax.device_get((action, stop))  # the flag is read at the next step
         else:
-            ts, counters, action, stop = (self._learn if learn else self._warm)(ts, counters, transition, next_obs)
-        action, stop = jax.device_get((action, stop))
+            fn = (self._learn_measure if measure else self._learn) if learn else self._warm
+            ts, counters, action, stop, pending = fn(ts, counters, transition, next_obs)
+            action, stop, self._pending = jax.device_get((action, stop, pending))  # one transfer
         return ts, counters, action, stop
 
-    def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool):
-        """One env step for all seeds: store, acting hooks, (UTD updates), next action and stop flag."""
+    def _measure_due(self, ts) -> bool:
+        if self.monitor is None:
+            return False
+        if self._pending is None:
+            self._pending = jax.jit(lambda ts: self._with_pending(ts, None)[2])(ts)
+        return bool(self._pending)  # pipelined: waits for the previous updates, which this step needs anyway
+
+    def _with_pending(self, ts, counters):
+        """`(ts, counters, any metric group marked due on any seed)`."""
+        if self.monitor is None:
+            return ts, counters, jnp.zeros((), bool)
+        return ts, counters, jnp.any(jax.vmap(self.monitor.pending)(ts.interventions[self.monitor.name]))
+
+    def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool, measure: bool = False):
+        """One env step for all seeds: store, acting hooks, (UTD updates), next action, stop flag, and
+        whether a metric group is due (`measure`: the update rounds run the measuring code)."""
         ts, counters, stop = self._store(ts, counters, transition)
         if learn:
-            ts, counters = self._seed_updates(ts, counters)
+            ts, counters = (self._seed_updates if measure else self._seed_updates_plain)(ts, counters)
         action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
-        return ts, counters, action, stop
+        return (ts, counters, action, stop, self._with_pending(ts, counters)[2])
 
     def _store(self, ts: TrainState, counters, transition):
         """Replay write on the seed-stacked buffers (shared slot, in place), then the acting hooks
@@ -157,8 +191,9 @@ class Trainer:
         batch = ts.replay.gather(idx)
         return {**batch, "reward": jnp.clip(batch["reward"], -clip, clip)} if clip else batch
 
-    def _updates(self, ts: TrainState, counters):
-        """Scheduled events, then `utd` gradient updates of one seed."""
+    def _updates(self, ts: TrainState, counters, measure: bool = True):
+        """Scheduled events, then `utd` gradient updates of one seed. `measure=False`: without the metrics
+        collector's measurements (it only marks the groups this round made due)."""
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, jax.random.fold_in(ts.key, 1_000_003))
         ts = ts.replace(agent=agent_state, interventions=istate)
@@ -174,7 +209,8 @@ class Trainer:
             agent_state, istate, key, counters = carry
             key, k_update = jax.random.split(key)
             agent_state, istate, counters = self.agent.update(agent_state, batch, counters, k_update,
-                                                              self.interventions, istate)
+                                                              self.interventions if measure else self._step_ivs,
+                                                              istate)
             return (agent_state, istate, key, counters), None
 
         def round_(carry):
@@ -186,7 +222,10 @@ class Trainer:
             agent_state, istate, key, counters = round_(carry)
         else:  # an update round after every `train_frequency`-th env step (the batches are drawn regardless)
             agent_state, istate, key, counters = maybe(counters["env_steps"] % every == 0, round_, carry)
-        if self.monitor is not None:
+        if self.monitor is not None and not measure:
+            istate = {**istate, self.monitor.name: self.monitor.schedule(istate[self.monitor.name], carry[3],
+                                                                         counters)}
+        elif self.monitor is not None:
             def batch_fn(k, mstate):
                 fresh = ts.replay.sample_uniform(k, self.cfg.metrics.batch_size)
                 idx, mstate = self.monitor.probe_indices(mstate, fresh)

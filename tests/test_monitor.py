@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import rows
+from helpers import make, rows
 from plastic.agent import AgentState, init_counters
 from plastic.cli import main
 from plastic.config import MetricsConfig, build
@@ -56,32 +56,55 @@ def test_crossed():
     assert not bool(crossed(1000, 1000, 1000))       # no update in this round (TD3's delayed actor)
 
 
-def test_groups_fire_only_when_due():
+def measured(mon, m):
+    return {k for k, v in mon.logs(m).items() if not np.isnan(v)}
+
+
+def test_groups_are_marked_at_the_boundary_and_measured_at_the_next_update():
     agent, mon = agent_and_monitor(activity_every=10, rank_every=100, churn_every=100, ntk_every=100)
     st = agent.init(KEY)
     m0 = mon.init(KEY, agent, st)
-    assert all(np.isnan(v) for v in m0["values"].values())
+    assert not measured(mon, m0) and not bool(mon.pending(m0))
     batch = batch_for(agent)
     fn = lambda k, m: (batch, m)  # noqa: E731
-    # no update of either network: nothing is measured
-    m = mon.collect(st, m0, counters(agent, critic=5, actor=2), counters(agent, critic=5, actor=2), fn, KEY)
-    assert all(np.isnan(v) for v in m["values"].values())
-    # the critic passes 10 (activity only); the actor does not move
-    m = mon.collect(st, m0, counters(agent, critic=9, actor=4), counters(agent, critic=10, actor=4), fn, KEY)
-    measured = {k for k, v in m["values"].items() if not np.isnan(v)}
-    assert "dormant_ratio_tau_0.025/critic" in measured and "fau/critic" in measured
-    assert not any(k.endswith("/actor") or "/actor/" in k for k in measured)
-    assert not any(k.startswith(("srank", "ntk", "policy_churn")) for k in measured)
+
+    def round_(m, before, after):
+        return mon.collect(st, m, counters(agent, critic=before[0], actor=before[1]),
+                           counters(agent, critic=after[0], actor=after[1]), fn, KEY)
+
+    m = round_(m0, (5, 2), (5, 2))  # no update of either network: nothing marked, nothing measured
+    assert not measured(mon, m) and not bool(mon.pending(m))
+    # the critic passes 10: its activity group is marked, and measured after the critic's next update
+    m = round_(m0, (9, 4), (10, 4))
+    assert not measured(mon, m) and bool(mon.pending(m))
+    m = round_(m, (10, 4), (10, 4))  # the critic did not update: still marked
+    assert not measured(mon, m) and bool(mon.pending(m))
+    m = round_(m, (10, 4), (11, 4))
+    got = measured(mon, m)
+    assert "dormant_ratio_tau_0.025/critic" in got and "fau/critic" in got and not bool(mon.pending(m))
+    assert not any(k.endswith("/actor") or "/actor/" in k for k in got)
+    assert not any(k.startswith(("srank", "ntk", "policy_churn")) for k in got)
     # the critic passes 100: ranks as well; the NTK is captured, and measured at the next log point
-    m = mon.collect(st, m0, counters(agent, critic=99, actor=4), counters(agent, critic=100, actor=4), fn, KEY)
-    assert not np.isnan(m["values"]["srank_delta_0.01/critic"])
-    assert np.isnan(m["values"]["ntk_rank_abs/critic"]) and bool(m["ntk"]["pending"])
+    m = round_(round_(m, (99, 4), (100, 4)), (100, 4), (101, 4))
+    assert not np.isnan(mon.logs(m)["srank_delta_0.01/critic"])
+    assert np.isnan(mon.logs(m)["ntk_rank_abs/critic"]) and bool(mon.view(m, "ntk")["ntk"]["pending"])
     m = mon.at_log_point(m)
-    assert not np.isnan(m["values"]["ntk_rank_abs/critic"]) and not bool(m["ntk"]["pending"])
-    again = mon.at_log_point(m)["values"]  # nothing pending: unchanged
-    for k, v in m["values"].items():
+    assert not np.isnan(mon.logs(m)["ntk_rank_abs/critic"]) and not bool(mon.view(m, "ntk")["ntk"]["pending"])
+    again = mon.logs(mon.at_log_point(m))  # nothing pending: unchanged
+    for k, v in mon.logs(m).items():
         np.testing.assert_array_equal(again[k], v)
-    assert np.isnan(m["values"]["policy_churn/actor"])
+    # the actor passes 100 (TD3's delayed actor): churn is measured over the actor's next update round
+    assert np.isnan(mon.logs(m)["policy_churn/actor"])
+    m = round_(m, (150, 99), (151, 100))
+    m = round_(m, (151, 100), (152, 100))
+    assert np.isnan(mon.logs(m)["policy_churn/actor"]) and bool(mon.pending(m))
+    m = round_(m, (152, 100), (153, 101))
+    assert mon.logs(m)["policy_churn/actor"] == 0.0 and not bool(mon.pending(m))  # same parameters: no change
+
+
+def first_round(mon, agent, st, **nets):
+    """The monitor state after a network's first update round: every group marked due."""
+    return mon.schedule(mon.init(KEY, agent, st), counters(agent, **dict.fromkeys(nets, 0)), counters(agent, **nets))
 
 
 def _reference_values(agent, st, batch, before_actor):
@@ -121,11 +144,11 @@ def test_values_match_independent_computation_and_jit_vmap_equals_eager():
     states = [agent.init(k) for k in keys]
     befores = [agent.init(jax.random.fold_in(k, 1)).nets["actor"].params for k in keys]
     batches = [batch_for(agent, key=jax.random.fold_in(k, 2)) for k in keys]
-    c0, c1 = counters(agent, critic=0, actor=0), counters(agent, critic=1, actor=1)
+    c1, c2 = counters(agent, critic=1, actor=1), counters(agent, critic=2, actor=2)
 
     def one(st, b, before):
-        return mon.at_log_point(mon.collect(st, mon.init(KEY, agent, st), c0, c1, lambda k, m: (b, m), KEY,
-                                            before))["values"]
+        m = mon.collect(st, first_round(mon, agent, st, critic=1, actor=1), c1, c2, lambda k, m: (b, m), KEY, before)
+        return mon.logs(mon.at_log_point(m))
 
     eager = [one(*args) for args in zip(states, batches, befores)]
     stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
@@ -147,13 +170,13 @@ def test_dqn_churn_counts_changed_greedy_actions():
     st = agent.init(KEY)
     before = agent.init(jax.random.PRNGKey(1)).nets["q"].params
     b = batch_for(agent)
-    m = mon.collect(st, mon.init(KEY, agent, st), counters(agent, q=0), counters(agent, q=1),
+    m = mon.collect(st, first_round(mon, agent, st, q=1), counters(agent, q=1), counters(agent, q=2),
                     lambda k, m: (b, m), KEY, before)
     new = np.argmax(np.asarray(agent.q.apply(st.nets["q"].params, b["obs"])[0]), -1)
     old = np.argmax(np.asarray(agent.q.apply(before, b["obs"])[0]), -1)
-    np.testing.assert_allclose(m["values"]["policy_churn/q"], np.mean(new != old))
-    assert 0.0 < float(m["values"]["policy_churn/q"]) < 1.0
-    assert not any(k.startswith(("dormant", "srank", "ntk", "grad")) for k in m["values"])  # groups off: no keys
+    np.testing.assert_allclose(mon.logs(m)["policy_churn/q"], np.mean(new != old))
+    assert 0.0 < float(mon.logs(m)["policy_churn/q"]) < 1.0
+    assert not any(k.startswith(("dormant", "srank", "ntk", "grad")) for k in mon.logs(m))  # groups off: no keys
 
 
 def test_fixed_probe_keeps_the_first_indices():
@@ -191,7 +214,8 @@ def test_gradient_group_inside_the_core_on_network_a():
     ns = NetState(params, net.tx.init(params))
 
     mon = Monitor(MetricsConfig(activity_every=0, rank_every=0, churn_every=0, ntk_every=0), agent)
-    istate = {"metrics": mon.init(KEY, agent, AgentState(nets={"q": ns}, targets={}, logs={}))}
+    m = mon.init(KEY, agent, AgentState(nets={"q": ns}, targets={}, logs={}))
+    istate = {"metrics": mon.schedule(m, {"q": 0}, {"q": 1})}  # marked by the first round: measured now
     x = jnp.array([[1.0], [2.0]])
 
     def loss_fn(p, probes):
@@ -200,7 +224,7 @@ def test_gradient_group_inside_the_core_on_network_a():
 
     new, istate, *_ = gradient_step(net, ns, loss_fn, batch_size=2, count=jnp.zeros((), jnp.int32), key=KEY,
                                     interventions=(mon,), istate=istate)
-    v = istate["metrics"]["values"]
+    v = mon.logs(istate["metrics"])
     np.testing.assert_allclose(v["grad_sparsity/q"], 0.3)
     np.testing.assert_allclose(v["grad_l1/q"], 30.0, rtol=1e-6)
     np.testing.assert_allclose(v["grad_l2/q"], np.sqrt(176.5), rtol=1e-6)
@@ -208,6 +232,7 @@ def test_gradient_group_inside_the_core_on_network_a():
     np.testing.assert_allclose(v["update_to_param_ratio/q"], 0.1 * np.sqrt(176.5) / theta, rtol=1e-5)
     np.testing.assert_allclose(v["param_dist_init_rms/q"], 0.1 * np.sqrt(176.5 / 10), rtol=1e-5)
     np.testing.assert_allclose(v["grama_persistence/q"], 0.0)  # unit 1 is GraMa-inactive, no earlier set
+    assert not bool(mon.pending(istate["metrics"]))  # measured once, then cleared
 
 
 def _check_rows(rs, nets, first_update_step):
@@ -243,6 +268,36 @@ def test_host_td3_run_logs_the_full_metric_set(tmp_path):
     assert 1 <= last["ntk_rank_abs/critic"] <= 16 and last["ntk_rank_rel/critic"] <= last["ntk_rank_abs/critic"]
     assert last["policy_churn/actor"] >= 0.0
     assert 1 <= last["srank_delta_0.01/critic"] <= 16
+
+
+def test_host_steps_run_measuring_code_only_after_a_boundary(tmp_path):
+    """On a host driver the ordinary step program is the metrics-off program (no measuring conds), and the
+    measuring one runs only in the rounds after a period boundary (each network's, TD3's delayed actor
+    included), yet every group is logged."""
+    ov = {"td3.learning_starts": 100, "run.log_every": 100, "metrics.activity_every": 50,
+          "metrics.grad_every": 50, "metrics.rank_every": 100, "metrics.churn_every": 100,
+          "metrics.ntk_every": 100, "metrics.batch_size": 32, "metrics.ntk_batch": 8}
+    _, on = make("td3", "Pendulum-v1", 300, overrides=ov, metrics=True)
+    _, off = make("td3", "Pendulum-v1", 300, overrides=ov)
+    ts, c = on.init_state()
+    S, O, A = 1, on.envs.observation_size, on.envs.action_size
+    tr = {"obs": np.zeros((S, O)), "action": np.zeros((S, A)), "reward": np.zeros(S),
+          "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
+
+    def conds(t):
+        return t._learn.lower(ts if t is on else t.init_state()[0], c, tr, np.zeros((S, O))).compile().as_text() \
+            .count(" conditional(")
+
+    assert conds(on) == conds(off)
+    calls, measuring = [], on._learn_measure
+    on._learn_measure = lambda *a: calls.append(1) or measuring(*a)
+    on.run(tmp_path / "r")
+    # 200 update rounds: critic boundaries at 1, 50, 100, 150, 200; actor (every 2nd round) at 1, 50, 100
+    assert 4 <= len(calls) <= 12
+    last = rows(tmp_path / "r")[-1]
+    for k in ("fau/critic", "fau/actor", "grad_l2/critic", "grad_l2/actor", "srank_delta_0.01/critic",
+              "policy_churn/actor", "ntk_rank_abs/critic"):
+        assert last[k] is not None and np.isfinite(last[k]), k
 
 
 def test_jitted_ppo_run_measures_on_its_rollout(tmp_path):

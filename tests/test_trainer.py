@@ -159,14 +159,15 @@ def test_env_step_never_copies_the_replay(agent, intervention, env):
     the in-place writes themselves (a copy per step made 1M-slot buffers 7x slower)."""
     capacity = 65_537  # a size no other array has
     _, tr = make(agent, env, 10, intervention, seeds=2,  # DQN: update rounds under lax.cond (train_frequency 10)
-                 overrides={f"{agent}.buffer_size": capacity, f"{agent}.learning_starts": 0})
+                 overrides={f"{agent}.buffer_size": capacity, f"{agent}.learning_starts": 0}, metrics=True)
     ts, counters = tr.init_state()
     S, O, A = 2, tr.envs.observation_size, tr.envs.action_size
     action = np.zeros(S, np.int32) if tr.agent.discrete else np.zeros((S, A))
     transition = {"obs": np.zeros((S, O)), "action": action, "reward": np.zeros(S),
                   "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
-    programs = [fn.lower(ts, counters, transition, np.zeros((S, O))) for fn in (tr._learn, tr._warm)]
-    for lowered in programs + [tr._update.lower(ts, counters)]:
+    programs = [fn.lower(ts, counters, transition, np.zeros((S, O))) for fn in (tr._learn, tr._learn_measure,
+                                                                               tr._warm)]
+    for lowered in programs + [tr._update.lower(ts, counters), tr._update_measure.lower(ts, counters)]:
         hlo = lowered.compile().as_text()
         copies = [l.strip()[:120] for l in hlo.splitlines() if f"{capacity}" in l and " copy(" in l]
         assert not copies, copies
