@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from plastic.interventions.base import Intervention
+from plastic.interventions.l2 import L2Init, WeightDecay
+from plastic.interventions.redo import ReDo
 from plastic.interventions.regrama import ReGraMa
+from plastic.interventions.reset import Reset
+from plastic.interventions.shrink_perturb import ShrinkPerturb
 from plastic.interventions.swd import SWD
 
-REGISTRY: dict[str, type[Intervention]] = {cls.name: cls for cls in (ReGraMa, SWD)}
+REGISTRY: dict[str, type[Intervention]] = {
+    cls.name: cls for cls in (ReGraMa, SWD, ReDo, Reset, ShrinkPerturb, L2Init, WeightDecay)}
 ALIASES = {"regrama": "grama"}
 
 

@@ -27,6 +27,12 @@ import jax.numpy as jnp
 ALL_AGENTS = ("td3", "sac", "dqn", "ppo")
 
 
+def choice(name, value, valid):
+    """A switch's value must be one of `valid`: else a one-line error naming them."""
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
 class Intervention:
     name: ClassVar[str]
     Config: ClassVar[type]

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from plastic.core import maybe
-from plastic.interventions.base import Intervention
+from plastic.interventions.base import Intervention, choice as _choice
 from plastic.networks import PROBE_POINTS
 from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units, touched_entries
 
@@ -44,11 +44,6 @@ class ReGraMaConfig:
     skip_zero_grad_layers: bool = True
     step_ratio_window: int = 1000     # updates after a reset over which reset_unit_step_ratio is averaged
     step_ratio_every: int = 10        # ... sampling every k-th update of the window
-
-
-def _choice(name, value, valid):
-    if value not in valid:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
 class ReGraMa(Intervention):

@@ -1,0 +1,216 @@
+"""ReDo: recycle τ-dormant hidden units (interventions.md §2; Sokar et al. 2023).
+
+Every `period` updates of a network (its own counter), each hidden layer is scored on a statistics batch
+by its normalised mean |post-activation| (`metrics.units.dormant_scores`, the metrics.md §1 dormant score)
+and the flagged units go through the shared reset pipeline `plastic.surgery.reset_units` (incoming column
+redrawn, bias 0, outgoing rows 0, LayerNorm affine reset, Adam moments zeroed at touched entries with the
+count kept). Targets are left alone (Polyak averaging / the next hard sync picks the change up).
+
+Statistics batch: the `post_update` hook sees the inputs of the update that just happened, not the replay
+buffer, so the batch is the network's input on that update's minibatch (`stats_batch=train_batch`; for PPO
+a minibatch of the current rollout). The reference's separate 256-transition replay draw is not reachable
+from an intervention hook (see docs/interventions.md).
+
+Logs, per network: `redo/events/NET`, `redo/dormant_ratio/NET` (flagged fraction at the last event, before
+the reset; pooled or mean of layers), `redo/reset_fraction/NET/LAYER`, `redo/output_jump/NET` (mean |change|
+of the first output on the statistics batch caused by the last event).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from metrics.units import normalize_scores, unit_magnitude
+from plastic.core import maybe
+from plastic.interventions.base import Intervention, choice as _choice
+from plastic.networks import get_path, set_path
+from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units
+
+MODES = ("threshold", "scheduled_fraction")
+SCORE_TYPES = ("activation", "random")
+SCORE_NORMS = ("mean", "sum")
+ZERO_TESTS = ("le_zero", "isclose_zero")
+STATS_BATCHES = ("train_batch",)
+TARGETS = ("keep",)
+AGGREGATIONS = ("pooled", "mean_of_layers")
+
+
+@dataclass
+class ReDoConfig:
+    tau: float = 0.025                # 0.1 at high replay ratio (>= 4); GraMa's baseline uses 0.02
+    period: int = 1000                # in updates of the network being recycled (PPO: 100 minibatch updates)
+    networks: tuple[str, ...] = ("actor", "critic")  # roles (DQN's q network has role critic)
+    mode: str = "threshold"           # threshold | scheduled_fraction (Dopamine NeuronRecyclerScheduled)
+    recycle_rate: float = 0.3         # scheduled_fraction: fraction(count) = rate * cos(pi/2 * count / end)
+    reset_end_step: int = 100_000_000  # scheduled_fraction: in updates of the network
+    score_type: str = "activation"    # activation | random (random: scheduled_fraction only)
+    score_norm: str = "mean"          # mean | sum (divide by the layer mean or the layer sum of mean |h|)
+    zero_threshold_test: str = "le_zero"  # le_zero (s <= tau) | isclose_zero (also s ~ 0, Plasticine)
+    stats_batch: str = "train_batch"  # the only statistics batch a post_update hook can see
+    reinit: str = "layer_init"        # layer_init | xavier_uniform (Dopamine JAX) | kaiming_uniform | lecun_normal
+    weight_scaling: bool = False      # rescale new incoming columns to weight_scale x mean norm of kept units
+    weight_scale: float = 1.0
+    outgoing: str = "zero"            # zero | keep
+    layernorm: str = "reset_unit_affine"  # reset_unit_affine | keep
+    optimizer: str = "zero_moments_keep_count"  # zero_moments_keep_count | none
+    targets: str = "keep"             # keep (reset_target_models=False)
+    include_output_layer: bool = False  # only false: output layers are never recycled
+    max_reset_fraction: float = 0.0   # 0 = no cap; else at most floor(p * H) units per layer, lowest score first
+    eps: float = 1e-9
+    ratio_aggregation: str = "pooled"  # pooled | mean_of_layers (logged redo/dormant_ratio)
+
+
+class ReDo(Intervention):
+    name = "redo"
+    Config = ReDoConfig
+    # LOP's ReDo for PPO (lop/rl/cfg/ant/redo.yml): tau 0.1 every 100 minibatch updates
+    agent_defaults = {"ppo": {"period": 100, "tau": 0.1}}
+
+    def validate(self, run_cfg, agent_cfg):
+        c = self.cfg
+        if c.tau < 0:
+            raise ValueError(f"redo.tau must be >= 0, got {c.tau}")
+        if c.period < 1:
+            raise ValueError(f"redo.period must be a positive number of updates, got {c.period}")
+        if not 0.0 <= c.recycle_rate <= 1.0:
+            raise ValueError(f"redo.recycle_rate must be in [0, 1], got {c.recycle_rate}")
+        if c.reset_end_step < 1:
+            raise ValueError(f"redo.reset_end_step must be >= 1 update, got {c.reset_end_step}")
+        if not 0.0 <= c.max_reset_fraction <= 1.0:
+            raise ValueError(f"redo.max_reset_fraction must be in [0, 1] (0 = no cap), got {c.max_reset_fraction}")
+        if c.weight_scale <= 0:
+            raise ValueError(f"redo.weight_scale must be > 0, got {c.weight_scale}")
+        if c.eps <= 0:
+            raise ValueError(f"redo.eps must be > 0, got {c.eps}")
+        if c.include_output_layer:
+            raise ValueError("redo.include_output_layer=true is not supported; output layers are never recycled")
+        roles = ("actor", "critic")
+        bad = [n for n in c.networks if n not in roles]
+        if bad or not c.networks:
+            raise ValueError(f"redo.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(roles)}")
+        _choice("redo.mode", c.mode, MODES)
+        _choice("redo.score_type", c.score_type, SCORE_TYPES)
+        if c.score_type == "random" and c.mode != "scheduled_fraction":
+            raise ValueError("redo.score_type=random needs redo.mode=scheduled_fraction (a threshold on random "
+                             "scores is meaningless)")
+        _choice("redo.score_norm", c.score_norm, SCORE_NORMS)
+        _choice("redo.zero_threshold_test", c.zero_threshold_test, ZERO_TESTS)
+        _choice("redo.stats_batch", c.stats_batch, STATS_BATCHES)
+        _choice("redo.reinit", c.reinit, REINIT)
+        _choice("redo.outgoing", c.outgoing, OUTGOING)
+        _choice("redo.layernorm", c.layernorm, LAYERNORM)
+        _choice("redo.optimizer", c.optimizer, OPTIMIZER)
+        _choice("redo.targets", c.targets, TARGETS)
+        _choice("redo.ratio_aggregation", c.ratio_aggregation, AGGREGATIONS)
+
+    def _nets(self, agent):
+        return [n for n in agent.nets.values() if n.layers and agent.role(n.name) in self.cfg.networks]
+
+    def init(self, key, agent, agent_state=None):
+        def one(net):
+            return {"events": jnp.zeros((), jnp.int32), "dormant_ratio": jnp.zeros(()),
+                    "output_jump": jnp.zeros(()),
+                    "reset_fraction": {l.name: jnp.zeros(()) for l in net.layers}}
+        return {n.name: one(n) for n in self._nets(agent)}
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    def scores(self, net, params, inputs, key=None):
+        """layer -> per-unit score `[E?, H]` on the statistics batch `inputs`."""
+        c = self.cfg
+        if c.score_type == "random":
+            return {l.name: jax.random.uniform(jax.random.fold_in(key, l.layer_id), l.mask_shape)
+                    for l in net.layers}
+        _, acts = net.apply(params, inputs)
+        out = {}
+        for l in net.layers:
+            a = unit_magnitude(acts[l.name], l.ensemble)
+            if c.score_norm == "mean":
+                out[l.name] = normalize_scores(a, c.eps)
+            else:
+                out[l.name] = a / (jnp.sum(a, axis=-1, keepdims=True) + c.eps)
+        return out
+
+    def masks(self, net, scores, count):
+        """Units to recycle per layer: `s <= tau` (threshold) or the bottom fraction(count) (scheduled)."""
+        c, out = self.cfg, {}
+        for l in net.layers:
+            s = scores[l.name]
+            if c.mode == "threshold":
+                m = s <= c.tau
+                if c.zero_threshold_test == "isclose_zero":
+                    m = m | jnp.isclose(s, 0.0)
+            else:
+                progress = jnp.minimum(count / c.reset_end_step, 1.0)
+                frac = c.recycle_rate * jnp.cos(jnp.pi / 2 * progress)
+                k = jnp.floor(frac * l.width + 1e-6).astype(jnp.int32)
+                m = cap_mask(jnp.ones(s.shape, bool), s, k)
+            if c.max_reset_fraction > 0:
+                m = cap_mask(m, s, math.floor(c.max_reset_fraction * l.width + 1e-9))
+            out[l.name] = m
+        return out
+
+    def recycle(self, net, ns, inputs, count, key):
+        """Score, flag and reset one network. Returns `(new NetState, masks, scores)`."""
+        c = self.cfg
+        k_score, k_reset = jax.random.split(key)
+        scores = self.scores(net, ns.params, inputs, k_score)
+        masks = self.masks(net, scores, count)
+        new = reset_units(net, ns, masks, k_reset, reinit=c.reinit, outgoing=c.outgoing,
+                          layernorm=c.layernorm, optimizer=c.optimizer)
+        if c.weight_scaling:
+            new = new.replace(params=_rescale(net, new.params, masks, c.weight_scale))
+        return new, masks, scores
+
+    def post_update(self, net, ns, ctx, state, key):
+        if net.name not in state:
+            return ns, state
+        c = self.cfg
+
+        def event(operand):
+            ns, s = operand
+            new, masks, _ = self.recycle(net, ns, ctx.inputs, ctx.count, key)
+            frac = lambda m: jnp.mean(m.astype(jnp.float32))  # noqa: E731
+            fracs = {k: frac(m) for k, m in masks.items()}
+            if c.ratio_aggregation == "pooled":
+                ratio = sum(jnp.sum(m) for m in masks.values()) / sum(m.size for m in masks.values())
+            else:
+                ratio = sum(fracs.values()) / len(fracs)
+            out = lambda p: jax.tree.leaves(net.apply(p, ctx.inputs)[0])[0]  # noqa: E731
+            s = {**s, "events": s["events"] + 1, "reset_fraction": fracs,
+                 "dormant_ratio": jnp.asarray(ratio, jnp.float32),
+                 "output_jump": jnp.mean(jnp.abs(out(new.params) - out(ns.params)))}
+            return new, s
+
+        ns, s = maybe(ctx.count % c.period == 0, event, (ns, state[net.name]))
+        return ns, {**state, net.name: s}
+
+    def logs(self, state):
+        out = {}
+        for net, s in state.items():
+            out[f"redo/events/{net}"] = s["events"]
+            out[f"redo/dormant_ratio/{net}"] = s["dormant_ratio"]
+            out[f"redo/output_jump/{net}"] = s["output_jump"]
+            for layer, f in s["reset_fraction"].items():
+                out[f"redo/reset_fraction/{net}/{layer}"] = f
+        return out
+
+
+def _rescale(net, params, masks, scale):
+    """Dopamine's `weight_scaling`: each recycled unit's new incoming column is rescaled so that its norm is
+    `scale` x the mean incoming norm of the layer's non-recycled units (left as drawn if none is kept)."""
+    for l in net.layers:
+        m = masks[l.name]                                   # [E?, H]
+        k = get_path(params, l.kernel)                      # [E?, (kh, kw,) in, H]
+        axes = tuple(range(1 if l.ensemble else 0, k.ndim - 1))
+        norms = jnp.sqrt(jnp.sum(jnp.square(k), axis=axes))  # [E?, H]
+        kept = (~m).astype(k.dtype)
+        mean_kept = jnp.sum(norms * kept, -1, keepdims=True) / jnp.maximum(jnp.sum(kept, -1, keepdims=True), 1.0)
+        factor = jnp.where(m & (jnp.sum(kept, -1, keepdims=True) > 0),
+                           scale * mean_kept / jnp.maximum(norms, 1e-12), 1.0)
+        if l.ensemble:
+            factor = factor.reshape(factor.shape[0], *([1] * (k.ndim - 2)), factor.shape[-1])
+        params = set_path(params, l.kernel, k * factor)
+    return params

@@ -1,0 +1,243 @@
+"""ReDo (interventions.md §2, test invariants §2.5; shared mechanics via plastic.surgery)."""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from helpers import METRICS_OFF
+from plastic.cli import main
+from plastic.config import build
+from plastic.core import Net, NetState, gradient_step
+from plastic.interventions.redo import ReDo, ReDoConfig
+from plastic.networks import MLP, ConvNet
+from plastic.surgery import touched_entries
+from plastic.trainer import make_trainer
+
+KEY = jax.random.PRNGKey(0)
+
+
+class Jitted(ReDo):
+    """ReDo with its scoring and recycling jitted (eager Flax is slow on this machine)."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.scores = jax.jit(super().scores, static_argnums=0)
+        self.recycle = jax.jit(super().recycle, static_argnums=0)
+
+
+def redo(**kw):
+    iv = Jitted(ReDoConfig(**{"period": 1, **kw}), "td3")
+    iv.validate(None, None)
+    return iv
+
+
+def mlp(hidden=(16, 16), n_in=3, out=2):
+    return Net.of("critic", MLP(hidden, out), optax.adam(1e-2), 1e-2)
+
+
+@partial(jax.jit, static_argnums=0)
+def _adam_step(net, ns, x):
+    g = jax.grad(lambda p: jnp.mean(jnp.square(net.apply(p, x)[0] - 1.0)))(ns.params)
+    u, o = net.tx.update(g, ns.opt_state, ns.params)
+    return NetState(optax.apply_updates(ns.params, u), o)
+
+
+def trained(net, x, dead=(), steps=3):
+    """Random params after a few Adam steps (non-zero moments), then units `dead` of hidden_0 killed:
+    non-positive incoming weights and a negative bias, so they are 0 on non-negative inputs."""
+    ns = jax.jit(net.init)(KEY, x)
+    for _ in range(steps):
+        ns = _adam_step(net, ns, x)
+    p = ns.params
+    for i in dead:
+        k = p["hidden_0"]["kernel"]
+        p = {**p, "hidden_0": {"kernel": k.at[:, i].set(-jnp.abs(k[:, i])),
+                               "bias": p["hidden_0"]["bias"].at[i].set(-1.0)}}
+    return NetState(p, ns.opt_state)
+
+
+def test_reference_scores_and_dead_unit():
+    net = Net.of("critic", MLP((4,), 1), optax.adam(1e-3))
+    params = {"hidden_0": {"kernel": jnp.array([[0.0, 1.0, 2.0, 1.0]]), "bias": jnp.zeros(4)},
+              "output": {"kernel": jnp.ones((4, 1)), "bias": jnp.zeros(1)}}
+    s = redo().scores(net, params, jnp.ones((5, 1)))["hidden_0"]
+    np.testing.assert_allclose(s, [0, 1, 2, 1], atol=1e-6)
+    assert int(jnp.sum(redo(tau=0.025).masks(net, {"hidden_0": s}, 1)["hidden_0"])) == 1
+    s_sum = redo(score_norm="sum").scores(net, params, jnp.ones((5, 1)))["hidden_0"]
+    np.testing.assert_allclose(s_sum, [0, 0.25, 0.5, 0.25], atol=1e-6)
+    # a constructed dead unit (negative bias, non-positive incoming weights, non-negative inputs)
+    big = mlp()
+    x = jax.random.uniform(KEY, (64, 3))
+    ns = trained(big, x, dead=(3,))
+    s = redo(tau=0.0).scores(big, ns.params, x)
+    assert float(s["hidden_0"][3]) == 0.0 and bool(redo(tau=0.0).masks(big, s, 1)["hidden_0"][3])
+
+
+def test_reset_effects_optimizer_surgery_and_function_preservation():
+    net, x = mlp(), jax.random.uniform(KEY, (64, 3))
+    ns = trained(net, x, dead=(1, 5, 9))
+    iv = redo(tau=0.0)
+    new, masks, _ = iv.recycle(net, ns, x, 1, jax.random.PRNGKey(7))
+    m0 = masks["hidden_0"]
+    assert all(bool(m0[i]) for i in (1, 5, 9))
+    k_old, k_new = ns.params["hidden_0"]["kernel"], new.params["hidden_0"]["kernel"]
+    assert not np.any(np.asarray(k_old[:, m0] == k_new[:, m0])) and np.all(np.abs(k_new[:, m0]).sum(0) > 0)
+    assert np.all(new.params["hidden_0"]["bias"][m0] == 0)
+    assert np.all(new.params["hidden_1"]["kernel"][m0, :] == 0)
+    touched = touched_entries(net, ns.params, masks)
+    for a, b, t in zip(*(jax.tree.leaves(z) for z in (ns.params, new.params, touched))):
+        np.testing.assert_array_equal(np.asarray(a)[~np.asarray(t)], np.asarray(b)[~np.asarray(t)])
+    np.testing.assert_array_equal(new.params["output"]["bias"], ns.params["output"]["bias"])
+    # Adam: mu and nu zero exactly at touched entries, unchanged elsewhere, count kept
+    adam_old, adam_new = ns.opt_state[0], new.opt_state[0]
+    assert int(adam_new.count) == int(adam_old.count) == 3
+    for mom in ("mu", "nu"):
+        for a, b, t in zip(*(jax.tree.leaves(z) for z in (getattr(adam_old, mom), getattr(adam_new, mom), touched))):
+            t = np.asarray(t)
+            assert np.all(np.asarray(b)[t] == 0)
+            np.testing.assert_array_equal(np.asarray(a)[~t], np.asarray(b)[~t])
+    # function preservation at tau = 0 on a plain ReLU MLP: bit-identical outputs on the statistics batch
+    np.testing.assert_array_equal(net.apply(new.params, x)[0], net.apply(ns.params, x)[0])
+
+
+def test_consumer_preactivation_change_with_positive_tau():
+    net, x = mlp(), jax.random.uniform(KEY, (64, 3))
+    ns = trained(net, x)
+    new, masks, _ = redo(tau=0.6).recycle(net, ns, x, 1, jax.random.PRNGKey(3))
+    m0, m1 = np.asarray(masks["hidden_0"]), np.asarray(masks["hidden_1"])
+    assert m0.any() and (~m1).any()
+    h0_old = net.apply(ns.params, x)[1]["hidden_0"]
+    h0_new = net.apply(new.params, x)[1]["hidden_0"]
+    w_old, w_new = ns.params["hidden_1"]["kernel"], new.params["hidden_1"]["kernel"]
+    z_old = h0_old @ w_old + ns.params["hidden_1"]["bias"]
+    z_new = h0_new @ w_new + new.params["hidden_1"]["bias"]
+    expected = -(h0_old[:, m0] @ w_old[m0, :])
+    np.testing.assert_allclose((z_new - z_old)[:, ~m1], expected[:, ~m1], atol=1e-5)
+
+
+def test_effectiveness_noop_cap_schedule_and_scaling():
+    net = mlp()
+    x, fresh = jax.random.uniform(KEY, (128, 3)), jax.random.uniform(jax.random.PRNGKey(1), (128, 3))
+    ns = trained(net, x, dead=(0, 1, 2, 3))  # 25% of hidden_0 dead
+    iv = redo(tau=0.0)
+    before = float(jnp.mean(iv.scores(net, ns.params, fresh)["hidden_0"] <= 0))
+    new, _, _ = iv.recycle(net, ns, x, 1, KEY)
+    after = float(jnp.mean(iv.scores(net, new.params, fresh)["hidden_0"] <= 0))
+    assert before >= 0.25 and after < before
+    # no-op: an empty mask returns bit-identical state
+    same, masks, _ = redo(mode="scheduled_fraction", recycle_rate=0.0).recycle(net, ns, x, 1, KEY)
+    assert not any(bool(m.any()) for m in masks.values())
+    for a, b in zip(jax.tree.leaves(ns), jax.tree.leaves(same)):
+        np.testing.assert_array_equal(a, b)
+    # cap: at most floor(p * H) units per layer
+    _, masks, _ = redo(tau=10.0, max_reset_fraction=0.25).recycle(net, ns, x, 1, KEY)
+    assert all(int(m.sum()) == 4 for m in masks.values())
+    # scheduled fraction: floor(0.3 cos(pi/2 t/T) H) lowest-score units
+    iv = redo(mode="scheduled_fraction", reset_end_step=100)
+    s = iv.scores(net, ns.params, x)
+    for count, k in ((0, 4), (50, 3), (100, 0)):
+        m = iv.masks(net, s, count)["hidden_1"]
+        assert int(m.sum()) == k
+        if k:
+            assert float(s["hidden_1"][m].max()) <= float(s["hidden_1"][~m].min())
+    # weight scaling: recycled incoming norms = scale x mean norm of the kept units
+    new, masks, _ = redo(tau=0.0, weight_scaling=True, weight_scale=0.5).recycle(net, ns, x, 1, KEY)
+    m, k = np.asarray(masks["hidden_0"]), np.asarray(new.params["hidden_0"]["kernel"])
+    norms = np.linalg.norm(k, axis=0)
+    np.testing.assert_allclose(norms[m], 0.5 * norms[~m].mean(), rtol=1e-5)
+
+
+def test_conv_outgoing_rows_follow_flagged_channels():
+    net = Net.of("q", ConvNet((5, 5, 2), ((4, 3, 1),), (8,), 2), optax.adam(1e-3))
+    x = jax.random.uniform(KEY, (16, 50))
+    ns = net.init(KEY, x)
+    k = ns.params["conv_0"]["kernel"]
+    params = {**ns.params, "conv_0": {"kernel": k.at[..., 2].set(-jnp.abs(k[..., 2])),
+                                      "bias": ns.params["conv_0"]["bias"].at[2].set(-1.0)}}
+    new, masks, _ = redo(tau=0.0).recycle(net, NetState(params, ns.opt_state), x, 1, KEY)
+    m = np.asarray(masks["conv_0"])
+    assert m[2]
+    rows = np.tile(m, 9)  # 3x3 spatial positions, row s * C + c
+    dense = np.asarray(new.params["hidden_0"]["kernel"])
+    assert np.all(dense[rows] == 0)
+    cols = ~np.asarray(masks["hidden_0"])  # the dense layer's own flagged units get new incoming columns
+    np.testing.assert_array_equal(dense[~rows][:, cols], np.asarray(params["hidden_0"]["kernel"])[~rows][:, cols])
+
+
+def test_events_fire_on_multiples_of_the_period_and_compile_once():
+    net, x = mlp(), jax.random.uniform(KEY, (32, 3))
+    iv = redo(tau=0.0, period=3)
+    ns = trained(net, x, dead=(2,), steps=0)
+    state = {"redo": iv.init(KEY, type("A", (), {"nets": {"critic": net}, "role": lambda self, n: "critic"})())}
+    traces = []
+
+    @jax.jit
+    def step(ns, istate, count):
+        traces.append(1)
+
+        def loss(p, probes):
+            return jnp.mean(jnp.square(net.apply(p, x, probes)[0])), None
+        ns, istate, count, _, _ = gradient_step(net, ns, loss, batch_size=32, count=count, key=KEY,
+                                                interventions=(iv,), istate=istate, inputs=x)
+        return ns, istate, count
+
+    count, events = jnp.zeros((), jnp.int32), []
+    for _ in range(7):
+        ns, state, count = step(ns, state, count)
+        events.append(int(state["redo"]["critic"]["events"]))
+    assert events == [0, 0, 1, 1, 1, 2, 2] and len(traces) == 1
+    assert float(state["redo"]["critic"]["reset_fraction"]["hidden_0"]) > 0
+
+
+SMALL = {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 50}
+RUNS = {"td3": "probe:obs", "sac": "probe:obs", "dqn": "probe:d_obs", "ppo": "probe:obs"}
+
+
+def trainer(agent, steps, seeds=2, extra=None):
+    small = ({"hidden": "16,16", "num_envs": 2, "num_steps": 16, "minibatches": 2} if agent == "ppo"
+             else dict(SMALL))
+    ov = {f"{agent}.{k}": v for k, v in small.items()}
+    ov.update(METRICS_OFF)
+    ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
+               "run.checkpoint_every": 100, "redo.period": 10, "redo.tau": 0.1, **(extra or {})})
+    return make_trainer(build(agent, "redo", overrides=ov, env=RUNS[agent], steps=steps, seeds=seeds))
+
+
+# the other agents repeat the same path with a longer compile: `python -m pytest -m slow tests/test_redo.py`
+@pytest.mark.parametrize("agent", [pytest.param(a, marks=pytest.mark.slow) for a in ("td3", "sac", "ppo")] + ["dqn"])
+def test_runs_under_the_jitted_driver(tmp_path, agent):
+    t = trainer(agent, 200)
+    t.run(tmp_path / "r")
+    ist = t.final_state[0].interventions["redo"]
+    net = "q" if agent == "dqn" else "critic"
+    assert np.all(np.asarray(ist[net]["events"]) > 0)
+    assert np.all(np.isfinite(np.asarray(jax.tree.leaves(t.final_state[0].agent.nets)[0])))
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full = trainer("dqn", 200)
+    full.run(tmp_path / "full")
+    trainer("dqn", 100).run(tmp_path / "split")
+    resumed = trainer("dqn", 200)
+    resumed.run(tmp_path / "split", resume=True)
+    for a, b in zip(jax.tree.leaves(full.final_state), jax.tree.leaves(resumed.final_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.all(np.asarray(full.final_state[0].interventions["redo"]["q"]["events"]) > 0)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--redo.tau", "-1"], "redo.tau must be >= 0"),
+    (["--redo.mode", "cosine"], "redo.mode='cosine' is not valid; choose one of: threshold, scheduled_fraction"),
+    (["--redo.score_type", "random"], "redo.score_type=random needs redo.mode=scheduled_fraction"),
+    (["--redo.stats_batch", "separate_replay_256"], "redo.stats_batch='separate_replay_256' is not valid"),
+    (["--redo.networks", "value"], "redo.networks=value is not valid; choose among: actor, critic"),
+])
+def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
+    assert main(["--intervention", "redo", *argv, "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
