@@ -112,6 +112,7 @@ class Monitor(Intervention):
         self.periods = {g: getattr(cfg, f"{g}_every") for g in ("grad",) + BATCH_GROUPS}
         self.policy_net = agent.policy_net if agent.policy_net in self.nets else None
         self.critic_net = agent.critic_net if agent.critic_net in self.nets else None
+        self._layout = self._layouts(agent) if self.active else {}
 
     @property
     def active(self) -> bool:
@@ -121,7 +122,16 @@ class Monitor(Intervention):
     def init(self, key, agent, agent_state=None):
         """NaN for every key this configuration can produce (found by tracing the measurements), the
         parameters at initialisation, the previous dormant / GraMa-inactive sets, the fixed probe indices;
-        the parts named in PACKED as flat vectors (their layouts are kept on the monitor)."""
+        the parts named in PACKED as flat vectors (their layouts, `self._layout`, are fixed at construction)."""
+        return self.pack(self._unpacked_state(agent, agent_state))
+
+    def _layouts(self, agent) -> dict:
+        """part -> the function unflattening its packed vector, from the state's shapes alone."""
+        shapes = jax.eval_shape(lambda k: self._unpacked_state(agent, agent.init(k)), jax.random.PRNGKey(0))
+        zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)  # noqa: E731
+        return {k: ravel_pytree(zeros(shapes[k]))[1] for k in PACKED if k in shapes}
+
+    def _unpacked_state(self, agent, agent_state) -> dict:
         c = self.cfg
         state = {"values": {}, "theta0": {n: agent_state.nets[n].params for n in self.nets},
                  "probe_idx": jnp.zeros(c.batch_size, jnp.int32), "probe_set": jnp.zeros((), bool),
@@ -151,8 +161,7 @@ class Monitor(Intervention):
         owners = {"churn": [self.policy_net], "ntk": [self.critic_net]}
         state["due"] = {g: {n: jnp.zeros((), bool) for n in owners.get(g, self.nets) if n is not None}
                         for g, p in self.periods.items() if p}
-        self._layout = {k: ravel_pytree(state[k])[1] for k in PACKED if k in state}
-        return self.pack(state)
+        return state
 
     def pack(self, view: dict) -> dict:
         """The state from its unpacked view (only the parts present in `view` are packed)."""

@@ -9,13 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import METRICS_OFF, rows
-from plastic.cli import main
-from plastic.config import build
+from helpers import NETS, assert_cli_error, assert_resume_identical, rows, tiny_trainer
 from plastic.core import Net, NetState, gradient_step
 from plastic.interventions.l2 import L2Init, L2InitConfig, WeightDecay, WeightDecayConfig, kernel_mask
 from plastic.networks import MLP
-from plastic.trainer import make_trainer
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
 Y = jax.random.normal(jax.random.PRNGKey(2), (16, 2))
@@ -190,28 +187,12 @@ def test_decay_kernels_only_leaves_biases():
     (["--intervention", "weight_decay", "--weight_decay.mask", "bias"], "choose one of: all, kernels_only"),
 ])
 def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
-    assert main(argv + ["--run-dir", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert_cli_error(argv, needle, tmp_path, capsys)
 
 
 # ---- short runs under the jitted driver ------------------------------------------------------------
-SMALL = {"td3": {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 100},
-         "sac": {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 100},
-         "dqn": {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 100,
-                 "train_frequency": 2},
-         "ppo": {"hidden": "16,16", "num_envs": 2, "num_steps": 25, "minibatches": 2}}
-ENVS = {"td3": "probe:obs", "sac": "probe:obs", "dqn": "probe:d_obs", "ppo": "gymnax:CartPole-v1"}
-NETS = {"td3": ("actor", "critic"), "sac": ("actor", "critic"), "dqn": ("q",), "ppo": ("actor", "critic")}
-
-
 def trainer(agent, steps, intervention, extra=None, seeds=2):
-    ov = {f"{agent}.{k}": v for k, v in SMALL[agent].items()}
-    ov.update(METRICS_OFF)
-    ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100, "run.checkpoint_every": 100,
-               "run.driver": "jit"})
-    ov.update(extra or {})
-    return make_trainer(build(agent, intervention, overrides=ov, env=ENVS[agent], steps=steps, seeds=seeds))
+    return tiny_trainer(agent, intervention, steps, extra, seeds)
 
 
 # td3 and sac are `slow` variants (run them with -m "") to keep this file short; dqn also resumes below
@@ -235,13 +216,5 @@ def test_short_run_every_agent(tmp_path, agent):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    kw = dict(intervention="l2init+weight_decay")  # the short dqn run's program: its compilation is cached
-    full = trainer("dqn", 300, **kw)
-    full.run(tmp_path / "full")
-    trainer("dqn", 200, **kw).run(tmp_path / "split")
-    resumed = trainer("dqn", 300, **kw)
-    resumed.run(tmp_path / "split", resume=True)
-    for a, b in zip(jax.tree.leaves(full.final_state), jax.tree.leaves(resumed.final_state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "sps"} for r in rs]  # noqa: E731
-    assert strip(rows(tmp_path / "full")) == strip(rows(tmp_path / "split"))
+    # the short dqn run's program: its compilation is cached
+    assert_resume_identical(lambda n: trainer("dqn", n, "l2init+weight_decay"), tmp_path, 300, 200)

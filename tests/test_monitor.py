@@ -195,6 +195,9 @@ def test_fixed_probe_keeps_the_first_indices():
 def test_gradient_group_inside_the_core_on_network_a():
     """metrics.md §10.1 Network A through core.gradient_step with plain SGD (lr 0.1): the gradient
     statistics are the spec's numbers and the update/parameter ratio is lr * |g| / |theta|."""
+    params = {"hidden_0": {"kernel": jnp.array([[1.0, -1.0, 2.0]]), "bias": jnp.zeros(3)},
+              "output": {"kernel": jnp.array([[1.0], [1.0], [0.5]]), "bias": jnp.zeros(1)}}
+
     class A:  # the minimal agent the monitor reads
         nets = {"q": Net.of("q", MLP((3,), 1), optax.sgd(0.1))}
         policy_net = critic_net = "q"
@@ -204,14 +207,15 @@ def test_gradient_group_inside_the_core_on_network_a():
         def action_example():
             return jnp.zeros((), jnp.int32)
 
+        def init(self, key):
+            return AgentState(nets={"q": NetState(params, self.nets["q"].tx.init(params))}, targets={}, logs={})
+
         def net_inputs(self, state, batch):
             return {"q": batch["obs"]}
 
     agent = A()
     net = agent.nets["q"]
-    params = {"hidden_0": {"kernel": jnp.array([[1.0, -1.0, 2.0]]), "bias": jnp.zeros(3)},
-              "output": {"kernel": jnp.array([[1.0], [1.0], [0.5]]), "bias": jnp.zeros(1)}}
-    ns = NetState(params, net.tx.init(params))
+    ns = agent.init(KEY).nets["q"]
 
     mon = Monitor(MetricsConfig(activity_every=0, rank_every=0, churn_every=0, ntk_every=0), agent)
     m = mon.init(KEY, agent, AgentState(nets={"q": ns}, targets={}, logs={}))

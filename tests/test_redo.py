@@ -9,14 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import METRICS_OFF
-from plastic.cli import main
-from plastic.config import build
+from helpers import assert_cli_error, assert_resume_identical, tiny_trainer
 from plastic.core import Net, NetState, gradient_step
 from plastic.interventions.redo import ReDo, ReDoConfig
 from plastic.networks import MLP, ConvNet
 from plastic.surgery import touched_entries
-from plastic.trainer import make_trainer
 
 KEY = jax.random.PRNGKey(0)
 
@@ -194,18 +191,12 @@ def test_events_fire_on_multiples_of_the_period_and_compile_once():
     assert float(state["redo"]["critic"]["reset_fraction"]["hidden_0"]) > 0
 
 
-SMALL = {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 50}
-RUNS = {"td3": "probe:obs", "sac": "probe:obs", "dqn": "probe:d_obs", "ppo": "probe:obs"}
-
-
 def trainer(agent, steps, seeds=2, extra=None):
     small = ({"hidden": "16,16", "num_envs": 2, "num_steps": 16, "minibatches": 2} if agent == "ppo"
-             else dict(SMALL))
-    ov = {f"{agent}.{k}": v for k, v in small.items()}
-    ov.update(METRICS_OFF)
-    ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
-               "run.checkpoint_every": 100, "redo.period": 10, "redo.tau": 0.1, **(extra or {})})
-    return make_trainer(build(agent, "redo", overrides=ov, env=RUNS[agent], steps=steps, seeds=seeds))
+             else {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 50})
+    return tiny_trainer(agent, "redo", steps, {"run.driver": "auto", "redo.period": 10, "redo.tau": 0.1,
+                                               **(extra or {})}, seeds, env="probe:obs" if agent != "dqn" else None,
+                        small=small)
 
 
 # the other agents repeat the same path with a longer compile: `python -m pytest -m slow tests/test_redo.py`
@@ -220,13 +211,7 @@ def test_runs_under_the_jitted_driver(tmp_path, agent):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    full = trainer("dqn", 200)
-    full.run(tmp_path / "full")
-    trainer("dqn", 100).run(tmp_path / "split")
-    resumed = trainer("dqn", 200)
-    resumed.run(tmp_path / "split", resume=True)
-    for a, b in zip(jax.tree.leaves(full.final_state), jax.tree.leaves(resumed.final_state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    full = assert_resume_identical(lambda n: trainer("dqn", n), tmp_path, 200, 100)
     assert np.all(np.asarray(full.final_state[0].interventions["redo"]["q"]["events"]) > 0)
 
 
@@ -238,6 +223,4 @@ def test_resume_is_bit_identical(tmp_path):
     (["--redo.networks", "value"], "redo.networks=value is not valid; choose among: actor, critic"),
 ])
 def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
-    assert main(["--intervention", "redo", *argv, "--run-dir", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert needle in err and "\n" not in err
+    assert_cli_error(["--intervention", "redo", *argv], needle, tmp_path, capsys)

@@ -8,13 +8,10 @@ import optax
 import pytest
 
 import agents
-from helpers import METRICS_OFF
-from plastic.cli import main
-from plastic.config import build
+from helpers import assert_cli_error, assert_resume_identical, tiny_trainer
 from plastic.core import Net
 from plastic.interventions.reset import Reset, ResetConfig
 from plastic.networks import ConvNet
-from plastic.trainer import make_trainer
 
 KEY = jax.random.PRNGKey(0)
 
@@ -138,16 +135,10 @@ def test_schedules_fire_at_the_right_counts():
     assert u[fired["actor"]].tolist()[:2] == [21, 42]
 
 
-SMALL = {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 50}
-ENVS = {"td3": "probe:obs", "sac": "probe:obs", "dqn": "probe:d_obs"}
-
-
 def trainer(agent, steps, seeds=2, extra=None):
-    ov = {f"{agent}.{k}": v for k, v in SMALL.items()}
-    ov.update(METRICS_OFF)
-    ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 50,
-               "run.checkpoint_every": 100, "reset.interval": 60, **(extra or {})})
-    return make_trainer(build(agent, "reset", overrides=ov, env=ENVS[agent], steps=steps, seeds=seeds))
+    small = {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 50}
+    return tiny_trainer(agent, "reset", steps, {"run.log_every": 50, "reset.interval": 60, **(extra or {})}, seeds,
+                        small=small)
 
 
 # the continuous agents repeat the same path with a longer compile: `python -m pytest -m slow tests/test_reset.py`
@@ -161,13 +152,7 @@ def test_runs_under_the_jitted_driver(tmp_path, agent):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    full = trainer("dqn", 200)
-    full.run(tmp_path / "full")
-    trainer("dqn", 100).run(tmp_path / "split")
-    resumed = trainer("dqn", 200)
-    resumed.run(tmp_path / "split", resume=True)
-    for a, b in zip(jax.tree.leaves(full.final_state), jax.tree.leaves(resumed.final_state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    full = assert_resume_identical(lambda n: trainer("dqn", n), tmp_path, 200, 100)
     assert np.asarray(full.final_state[0].interventions["reset"]["count"]).tolist() == [3, 3]
 
 
@@ -180,6 +165,4 @@ def test_resume_is_bit_identical(tmp_path):
     (["--agent", "ppo"], "intervention 'reset' does not apply to agent 'ppo'"),
 ])
 def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
-    code = main(["--intervention", "reset", *argv, "--run-dir", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and needle in err and "\n" not in err
+    assert_cli_error(["--intervention", "reset", *argv], needle, tmp_path, capsys)

@@ -9,13 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import METRICS_OFF, rows
-from plastic.cli import main
-from plastic.config import build
+from helpers import NETS, assert_cli_error, assert_resume_identical, rows, tiny_trainer
 from plastic.core import Net, NetState, UpdateContext, gradient_step
 from plastic.interventions.shrink_perturb import ShrinkPerturb, ShrinkPerturbConfig
 from plastic.networks import MLP
-from plastic.trainer import make_trainer
 
 X = jnp.zeros((4, 3))
 
@@ -120,28 +117,13 @@ def test_schedule_through_gradient_step_and_optimizer_reset():
      "choose one of: layer_init, he_uniform"),
 ])
 def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
-    assert main(argv + ["--run-dir", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert_cli_error(argv, needle, tmp_path, capsys)
 
 
 # ---- short runs under the jitted driver ------------------------------------------------------------
-SMALL = {"td3": {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 100},
-         "sac": {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 100},
-         "dqn": {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 100,
-                 "train_frequency": 2},
-         "ppo": {"hidden": "16,16", "num_envs": 2, "num_steps": 25, "minibatches": 2}}
-ENVS = {"td3": "probe:obs", "sac": "probe:obs", "dqn": "probe:d_obs", "ppo": "gymnax:CartPole-v1"}
-NETS = {"td3": ("actor", "critic"), "sac": ("actor", "critic"), "dqn": ("q",), "ppo": ("actor", "critic")}
-
-
 def trainer(agent, steps, extra=None, seeds=2):
-    ov = {f"{agent}.{k}": v for k, v in SMALL[agent].items()}
-    ov.update(METRICS_OFF)
-    ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100, "run.checkpoint_every": 100,
-               "run.driver": "jit", "shrink_perturb.mode": "fresh_noise", "shrink_perturb.period": 7})
-    ov.update(extra or {})
-    return make_trainer(build(agent, "shrink_perturb", overrides=ov, env=ENVS[agent], steps=steps, seeds=seeds))
+    return tiny_trainer(agent, "shrink_perturb", steps, {"shrink_perturb.mode": "fresh_noise",
+                                                         "shrink_perturb.period": 7, **(extra or {})}, seeds)
 
 
 # td3 and sac are `slow` variants (run them with -m "") to keep this file short; dqn also resumes below
@@ -161,13 +143,5 @@ def test_short_run_every_agent(tmp_path, agent):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    full = trainer("dqn", 300)
-    full.run(tmp_path / "full")
-    trainer("dqn", 200).run(tmp_path / "split")
-    resumed = trainer("dqn", 300)
-    resumed.run(tmp_path / "split", resume=True)
-    for a, b in zip(jax.tree.leaves(full.final_state), jax.tree.leaves(resumed.final_state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    full = assert_resume_identical(lambda n: trainer("dqn", n), tmp_path, 300, 200)
     assert int(full.final_state[0].interventions["shrink_perturb"]["q"]["events"][0]) > 0
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "sps"} for r in rs]  # noqa: E731
-    assert strip(rows(tmp_path / "full")) == strip(rows(tmp_path / "split"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from plastic.interventions.base import Intervention, choice as _choice
+from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 
 L2_FORMS = ("squared", "unsquared_norm")
 SCALE_CONVENTIONS = ("lambda", "half_lambda")
@@ -42,10 +42,6 @@ def kernel_mask(params):
         last = path[-1] if path else None
         return getattr(last, "key", None) == "kernel"
     return jax.tree_util.tree_map_with_path(is_kernel, params)
-
-
-def selected_nets(agent, roles):
-    return [n for n in agent.nets.values() if agent.role(n.name) in roles]
 
 
 def _sq_dist(params, anchor, mask):
@@ -82,7 +78,7 @@ class L2Init(Intervention):
         if agent_state is None:
             raise ValueError("l2init needs the freshly initialised agent state to store θ₀")
         return {n.name: {"anchor": agent_state.nets[n.name].params, "dist": jnp.zeros(())}
-                for n in selected_nets(agent, self.cfg.networks)}
+                for n in nets_with_roles(agent, self.cfg.networks)}
 
     def _mask(self, params):
         if self.cfg.params == "kernels":
@@ -151,7 +147,7 @@ class WeightDecay(Intervention):
         _networks("weight_decay", c.networks)
 
     def init(self, key, agent, agent_state=None):
-        return {n.name: {"param_norm": jnp.zeros(())} for n in selected_nets(agent, self.cfg.networks)}
+        return {n.name: {"param_norm": jnp.zeros(())} for n in nets_with_roles(agent, self.cfg.networks)}
 
     def _decay(self, params):
         """λ·θ on the masked leaves, 0 elsewhere."""

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from metrics.units import normalize_scores, unit_magnitude
 from plastic.core import maybe
-from plastic.interventions.base import Intervention, choice as _choice
+from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.networks import get_path, set_path
 from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units
 
@@ -66,6 +66,7 @@ class ReDoConfig:
 class ReDo(Intervention):
     name = "redo"
     Config = ReDoConfig
+    resources = {"weight_writes": "share"}
     # LOP's ReDo for PPO (lop/rl/cfg/ant/redo.yml): tau 0.1 every 100 minibatch updates
     agent_defaults = {"ppo": {"period": 100, "tau": 0.1}}
 
@@ -107,7 +108,7 @@ class ReDo(Intervention):
         _choice("redo.ratio_aggregation", c.ratio_aggregation, AGGREGATIONS)
 
     def _nets(self, agent):
-        return [n for n in agent.nets.values() if n.layers and agent.role(n.name) in self.cfg.networks]
+        return nets_with_roles(agent, self.cfg.networks, with_units=True)
 
     def init(self, key, agent, agent_state=None):
         def one(net):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from plastic.core import maybe
-from plastic.interventions.base import Intervention, choice as _choice
+from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.networks import PROBE_POINTS
 from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units, touched_entries
 
@@ -49,6 +49,7 @@ class ReGraMaConfig:
 class ReGraMa(Intervention):
     name = "grama"
     Config = ReGraMaConfig
+    resources = {"weight_writes": "share"}
     # PPO: every 100 minibatch updates (interventions.md §1.4, by analogy with LOP's ReDo-for-PPO setting)
     agent_defaults = {"ppo": {"period": 100}}
 
@@ -71,7 +72,7 @@ class ReGraMa(Intervention):
         _choice("grama.optimizer", c.optimizer, OPTIMIZER)
 
     def _nets(self, agent):
-        return [n for n in agent.nets.values() if n.layers and agent.role(n.name) in self.cfg.networks]
+        return nets_with_roles(agent, self.cfg.networks, with_units=True)
 
     def init(self, key, agent, agent_state=None):
         def one(net):

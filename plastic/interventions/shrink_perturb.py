@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 
 from plastic.core import maybe
-from plastic.interventions.base import Intervention, choice as _choice
-from plastic.interventions.l2 import ROLES, kernel_mask, selected_nets
+from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
+from plastic.interventions.l2 import ROLES, kernel_mask
 from plastic.networks import kernel_initializer
 
 MODES = ("toward_init", "fresh_noise")
@@ -48,6 +48,7 @@ class ShrinkPerturbConfig:
 class ShrinkPerturb(Intervention):
     name = "shrink_perturb"
     Config = ShrinkPerturbConfig
+    resources = {"weight_writes": "share"}
 
     def __init__(self, cfg, agent_name):
         super().__init__(cfg, agent_name)
@@ -82,7 +83,7 @@ class ShrinkPerturb(Intervention):
 
     # ---- state -----------------------------------------------------------------------------------
     def init(self, key, agent, agent_state=None):
-        nets = selected_nets(agent, self.cfg.networks)
+        nets = nets_with_roles(agent, self.cfg.networks)
         for net in nets:  # a fresh sample of every leaf from its own initializer (XLA drops the other nets)
             self._fresh[net.name] = lambda k, name=net.name: agent.init(k).nets[name].params
         out = {}
