@@ -21,15 +21,19 @@ import optax
 
 from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
 from plastic.core import Net, gradient_step, maybe, soft_update
-from plastic.networks import MLP, TORSOS, ConvNet
+from plastic.networks import TORSOS, ConvNet, build_network, check_options, validate_network, with_injection
+from plastic.optim import adam
 
 LOSSES = ("huber", "mse")
 
 
 @dataclass
 class DQNConfig:
-    hidden: tuple[int, ...] = (120, 84)   # Dense layers (after the convolutions with an image torso)
+    hidden: tuple[int, ...] = (120, 84)   # Dense layers (after the convolutions with an image torso);
+                                          # simba/bronet: the first is the width d
     torso: str = "mlp"                # mlp | nature (Nature-CNN, Atari) | minatar (one 16x3x3 conv)
+    network: str = "mlp"              # mlp | simba | bronet (residual nets; torso=mlp only)
+    blocks: int = 2                   # simba/bronet residual blocks (the papers' critic setting)
     activation: str = "relu"
     init: str = "lecun_normal"
     lr: float = 2.5e-4
@@ -59,10 +63,12 @@ class DQN(DiscreteActions):
     image_obs = True  # build_agent passes the observation's shape and dtype (for the CNN torsos)
 
     def __init__(self, cfg: DQNConfig, obs_size: int, action_size: int, probe_point="pre_activation",
-                 obs_shape=None, obs_dtype="float32"):
+                 obs_shape=None, obs_dtype="float32", options: dict | None = None):
         self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
+        self.options = opts = check_options(self.name, options, ("q",))
+        inject = "q" in opts.get("inject", ())
         if cfg.torso == "mlp":
-            q = MLP(cfg.hidden, action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
+            q = build_network(cfg, action_size, probe_point=probe_point, inject=inject)
         else:
             shape = tuple(obs_shape or (obs_size,))
             if len(shape) != 3:
@@ -71,8 +77,9 @@ class DQN(DiscreteActions):
             # uint8 frames (Atari) are scaled to [0, 1]; MinAtar's 0/1 grids are used as they are
             scale = 1.0 / 255.0 if str(obs_dtype) == "uint8" else 1.0
             q = ConvNet(shape, TORSOS[cfg.torso], cfg.hidden, action_size, cfg.activation, cfg.init, scale,
-                        probe_point)
-        self.q = Net.of("q", q, optax.adam(cfg.lr, eps=cfg.adam_eps), cfg.lr)
+                        probe_point, inject=inject)
+        tx = adam(cfg.lr, eps=cfg.adam_eps, count=opts.get("adam_count", "global"))
+        self.q = Net.of("q", q, with_injection(tx, q), cfg.lr)
         self.nets = {"q": self.q}
 
     def role(self, net_name: str) -> str:
@@ -145,6 +152,10 @@ class DQN(DiscreteActions):
     def validate(cfg: DQNConfig) -> None:
         if cfg.torso not in TORSOS:
             raise ValueError(f"dqn.torso={cfg.torso!r}; valid: {', '.join(TORSOS)}")
+        validate_network(cfg, "dqn")
+        if cfg.network != "mlp" and cfg.torso != "mlp":
+            raise ValueError(f"dqn.network={cfg.network} has no image torso; use dqn.network=mlp with "
+                             f"dqn.torso={cfg.torso}, or dqn.torso=mlp")
         if cfg.loss not in LOSSES:
             raise ValueError(f"dqn.loss={cfg.loss!r}; valid: {', '.join(LOSSES)}")
         if cfg.reward_clip < 0:

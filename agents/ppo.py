@@ -19,8 +19,11 @@ truncated episode, and the GAE recursion is cut at every episode end (`gae` belo
 Normalisation (`norm_obs`, `norm_reward`) keeps its running statistics in `AgentState.extra`; they are
 updated after each iteration's epochs, so one rollout is normalised with one set of statistics.
 
-The policy loss hands its per-sample terms (`logp`, `logp_old`, `adv`) to the `loss_term` hook as the
-loss's aux, so a trust-region method such as GTR can add its own term next to (or instead of) clipping.
+The policy loss hands its per-sample terms (`logp`, `logp_old`, `adv`, the clipped `surrogate`, the
+distribution parameters `dist`) to the `loss_term` hook as the loss's aux, so a trust-region method such as
+GTR can add its own term next to (or instead of) clipping. Interventions can add per-sample columns to the
+rollout once per iteration (`rollout_columns` hook, before the epochs, outside the gradient; they reach the
+loss as `aux["columns"]`) and act after the epochs (`post_iteration` hook).
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ import optax
 
 from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
 from plastic.core import Net, gradient_step
-from plastic.networks import MLP, GaussianHead
+from plastic.networks import GaussianHead, build_network, check_options, validate_network, with_injection
+from plastic.optim import adam
 from plastic.normalize import RunningStats
 
 LOG_2PI_E = float(jnp.log(2 * jnp.pi) + 1.0)
@@ -40,7 +44,9 @@ LOG_2PI_E = float(jnp.log(2 * jnp.pi) + 1.0)
 
 @dataclass
 class PPOConfig:
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[int, ...] = (64, 64)    # mlp: layer widths; simba/bronet: the first is the width d
+    network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
+    blocks: int = 2                   # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = "tanh"
     init: str = "orthogonal"          # CleanRL layer_init: gain sqrt(2); heads 0.01 (policy), 1 (value)
     lr: float = 2.5e-4
@@ -92,16 +98,18 @@ class PPO:
     roles = {"actor": "actor", "critic": "critic"}
 
     def __init__(self, cfg: PPOConfig, obs_size: int, action_size: int, probe_point="pre_activation",
-                 discrete: bool = True, total_steps: int = 0):
+                 discrete: bool = True, total_steps: int = 0, options: dict | None = None):
         self.cfg, self.obs_size, self.action_size, self.discrete = cfg, obs_size, action_size, discrete
-        mlp = lambda out, scale: MLP(cfg.hidden, out, cfg.activation, kernel_init=cfg.init,  # noqa: E731
-                                     out_init_scale=scale, probe_point=probe_point)
+        self.options = opts = check_options(self.name, options, ("actor", "critic"))
+        inject, count = opts.get("inject", ()), opts.get("adam_count", "global")
+        net = lambda out, scale, name: build_network(  # noqa: E731
+            cfg, out, out_init_scale=scale, probe_point=probe_point, inject=name in inject)
         # output scales: gain 0.01 (policy) and 1 (value) for orthogonal init; 1 for the others
         ortho = cfg.init == "orthogonal"
-        pi = mlp(action_size, 5e-5 if ortho else 1.0)
+        pi = net(action_size, 5e-5 if ortho else 1.0, "actor")
         if not self.discrete:
             pi = GaussianHead(pi, cfg.log_std_init)
-        v = mlp(1, 0.5 if ortho else 1.0)
+        v = net(1, 0.5 if ortho else 1.0, "critic")
         self.batch_size = cfg.num_envs * cfg.num_steps
         self.minibatch_size = self.batch_size // cfg.minibatches
         lr = cfg.lr
@@ -109,11 +117,11 @@ class PPO:
         if cfg.anneal_lr and iterations > 0:
             per_iter = cfg.epochs * cfg.minibatches
             lr = lambda count: cfg.lr * jnp.maximum(1.0 - (count // per_iter) / iterations, 0.0)  # noqa: E731
-        tx = lambda: optax.chain(  # noqa: E731
+        tx = lambda module: with_injection(optax.chain(  # noqa: E731
             optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0 else optax.identity(),
-            optax.adam(lr, eps=1e-5))
-        self.actor = Net.of("actor", pi, tx(), cfg.lr)
-        self.critic = Net.of("critic", v, tx(), cfg.lr)
+            adam(lr, eps=1e-5, count=count)), module)
+        self.actor = Net.of("actor", pi, tx(pi), cfg.lr)
+        self.critic = Net.of("critic", v, tx(v), cfg.lr)
         self.nets = {"actor": self.actor, "critic": self.critic}
 
     def role(self, net_name: str) -> str:
@@ -178,6 +186,14 @@ class PPO:
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731
         data = {"obs": flat(obs), "action": flat(rollout["action"]), "logp": flat(logp_old),
                 "adv": flat(adv), "ret": flat(ret), "value": flat(value)}
+        columns = {}  # `rollout_columns` hook: per-sample columns computed once per rollout (GTR's anchors)
+        for iv in interventions:
+            cols, s = iv.rollout_columns(self, state, istate[iv.name], data)
+            istate = {**istate, iv.name: s}
+            if cols:
+                columns[iv.name] = cols
+        if columns:
+            data["columns"] = columns
 
         def minibatch(carry, mb):
             nets, istate, counters, key = carry
@@ -205,7 +221,10 @@ class PPO:
         if c.norm_obs:
             extra["obs_rms"] = state.extra["obs_rms"].update(rollout["obs"])
         logs = {**state.logs, **jax.tree.map(lambda x: x[-1, -1], stats)}
-        return state.replace(nets=nets, logs=logs, extra=extra), istate, counters
+        state = state.replace(nets=nets, logs=logs, extra=extra)
+        for iv in interventions:  # `post_iteration` hook (e.g. the adaptive KL-penalty coefficient)
+            istate = {**istate, iv.name: iv.post_iteration(self, state, istate[iv.name], data)}
+        return state, istate, counters
 
     def _policy_loss(self, params, probes, mb):
         c = self.cfg
@@ -218,7 +237,8 @@ class PPO:
         ratio = jnp.exp(log_ratio)
         surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - c.clip_coef, 1.0 + c.clip_coef) * adv)
         loss = -surrogate.mean() - c.ent_coef * entropy.mean()
-        aux = {"logp": logp, "logp_old": mb["logp"], "adv": adv, "entropy": entropy.mean(),
+        aux = {"logp": logp, "logp_old": mb["logp"], "adv": adv, "surrogate": surrogate, "dist": out,
+               **({"columns": mb["columns"]} if "columns" in mb else {}), "entropy": entropy.mean(),
                "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),  # the k3 estimator of KL(old || new)
                "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > c.clip_coef)}
         return loss, aux
@@ -250,6 +270,7 @@ class PPO:
 
     @staticmethod
     def validate(cfg: PPOConfig) -> None:
+        validate_network(cfg, "ppo")
         for k in ("num_envs", "num_steps", "epochs", "minibatches"):
             if getattr(cfg, k) <= 0:
                 raise ValueError(f"ppo.{k} must be > 0, got {getattr(cfg, k)}")

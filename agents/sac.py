@@ -11,18 +11,20 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
-from plastic.networks import MLP
+from plastic.networks import build_network, check_options, validate_network, with_injection
+from plastic.optim import adam
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 @dataclass
 class SACConfig:
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (256, 256)   # mlp: layer widths; simba/bronet: the first is the width d
+    network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
+    blocks: int = 2                   # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = "relu"
     init: str = "lecun_normal"
     actor_lr: float = 3e-4
@@ -45,16 +47,24 @@ class SAC(ContinuousActions):
     Config = SACConfig
     roles = {"actor": "actor", "critic": "critic", "alpha": "temperature"}
 
-    def __init__(self, cfg: SACConfig, obs_size: int, action_size: int, probe_point="pre_activation"):
+    def __init__(self, cfg: SACConfig, obs_size: int, action_size: int, probe_point="pre_activation",
+                 options: dict | None = None):
         self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
-        actor = MLP(cfg.hidden, 2 * action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
-        critic = MLP(cfg.hidden, 1, cfg.activation, ensemble=2, kernel_init=cfg.init, probe_point=probe_point)
-        self.actor = Net.of("actor", actor, optax.adam(cfg.actor_lr), cfg.actor_lr)
-        self.critic = Net.of("critic", critic, optax.adam(cfg.critic_lr), cfg.critic_lr)
-        self.alpha = Net("alpha", optax.adam(cfg.alpha_lr),
+        self.options = opts = check_options(self.name, options, ("actor", "critic"))
+        inject, count = opts.get("inject", ()), opts.get("adam_count", "global")
+        actor = build_network(cfg, 2 * action_size, probe_point=probe_point, inject="actor" in inject)
+        critic = build_network(cfg, 1, ensemble=2, probe_point=probe_point, inject="critic" in inject)
+        self.actor = Net.of("actor", actor, with_injection(adam(cfg.actor_lr, count=count), actor), cfg.actor_lr)
+        self.critic = Net.of("critic", critic, with_injection(adam(cfg.critic_lr, count=count), critic),
+                             cfg.critic_lr)
+        self.alpha = Net("alpha", adam(cfg.alpha_lr, count=count),
                          init_fn=lambda key: {"log_alpha": jnp.log(jnp.asarray(cfg.alpha, jnp.float32))})
         self.nets = {"actor": self.actor, "critic": self.critic, "alpha": self.alpha}
         self.target_entropy = -float(action_size)
+
+    @staticmethod
+    def validate(cfg: SACConfig) -> None:
+        validate_network(cfg, "sac")
 
     def role(self, net_name: str) -> str:
         return self.roles[net_name]
@@ -93,14 +103,9 @@ class SAC(ContinuousActions):
     def update(self, state: AgentState, batch, counters, key, interventions=(), istate=None):
         c = self.cfg
         k_next, k_critic, k_actor = jax.random.split(key, 3)
-        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        obs, action = batch["obs"], batch["action"]
         B = obs.shape[0]
-        alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
-
-        next_a, next_logp, _, _ = self.policy(state.nets["actor"].params, next_obs, k_next)
-        q_next = self.critic.apply(state.targets["critic"], squash_obs_action(next_obs, next_a))[0][..., 0]
-        soft_v = jnp.min(q_next, axis=0) - alpha * next_logp
-        y = batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * soft_v
+        y = self.td_target(state, batch, k_next)
 
         def critic_loss(params, probes):
             q = self.critic.apply(params, squash_obs_action(obs, action), probes)[0][..., 0]
@@ -161,3 +166,22 @@ class SAC(ContinuousActions):
 
     def critic_scalar(self, out, batch):
         return out[..., 0]  # [2, B]: both critics
+
+    # ---- what LEAST (plastic/interventions/least.py) reads, besides the above ------------------------
+    def td_target(self, state: AgentState, batch, key, deterministic: bool = False):
+        """The critic's soft TD target `y` [B] on `batch`, exactly as `update` forms it: next action sampled
+        from the current actor with `key`, min of the target twins minus alpha log-prob, bootstrapped unless
+        `terminated`. `deterministic`: the pre-tanh Gaussian's mean instead of a sample (log-prob at it)."""
+        c = self.cfg
+        next_obs = batch["next_obs"]
+        alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
+        if deterministic:
+            mean, log_std = self._gaussian(self.actor.apply(state.nets["actor"].params, next_obs)[0])
+            next_a = jnp.tanh(mean)
+            next_logp = (jnp.sum(-log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
+                         - jnp.sum(jnp.log(1.0 - jnp.square(next_a) + 1e-6), axis=-1))
+        else:
+            next_a, next_logp, _, _ = self.policy(state.nets["actor"].params, next_obs, key)
+        q_next = self.critic.apply(state.targets["critic"], squash_obs_action(next_obs, next_a))[0][..., 0]
+        soft_v = jnp.min(q_next, axis=0) - alpha * next_logp
+        return batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * soft_v

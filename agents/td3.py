@@ -9,16 +9,18 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
-from plastic.networks import MLP
+from plastic.networks import build_network, check_options, validate_network, with_injection
+from plastic.optim import adam
 
 
 @dataclass
 class TD3Config:
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (256, 256)   # mlp: layer widths; simba/bronet: the first is the width d
+    network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
+    blocks: int = 2                   # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = "relu"
     init: str = "lecun_normal"
     actor_lr: float = 3e-4
@@ -41,13 +43,21 @@ class TD3(ContinuousActions):
     Config = TD3Config
     roles = {"actor": "actor", "critic": "critic"}
 
-    def __init__(self, cfg: TD3Config, obs_size: int, action_size: int, probe_point="pre_activation"):
+    def __init__(self, cfg: TD3Config, obs_size: int, action_size: int, probe_point="pre_activation",
+                 options: dict | None = None):
         self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
-        actor = MLP(cfg.hidden, action_size, cfg.activation, kernel_init=cfg.init, probe_point=probe_point)
-        critic = MLP(cfg.hidden, 1, cfg.activation, ensemble=2, kernel_init=cfg.init, probe_point=probe_point)
-        self.actor = Net.of("actor", actor, optax.adam(cfg.actor_lr), cfg.actor_lr)
-        self.critic = Net.of("critic", critic, optax.adam(cfg.critic_lr), cfg.critic_lr)
+        self.options = opts = check_options(self.name, options, ("actor", "critic"))
+        inject, count = opts.get("inject", ()), opts.get("adam_count", "global")
+        actor = build_network(cfg, action_size, probe_point=probe_point, inject="actor" in inject)
+        critic = build_network(cfg, 1, ensemble=2, probe_point=probe_point, inject="critic" in inject)
+        self.actor = Net.of("actor", actor, with_injection(adam(cfg.actor_lr, count=count), actor), cfg.actor_lr)
+        self.critic = Net.of("critic", critic, with_injection(adam(cfg.critic_lr, count=count), critic),
+                             cfg.critic_lr)
         self.nets = {"actor": self.actor, "critic": self.critic}
+
+    @staticmethod
+    def validate(cfg: TD3Config) -> None:
+        validate_network(cfg, "td3")
 
     def role(self, net_name: str) -> str:
         return self.roles[net_name]
@@ -74,13 +84,9 @@ class TD3(ContinuousActions):
     def update(self, state: AgentState, batch, counters, key, interventions=(), istate=None):
         c = self.cfg
         k_noise, k_critic, k_actor = jax.random.split(key, 3)
-        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        obs, action = batch["obs"], batch["action"]
         B = obs.shape[0]
-
-        noise = jnp.clip(c.target_noise * jax.random.normal(k_noise, action.shape), -c.noise_clip, c.noise_clip)
-        next_a = jnp.clip(self.policy(state.targets["actor"], next_obs)[0] + noise, -1.0, 1.0)
-        q_next = self.critic.apply(state.targets["critic"], squash_obs_action(next_obs, next_a))[0][..., 0]
-        y = batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * jnp.min(q_next, axis=0)
+        y = self.td_target(state, batch, k_noise)
 
         def critic_loss(params, probes):
             q = self.critic.apply(params, squash_obs_action(obs, action), probes)[0][..., 0]  # [2, B]
@@ -126,3 +132,17 @@ class TD3(ContinuousActions):
 
     def critic_scalar(self, out, batch):
         return out[..., 0]  # [2, B]: both critics
+
+    # ---- what LEAST (plastic/interventions/least.py) reads, besides the above ------------------------
+    def td_target(self, state: AgentState, batch, key, deterministic: bool = False):
+        """The critic's TD target `y` [B] on `batch`, exactly as `update` forms it: target actor with clipped
+        smoothing noise drawn from `key`, min of the target twins, bootstrapped unless `terminated`.
+        `deterministic`: without the smoothing noise."""
+        c = self.cfg
+        next_obs = batch["next_obs"]
+        noise = jnp.clip(c.target_noise * jax.random.normal(key, batch["action"].shape), -c.noise_clip, c.noise_clip)
+        if deterministic:
+            noise = jnp.zeros_like(noise)
+        next_a = jnp.clip(self.policy(state.targets["actor"], next_obs)[0] + noise, -1.0, 1.0)
+        q_next = self.critic.apply(state.targets["critic"], squash_obs_action(next_obs, next_a))[0][..., 0]
+        return batch["reward"] + c.gamma * (1.0 - batch["terminated"]) * jnp.min(q_next, axis=0)

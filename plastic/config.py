@@ -251,9 +251,11 @@ def validate(cfg: ExperimentConfig) -> None:
         nonstationary.validate(cfg.env, r.env)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    samplers = [n for n in cfg.interventions if iv_registry.REGISTRY[n].samples_replay]
-    if len(samplers) > 1:
-        raise ConfigError(f"interventions {' and '.join(samplers)} both replace the replay sampler; use one")
+    check_claims({n: iv_registry.REGISTRY[n](c, cfg.agent).claims() for n, c in cfg.interventions.items()})
+    try:
+        agent_options(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     for name, icfg in cfg.interventions.items():
         cls = iv_registry.REGISTRY[name]
         if cfg.agent not in cls.agents:
@@ -263,6 +265,50 @@ def validate(cfg: ExperimentConfig) -> None:
             cls(icfg, cfg.agent).validate(r, a)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def agent_options(cfg: ExperimentConfig) -> dict:
+    """The build options the active interventions need (`Intervention.agent_options`), merged; two of them
+    asking for different values of one option is a one-line error."""
+    merged, owner = {}, {}
+    for name, icfg in cfg.interventions.items():
+        for k, v in iv_registry.REGISTRY[name](icfg, cfg.agent).agent_options().items():
+            if k in merged and merged[k] != v:
+                raise ValueError(f"interventions {owner[k]} and {name} need the agent built with different "
+                                 f"{k} ({merged[k]!r} and {v!r}); drop one of them")
+            merged[k], owner[k] = v, name
+    return merged
+
+
+RESOURCE_WORDS = {"replay_sampler": "replace the replay sampler",
+                  "weight_support": "constrain which weights may be non-zero",
+                  "weight_writes": "write weights outside the optimizer",
+                  "policy_objective": "rewrite PPO's policy objective",
+                  "episode_stops": "end episodes early"}
+
+
+def check_claims(claims: dict) -> None:
+    """`claims`: intervention -> {resource: "own" | "share"}. A resource owned by one intervention and
+    claimed by another is a conflicting stack (two replay samplers; two rewrites of PPO's objective). Owning
+    "weight_support" (NE's connection masks) also excludes every "weight_writes" claim (a re-initialised
+    unit would put weight on masked connections)."""
+    users: dict[str, list] = {}
+    for name, cl in claims.items():
+        for resource, mode in cl.items():
+            users.setdefault(resource, []).append((name, mode))
+    excludes = {"weight_support": "weight_writes"}
+    for resource, us in users.items():
+        owner = next((n for n, m in us if m == "own"), None)
+        if owner is None:
+            continue
+        rivals = [(n, resource) for n, _ in us if n != owner]
+        rivals += [(n, excludes[resource]) for n, _ in users.get(excludes.get(resource, ""), []) if n != owner]
+        if rivals:
+            other, theirs = rivals[0]
+            why = (f"{owner} must be the only one to {RESOURCE_WORDS[resource]}" if theirs == resource else
+                   f"{owner} must {RESOURCE_WORDS[resource]} and {other} would {RESOURCE_WORDS[theirs]}")
+            raise ConfigError(f"interventions {owner} and {other} cannot be stacked: {why} ({resource}); "
+                              f"drop one of them")
 
 
 METRIC_BATCHES = ("fresh_replay", "fixed_probe")

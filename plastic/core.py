@@ -79,6 +79,8 @@ class UpdateContext:
     updates: Any = None        # the parameter updates the optimizer applied in this step
     inputs: Any = None         # the network's main input on this batch (e.g. to measure output jumps)
     params_before: Any = None  # the parameters this update started from
+    raw_grads: Any = None      # the loss gradients before any grad_transform (dense, e.g. NE's growth score)
+    opt_state_before: Any = None  # the optimizer state this update started from (to undo or skip a step)
 
 
 def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, key,
@@ -102,16 +104,18 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
 
     (_, (loss, aux)), (grads, probe_grads) = jax.value_and_grad(
         objective, argnums=(0, 1), has_aux=True)(ns.params, probes)
+    raw_grads = grads
     for iv in interventions:
         grads = iv.grad_transform(net, grads, ns.params, istate[iv.name])
     updates, opt_state = net.tx.update(grads, ns.opt_state, ns.params)
-    params_before = ns.params
+    params_before, opt_state_before = ns.params, ns.opt_state
     ns = NetState(optax.apply_updates(ns.params, updates), opt_state)
     count = count + 1
 
     scores = grama_scores(net.layers, probe_grads, grads, net.probe_point) if net.layers else {}
     ctx = UpdateContext(count=count, grads=grads, updates=updates, probe_grads=probe_grads, scores=scores,
-                        loss=loss, inputs=inputs, params_before=params_before)
+                        loss=loss, inputs=inputs, params_before=params_before, raw_grads=raw_grads,
+                        opt_state_before=opt_state_before)
     for i, iv in enumerate(interventions):
         ns, s = iv.post_update(net, ns, ctx, istate[iv.name], jax.random.fold_in(key, i))
         istate = {**istate, iv.name: s}

@@ -6,6 +6,19 @@ never infer structure from parameter order (see ../shared/specs/shared-mechanics
 
 Twin critics are one `MLP` with `ensemble=2`: kernels are `[E, in, out]`, so both critics run as one
 batched matmul per layer (a fused critic) and unit masks are `[E, H]`.
+
+Architectures (`network` in every agent's config, built by `build_network`):
+  mlp     `MLP`: [Dense -> act] * len(hidden) -> Dense(out)
+  simba   `SimBa` (Lee et al. 2024): Dense(d) -> N x [x + Dense(d)(act(Dense(4d)(LN(x))))] -> LN -> Dense(out)
+  bronet  `BroNet` (Nauman et al. 2024): act(LN(Dense(d))) -> N x [x + LN(Dense(d)(act(LN(Dense(d)(x)))))]
+          -> Dense(out)
+The residual networks' layer maps list only the units inside blocks (SimBa: the 4d expansion units; BroNet:
+each block's first Dense, normalised by its LayerNorm), never the width-d residual stream
+(shared-mechanics §1.2-1.3), so unit resets cannot touch the embedding, the skip path or the head.
+
+Plasticity injection (interventions.md §9): with `inject=True` a network also holds `output_new` and
+`output_ref` (copies of the output layer) and a scalar `inject_flag`; its output is
+`output(x) + [flag] (output_new(x) - output_ref(x))` (`InjectSpec` says where these live).
 """
 from __future__ import annotations
 
@@ -36,6 +49,7 @@ _INITS = {
 }
 INITIALIZERS = tuple(_INITS) + ("orthogonal",)
 PROBE_POINTS = ("pre_activation", "post_activation", "weight_grad")
+NETWORKS = ("mlp", "simba", "bronet")
 
 
 def kernel_initializer(name: str, ensemble: int = 0, scale: float = 1.0):
@@ -167,6 +181,87 @@ def probed_unit(act, z, name, probes, probe_point, acts):
     return x
 
 
+def output_head(mdl, x, out, ensemble, init, scale, inject):
+    """The output Dense `output`; with `inject`, also `output_new`, `output_ref` and the scalar parameter
+    `inject_flag`, and the output is `output(x) + (output_new(x) - output_ref(x))` once the flag is set
+    (interventions.md §9.2). The difference is taken first, so it is exactly 0 while the two copies are
+    equal (right at an injection). The flag counts as set above 0.5, so no gradient reaches it and an
+    intervention that nudges every parameter (shrink-and-perturb, weight decay) cannot half-set it."""
+    y = Dense(out, ensemble, init, scale, name="output")(x)
+    if not inject:
+        return y
+    new = Dense(out, ensemble, init, scale, name="output_new")(x)
+    ref = Dense(out, ensemble, init, scale, name="output_ref")(x)
+    flag = mdl.param("inject_flag", nn.initializers.zeros, ())
+    return jnp.where(jax.lax.stop_gradient(flag) > 0.5, y + (new - ref), y)
+
+
+@dataclass(frozen=True)
+class InjectSpec:
+    """Where a network's injection heads live (paths of Dense modules inside params; each has kernel and
+    bias) and the initializer of the head's kernel. Before injection the trainable head is `head`; after it,
+    `new`. `ref` and the flag are never trained."""
+    head: tuple[str, ...]
+    new: tuple[str, ...]
+    ref: tuple[str, ...]
+    flag: tuple[str, ...]
+    init: Callable
+
+    def prefixed(self, *pre: str) -> "InjectSpec":
+        return dataclasses.replace(self, head=(*pre, *self.head), new=(*pre, *self.new), ref=(*pre, *self.ref),
+                                   flag=(*pre, *self.flag))
+
+    def injected(self, params):
+        """Bool scalar: the injection flag is set."""
+        return get_path(params, self.flag) > 0.5
+
+    def groups(self):
+        return {"head": self.head, "new": self.new, "ref": self.ref, "flag": self.flag}
+
+    def frozen(self, tree, params):
+        """`tree` (shaped like params) with every entry that may not be trained now set to 0: `ref` and the
+        flag always, `head` once injected, `new` before."""
+        on = self.injected(params)
+        keep = {"head": ~on, "new": on, "ref": False, "flag": False}
+        for g, path in self.groups().items():
+            tree = set_path(tree, path, jax.tree.map(lambda x, k=keep[g]: jnp.where(k, x, jnp.zeros_like(x)),
+                                                     get_path(tree, path)))
+        return tree
+
+    def mask(self, params, groups=("head", "new", "ref", "flag")):
+        """Bool tree shaped like `params` (one bool per leaf): True on the leaves of `groups`."""
+        prefixes = [getattr(self, g) for g in groups]
+
+        def leaf(path, _):
+            keys = tuple(getattr(e, "key", getattr(e, "name", None)) for e in path)
+            return any(keys[:len(p)] == p for p in prefixes)
+        return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def freeze_injected(spec: InjectSpec):
+    """An optax transformation (chained after the optimizer) that zeroes the updates of the parts of an
+    injection head that are frozen now (`InjectSpec.frozen`), whatever other interventions did to the
+    gradients: the frozen head and reference head get exactly zero updates (interventions.md §9.2)."""
+    import optax
+
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        return spec.frozen(updates, params), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def with_injection(tx, module):
+    """`tx`, followed by `freeze_injected` if `module` was built with injection heads."""
+    spec = module.inject_spec() if hasattr(module, "inject_spec") else None
+    if spec is None:
+        return tx
+    import optax
+    return optax.chain(tx, freeze_injected(spec))
+
+
 class MLP(nn.Module):
     """`in -> [Dense -> (LN) -> act] * len(hidden) -> Dense(out)`.
 
@@ -182,6 +277,7 @@ class MLP(nn.Module):
     kernel_init: str = "lecun_normal"
     out_init_scale: float = 1.0
     probe_point: str = "pre_activation"
+    inject: bool = False               # plasticity injection heads (`output_head`)
 
     @nn.compact
     def __call__(self, x, probes=None):
@@ -193,7 +289,7 @@ class MLP(nn.Module):
             if self.layer_norm:
                 z = LayerNorm(self.ensemble, name=f"ln_{i}")(z)
             x = probed_unit(act, z, name, probes, self.probe_point, acts)
-        y = Dense(self.out, self.ensemble, self.kernel_init, self.out_init_scale, name="output")(x)
+        y = output_head(self, x, self.out, self.ensemble, self.kernel_init, self.out_init_scale, self.inject)
         return y, acts
 
     def layer_map(self) -> tuple[LayerSpec, ...]:
@@ -202,7 +298,7 @@ class MLP(nn.Module):
             LayerSpec(
                 name=names[i], layer_id=i, width=w, ensemble=self.ensemble,
                 kernel=(names[i], "kernel"), bias=(names[i], "bias"),
-                consumers=((names[i + 1], "kernel"),),
+                consumers=_head_consumers(names[i + 1], self.inject),
                 init=kernel_initializer(self.kernel_init, self.ensemble),
                 layer_norm=((f"ln_{i}", "scale"), (f"ln_{i}", "bias")) if self.layer_norm else None,
             )
@@ -212,6 +308,24 @@ class MLP(nn.Module):
     def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         lead = (self.ensemble,) if self.ensemble else ()
         return {f"hidden_{i}": (*lead, batch_size, w) for i, w in enumerate(self.hidden)}
+
+    def inject_spec(self) -> InjectSpec | None:
+        return _inject_spec(self.inject, kernel_initializer(self.kernel_init, self.ensemble, self.out_init_scale))
+
+
+def _head_consumers(name: str, inject: bool) -> tuple[tuple[str, ...], ...]:
+    """The kernels that read a layer's units: the next layer's, and with injection heads all three heads'
+    when the next layer is the output (so a unit reset zeroes its rows in every head copy)."""
+    if name == "output" and inject:
+        return tuple((n, "kernel") for n in ("output", "output_new", "output_ref"))
+    return ((name, "kernel"),)
+
+
+def _inject_spec(inject: bool, init) -> InjectSpec | None:
+    if not inject:
+        return None
+    return InjectSpec(head=("output",), new=("output_new",), ref=("output_ref",), flag=("inject_flag",),
+                      init=init)
 
 
 class GaussianHead(nn.Module):
@@ -240,6 +354,137 @@ class GaussianHead(nn.Module):
     def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         return self.mlp.probe_shapes(batch_size)
 
+    def inject_spec(self) -> InjectSpec | None:
+        """The mean's head is injected; the free log-std vector is not part of it and keeps training."""
+        spec = self.mlp.inject_spec()
+        return None if spec is None else spec.prefixed("mlp")
+
+
+class _Residual(nn.Module):
+    """Shared fields and bookkeeping of the residual networks (`SimBa`, `BroNet`): `width` is the residual
+    stream's width d, `blocks` the number of residual blocks. Every Dense uses `kernel_init` (the agent's
+    `init`); the output layer `out_init_scale`. The units of block i are the layer `block_{i}_hidden`; its
+    consumer is the block's second Dense `block_{i}_out`."""
+    width: int
+    blocks: int
+    out: int
+    activation: str = "relu"
+    ensemble: int = 0
+    kernel_init: str = "lecun_normal"
+    out_init_scale: float = 1.0
+    probe_point: str = "pre_activation"
+    inject: bool = False
+    expansion: int = 1                 # block units = expansion * width (SimBa: 4)
+    unit_layer_norm: bool = False      # a LayerNorm over the block units, before the activation (BroNet)
+
+    @property
+    def units(self) -> int:
+        return self.expansion * self.width
+
+    def layer_map(self) -> tuple[LayerSpec, ...]:
+        init = kernel_initializer(self.kernel_init, self.ensemble)
+        return tuple(LayerSpec(
+            name=f"block_{i}_hidden", layer_id=i, width=self.units, ensemble=self.ensemble,
+            kernel=(f"block_{i}_hidden", "kernel"), bias=(f"block_{i}_hidden", "bias"),
+            consumers=((f"block_{i}_out", "kernel"),), init=init,
+            layer_norm=((f"block_{i}_ln", "scale"), (f"block_{i}_ln", "bias")) if self.unit_layer_norm else None)
+            for i in range(self.blocks))
+
+    def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        lead = (self.ensemble,) if self.ensemble else ()
+        return {f"block_{i}_hidden": (*lead, batch_size, self.units) for i in range(self.blocks)}
+
+    def inject_spec(self) -> InjectSpec | None:
+        return _inject_spec(self.inject, kernel_initializer(self.kernel_init, self.ensemble, self.out_init_scale))
+
+    def _dense(self, features, name):
+        return Dense(features, self.ensemble, self.kernel_init, name=name)
+
+    def _ln(self, name):
+        return LayerNorm(self.ensemble, name=name)
+
+    def _head(self, x):
+        return output_head(self, x, self.out, self.ensemble, self.kernel_init, self.out_init_scale, self.inject)
+
+
+class SimBa(_Residual):
+    """SimBa (Lee et al. 2024, "SimBa: Simplicity Bias for Scaling Up Parameters in Deep RL"):
+    `Dense(d) -> blocks x [x + Dense(d)(act(Dense(4d)(LN(x))))] -> LN -> Dense(out)`.
+
+    The block's LayerNorm normalises the residual stream, not the 4d units, so a unit reset has no
+    LayerNorm caveat here. The paper's running-statistics observation normalisation is not part of the
+    network (PPO has `norm_obs`; off-policy agents see raw observations)."""
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x, probes=None):
+        act, acts = ACTIVATIONS[self.activation], {}
+        x = self._dense(self.width, "embed")(x)
+        for i in range(self.blocks):
+            z = self._dense(self.units, f"block_{i}_hidden")(self._ln(f"block_{i}_pre_ln")(x))
+            h = probed_unit(act, z, f"block_{i}_hidden", probes, self.probe_point, acts)
+            x = x + self._dense(self.width, f"block_{i}_out")(h)
+        return self._head(self._ln("final_ln")(x)), acts
+
+
+class BroNet(_Residual):
+    """BroNet (Nauman et al. 2024, "Bigger, Regularized, Optimistic"):
+    `act(LN(Dense(d))) -> blocks x [x + LN(Dense(d)(act(LN(Dense(d)(x)))))] -> Dense(out)`.
+
+    The LayerNorm `block_{i}_ln` normalises the block units before the activation (the probe sits after it,
+    shared-mechanics §2.2), so resetting one unit changes every unit's normalisation: such resets are not
+    function-preserving (shared-mechanics §1.3)."""
+    unit_layer_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x, probes=None):
+        act, acts = ACTIVATIONS[self.activation], {}
+        x = act(self._ln("embed_ln")(self._dense(self.width, "embed")(x)))
+        for i in range(self.blocks):
+            z = self._ln(f"block_{i}_ln")(self._dense(self.units, f"block_{i}_hidden")(x))
+            h = probed_unit(act, z, f"block_{i}_hidden", probes, self.probe_point, acts)
+            x = x + self._ln(f"block_{i}_out_ln")(self._dense(self.width, f"block_{i}_out")(h))
+        return self._head(x), acts
+
+
+def build_network(cfg, out: int, *, ensemble: int = 0, out_init_scale: float = 1.0,
+                  probe_point: str = "pre_activation", inject: bool = False):
+    """The network an agent config asks for (`cfg.network`: mlp | simba | bronet) with `out` outputs. The
+    residual networks take their width from `cfg.hidden[0]` and their depth from `cfg.blocks`."""
+    if cfg.network == "mlp":
+        return MLP(tuple(cfg.hidden), out, cfg.activation, ensemble, kernel_init=cfg.init,
+                   out_init_scale=out_init_scale, probe_point=probe_point, inject=inject)
+    cls = {"simba": SimBa, "bronet": BroNet}[cfg.network]
+    return cls(cfg.hidden[0], cfg.blocks, out, cfg.activation, ensemble, cfg.init, out_init_scale, probe_point,
+               inject)
+
+
+def validate_network(cfg, agent: str) -> None:
+    """One-line errors for an agent config's `network` and `blocks`."""
+    if cfg.network not in NETWORKS:
+        raise ValueError(f"{agent}.network={cfg.network!r} is not valid; choose one of: {', '.join(NETWORKS)}")
+    if cfg.network != "mlp" and cfg.blocks < 1:
+        raise ValueError(f"{agent}.blocks must be >= 1 residual block for network={cfg.network}, got {cfg.blocks}")
+
+
+AGENT_OPTIONS = ("adam_count", "inject")  # build options interventions may ask for (Intervention.agent_options)
+
+
+def check_options(agent: str, options: dict | None, injectable) -> dict:
+    """An agent's build options (merged `agent_options` of the active interventions), checked:
+    `adam_count` (see plastic.optim.adam) and `inject` (names of networks, among `injectable`, built with
+    plasticity-injection heads)."""
+    options = dict(options or {})
+    unknown = [k for k in options if k not in AGENT_OPTIONS]
+    if unknown:
+        raise ValueError(f"{agent}: unknown build option(s) {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(AGENT_OPTIONS)}")
+    bad = [n for n in options.get("inject", ()) if n not in injectable]
+    if bad:
+        raise ValueError(f"{agent}: cannot build injection heads on {', '.join(bad)}; "
+                         f"networks with a head: {', '.join(injectable)}")
+    return options
+
 
 TORSOS = {  # name -> ((features, kernel, stride) per conv layer); "mlp": no convolutions
     "mlp": (),
@@ -265,6 +510,7 @@ class ConvNet(nn.Module):
     kernel_init: str = "lecun_normal"
     input_scale: float = 1.0
     probe_point: str = "pre_activation"
+    inject: bool = False               # plasticity injection heads on the output layer (`output_head`)
 
     def _spatial(self):
         """Static (height, width) after each conv."""
@@ -295,7 +541,7 @@ class ConvNet(nn.Module):
             name = names[len(self.convs) + j]
             z = Dense(width, 0, self.kernel_init, name=name)(x)
             x = probed_unit(act, z, name, probes, self.probe_point, acts)
-        return Dense(self.out, 0, self.kernel_init, name="output")(x), acts
+        return output_head(self, x, self.out, 0, self.kernel_init, 1.0, self.inject), acts
 
     def layer_map(self) -> tuple[LayerSpec, ...]:
         names = self._names() + ["output"]
@@ -304,10 +550,16 @@ class ConvNet(nn.Module):
         init = kernel_initializer(self.kernel_init)
         # the last conv feeds the first Dense through the flatten: its rows repeat per spatial position
         tile = lambda i: spatial[i][0] * spatial[i][1] if i == n_conv - 1 else 1  # noqa: E731
-        return tuple(LayerSpec(name=names[i], layer_id=i, width=w, ensemble=0, kernel=(names[i], "kernel"),
-                               bias=(names[i], "bias"), consumers=((names[i + 1], "kernel"),), init=init,
-                               consumer_tiles=(tile(i),))
-                     for i, w in enumerate(widths))
+        layers = []
+        for i, w in enumerate(widths):
+            consumers = _head_consumers(names[i + 1], self.inject)
+            layers.append(LayerSpec(name=names[i], layer_id=i, width=w, ensemble=0, kernel=(names[i], "kernel"),
+                                    bias=(names[i], "bias"), consumers=consumers, init=init,
+                                    consumer_tiles=(tile(i),) * len(consumers)))
+        return tuple(layers)
+
+    def inject_spec(self) -> InjectSpec | None:
+        return _inject_spec(self.inject, kernel_initializer(self.kernel_init))
 
     def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         shapes = {f"conv_{i}": (batch_size, h, w, f) for i, ((f, _, _), (h, w)) in

@@ -49,15 +49,21 @@ def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine"):
 
 
 def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", outgoing="zero",
-                layernorm="reset_unit_affine", optimizer="zero_moments_keep_count"):
-    """Reset the units flagged in `masks` (layer name -> bool `[E?, H]`). Returns the new NetState."""
+                layernorm="reset_unit_affine", optimizer="zero_moments_keep_count", init=None):
+    """Reset the units flagged in `masks` (layer name -> bool `[E?, H]`). Returns the new NetState.
+
+    `init` (optional) overrides `reinit`: a function `LayerSpec -> initializer (key, shape, dtype)` giving
+    the distribution of each layer's new incoming columns (e.g. CBP's U(-b, b)); None keeps `reinit`."""
     params = ns.params
     for layer in net.layers:
         m = masks[layer.name]
         col = m[..., None, :]            # incoming column of a [E?, in, H] kernel
         kernel = get_path(params, layer.kernel)
-        init = layer.init if reinit == "layer_init" else kernel_initializer(reinit, layer.ensemble)
-        fresh = init(jax.random.fold_in(key, layer.layer_id), kernel.shape, kernel.dtype)
+        if init is not None:
+            draw = init(layer)
+        else:
+            draw = layer.init if reinit == "layer_init" else kernel_initializer(reinit, layer.ensemble)
+        fresh = draw(jax.random.fold_in(key, layer.layer_id), kernel.shape, kernel.dtype)
         params = set_path(params, layer.kernel, jnp.where(col, fresh, kernel))
         params = set_path(params, layer.bias, jnp.where(m, 0.0, get_path(params, layer.bias)))
         if layer.layer_norm is not None and layernorm == "reset_unit_affine":

@@ -32,7 +32,7 @@ import agents
 from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
-from plastic.config import ExperimentConfig
+from plastic.config import ExperimentConfig, agent_options
 from plastic.envs import HostEnvs, is_jax_native
 from plastic.interventions import REGISTRY
 from plastic.logger import RunLogger
@@ -123,6 +123,8 @@ class Trainer:
         k_rand, k_pol = jax.random.split(key)
         random = self.agent.random_action(k_rand)
         policy = self.agent.act(ts.agent, obs, k_pol, explore=True, step=step)
+        for j, iv in enumerate(self._step_ivs):
+            policy = iv.on_act(ts.interventions[iv.name], policy, jax.random.fold_in(key, 1 + j), counters)
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
     def host_step(self, ts, counters, transition, next_obs, learn: bool, pipelined: bool = False):
@@ -168,13 +170,13 @@ class Trainer:
         """Replay write on the seed-stacked buffers (shared slot, in place), then the acting hooks
         (vmapped over seeds) and the env-step counter."""
         ts = ts.replace(replay=ts.replay.add(transition, counters["env_steps"]))
-        ts, stop = jax.vmap(self._acting_hooks)(ts, transition)
+        ts, stop = jax.vmap(self._acting_hooks, in_axes=(0, 0, None))(ts, transition, counters)
         return ts, {**counters, "env_steps": counters["env_steps"] + 1}, stop
 
-    def _acting_hooks(self, ts: TrainState, transition):
+    def _acting_hooks(self, ts: TrainState, transition, counters):
         stop, istate = jnp.zeros((), bool), ts.interventions
         for iv in self.interventions:
-            s, flag = iv.on_env_step(istate[iv.name], transition)
+            s, flag = iv.on_env_step(istate[iv.name], transition, self.agent, ts.agent, counters)
             istate, stop = {**istate, iv.name: s}, stop | flag
         return ts.replace(interventions=istate), stop
 
@@ -433,7 +435,7 @@ def build_agent(cfg: ExperimentConfig, envs):
     if getattr(agent_cls, "image_obs", False):
         kwargs["obs_shape"] = envs.observation_shape
         kwargs["obs_dtype"] = str(np.dtype(getattr(envs, "observation_dtype", np.float32)))
-    return agent_cls(cfg.agent_cfg, envs.observation_size, envs.action_size, **kwargs)
+    return agent_cls(cfg.agent_cfg, envs.observation_size, envs.action_size, options=agent_options(cfg), **kwargs)
 
 
 def driver_of(cfg: ExperimentConfig) -> str:

@@ -13,7 +13,11 @@ intervention, in the order given on the command line (`--intervention grama+swd`
 | target_update     | `target_update`   | core.soft_update                 |
 | replay_sampler    | `sample`          | trainer, once per update         |
 | acting_loop       | `on_env_step`     | trainer, once per env step       |
+|                   | `on_act`          | trainer, on each policy action   |
 | scheduled_event   | `scheduled_event` | trainer, at env-step boundaries  |
+| rollout_columns   | `rollout_columns` | PPO.update, once per rollout     |
+| post_iteration    | `post_iteration`  | PPO.update, after the epochs     |
+| agent build       | `agent_options`   | trainer.build_agent, merged once |
 
 State: `init` returns the intervention's own pytree; the trainer keeps it in the train state under
 `interventions[name]`, so it is vmapped over seeds and checkpointed with everything else.
@@ -33,11 +37,18 @@ def choice(name, value, valid):
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
+def nets_with_roles(agent, roles, with_units: bool = False):
+    """The agent's networks whose role (actor, critic, temperature) is in `roles`, in the agent's order;
+    `with_units`: only those with hidden units in their layer map (what unit-level resets can touch)."""
+    return [n for n in agent.nets.values() if agent.role(n.name) in roles and (n.layers or not with_units)]
+
+
 class Intervention:
     name: ClassVar[str]
     Config: ClassVar[type]
     agents: ClassVar[tuple[str, ...]] = ALL_AGENTS
     samples_replay: ClassVar[bool] = False   # True if it overrides `sample` (replay_sampler hook)
+    resources: ClassVar[dict] = {}           # claims() of every configuration (see `claims`)
     agent_defaults: ClassVar[dict] = {}      # agent -> {field: default} replacing the Config defaults
 
     def __init__(self, cfg, agent_name: str):
@@ -51,8 +62,23 @@ class Intervention:
     def validate(self, run_cfg, agent_cfg) -> None:
         """Raise ValueError (one line, naming valid options) for bad values or combinations."""
 
+    def claims(self) -> dict:
+        """Shared resources this intervention takes, resource -> "own" (no other intervention may take it)
+        or "share" (others may too, unless one owns it). Two claims of one resource with an "own" among
+        them make the stack a one-line config error. Resources in use: "replay_sampler" (replaces uniform
+        sampling), "weight_support" (which weights may be non-zero: NE's masks), "weight_writes" (writes
+        weights outside the optimizer: resets, perturbations), "policy_objective" (rewrites PPO's clipped
+        surrogate), "episode_stops" (ends episodes early)."""
+        return {**self.resources, **({"replay_sampler": "own"} if self.samples_replay else {})}
+
     def replay_options(self) -> dict:
         """Extra features this intervention needs from the replay buffer (e.g. bucket statistics)."""
+        return {}
+
+    def agent_options(self) -> dict:
+        """Options the agent must be BUILT with (plastic.networks.AGENT_OPTIONS), e.g. `{"adam_count":
+        "per_element"}` (CBP's optimizer) or `{"inject": ("actor", "critic")}` (injection heads). The trainer
+        merges them over the active interventions; two different values of one key are a config error."""
         return {}
 
     def init(self, key, agent, agent_state=None) -> Any:
@@ -77,12 +103,32 @@ class Intervention:
     def sample(self, replay, state, key, batch_size):
         raise NotImplementedError
 
-    def on_env_step(self, state, transition):
-        """acting_loop: returns (state, stop) where `stop` truncates the current episode early."""
+    def on_env_step(self, state, transition, agent, agent_state, counters):
+        """acting_loop, after each env step of one seed: `transition` is the step just taken (obs, action,
+        reward, next_obs, terminated, done), `agent_state` the agent acting now, `counters` the shared
+        counters before this step is counted. Returns `(state, stop)`; `stop` ends the episode at the
+        seed's next env step, which is stored as a truncation (terminated 0, done 1)."""
         return state, jnp.zeros((), bool)
+
+    def on_act(self, state, action, key, counters):
+        """acting_loop, on each exploring policy action of one seed (not on warm-up random actions):
+        returns the action to take (e.g. extra exploration noise). Off-policy host and jitted drivers."""
+        return action
 
     def scheduled_event(self, agent, agent_state, state, counters, key):
         return agent_state, state
+
+    def rollout_columns(self, agent, agent_state, state, data):
+        """On-policy agents (PPO), once per rollout before the epochs, outside the gradient: `data` is the
+        flat rollout (obs normalised, action, logp of the rollout policy, raw adv, ...; leading axis the
+        rollout batch). Returns `(columns, state)`; non-empty `columns` (arrays with that leading axis) are
+        permuted into the minibatches with the rollout and reach `loss_term` as `aux["columns"][self.name]`."""
+        return {}, state
+
+    def post_iteration(self, agent, agent_state, state, data):
+        """On-policy agents (PPO), after the epochs of one iteration: `agent_state` holds the updated
+        networks, `data` the flat rollout with the columns. Returns the new state."""
+        return state
 
     def logs(self, state) -> dict:
         """Scalars to log from the intervention's state (e.g. last reset fractions)."""

@@ -56,6 +56,7 @@ class ResetConfig:
 class Reset(Intervention):
     name = "reset"
     Config = ResetConfig
+    resources = {"weight_writes": "share"}
     # PPO has no buffer to relearn from in the single-task setting (interventions.md §7.2)
     agents = ("td3", "sac", "dqn")
 
@@ -63,6 +64,10 @@ class Reset(Intervention):
         c = self.cfg
         _choice("reset.schedule", c.schedule, SCHEDULES)
         _choice("reset.scope", c.scope, SCOPES)
+        network = getattr(agent_cfg, "network", "mlp")
+        if c.scope != "all" and network != "mlp":
+            raise ValueError(f"reset.scope={c.scope} counts layers of a plain chain; {self.agent_name}.network="
+                             f"{network} is residual: use reset.scope=all")
         _choice("reset.optimizer", c.optimizer, OPTIMIZERS)
         _choice("reset.targets", c.targets, TARGETS)
         _choice("reset.temperature", c.temperature, TEMPERATURE)
