@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 from plastic.interventions.base import Intervention
+from plastic.interventions.cbp import CBP
+from plastic.interventions.gtr import GTR, KLPenalty
+from plastic.interventions.injection import Injection
 from plastic.interventions.l2 import L2Init, WeightDecay
+from plastic.interventions.least import LEAST
+from plastic.interventions.ne import NE
 from plastic.interventions.redo import ReDo
 from plastic.interventions.regrama import ReGraMa
 from plastic.interventions.reset import Reset
@@ -10,8 +15,9 @@ from plastic.interventions.shrink_perturb import ShrinkPerturb
 from plastic.interventions.swd import SWD
 
 REGISTRY: dict[str, type[Intervention]] = {
-    cls.name: cls for cls in (ReGraMa, SWD, ReDo, Reset, ShrinkPerturb, L2Init, WeightDecay)}
-ALIASES = {"regrama": "grama"}
+    cls.name: cls for cls in (ReGraMa, SWD, ReDo, Reset, ShrinkPerturb, L2Init, WeightDecay, CBP, LEAST, GTR,
+                              KLPenalty, NE, Injection)}
+ALIASES = {"regrama": "grama", "inject": "injection"}
 
 
 def canonical(name: str) -> str:
