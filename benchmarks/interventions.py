@@ -34,7 +34,7 @@ OFF = {f"metrics.{g}_every": 0 for g in ("activity", "grad", "rank", "churn", "n
 # start times that would fall after the timed stretch are moved to the start.
 BENCH = {
     "least": {"least.t_start_frac": 0.0},
-    "injection": {"injection.at": "0"},
+    "injection": {"injection.at": "1"},
     "reset": {"reset.interval": 1000},
 }
 
