@@ -44,9 +44,14 @@ class Checkpointer:
                                   f"this config ({msg}); delete it to resume from an earlier one") from None
         # orbax hands back arrays committed to a device; fresh state is uncommitted, and jit compiles a
         # program per placement. Re-created uncommitted, a resumed run reuses the programs (and the
-        # persistent compilation cache entries) of a fresh one.
-        state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if isinstance(x, jax.Array) else x, out.state)
+        # persistent compilation cache entries) of a fresh one. Arrays spread over several devices (a run
+        # whose seeds are sharded, plastic/sharding.py) were restored into the target's sharding and stay.
+        state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if _on_one_device(x) else x, out.state)
         return step, state, out.meta
 
     def close(self):
         self.manager.close()
+
+
+def _on_one_device(x) -> bool:
+    return isinstance(x, jax.Array) and len(x.sharding.device_set) == 1

@@ -72,24 +72,11 @@ def resolve(argv: list[str]):
     if args.resume:
         if not args.run_dir:
             raise ConfigError("--resume needs --run-dir pointing at an existing run")
-        saved = Path(args.run_dir) / "config.yaml"
-        if not saved.exists():
-            raise ConfigError(f"cannot resume: {saved} does not exist")
-        data = yaml.safe_load(saved.read_text())
-        if args.steps is not None:
-            data["run"]["steps"] = args.steps
         if overrides or any(v is not None for v in (args.agent, args.intervention, args.env, args.seeds,
                                                      args.seed, args.config)):
             raise ConfigError("--resume takes its config from RUN_DIR/config.yaml; only --steps may change")
-        data["run"]["run_dir"] = args.run_dir
-        return from_dict(data), Path(args.run_dir), True
-    preset = load_preset(args.config) if args.config else None
-    cfg = build(args.agent, args.intervention, preset=preset, overrides=overrides, env=args.env,
-                seeds=args.seeds, seed=args.seed, steps=args.steps, run_dir=args.run_dir)
-    if getattr(cfg.agent_cfg, "buffer_size", 0) > cfg.run.steps:
-        # a run never fills more slots than it has steps; the resolved value is saved in config.yaml,
-        # so a resumed run keeps the same buffer even if --steps extends it
-        cfg.agent_cfg.buffer_size = cfg.run.steps
+        return saved_config(args.run_dir, args.steps), Path(args.run_dir), True
+    cfg = new_config(args, overrides)
     if not cfg.run.run_dir:
         tag = "+".join(cfg.interventions) or "none"
         env = cfg.run.env.replace(":", "_").replace("/", "_")
@@ -101,27 +88,63 @@ def resolve(argv: list[str]):
     return cfg, run_dir, False
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def new_config(args, overrides: dict):
+    """The resolved config of a fresh run from parsed flags and overrides (nothing touched on disk)."""
+    preset = load_preset(args.config) if args.config else None
+    cfg = build(args.agent, args.intervention, preset=preset, overrides=overrides, env=args.env,
+                seeds=args.seeds, seed=args.seed, steps=args.steps, run_dir=args.run_dir)
+    if getattr(cfg.agent_cfg, "buffer_size", 0) > cfg.run.steps:
+        # a run never fills more slots than it has steps; the resolved value is saved in config.yaml,
+        # so a resumed run keeps the same buffer even if --steps extends it
+        cfg.agent_cfg.buffer_size = cfg.run.steps
+    return cfg
+
+
+def config_of(argv: list[str]):
+    """The config a fresh `run.py ARGV` would run with (for sweeps: compare with a run already on disk)."""
+    args, rest = parser().parse_known_args(argv)
+    return new_config(args, parse_overrides(rest))
+
+
+def saved_config(run_dir, steps: int | None = None):
+    """The config saved in RUN_DIR/config.yaml (optionally with a new step budget)."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(f"cannot resume: {saved} does not exist")
+    data = yaml.safe_load(saved.read_text())
+    if steps is not None:
+        data["run"]["steps"] = steps
+    data["run"]["run_dir"] = str(run_dir)
+    return from_dict(data)
+
+
+def execute(argv: list[str]) -> dict:
+    """Run `run.py ARGV`: the run's summary (`step`, `return`, `interrupted`, `run_dir`). Bad input raises
+    ConfigError (one line) before anything is written; an unusable checkpoint raises CheckpointError."""
+    cfg, run_dir, resume = resolve(argv)
+    from plastic.trainer import make_trainer
     try:
-        cfg, run_dir, resume = resolve(argv)
-        from plastic.trainer import make_trainer
         trainer = make_trainer(cfg)  # builds envs and networks: fails here, before any directory is written
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     print(f"{cfg.agent} + {'+'.join(cfg.interventions) or 'no intervention'} on {cfg.run.env}, "
-          f"{cfg.run.seeds} seed(s), {cfg.run.steps} steps -> {run_dir}", flush=True)
+          f"{cfg.run.seeds} seed(s){trainer.placement.describe()}, {cfg.run.steps} steps -> {run_dir}", flush=True)
+    summary = trainer.run(run_dir, resume=resume)
+    if not summary.get("interrupted"):
+        ret = summary.get("return")
+        print(f"done: step {summary.get('step')}, return {ret if ret is None else round(ret, 1)}; "
+              f"results in {run_dir}/ (config.yaml, metrics.jsonl, tb/, checkpoints/)", flush=True)
+    return {**summary, "run_dir": str(run_dir)}
+
+
+def main(argv: list[str] | None = None) -> int:
     from plastic.checkpoint import CheckpointError
     try:
-        summary = trainer.run(run_dir, resume=resume)
-    except CheckpointError as e:
+        execute(sys.argv[1:] if argv is None else argv)
+    except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ret = summary.get("return")
-    print(f"done: step {summary.get('step')}, return {ret if ret is None else round(ret, 1)}; "
-          f"results in {run_dir}/ (config.yaml, metrics.jsonl, tb/, checkpoints/)", flush=True)
     return 0

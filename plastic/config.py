@@ -8,6 +8,7 @@ typed overrides `--NAMESPACE.FIELD VALUE` (or `=VALUE`) where NAMESPACE is `run`
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 
 DRIVERS = ("auto", "host", "jit")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,19 @@ class RunConfig:
     # Act with the parameters of one update earlier, so the next update runs while the host steps the
     # envs (Cleanba-style pipelining). Off: CleanRL order (act with the parameters after the last update).
     pipelined_acting: bool = False
+    # Local devices the seed axis is split across (jax.sharding; plastic/sharding.py). 0: all of them when
+    # their number divides `seeds`, else the largest count that does; 1: no sharding; k: the first k (k must
+    # divide `seeds` and be at most the node's device count).
+    devices: int = 0
+    # Weights & Biases logging alongside metrics.jsonl and TensorBoard (needs the wandb package). Each log
+    # point is one W&B step: the seed mean of every numeric value plus seed{i}/episode_return. The W&B run id
+    # is kept in RUN_DIR/wandb_run.json, so --resume continues the same W&B run; files go to RUN_DIR/wandb/.
+    wandb: bool = False
+    wandb_project: str = "plastic"
+    wandb_entity: str = ""             # "": the default entity of the logged-in user
+    wandb_group: str = ""              # groups runs in the W&B UI (sweeps set the sweep name)
+    wandb_mode: str = "offline"        # online | offline (no network; `wandb sync RUN_DIR/wandb/offline-run-*`
+                                       # uploads later) | disabled
 
 
 @dataclass
@@ -213,10 +228,19 @@ def validate(cfg: ExperimentConfig) -> None:
         _positive(f"run.{k}", getattr(r, k))
     if r.checkpoint_every < 0:
         raise ConfigError(f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
+    if r.devices < 0:
+        raise ConfigError(f"run.devices must be >= 0 (0: automatic, 1: no sharding), got {r.devices}")
+    if r.devices and r.seeds % r.devices:
+        raise ConfigError(f"run.devices={r.devices} does not divide run.seeds={r.seeds}; use a divisor of the "
+                          f"seed count (or 0: automatic)")
     if r.driver not in DRIVERS:
         raise ConfigError(f"run.driver={r.driver!r}; valid: {', '.join(DRIVERS)}")
     if r.progress not in ("auto", "on", "off"):
         raise ConfigError(f"run.progress={r.progress!r}; valid: auto, on, off")
+    if r.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"run.wandb_mode={r.wandb_mode!r}; valid: {', '.join(WANDB_MODES)}")
+    if r.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--run.wandb true needs the wandb package: pip install wandb")
     for k in ("batch_size", "utd", "buffer_size", "policy_delay", "train_frequency", "target_update_period",
               "n_step"):
         if hasattr(a, k):

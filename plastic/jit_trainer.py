@@ -33,6 +33,7 @@ from plastic.envs import HostEnvs
 from plastic.jaxenvs import make_jax_env
 from plastic.logger import RunLogger
 from plastic.nonstationary import NonstationaryJaxEnv, wrap_host, wrap_jax
+from plastic.sharding import SeedPlacement
 from plastic.trainer import (METRICS_SALT, Trainer, build_agent, build_interventions, catch_stop_signals,
                              collect_metrics, episode_rows, init_interventions, log_point, monitor_of,
                              scheduled_events)
@@ -80,7 +81,8 @@ class ChunkedRun:
 
         def chunk(carry, n):
             self.traces += 1
-            return self._chunk(carry, n)
+            carry, sums, stats = self._chunk(carry, n)
+            return self.placement.constrain(carry, self.SEED_BATCHED), sums, stats  # a sharded carry keeps its layout
 
         self._chunk_jit = jax.jit(chunk, static_argnums=(1,), donate_argnums=(0,))
 
@@ -94,9 +96,10 @@ class ChunkedRun:
         start, resume_step = 0, None
         if resume:
             resume_step, carry, meta = ckpt.restore(carry)
+            carry = self.placement.place(carry, self.SEED_BATCHED)
             start = int(meta["env_steps"])
             self._restore_meta(meta)
-        logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
+        logger = RunLogger.for_run(self.cfg, run_dir, resume_step, start)
         stop_signal, restore = catch_stop_signals()
         per_chunk = max(1, run.log_every // self.unit)
         units, total = start // self.unit, self.total_units()
@@ -159,6 +162,8 @@ class ChunkedRun:
 class JitTrainer(ChunkedRun, Trainer):
     """Off-policy agents on a JAX-native env, the whole chunk in one program."""
 
+    SEED_BATCHED = (True, False, True)  # (TrainState, counters, EnvCarry)
+
     def __init__(self, cfg):
         Trainer.__init__(self, cfg)
         self.env = self.envs
@@ -169,7 +174,7 @@ class JitTrainer(ChunkedRun, Trainer):
 
     def init_carry(self):
         ts, counters = self.init_state()
-        return ts, counters, self._env_carry((self.n_seeds,))
+        return ts, counters, self.placement.place(self._env_carry((self.n_seeds,)), True)
 
     def _chunk(self, carry, n):
         ts, counters, ec = carry
@@ -191,7 +196,7 @@ class JitTrainer(ChunkedRun, Trainer):
 
         (ts, counters, ec, sums), _ = jax.lax.scan(step, (ts, counters, ec, _episode_sums(self.n_seeds)),
                                                    None, length=n)
-        ts, stats = jax.vmap(self._stats_one)(ts)
+        ts, stats = self._seed_stats(ts)
         return (ts, counters, ec), sums, stats
 
     def _maybe_learn(self, ts, counters, pred):
@@ -217,18 +222,29 @@ class OnPolicyState:
 class OnPolicyTrainer(ChunkedRun):
     """PPO on a JAX-native env: rollouts of `num_envs` x `num_steps` per seed, then one update."""
 
+    SEED_BATCHED = (True, False, True)  # (OnPolicyState, counters, EnvCarry)
+
     def __init__(self, cfg):
         self.cfg = cfg
+        self.placement = SeedPlacement(cfg.run.devices, cfg.run.seeds)
         self.env = self.envs = wrap_jax(make_jax_env(cfg.run.env), cfg.env, envs_per_seed=cfg.agent_cfg.num_envs)
         self.agent = build_agent(cfg, self.env)
         self.interventions = build_interventions(cfg, self.agent)
         self.monitor = monitor_of(self.interventions)
         a = cfg.agent_cfg
         self.n_seeds, self.n_envs, self.unit = cfg.run.seeds, a.num_envs, a.num_envs * a.num_steps
+        self._seed_functions()
         self._build_chunk()
 
+    def _seed_functions(self):
+        """The update and the log-point values of all seeds (each device on its own seeds when sharded)."""
+        self._seed_update = self.placement.per_device(
+            jax.vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None)), (True, False, True), (True, False))
+        self._seed_stats = self.placement.per_device(jax.vmap(self._stats_one), True, (True, True))
+
     def init_carry(self):
-        return self._init_states(), init_counters(self.agent), self._env_carry((self.n_seeds, self.n_envs))
+        return self.placement.place((self._init_states(), init_counters(self.agent),
+                                     self._env_carry((self.n_seeds, self.n_envs))), self.SEED_BATCHED)
 
     def _init_states(self):
         keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.n_seeds))
@@ -239,7 +255,7 @@ class OnPolicyTrainer(ChunkedRun):
             return OnPolicyState(agent_state, init_interventions(self.interventions, self.agent, agent_state, k_iv),
                                  k_loop, k_act)
 
-        return jax.jit(jax.vmap(one))(keys)
+        return self.placement.jit_batched(jax.vmap(one))(keys)
 
     def _chunk(self, carry, n):
         ts, counters, ec = carry
@@ -265,13 +281,12 @@ class OnPolicyTrainer(ChunkedRun):
         def iteration(c, _):
             (ts, counters, ec, sums), rollout = jax.lax.scan(step, c, None, length=self.cfg.agent_cfg.num_steps)
             rollout = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rollout)  # [S, T, E, ...]
-            ts, counters = jax.vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None))(
-                ts, counters, rollout)
+            ts, counters = self._seed_update(ts, counters, rollout)
             return (ts, counters, ec, sums), None
 
         (ts, counters, ec, sums), _ = jax.lax.scan(iteration, (ts, counters, ec, _episode_sums(self.n_seeds)),
                                                    None, length=n)
-        ts, stats = jax.vmap(self._stats_one)(ts)
+        ts, stats = self._seed_stats(ts)
         return (ts, counters, ec), sums, stats
 
     def _update_one(self, ts: OnPolicyState, counters, rollout):
@@ -304,8 +319,11 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
     driver, the episodes in flight are not checkpointed: a resumed run starts fresh episodes (each with the
     seed it would have had)."""
 
+    SEED_BATCHED = (True, False)  # (OnPolicyState, counters)
+
     def __init__(self, cfg):
         self.cfg = cfg
+        self.placement = SeedPlacement(cfg.run.devices, cfg.run.seeds)
         a, run = cfg.agent_cfg, cfg.run
         self.n_seeds, self.n_envs, self.unit = run.seeds, a.num_envs, a.num_envs * a.num_steps
         envs = HostEnvs(run.env, run.seeds * a.num_envs, run.seed)
@@ -324,13 +342,14 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
             return jax.vmap(one)(ts.agent, obs, jax.vmap(jax.random.fold_in, in_axes=(0, None))(ts.act_key, t))
 
         self._act = jax.jit(act)
-        self._update = jax.jit(jax.vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None)),
-                               donate_argnums=(0,))
-        self._stats = jax.jit(jax.vmap(self._stats_one), donate_argnums=(0,))
+        self._seed_functions()
+        self._update = jax.jit(self._seed_update, donate_argnums=(0,))
+        self._stats = jax.jit(self._seed_stats, donate_argnums=(0,))
         self._chunk_jit = self._host_chunk
 
     def init_carry(self):
-        return self._init_states(), init_counters(self.agent)  # the host envs live outside the carry
+        # the host envs live outside the carry
+        return self._init_states(), self.placement.place(init_counters(self.agent), False)
 
     def _meta(self):
         return {"episodes": list(self.envs.episodes)}

@@ -39,6 +39,7 @@ from plastic.logger import RunLogger
 from plastic.monitor import Monitor
 from plastic.nonstationary import phase_info, wrap_host
 from plastic.replay import Replay
+from plastic.sharding import SeedPlacement
 
 
 @struct.dataclass
@@ -53,9 +54,12 @@ class TrainState:
 class Trainer:
     """Off-policy agents on host-stepped envs (the host driver)."""
 
+    SEED_BATCHED = (True, False)  # the run's carry (TrainState, counters): which parts are vmapped over seeds
+
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         run, a = cfg.run, cfg.agent_cfg
+        self.placement = SeedPlacement(run.devices, run.seeds)  # the seed axis across local devices
         self.envs = self._make_envs()
         self.agent = build_agent(cfg, self.envs)
         self.interventions = build_interventions(cfg, self.agent)
@@ -78,16 +82,19 @@ class Trainer:
         self._learn_measure = jit(lambda *a: self._env_step(*a, learn=True, measure=True))
         self._warm = jit(lambda *a: self._env_step(*a, learn=False))
         # the update rounds of all seeds (counters unbatched): inside the fused step, or alone when pipelined;
-        # the device-loop driver (jit_trainer) calls the measuring one inside its scan
-        self._seed_updates = jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None))
-        self._seed_updates_plain = jax.vmap(lambda ts, c: self._updates(ts, c, measure=False), in_axes=(0, None),
-                                            out_axes=(0, None))
+        # the device-loop driver (jit_trainer) calls the measuring one inside its scan; with sharded seeds each
+        # device runs them on its own seeds
+        per_device = lambda f: self.placement.per_device(f, (True, False), (True, False))  # noqa: E731
+        self._seed_updates = per_device(jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None)))
+        self._seed_updates_plain = per_device(jax.vmap(lambda ts, c: self._updates(ts, c, measure=False),
+                                                       in_axes=(0, None), out_axes=(0, None)))
         self._update = jit(lambda ts, c: self._with_pending(*self._seed_updates_plain(ts, c)))
         self._update_measure = jit(lambda ts, c: self._with_pending(*self._seed_updates(ts, c)))
         self._pending = None  # None: read it from the state at the next step (after init or restore)
         self._step_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)
         self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
-        self._stats = jax.jit(jax.vmap(self._stats_one), donate_argnums=(0,))
+        self._seed_stats = self.placement.per_device(jax.vmap(self._stats_one), True, (True, True))
+        self._stats = jax.jit(self._seed_stats, donate_argnums=(0,))
         self.n_seeds = S
 
     def _make_envs(self):
@@ -113,7 +120,8 @@ class Trainer:
             return TrainState(agent_state, replay, istate, k_loop, k_act)
 
         self._pending = None
-        return jax.jit(jax.vmap(one))(keys), init_counters(self.agent)
+        return (self.placement.jit_batched(jax.vmap(one))(keys),
+                self.placement.place(init_counters(self.agent), False))
 
     # ---- per-seed pure functions (vmapped) -------------------------------------------------------
     def _action(self, ts: TrainState, counters, obs):
@@ -164,6 +172,7 @@ class Trainer:
         if learn:
             ts, counters = (self._seed_updates if measure else self._seed_updates_plain)(ts, counters)
         action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
+        ts, counters = self.placement.constrain((ts, counters), (True, False))
         return (ts, counters, action, stop, self._with_pending(ts, counters)[2])
 
     def _store(self, ts: TrainState, counters, transition):
@@ -248,9 +257,10 @@ class Trainer:
         start, resume_step = 0, None
         if resume:
             resume_step, (ts, counters), meta = ckpt.restore((ts, counters))
+            ts, counters = self.placement.place((ts, counters), self.SEED_BATCHED)
             start = int(meta["env_steps"])
             self.envs.restore(meta["episodes"], start)
-        logger = RunLogger(run_dir, resume_step, run.tensorboard, run.progress, run.steps, start)
+        logger = RunLogger.for_run(cfg, run_dir, resume_step, start)
         stop_signal, restore = catch_stop_signals()
         ls = cfg.agent_cfg.learning_starts
         ep_ret = np.zeros(self.n_seeds)
@@ -380,21 +390,29 @@ def logged_values(interventions, agent_state, istate) -> dict:
     return logs
 
 
+_STOP = {"sig": None, "depth": 0}
+
+
 def catch_stop_signals():
     """Record SIGTERM / SIGUSR1 (Slurm preemption) instead of dying: returns `(flag, restore)`; the loop
-    checkpoints and exits when `flag["sig"]` is set, and calls `restore()` when it ends."""
-    flag = {"sig": None}
+    checkpoints and exits when `flag["sig"]` is set, and calls `restore()` when it ends. Catchers nest and
+    share one flag: a signal caught by an enclosing one (the sweep task runner, while the run is still being
+    built and compiled) stops the run at its first step."""
+    if _STOP["depth"] == 0:
+        _STOP["sig"] = None
+    _STOP["depth"] += 1
 
     def handler(signum, _frame):
-        flag["sig"] = signum
+        _STOP["sig"] = signum
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
 
     def restore():
+        _STOP["depth"] -= 1
         for s, h in old.items():
             signal.signal(s, h)
 
-    return flag, restore
+    return _STOP, restore
 
 
 def episode_rows(cfg, step, sps, stats, count, return_sum, length_sum) -> list[dict]:
