@@ -23,6 +23,11 @@ def _cache_dir() -> str:
 # Many tests build the same programs more than once (a full run, then a split run and its resume). JAX's
 # persistent compilation cache turns every repeat compilation within one run of the suite into a disk read
 # (measured: the two host-driver resume tests take 69 s instead of 128 s).
-jax.config.update("jax_compilation_cache_dir", _cache_dir())
+# Processes the tests start (sweep tasks, notebooks, Slurm jobs) inherit the directory through JAX's own variable.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir()
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+import slurm_cluster as _slurm  # noqa: E402
+slurm_cluster = _slurm.slurm_cluster  # session fixture: a private single-node Slurm (tests/slurm_cluster.py)
