@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Run a sweep (a YAML grid of agents x interventions x envs x hyperparameters x seeds) locally or as one
-Slurm array job. The sweep file format is documented in plastic/sweep.py and README ("Sweeps").
+"""Run a sweep (a YAML grid of runs) locally or as one Slurm array job.
+
+A sweep crosses agents x interventions x envs x hyperparameters x seeds; its format is in docs/sweeps.md, and
+experiments/sweeps/ has examples.
 
   python experiments/sweep.py SWEEP.yaml --dry-run                      # the task table, nothing written
   python experiments/sweep.py SWEEP.yaml --launcher local --jobs 2      # run here, 2 tasks at a time

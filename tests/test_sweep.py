@@ -209,3 +209,13 @@ def test_a_signal_during_start_up_stops_the_task_at_its_first_step(tmp_path):
     assert proc.returncode == sw.EXIT_INTERRUPTED, out
     assert f"received signal {int(signal.SIGUSR1)}" in out
     assert sw.status(sweep.tasks[0], tmp_path) == ("partial", 100)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_sweeps_expand(path):
+    s = sw.load(path)
+    assert s.name == path.stem and s.tasks
+    if s.name == "sac_plasticity":  # grama's two thresholds, one task for each other method, per env
+        assert len(s.tasks) == 10 and all(t.seeds == [0, 1, 2, 3, 4] for t in s.tasks)
+        from plastic.slurm import Resources
+        assert Resources.from_dict(s.resources).gpus == 1
