@@ -33,7 +33,8 @@ import yaml
 if __package__ in (None, ""):  # run as a file: make `experiments` importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.plot import RETURN, PlotError, _filename, curve, group_keys, load_run  # noqa: E402
+from experiments.plot import RETURN, PlotError, _filename, _natural, curve, group_keys, load_run  # noqa: E402
+from experiments.plot import _colors as plot_colors  # noqa: E402
 
 AGGREGATES = ("IQM", "mean", "median", "optimality gap")
 # run.* fields that change what is learned (the rest of `run`, `metrics` and `env` never make a method)
@@ -179,10 +180,6 @@ def _fmt(v) -> str:
     if v is None:
         return "null"
     return str(v)
-
-
-def _natural(s: str):
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", s)]
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
@@ -713,9 +710,7 @@ def aggregate(scores: Scores, normalize: str = "minmax", reps: int = 2000, seed:
 # --------------------------------------------------------------------------------------------------
 
 def _colors(methods: list[str]) -> dict:
-    from matplotlib import colormaps
-    cmap = colormaps["tab10" if len(methods) <= 10 else "tab20"]
-    return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+    return dict(zip(methods, plot_colors(len(methods))))
 
 
 def _save(fig, path: Path) -> Path:

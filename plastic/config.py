@@ -228,11 +228,7 @@ def validate(cfg: ExperimentConfig) -> None:
         _positive(f"run.{k}", getattr(r, k))
     if r.checkpoint_every < 0:
         raise ConfigError(f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
-    if r.devices < 0:
-        raise ConfigError(f"run.devices must be >= 0 (0: automatic, 1: no sharding), got {r.devices}")
-    if r.devices and r.seeds % r.devices:
-        raise ConfigError(f"run.devices={r.devices} does not divide run.seeds={r.seeds}; use a divisor of the "
-                          f"seed count (or 0: automatic)")
+    check_devices(r.devices, r.seeds)
     if r.driver not in DRIVERS:
         raise ConfigError(f"run.driver={r.driver!r}; valid: {', '.join(DRIVERS)}")
     if r.progress not in ("auto", "on", "off"):
@@ -289,6 +285,16 @@ def validate(cfg: ExperimentConfig) -> None:
             cls(icfg, cfg.agent).validate(r, a)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def check_devices(devices: int, seeds: int) -> None:
+    """`run.devices` against the seed count (the node's device count is checked when the run is placed,
+    plastic/sharding.py)."""
+    if devices < 0:
+        raise ConfigError(f"run.devices must be >= 0 (0: automatic, 1: no sharding), got {devices}")
+    if devices and seeds % devices:
+        raise ConfigError(f"run.devices={devices} does not divide run.seeds={seeds}; use a divisor of the "
+                          f"seed count (or 0: automatic)")
 
 
 def agent_options(cfg: ExperimentConfig) -> dict:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from plastic.config import ConfigError
+from plastic.config import ConfigError, check_devices
 
 SEED_AXIS = "seed"
 
@@ -36,9 +36,7 @@ def device_count(requested: int, n_seeds: int, available: int) -> int:
     if requested > available:
         raise ConfigError(f"run.devices={requested} but this node has {available} local device(s); "
                           f"use at most {available} (or 0: automatic)")
-    if n_seeds % requested:
-        raise ConfigError(f"run.devices={requested} does not divide run.seeds={n_seeds}; use a divisor of the "
-                          f"seed count (or 0: automatic)")
+    check_devices(requested, n_seeds)
     return requested
 
 
