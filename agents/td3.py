@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
-from plastic.networks import build_network, check_options, validate_network, with_injection
+from plastic.networks import build_network, check_options, ensemble_member, validate_network, with_injection
 from plastic.optim import adam
 
 
@@ -54,6 +54,7 @@ class TD3(ContinuousActions):
         self.critic = Net.of("critic", critic, with_injection(adam(cfg.critic_lr, count=count), critic),
                              cfg.critic_lr)
         self.nets = {"actor": self.actor, "critic": self.critic}
+        self.q1 = critic.clone(ensemble=1)  # Q1 alone, for the actor loss (networks.ensemble_member)
 
     @staticmethod
     def validate(cfg: TD3Config) -> None:
@@ -104,7 +105,7 @@ class TD3(ContinuousActions):
 
             def actor_loss(params, probes):
                 a = self.policy(params, obs, probes)[0]
-                q1 = self.critic.apply(critic_params, squash_obs_action(obs, a))[0][0, :, 0]
+                q1 = self.q1.apply({"params": ensemble_member(critic_params, 0)}, squash_obs_action(obs, a))[0][0, :, 0]
                 return -jnp.mean(q1), None
 
             ns, istate, n, _, logs = gradient_step(

@@ -183,7 +183,7 @@ class JitTrainer(ChunkedRun, Trainer):
         def step(c, _):
             ts, counters, ec, sums = c
             t = counters["env_steps"]
-            action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, ec.obs)
+            action = self.placement.vmap(self._action, in_axes=(0, None, 0))(ts, counters, ec.obs)
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(ec.key, t)
             state, nobs, reward, term, trunc, final = jax.vmap(self.env.step)(ec.state, action, keys, ec.stop)
             tr = {"obs": ec.obs, "action": action, "reward": reward, "next_obs": final,
@@ -238,9 +238,10 @@ class OnPolicyTrainer(ChunkedRun):
 
     def _seed_functions(self):
         """The update and the log-point values of all seeds (each device on its own seeds when sharded)."""
+        vmap = self.placement.vmap
         self._seed_update = self.placement.per_device(
-            jax.vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None)), (True, False, True), (True, False))
-        self._seed_stats = self.placement.per_device(jax.vmap(self._stats_one), True, (True, True))
+            vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None)), (True, False, True), (True, False))
+        self._seed_stats = self.placement.per_device(vmap(self._stats_one), True, (True, True))
 
     def init_carry(self):
         return self.placement.place((self._init_states(), init_counters(self.agent),

@@ -152,6 +152,15 @@ class Dense(nn.Module):
         return jnp.einsum("ebi,eio->ebo", x, kernel) + bias[:, None, :]
 
 
+def ensemble_member(params, e: int):
+    """The parameters of ensemble member `e` of an ensemble network, kept as an ensemble of one (every
+    array with a member axis sliced to `[e:e+1]`; scalars such as `inject_flag` as they are), for the same
+    module cloned with `ensemble=1`. It runs that member alone: TD3's actor loss reads Q1 only, and slicing
+    before the forward pass saves the other member's forward and backward matmuls, which slicing the
+    output would not."""
+    return jax.tree.map(lambda p: p[e:e + 1] if jnp.ndim(p) else p, params)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis with per-member affine parameters when `ensemble > 0`."""
     ensemble: int = 0

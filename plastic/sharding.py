@@ -105,6 +105,33 @@ class SeedPlacement:
         return jax.shard_map(fn, mesh=self.mesh, in_specs=jax.tree.map(spec, in_batched),
                              out_specs=jax.tree.map(spec, out_batched), check_vma=False)
 
+    def vmap(self, fn, in_axes=0, out_axes=0):
+        """`jax.vmap(fn, in_axes, out_axes)` over the run's seeds (`in_axes` / `out_axes`: 0, None or a tuple
+        of them per argument / output). A single-seed run gets `fn` on its one seed instead: the seed axis is
+        squeezed off the batched arguments and put back on the batched outputs (free reshapes), so the
+        program has no batch axis of size 1 (XLA:CPU runs a 256x256 matmul with a unit batch axis about
+        25 % slower than the plain one: docs/benchmarks.md) and every `lax.cond` stays a real branch.
+        Several seeds, sharded or not: `jax.vmap` itself."""
+        if self.n_seeds > 1:
+            return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+
+        def axes(spec, n):
+            spec = tuple(spec) if isinstance(spec, (tuple, list)) else (spec,) * n
+            if len(spec) != n or any(a not in (0, None) for a in spec):
+                raise ValueError(f"seed axes must be 0 or None per entry, got {spec!r} for {n} entries")
+            return spec
+
+        def one_seed(*args):
+            ins = axes(in_axes, len(args))
+            out = fn(*(jax.tree.map(lambda x: x[0], a) if ax == 0 else a for a, ax in zip(args, ins)))
+            single = not isinstance(out_axes, (tuple, list))
+            outs = axes(out_axes, 1 if single else len(out))
+            out = (out,) if single else out
+            out = tuple(jax.tree.map(lambda x: x[None], o) if ax == 0 else o for o, ax in zip(out, outs))
+            return out[0] if single else out
+
+        return one_seed
+
     def jit_batched(self, fn):
         """`jax.jit(fn)` for a function whose every output is seed-batched (a vmapped init): sharded, the
         outputs are created split over the mesh, never gathered on one device first."""

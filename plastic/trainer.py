@@ -85,15 +85,16 @@ class Trainer:
         # the device-loop driver (jit_trainer) calls the measuring one inside its scan; with sharded seeds each
         # device runs them on its own seeds
         per_device = lambda f: self.placement.per_device(f, (True, False), (True, False))  # noqa: E731
-        self._seed_updates = per_device(jax.vmap(self._updates, in_axes=(0, None), out_axes=(0, None)))
-        self._seed_updates_plain = per_device(jax.vmap(lambda ts, c: self._updates(ts, c, measure=False),
+        vmap = self.placement.vmap
+        self._seed_updates = per_device(vmap(self._updates, in_axes=(0, None), out_axes=(0, None)))
+        self._seed_updates_plain = per_device(vmap(lambda ts, c: self._updates(ts, c, measure=False),
                                                        in_axes=(0, None), out_axes=(0, None)))
         self._update = jit(lambda ts, c: self._with_pending(*self._seed_updates_plain(ts, c)))
         self._update_measure = jit(lambda ts, c: self._with_pending(*self._seed_updates(ts, c)))
         self._pending = None  # None: read it from the state at the next step (after init or restore)
         self._step_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)
-        self._first_action = jax.jit(jax.vmap(self._action, in_axes=(0, None, 0)))
-        self._seed_stats = self.placement.per_device(jax.vmap(self._stats_one), True, (True, True))
+        self._first_action = jax.jit(vmap(self._action, in_axes=(0, None, 0)))
+        self._seed_stats = self.placement.per_device(vmap(self._stats_one), True, (True, True))
         self._stats = jax.jit(self._seed_stats, donate_argnums=(0,))
         self.n_seeds = S
 
@@ -171,7 +172,7 @@ class Trainer:
         ts, counters, stop = self._store(ts, counters, transition)
         if learn:
             ts, counters = (self._seed_updates if measure else self._seed_updates_plain)(ts, counters)
-        action = jax.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
+        action = self.placement.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
         ts, counters = self.placement.constrain((ts, counters), (True, False))
         return (ts, counters, action, stop, self._with_pending(ts, counters)[2])
 

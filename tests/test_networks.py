@@ -373,3 +373,25 @@ def test_tiny_jitted_runs(tmp_path, agent, kind, iv, extra):
         if net.module is not None:
             assert isinstance(getattr(net.module, "mlp", net.module), KINDS[kind])
             assert np.all(np.isfinite(np.asarray(jax.tree.leaves(ts.agent.nets[n].params)[0])))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "simba", "bronet"])
+@pytest.mark.parametrize("inject", [False, True])
+def test_ensemble_member_runs_one_member_alone(kind, inject):
+    """`ensemble_member(params, e)` on the module cloned with `ensemble=1` gives member e's output of the
+    whole ensemble (TD3's actor loss reads Q1 this way, without the other member's matmuls)."""
+    from plastic.networks import ensemble_member
+    x = jnp.concatenate([X, -X], axis=-1)
+    net = (MLP((5, 4), 1, ensemble=2, inject=inject) if kind == "mlp"
+           else build(kind, ensemble=2, out=1, inject=inject))
+    params = net.init(KEY, x)["params"]
+    if inject:  # output_new differs from output_ref and the flag is set: the injected head is live
+        params = {**params, "inject_flag": jnp.ones(()),
+                  "output_new": jax.tree.map(lambda p: p + 0.3, params["output_new"])}
+    full = net.apply({"params": params}, x)[0]
+    one = net.clone(ensemble=1)
+    for e in range(2):
+        y = one.apply({"params": ensemble_member(params, e)}, x)[0]
+        assert y.shape == (1, *full.shape[1:])
+        np.testing.assert_allclose(y[0], full[e], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(full[0], full[1])  # the members differ, so the right one was picked

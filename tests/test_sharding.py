@@ -219,3 +219,31 @@ def test_bad_devices_is_one_line_error(argv, needle, tmp_path, capsys):
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     worker(sys.argv[1], Path(sys.argv[2]))
+
+
+def test_single_seed_vmap_runs_the_unbatched_program():
+    """`SeedPlacement.vmap` with one seed: the same values as `jax.vmap` (shared arguments and outputs
+    included), without a dot over a batch axis of size 1 (slow on XLA:CPU) in the program."""
+    import jax
+    import jax.numpy as jnp
+
+    from plastic.sharding import SeedPlacement
+
+    def f(params, count, x):
+        y = jnp.tanh(x @ params["w"]) @ params["w"].T
+        return {"y": y, "s": y.sum()}, count + 1
+
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8))}
+    x = jax.random.normal(jax.random.PRNGKey(1), (1, 5, 8))
+    count = jnp.asarray(3)
+    axes = dict(in_axes=(0, None, 0), out_axes=(0, None))
+    got = SeedPlacement(1, 1).vmap(f, **axes)(params, count, x)
+    want = jax.vmap(f, **axes)(params, count, x)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(SeedPlacement(1, 1).vmap(f, **axes))(params, count, x))
+    assert "dot_general" in jaxpr and "((0,), (0,))" not in jaxpr  # no batch dimensions in any dot
+    assert "((0,), (0,))" in str(jax.make_jaxpr(jax.vmap(f, **axes))(params, count, x))
+    assert SeedPlacement(1, 2).vmap(f, **axes) is not None  # several seeds: jax.vmap itself
