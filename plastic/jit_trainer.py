@@ -269,7 +269,7 @@ class OnPolicyTrainer(ChunkedRun):
             ts, counters, ec, sums = c
             t = counters["env_steps"]
             fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-            action = jax.vmap(act_one, in_axes=(0, 0, 0, None))(ts.agent, ec.obs, fold(ts.act_key, t), t)
+            action = self.placement.vmap(act_one, in_axes=(0, 0, 0, None))(ts.agent, ec.obs, fold(ts.act_key, t), t)
             keys = jax.vmap(lambda k: jax.random.split(k, E))(fold(ec.key, t))
             state, nobs, reward, term, trunc, final = jax.vmap(jax.vmap(self.env.step))(
                 ec.state, action, keys, ec.stop)
@@ -340,7 +340,8 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
         def act(ts, obs, t):  # [S, E, D] -> [S, E, ...]
             def one(agent_state, obs, key):
                 return jax.vmap(lambda o, k: self.agent.act(agent_state, o, k, True, t))(obs, jax.random.split(key, E))
-            return jax.vmap(one)(ts.agent, obs, jax.vmap(jax.random.fold_in, in_axes=(0, None))(ts.act_key, t))
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(ts.act_key, t)
+            return self.placement.vmap(one)(ts.agent, obs, keys)
 
         self._act = jax.jit(act)
         self._seed_functions()

@@ -216,11 +216,6 @@ def test_bad_devices_is_one_line_error(argv, needle, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
-    worker(sys.argv[1], Path(sys.argv[2]))
-
-
 def test_single_seed_vmap_runs_the_unbatched_program():
     """`SeedPlacement.vmap` with one seed: the same values as `jax.vmap` (shared arguments and outputs
     included), without a dot over a batch axis of size 1 (slow on XLA:CPU) in the program."""
@@ -244,10 +239,16 @@ def test_single_seed_vmap_runs_the_unbatched_program():
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
-    def dot_batch_dims(fn):
+    def dot_batch_dims(fn, params, x):
         eqns = jax.make_jaxpr(fn)(params, count, x).jaxpr.eqns
         return [tuple(e.params["dimension_numbers"][1][0]) for e in eqns if e.primitive.name == "dot_general"]
 
-    assert dot_batch_dims(SeedPlacement(1, 1).vmap(f, **axes)) == [(), ()]  # plain matmuls
-    assert dot_batch_dims(jax.vmap(f, **axes)) == [(0,), (0,)]  # what the squeeze avoids
-    assert SeedPlacement(1, 2).vmap(f, **axes) is not None  # several seeds: jax.vmap itself
+    assert dot_batch_dims(SeedPlacement(1, 1).vmap(f, **axes), params, x) == [(), ()]  # plain matmuls
+    assert dot_batch_dims(jax.vmap(f, **axes), params, x) == [(0,), (0,)]  # what the squeeze avoids
+    params2, x2 = jax.tree.map(lambda a: jnp.concatenate([a, -a]), (params, x))  # several seeds: jax.vmap
+    assert dot_batch_dims(SeedPlacement(1, 2).vmap(f, **axes), params2, x2) == [(0,), (0,)]
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    worker(sys.argv[1], Path(sys.argv[2]))
