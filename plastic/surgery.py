@@ -48,23 +48,37 @@ def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine"):
     return touched
 
 
-def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", outgoing="zero",
-                layernorm="reset_unit_affine", optimizer="zero_moments_keep_count", init=None):
-    """Reset the units flagged in `masks` (layer name -> bool `[E?, H]`). Returns the new NetState.
+def fresh_kernels(net, params, key, *, reinit="layer_init", init=None) -> dict:
+    """layer name -> a newly drawn kernel of that layer's shape (what `reset_units` puts in reset columns).
 
     `init` (optional) overrides `reinit`: a function `LayerSpec -> initializer (key, shape, dtype)` giving
     the distribution of each layer's new incoming columns (e.g. CBP's U(-b, b)); None keeps `reinit`."""
-    params = ns.params
+    out = {}
     for layer in net.layers:
-        m = masks[layer.name]
-        col = m[..., None, :]            # incoming column of a [E?, in, H] kernel
         kernel = get_path(params, layer.kernel)
         if init is not None:
             draw = init(layer)
         else:
             draw = layer.init if reinit == "layer_init" else kernel_initializer(reinit, layer.ensemble)
-        fresh = draw(jax.random.fold_in(key, layer.layer_id), kernel.shape, kernel.dtype)
-        params = set_path(params, layer.kernel, jnp.where(col, fresh, kernel))
+        out[layer.name] = draw(jax.random.fold_in(key, layer.layer_id), kernel.shape, kernel.dtype)
+    return out
+
+
+def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", outgoing="zero",
+                layernorm="reset_unit_affine", optimizer="zero_moments_keep_count", init=None, fresh=None):
+    """Reset the units flagged in `masks` (layer name -> bool `[E?, H]`). Returns the new NetState.
+
+    The reset columns come from `fresh_kernels(net, ns.params, key, reinit=reinit, init=init)`, or from
+    `fresh` when given (same structure): a periodic caller can then draw them under a `lax.cond` and do
+    the rest branch-free with masks that are all False off the event (see ReGraMa.post_update)."""
+    params = ns.params
+    if fresh is None:
+        fresh = fresh_kernels(net, params, key, reinit=reinit, init=init)
+    for layer in net.layers:
+        m = masks[layer.name]
+        col = m[..., None, :]            # incoming column of a [E?, in, H] kernel
+        kernel = get_path(params, layer.kernel)
+        params = set_path(params, layer.kernel, jnp.where(col, fresh[layer.name], kernel))
         params = set_path(params, layer.bias, jnp.where(m, 0.0, get_path(params, layer.bias)))
         if layer.layer_norm is not None and layernorm == "reset_unit_affine":
             scale, offset = layer.layer_norm
