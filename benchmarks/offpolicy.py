@@ -78,7 +78,7 @@ class UpdateTimer:
 
     def __init__(self, tr, n_fill):
         self.tr = tr
-        self.ts, self.counters = filled_state(tr, n_fill)
+        self.carry = tr.pack(*filled_state(tr, n_fill))
         S, O, A = tr.n_seeds, tr.envs.observation_size, tr.envs.action_size
         self.tr_ = {"obs": jnp.zeros((S, O)), "action": jnp.zeros((S, A)), "reward": jnp.zeros(S),
                     "next_obs": jnp.zeros((S, O)), "terminated": jnp.zeros(S),
@@ -90,7 +90,7 @@ class UpdateTimer:
         """Updates/s per seed over `n` calls."""
         t = time.perf_counter()
         for _ in range(n):  # host_step: the measuring program when a metric group is due, as in a run
-            self.ts, self.counters, a, _ = self.tr.host_step(self.ts, self.counters, self.tr_, self.nobs, learn=True)
+            self.carry, a, _ = self.tr.host_step(self.carry, self.tr_, self.nobs, learn=True)
         return n / (time.perf_counter() - t)
 
 
@@ -100,23 +100,24 @@ class TrainTimer:
 
     def __init__(self, tr, pipelined=False):
         self.tr, self.pipelined = tr, pipelined
-        self.ts, self.counters = tr.init_state()
+        ts, counters = tr.init_state()
         self.obs = tr.envs.reset()
-        self.action = np.asarray(tr._first_action(self.ts, self.counters, self.obs))
+        self.action = np.asarray(tr._first_action(ts, counters, self.obs))
+        self.carry = tr.pack(ts, counters)
         self(5)
 
     def __call__(self, n):
         """Env steps/s per seed over `n` steps."""
-        tr, ts, counters, obs, action = self.tr, self.ts, self.counters, self.obs, self.action
+        tr, carry, obs, action = self.tr, self.carry, self.obs, self.action
         t = time.perf_counter()
         for _ in range(n):
             nobs, rew, term, trunc, final = tr.envs.step(action)
             t_ = {"obs": obs, "action": action, "reward": rew, "next_obs": final, "terminated": term.astype(np.float32),
                   "done": (term | trunc).astype(np.float32)}
-            ts, counters, action, _ = tr.host_step(ts, counters, t_, nobs, learn=True, pipelined=self.pipelined)
+            carry, action, _ = tr.host_step(carry, t_, nobs, learn=True, pipelined=self.pipelined)
             obs = nobs
         rate = n / (time.perf_counter() - t)
-        self.ts, self.counters, self.obs, self.action = ts, counters, obs, action
+        self.carry, self.obs, self.action = carry, obs, action
         return rate
 
 

@@ -1,7 +1,9 @@
 """Off-policy trainer for host-stepped envs with seeds as a batch axis.
 
 Per env step the host does exactly one jitted call: add the transition of every seed to its replay, run UTD
-gradient updates (`lax.scan`) for every seed (`vmap`), and return the next action. Counters
+gradient updates (`lax.scan`) for every seed (`vmap`), and return the next action. Between calls the run's
+carry `(TrainState, counters)` is held packed (plastic/packing.py: small leaves in one buffer per dtype),
+so each call moves ~30 arrays instead of ~100; `pack` / `unpack` convert. Counters
 (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a scalar
 predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
 
@@ -38,6 +40,7 @@ from plastic.interventions import REGISTRY
 from plastic.logger import RunLogger
 from plastic.monitor import Monitor
 from plastic.nonstationary import phase_info, wrap_host
+from plastic.packing import Packer
 from plastic.replay import Replay
 from plastic.sharding import SeedPlacement
 
@@ -77,10 +80,10 @@ class Trainer:
         # Two programs per kind of step: the ordinary one has no measuring code at all (the metrics
         # collector only marks what is due); the measuring one runs after a round that marked something
         # (`self._pending`, resolved on the host at the next step). See plastic/monitor.py.
-        jit = lambda f: jax.jit(f, donate_argnums=(0,))  # noqa: E731
-        self._learn = jit(lambda *a: self._env_step(*a, learn=True))
-        self._learn_measure = jit(lambda *a: self._env_step(*a, learn=True, measure=True))
-        self._warm = jit(lambda *a: self._env_step(*a, learn=False))
+        packed = self._packed_program
+        self._learn = packed(lambda *a: self._env_step(*a, learn=True))
+        self._learn_measure = packed(lambda *a: self._env_step(*a, learn=True, measure=True))
+        self._warm = packed(lambda *a: self._env_step(*a, learn=False))
         # the update rounds of all seeds (counters unbatched): inside the fused step, or alone when pipelined;
         # the device-loop driver (jit_trainer) calls the measuring one inside its scan; with sharded seeds each
         # device runs them on its own seeds
@@ -89,14 +92,51 @@ class Trainer:
         self._seed_updates = per_device(vmap(self._updates, in_axes=(0, None), out_axes=(0, None)))
         self._seed_updates_plain = per_device(vmap(lambda ts, c: self._updates(ts, c, measure=False),
                                                        in_axes=(0, None), out_axes=(0, None)))
-        self._update = jit(lambda ts, c: self._with_pending(*self._seed_updates_plain(ts, c)))
-        self._update_measure = jit(lambda ts, c: self._with_pending(*self._seed_updates(ts, c)))
+        self._update = packed(lambda ts, c: self._with_pending(*self._seed_updates_plain(ts, c)))
+        self._update_measure = packed(lambda ts, c: self._with_pending(*self._seed_updates(ts, c)))
         self._pending = None  # None: read it from the state at the next step (after init or restore)
         self._step_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)
         self._first_action = jax.jit(vmap(self._action, in_axes=(0, None, 0)))
         self._seed_stats = self.placement.per_device(vmap(self._stats_one), True, (True, True))
-        self._stats = jax.jit(self._seed_stats, donate_argnums=(0,))
+        self._stats = packed(lambda ts, c: (lambda ts_, stats: (ts_, c, stats))(*self._seed_stats(ts)))
+        self._packers = None  # built from the first carry `pack` sees
+        self._pack_small = jax.jit(lambda st, sc: self.placement.constrain(
+            (self._packers[0].pack_small(st), self._packers[1].pack_small(sc)), self.SEED_BATCHED))
+        self._unpack_small = jax.jit(lambda bt, bc: (self._packers[0].unpack_small(bt),
+                                                     self._packers[1].unpack_small(bc)))
         self.n_seeds = S
+
+    # ---- the packed carry between host calls --------------------------------------------------------
+    def pack(self, ts, counters):
+        """The carry `host_step` and the stats program take. Its large leaves (kernels, moments, the replay)
+        are those of `ts` themselves, so stepping the carry (which donates it) consumes `ts`."""
+        if self._packers is None:
+            self._packers = (Packer(ts, batched=True), Packer(counters, batched=False))
+        (lt, st), (lc, sc) = self._packers[0].split(ts), self._packers[1].split(counters)
+        bt, bc = self._pack_small(st, sc)
+        return (lt, bt), (lc, bc)
+
+    def unpack(self, carry):
+        """`(ts, counters)` of a packed carry, sharing its large leaves (no copy of the replay)."""
+        (lt, bt), (lc, bc) = carry
+        st, sc = self._unpack_small(bt, bc)
+        return self._packers[0].join(lt, st), self._packers[1].join(lc, sc)
+
+    def _pack_traced(self, ts, counters):
+        carry = (self._packers[0].pack(ts), self._packers[1].pack(counters))
+        return self.placement.constrain(carry, self.SEED_BATCHED)
+
+    def _unpack_traced(self, carry):
+        return self._packers[0].unpack(carry[0]), self._packers[1].unpack(carry[1])
+
+    def _packed_program(self, fn):
+        """`fn(ts, counters, *args) -> (ts, counters, *outs)` as a jitted `(carry, *args) -> (carry, *outs)`
+        that donates the carry."""
+        def program(carry, *args):
+            ts, counters, *outs = fn(*self._unpack_traced(carry), *args)
+            return (self._pack_traced(ts, counters), *outs)
+
+        return jax.jit(program, donate_argnums=(0,))
 
     def _make_envs(self):
         run = self.cfg.run
@@ -136,28 +176,29 @@ class Trainer:
             policy = iv.on_act(ts.interventions[iv.name], policy, jax.random.fold_in(key, 1 + j), counters)
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
-    def host_step(self, ts, counters, transition, next_obs, learn: bool, pipelined: bool = False):
-        """One env step (state donated); returns `(ts, counters, action, stop)`, action and stop on the host.
+    def host_step(self, carry, transition, next_obs, learn: bool, pipelined: bool = False):
+        """One env step on the packed carry (donated; see `pack`); returns `(carry, action, stop)`, action
+        and stop on the host.
 
         `pipelined` (learning steps only): act before this step's updates and dispatch the updates without
         waiting for them; the action comes back while they run. A learning step runs the measuring
         program when the previous round marked a metric group due."""
-        measure = learn and self._measure_due(ts)
+        measure = learn and self._measure_due(carry)
         if learn and pipelined:
-            ts, counters, action, stop, _ = self._warm(ts, counters, transition, next_obs)
-            ts, counters, self._pending = (self._update_measure if measure else self._update)(ts, counters)
+            carry, action, stop, _ = self._warm(carry, transition, next_obs)
+            carry, self._pending = (self._update_measure if measure else self._update)(carry)
             action, stop = jax.device_get((action, stop))  # the flag is read at the next step
         else:
             fn = (self._learn_measure if measure else self._learn) if learn else self._warm
-            ts, counters, action, stop, pending = fn(ts, counters, transition, next_obs)
+            carry, action, stop, pending = fn(carry, transition, next_obs)
             action, stop, self._pending = jax.device_get((action, stop, pending))  # one transfer
-        return ts, counters, action, stop
+        return carry, action, stop
 
-    def _measure_due(self, ts) -> bool:
+    def _measure_due(self, carry) -> bool:
         if self.monitor is None:
             return False
         if self._pending is None:
-            self._pending = jax.jit(lambda ts: self._with_pending(ts, None)[2])(ts)
+            self._pending = jax.jit(lambda carry: self._with_pending(*self._unpack_traced(carry))[2])(carry)
         return bool(self._pending)  # pipelined: waits for the previous updates, which this step needs anyway
 
     def _with_pending(self, ts, counters):
@@ -269,10 +310,11 @@ class Trainer:
         finished = defaultdict(list)
         obs = self.envs.reset()
         action, stop = np.asarray(self._first_action(ts, counters, obs)), None
+        carry = self.pack(ts, counters)
         t_last, step_last, summary = time.perf_counter(), start, {}
 
         def save(step):
-            ckpt.save(step, (ts, counters), {"env_steps": step, "episodes": self.envs.episodes})
+            ckpt.save(step, self.unpack(carry), {"env_steps": step, "episodes": self.envs.episodes})
 
         try:
             for step in range(start, run.steps):
@@ -286,13 +328,13 @@ class Trainer:
                       "terminated": term.astype(np.float32), "done": (term | trunc).astype(np.float32)}
                 done = step + 1
                 ckpt_due = self._checkpoint_due(done)
-                ts, counters, action, stop = self.host_step(ts, counters, tr, nobs, learn=step >= ls,
-                                                            pipelined=run.pipelined_acting and not ckpt_due)
+                carry, action, stop = self.host_step(carry, tr, nobs, learn=step >= ls,
+                                                     pipelined=run.pipelined_acting and not ckpt_due)
                 obs = nobs
                 if done % run.log_every == 0 or done == run.steps:
                     now = time.perf_counter()
                     sps = (done - step_last) / max(now - t_last, 1e-9)
-                    ts, stats = self._stats(ts)
+                    carry, stats = self._stats(carry)
                     stats = jax.device_get(stats)
                     rows = self._rows(done, sps, stats, finished)
                     finished.clear()
@@ -310,7 +352,7 @@ class Trainer:
                     return {**summary, "interrupted": True, "step": done}
             if ckpt.latest_step() != run.steps:
                 save(run.steps)
-            self.final_state = (ts, counters)
+            self.final_state = self.unpack(carry)
         finally:
             restore()
             logger.close()

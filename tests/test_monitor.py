@@ -283,13 +283,12 @@ def test_host_steps_run_measuring_code_only_after_a_boundary(tmp_path):
           "metrics.ntk_every": 100, "metrics.batch_size": 32, "metrics.ntk_batch": 8}
     _, on = make("td3", "Pendulum-v1", 300, overrides=ov, metrics=True)
     _, off = make("td3", "Pendulum-v1", 300, overrides=ov)
-    ts, c = on.init_state()
     S, O, A = 1, on.envs.observation_size, on.envs.action_size
     tr = {"obs": np.zeros((S, O)), "action": np.zeros((S, A)), "reward": np.zeros(S),
           "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
 
     def conds(t):
-        return t._learn.lower(ts if t is on else t.init_state()[0], c, tr, np.zeros((S, O))).compile().as_text() \
+        return t._learn.lower(t.pack(*t.init_state()), tr, np.zeros((S, O))).compile().as_text() \
             .count(" conditional(")
 
     assert conds(on) == conds(off)
