@@ -19,10 +19,11 @@ intervention, in the order given on the command line (`--intervention grama+swd`
 | post_iteration    | `post_iteration`  | PPO.update, after the epochs     |
 | agent build       | `agent_options`   | trainer.build_agent, merged once |
 
-A periodic event that runs every update should keep large arrays out of its cond: XLA copies every
-array a `lax.cond` returns on every call, taken or not, so a cond over a whole `NetState` costs a copy of
-all parameters and moments per update. ReGraMa draws only the new columns under its cond and applies the
-reset branch-free with masks that are all False off the event (`surgery.reset_units(fresh=...)`).
+A periodic event that runs every update should keep large arrays out of its cond: XLA:CPU copied every
+array such a `lax.cond` returned, on every call, taken or not (seen in the HLO), so a cond over a whole
+`NetState` cost a copy of all parameters and moments per update. ReGraMa draws only the new columns
+under its cond and applies the reset branch-free with masks that are all False off the event
+(`surgery.reset_units(fresh=...)`).
 
 State: `init` returns the intervention's own pytree; the trainer keeps it in the train state under
 `interventions[name]`, so it is vmapped over seeds and checkpointed with everything else.
