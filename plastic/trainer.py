@@ -98,7 +98,8 @@ class Trainer:
         self._step_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)
         self._first_action = jax.jit(vmap(self._action, in_axes=(0, None, 0)))
         self._seed_stats = self.placement.per_device(vmap(self._stats_one), True, (True, True))
-        self._stats = packed(lambda ts, c: (lambda ts_, stats: (ts_, c, stats))(*self._seed_stats(ts)))
+        self._stats = packed(self._stats_of)
+        self._pending_of = jax.jit(lambda carry: self._with_pending(*self._unpack_traced(carry))[2])
         self._packers = None  # built from the first carry `pack` sees
         self._pack_small = jax.jit(lambda st, sc: self.placement.constrain(
             (self._packers[0].pack_small(st), self._packers[1].pack_small(sc)), self.SEED_BATCHED))
@@ -198,7 +199,7 @@ class Trainer:
         if self.monitor is None:
             return False
         if self._pending is None:
-            self._pending = jax.jit(lambda carry: self._with_pending(*self._unpack_traced(carry))[2])(carry)
+            self._pending = self._pending_of(carry)
         return bool(self._pending)  # pipelined: waits for the previous updates, which this step needs anyway
 
     def _with_pending(self, ts, counters):
@@ -290,6 +291,11 @@ class Trainer:
 
     def _stats_one(self, ts: TrainState):
         return log_point(self.interventions, ts)
+
+    def _stats_of(self, ts: TrainState, counters):
+        """The log-point values of all seeds, for the packed stats program (counters pass through)."""
+        ts, stats = self._seed_stats(ts)
+        return ts, counters, stats
 
     # ---- host loop -----------------------------------------------------------------------------
     def run(self, run_dir: Path, resume: bool = False) -> dict:
