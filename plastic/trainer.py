@@ -7,9 +7,10 @@ so each call moves ~30 arrays instead of ~100; `pack` / `unpack` convert. Counte
 (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a scalar
 predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
 
-The step comes in two compiled versions: the ordinary one, without the metrics collector's measuring code,
-and the measuring one, which the host calls for the step after a round that marked a metric group due
-(plastic/monitor.py); with metrics off they are the same program.
+The step comes in two compiled versions: the ordinary one, without the metrics collector's measuring code
+and without the periodic events of interventions that declare `event_ahead` (ReGraMa, ReDo), and the full
+one, which the host calls for the step after a round that marked a metric group due (plastic/monitor.py)
+or after which such an event can fire within the next round. Results do not depend on which one ran.
 
 The action for env step `i` is drawn with key `fold_in(act_key, i)`, so acting does not depend on how a
 run was split by checkpoints; on resume the episode in flight restarts from a fresh reset.
@@ -78,8 +79,10 @@ class Trainer:
         self.capacity = capacity
         S = run.seeds
         # Two programs per kind of step: the ordinary one has no measuring code at all (the metrics
-        # collector only marks what is due); the measuring one runs after a round that marked something
-        # (`self._pending`, resolved on the host at the next step). See plastic/monitor.py.
+        # collector only marks what is due) and no declared periodic events; the full ("measuring") one
+        # runs after a round that marked a group due or after which an event can fire in the next round
+        # (`self._pending`, resolved on the host at the next step). See plastic/monitor.py and
+        # Intervention.event_ahead.
         packed = self._packed_program
         self._learn = packed(lambda *a: self._env_step(*a, learn=True))
         self._learn_measure = packed(lambda *a: self._env_step(*a, learn=True, measure=True))
@@ -95,7 +98,8 @@ class Trainer:
         self._update = packed(lambda ts, c: self._with_pending(*self._seed_updates_plain(ts, c)))
         self._update_measure = packed(lambda ts, c: self._with_pending(*self._seed_updates(ts, c)))
         self._pending = None  # None: read it from the state at the next step (after init or restore)
-        self._step_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)
+        self._step_ivs = tuple(iv.without_events() for iv in self.interventions if iv is not self.monitor)
+        self._ahead = tuple(iv for iv in self.interventions if iv.without_events() is not iv)
         self._first_action = jax.jit(vmap(self._action, in_axes=(0, None, 0)))
         self._seed_stats = self.placement.per_device(vmap(self._stats_one), True, (True, True))
         self._stats = packed(self._stats_of)
@@ -184,7 +188,7 @@ class Trainer:
         `pipelined` (learning steps only): act before this step's updates and dispatch the updates without
         waiting for them; the action comes back while they run. A learning step runs the measuring
         program when the previous round marked a metric group due."""
-        measure = learn and self._measure_due(carry)
+        measure = learn and self._full_due(carry)
         if learn and pipelined:
             carry, action, stop, _ = self._warm(carry, transition, next_obs)
             carry, self._pending = (self._update_measure if measure else self._update)(carry)
@@ -195,18 +199,24 @@ class Trainer:
             action, stop, self._pending = jax.device_get((action, stop, pending))  # one transfer
         return carry, action, stop
 
-    def _measure_due(self, carry) -> bool:
-        if self.monitor is None:
+    def _full_due(self, carry) -> bool:
+        if self.monitor is None and not self._ahead:
             return False
         if self._pending is None:
             self._pending = self._pending_of(carry)
         return bool(self._pending)  # pipelined: waits for the previous updates, which this step needs anyway
 
     def _with_pending(self, ts, counters):
-        """`(ts, counters, any metric group marked due on any seed)`."""
-        if self.monitor is None:
-            return ts, counters, jnp.zeros((), bool)
-        return ts, counters, jnp.any(jax.vmap(self.monitor.pending)(ts.interventions[self.monitor.name]))
+        """`(ts, counters, whether the next round needs the full program)`: a metric group is marked due on
+        some seed, or a declared periodic event can fire within the next round's `utd` updates."""
+        pending = jnp.zeros((), bool)
+        if self.monitor is not None:
+            pending = jnp.any(jax.vmap(self.monitor.pending)(ts.interventions[self.monitor.name]))
+        utd = self.cfg.agent_cfg.utd  # each network updates at most once per gradient step
+        for iv in self._ahead:
+            ahead = jax.vmap(lambda s: iv.event_ahead(s, counters, utd))(ts.interventions[iv.name])  # noqa: B023
+            pending = pending | jnp.any(ahead)
+        return ts, counters, pending
 
     def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool, measure: bool = False):
         """One env step for all seeds: store, acting hooks, (UTD updates), next action, stop flag, and

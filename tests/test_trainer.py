@@ -26,8 +26,8 @@ def run_once(tmp, name, agent="td3", steps=400, intervention="grama+swd", seeds=
     ov = {f"{agent}.learning_starts": 100, "run.log_every": 100, "run.checkpoint_every": 200,
           "run.pipelined_acting": pipelined,
           "grama.period": 40, "swd.T": 150, "swd.sampler": "bucketed", "swd.bucket_size": 50}
-    if "grama" not in intervention:
-        ov = {k: v for k, v in ov.items() if not k.startswith(("grama", "swd"))}
+    active = intervention.split("+")
+    ov = {k: v for k, v in ov.items() if not k.startswith(("grama.", "swd.")) or k.split(".")[0] in active}
     ov.update(extra or {})
     _, t = make(agent, env, steps, intervention, overrides=ov, seeds=seeds, seed=seed, metrics=metrics)
     t.run(tmp / name, resume=resume)
@@ -112,6 +112,47 @@ def test_pipelined_acting_uses_the_parameters_of_one_update_earlier(tmp_path):
         rng = np.random.default_rng(0)
         states.append(jax.device_get(tr.unpack(carry)))
     assert_trees_equal(*states)
+
+
+@pytest.mark.parametrize("intervention,extra", [
+    ("grama", {"grama.period": 7, "grama.tau": 0.1, "grama.step_ratio_window": 40, "grama.step_ratio_every": 3}),
+    ("redo", {"redo.period": 9, "redo.tau": 0.1})])
+def test_events_compiled_out_of_the_ordinary_program_change_nothing(tmp_path, monkeypatch, intervention, extra):
+    """The host driver's ordinary program leaves out declared periodic events (Intervention.event_ahead):
+    a run that mostly uses it ends where a run with the events in every program ends (utd 2, so events and
+    step-ratio samples fall in either half of a round; TD3's actor updates every other step)."""
+    from plastic.interventions.base import Intervention
+    from plastic.trainer import Trainer
+    full_steps = []
+    orig = Trainer._full_due
+    monkeypatch.setattr(Trainer, "_full_due", lambda self, c: full_steps.append(orig(self, c)) or full_steps[-1])
+    kw = dict(intervention=intervention, steps=250, extra={"td3.utd": 2, **extra})
+    lean = run_once(tmp_path, "lean", **kw)
+    assert 0 < sum(full_steps) < len(full_steps)  # both programs ran (the full one near events and samples)
+    monkeypatch.setattr(Intervention, "without_events", lambda self: self)
+    always = run_once(tmp_path, "always", **kw)
+    # other programs, so floats are equal up to rounding; counts and reset masks exactly
+    for a, b in zip(jax.tree.leaves((lean.final_state, params_of(lean))),
+                    jax.tree.leaves((always.final_state, params_of(always)))):
+        a, b = np.asarray(a), np.asarray(b)
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(a, b)
+    s = lean.final_state[0].interventions[intervention]["critic"]
+    assert int(s["events"][0]) == 2 * (250 - 100) // extra[f"{intervention}.period"]
+    if intervention == "grama":
+        assert float(s["ratio_n"][0]) > 0  # step-ratio samples were taken
+
+
+def test_period_ahead_matches_brute_force():
+    from plastic.interventions.base import period_ahead
+    for count in range(0, 30):
+        for n in (1, 2, 3, 5):
+            for period in (1, 2, 4, 7):
+                want = any((count + k) % period == 0 for k in range(1, n + 1))
+                assert bool(period_ahead(count, n, period)) == want
+    assert bool(period_ahead(-1, 1, 3))  # a step-ratio window opening: a sample at since == 0
 
 
 def test_resume_drops_rows_after_checkpoint(tmp_path):

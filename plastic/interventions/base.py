@@ -19,6 +19,12 @@ intervention, in the order given on the command line (`--intervention grama+swd`
 | post_iteration    | `post_iteration`  | PPO.update, after the epochs     |
 | agent build       | `agent_options`   | trainer.build_agent, merged once |
 
+Periodic events the host driver can leave out: an intervention whose `post_update` fires only every
+`period` updates declares `event_ahead` (can an event fire within the next round?). The host driver's
+ordinary program is then compiled with `events_on = False` (see `without_events`): no event code at all;
+after each round it asks `event_ahead`, and the next round runs the full program, whose `lax.cond`
+decides exactly as before. Results are unchanged; the cost between events is nil (ReGraMa, ReDo).
+
 A periodic event that runs every update should keep large arrays out of its cond: XLA:CPU copied every
 array such a `lax.cond` returned, on every call, taken or not (seen in the HLO), so a cond over a whole
 `NetState` cost a copy of all parameters and moments per update. ReGraMa draws only the new columns
@@ -30,6 +36,7 @@ State: `init` returns the intervention's own pytree; the trainer keeps it in the
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import jax.numpy as jnp
@@ -41,6 +48,12 @@ def choice(name, value, valid):
     """A switch's value must be one of `valid`: else a one-line error naming them."""
     if value not in valid:
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def period_ahead(count, n: int, period: int):
+    """Whether a multiple of `period` lies in (count, count + n]: an event at `count % period == 0`
+    (count including the update) can fire within the next `n` updates."""
+    return (count + n) // period > count // period
 
 
 def nets_with_roles(agent, roles, with_units: bool = False):
@@ -60,6 +73,8 @@ class Intervention:
     def __init__(self, cfg, agent_name: str):
         self.cfg = cfg
         self.agent_name = agent_name
+
+    events_on: bool = True  # False in the host driver's ordinary program (see `event_ahead`)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.cfg})"
@@ -90,6 +105,24 @@ class Intervention:
     def init(self, key, agent, agent_state=None) -> Any:
         """This intervention's state for one seed; `agent_state` is the freshly initialised agent's."""
         return {}
+
+    # ---- periodic events the host driver may compile out ------------------------------------
+    def event_ahead(self, state, counters, n: int):
+        """Whether a periodic event of this intervention's `post_update` can fire within the next `n`
+        updates of its networks (one seed; `counters` as they stand before those updates): a bool scalar.
+        None (the default): not declared, and the event code is in every program. An intervention that
+        declares it must do nothing in `post_update` but per-update bookkeeping while `self.events_on` is
+        False, since the host driver runs such a program only when this returned False for all seeds."""
+        return None
+
+    def without_events(self):
+        """This intervention for the host driver's ordinary program: `events_on = False` (itself when it
+        does not declare `event_ahead`)."""
+        if type(self).event_ahead is Intervention.event_ahead:
+            return self
+        twin = copy.copy(self)
+        twin.events_on = False
+        return twin
 
     # ---- hooks (defaults are identities) ----------------------------------------------------
     def loss_term(self, net, params, state, aux):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from metrics.units import normalize_scores, unit_magnitude
 from plastic.core import maybe
-from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
+from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles, period_ahead
 from plastic.networks import get_path, set_path
 from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units
 
@@ -165,8 +165,11 @@ class ReDo(Intervention):
             new = new.replace(params=_rescale(net, new.params, masks, c.weight_scale))
         return new, masks, scores
 
+    def event_ahead(self, state, counters, n):
+        return jnp.any(jnp.stack([period_ahead(counters[k], n, self.cfg.period) for k in state]))
+
     def post_update(self, net, ns, ctx, state, key):
-        if net.name not in state:
+        if net.name not in state or not self.events_on:  # events_on: see Intervention.event_ahead
             return ns, state
         c = self.cfg
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from plastic.core import maybe
-from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
+from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles, period_ahead
 from plastic.networks import PROBE_POINTS
 from plastic.surgery import (LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, fresh_kernels, reset_units,
                              touched_entries)
@@ -105,11 +105,27 @@ class ReGraMa(Intervention):
             out[layer.name] = m
         return out
 
+    def event_ahead(self, state, counters, n):
+        """A reset event, or a step-ratio sample (the window's every `step_ratio_every`-th update), within
+        the next `n` updates of a network."""
+        c, ahead = self.cfg, []
+        for k, s in state.items():
+            ahead.append(period_ahead(counters[k], n, c.period))
+            if c.step_ratio_window:  # samples at since % every == 0, since = s["since"], ..., s["since"] + n - 1
+                ahead.append(self._window_open(s) & period_ahead(s["since"] - 1, n, c.step_ratio_every))
+        return jnp.any(jnp.stack(ahead))
+
+    def _window_open(self, s):
+        any_fresh = sum(jnp.sum(m) for m in s["fresh"].values()) > 0
+        return (s["since"] < self.cfg.step_ratio_window) & (s["events"] > 0) & any_fresh
+
     def post_update(self, net, ns, ctx, state, key):
         if net.name not in state:
             return ns, state
         c = self.cfg
         s = self._track_step_ratio(net, ctx, state[net.name])
+        if not self.events_on:  # the host driver's ordinary program: no event in this round (event_ahead)
+            return ns, {**state, net.name: s}
         # Only the event's draws and bookkeeping sit under the `lax.cond`; the reset itself is applied
         # branch-free with masks that are all False off the event, so its masked writes fuse into the
         # optimizer step. (A cond over the whole NetState makes XLA copy every parameter and Adam moment
@@ -148,8 +164,7 @@ class ReGraMa(Intervention):
         c = self.cfg
         if not c.step_ratio_window or ctx.updates is None or not net.lr:
             return s
-        any_fresh = sum(jnp.sum(m) for m in s["fresh"].values()) > 0
-        live = (s["since"] < c.step_ratio_window) & (s["events"] > 0) & any_fresh
+        live = self._window_open(s)
 
         def add(s):
             touched = touched_entries(net, ctx.updates, s["fresh"], c.layernorm)
@@ -160,7 +175,8 @@ class ReGraMa(Intervention):
             return {**s, "ratio_sum": s["ratio_sum"] + num / jnp.maximum(den, 1.0) / net.lr,
                     "ratio_n": s["ratio_n"] + 1.0}
 
-        s = maybe(live & (s["since"] % c.step_ratio_every == 0), add, s)
+        if self.events_on:  # else no sample falls in this round (event_ahead)
+            s = maybe(live & (s["since"] % c.step_ratio_every == 0), add, s)
         return {**s, "since": jnp.where(live, s["since"] + 1, s["since"])}
 
     def logs(self, state):
