@@ -7,10 +7,10 @@ so each call moves ~30 arrays instead of ~100; `pack` / `unpack` convert. Counte
 (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a scalar
 predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
 
-The step comes in two compiled versions: the ordinary one, without the metrics collector's measuring code
-and without the periodic events of interventions that declare `event_ahead` (ReGraMa, ReDo), and the full
-one, which the host calls for the step after a round that marked a metric group due (plastic/monitor.py)
-or after which such an event can fire within the next round. Results do not depend on which one ran.
+The step is compiled with or without the metrics collector's measuring code and with or without the
+periodic events of interventions that declare `event_ahead` (ReGraMa, ReDo). The ordinary program has
+neither; each step returns two flags for the next: a round marked a metric group due (plastic/monitor.py),
+or such an event can fire within the next round. Results do not depend on which program ran.
 
 The action for env step `i` is drawn with key `fold_in(act_key, i)`, so acting does not depend on how a
 run was split by checkpoints; on resume the episode in flight restarts from a fresh reset.
@@ -78,31 +78,27 @@ class Trainer:
             capacity = -(-capacity // self.bucket_size) * self.bucket_size
         self.capacity = capacity
         S = run.seeds
-        # Two programs per kind of step: the ordinary one has no measuring code at all (the metrics
-        # collector only marks what is due) and no declared periodic events; the full ("measuring") one
-        # runs after a round that marked a group due or after which an event can fire in the next round
-        # (`self._pending`, resolved on the host at the next step). See plastic/monitor.py and
-        # Intervention.event_ahead.
-        packed = self._packed_program
-        self._learn = packed(lambda *a: self._env_step(*a, learn=True))
-        self._learn_measure = packed(lambda *a: self._env_step(*a, learn=True, measure=True))
-        self._warm = packed(lambda *a: self._env_step(*a, learn=False))
-        # the update rounds of all seeds (counters unbatched): inside the fused step, or alone when pipelined;
-        # the device-loop driver (jit_trainer) calls the measuring one inside its scan; with sharded seeds each
-        # device runs them on its own seeds
-        per_device = lambda f: self.placement.per_device(f, (True, False), (True, False))  # noqa: E731
-        vmap = self.placement.vmap
-        self._seed_updates = per_device(vmap(self._updates, in_axes=(0, None), out_axes=(0, None)))
-        self._seed_updates_plain = per_device(vmap(lambda ts, c: self._updates(ts, c, measure=False),
-                                                       in_axes=(0, None), out_axes=(0, None)))
-        self._update = packed(lambda ts, c: self._with_pending(*self._seed_updates_plain(ts, c)))
-        self._update_measure = packed(lambda ts, c: self._with_pending(*self._seed_updates(ts, c)))
-        self._pending = None  # None: read it from the state at the next step (after init or restore)
-        self._step_ivs = tuple(iv.without_events() for iv in self.interventions if iv is not self.monitor)
+        # Programs per kind of step, by two flags: `measure` (the metrics collector's measuring code; without
+        # it the collector only marks what is due) and `events` (the periodic events of interventions that
+        # declare `event_ahead`). The ordinary program has neither; each step returns the flags the next
+        # one needs (`self._pending`, resolved on the host at the next step). `_learn`/`_update` are the
+        # ordinary programs, `_learn_measure`/`_update_measure` the full ones; the two mixed ones are
+        # compiled when first needed (`_step_program`). See plastic/monitor.py and Intervention.event_ahead.
         self._ahead = tuple(iv for iv in self.interventions if iv.without_events() is not iv)
+        self._acting_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)  # on_act hooks
+        self._programs = {}
+        self._learn, self._learn_measure = self._step_program("learn", False, False), self._step_program("learn", True, True)
+        self._update = self._step_program("update", False, False)
+        self._update_measure = self._step_program("update", True, True)
+        self._warm = self._packed_program(lambda *a: self._env_step(*a, learn=False))
+        # the update rounds of all seeds (counters unbatched), full: the device-loop driver (jit_trainer) calls
+        # them inside its scan; with sharded seeds each device runs them on its own seeds
+        self._seed_updates = self._seed_updates_of(True, True)
+        self._pending = None  # None: read it from the state at the next step (after init or restore)
+        vmap = self.placement.vmap
         self._first_action = jax.jit(vmap(self._action, in_axes=(0, None, 0)))
         self._seed_stats = self.placement.per_device(vmap(self._stats_one), True, (True, True))
-        self._stats = packed(self._stats_of)
+        self._stats = self._packed_program(self._stats_of)
         self._pending_of = jax.jit(lambda carry: self._with_pending(*self._unpack_traced(carry))[2])
         self._packers = None  # built from the first carry `pack` sees
         self._pack_small = jax.jit(lambda st, sc: self.placement.constrain(
@@ -133,6 +129,29 @@ class Trainer:
 
     def _unpack_traced(self, carry):
         return self._packers[0].unpack(carry[0]), self._packers[1].unpack(carry[1])
+
+    def _seed_updates_of(self, measure: bool, events: bool):
+        """The update rounds of all seeds: inside the fused step, or alone when pipelined."""
+        fn = lambda ts, c: self._updates(ts, c, measure=measure, events=events)  # noqa: E731
+        return self.placement.per_device(self.placement.vmap(fn, in_axes=(0, None), out_axes=(0, None)),
+                                         (True, False), (True, False))
+
+    def _step_program(self, kind: str, measure: bool, events: bool):
+        """The packed program of a learning step ("learn": store, updates, act) or of its updates alone
+        ("update", pipelined acting) with or without the measuring code and the declared events."""
+        if not self._ahead:
+            events = measure  # no declared events: the flag changes nothing
+        if (measure, events) in ((False, False), (True, True)) and hasattr(self, f"_{kind}_measure"):
+            return getattr(self, f"_{kind}_measure" if measure else f"_{kind}")  # (patchable in tests)
+        key = (kind, measure, events)
+        if key not in self._programs:
+            updates = self._seed_updates_of(measure, events)
+            if kind == "learn":
+                fn = lambda *a: self._env_step(*a, learn=True, updates=updates)  # noqa: E731
+            else:
+                fn = lambda ts, c: self._with_pending(*updates(ts, c))  # noqa: E731
+            self._programs[key] = self._packed_program(fn)
+        return self._programs[key]
 
     def _packed_program(self, fn):
         """`fn(ts, counters, *args) -> (ts, counters, *outs)` as a jitted `(carry, *args) -> (carry, *outs)`
@@ -177,7 +196,7 @@ class Trainer:
         k_rand, k_pol = jax.random.split(key)
         random = self.agent.random_action(k_rand)
         policy = self.agent.act(ts.agent, obs, k_pol, explore=True, step=step)
-        for j, iv in enumerate(self._step_ivs):
+        for j, iv in enumerate(self._acting_ivs):
             policy = iv.on_act(ts.interventions[iv.name], policy, jax.random.fold_in(key, 1 + j), counters)
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
@@ -188,42 +207,44 @@ class Trainer:
         `pipelined` (learning steps only): act before this step's updates and dispatch the updates without
         waiting for them; the action comes back while they run. A learning step runs the measuring
         program when the previous round marked a metric group due."""
-        measure = learn and self._full_due(carry)
+        flags = self._due(carry) if learn else (False, False)
         if learn and pipelined:
             carry, action, stop, _ = self._warm(carry, transition, next_obs)
-            carry, self._pending = (self._update_measure if measure else self._update)(carry)
-            action, stop = jax.device_get((action, stop))  # the flag is read at the next step
+            carry, self._pending = self._step_program("update", *flags)(carry)
+            action, stop = jax.device_get((action, stop))  # the flags are read at the next step
         else:
-            fn = (self._learn_measure if measure else self._learn) if learn else self._warm
+            fn = self._step_program("learn", *flags) if learn else self._warm
             carry, action, stop, pending = fn(carry, transition, next_obs)
             action, stop, self._pending = jax.device_get((action, stop, pending))  # one transfer
         return carry, action, stop
 
-    def _full_due(self, carry) -> bool:
+    def _due(self, carry) -> tuple[bool, bool]:
+        """`(measure, events)` for this learning step, from the flags the previous step returned."""
         if self.monitor is None and not self._ahead:
-            return False
+            return False, False
         if self._pending is None:
             self._pending = self._pending_of(carry)
-        return bool(self._pending)  # pipelined: waits for the previous updates, which this step needs anyway
+        measure, events = np.asarray(self._pending)  # pipelined: waits for the previous updates, needed anyway
+        return bool(measure), bool(events)
 
     def _with_pending(self, ts, counters):
-        """`(ts, counters, whether the next round needs the full program)`: a metric group is marked due on
-        some seed, or a declared periodic event can fire within the next round's `utd` updates."""
-        pending = jnp.zeros((), bool)
+        """`(ts, counters, flags)`, flags `[measure, events]` for the next round: a metric group is marked due
+        on some seed; a declared periodic event can fire within the next round's `utd` updates."""
+        measure, events = jnp.zeros((), bool), jnp.zeros((), bool)
         if self.monitor is not None:
-            pending = jnp.any(jax.vmap(self.monitor.pending)(ts.interventions[self.monitor.name]))
+            measure = jnp.any(jax.vmap(self.monitor.pending)(ts.interventions[self.monitor.name]))
         utd = self.cfg.agent_cfg.utd  # each network updates at most once per gradient step
         for iv in self._ahead:
             ahead = jax.vmap(lambda s: iv.event_ahead(s, counters, utd))(ts.interventions[iv.name])  # noqa: B023
-            pending = pending | jnp.any(ahead)
-        return ts, counters, pending
+            events = events | jnp.any(ahead)
+        return ts, counters, jnp.stack([measure, events])
 
-    def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool, measure: bool = False):
-        """One env step for all seeds: store, acting hooks, (UTD updates), next action, stop flag, and
-        whether a metric group is due (`measure`: the update rounds run the measuring code)."""
+    def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool, updates=None):
+        """One env step for all seeds: store, acting hooks, (UTD update rounds: `updates`, one of
+        `_seed_updates_of`), next action, stop flag, and the next step's program flags."""
         ts, counters, stop = self._store(ts, counters, transition)
         if learn:
-            ts, counters = (self._seed_updates if measure else self._seed_updates_plain)(ts, counters)
+            ts, counters = updates(ts, counters)
         action = self.placement.vmap(self._action, in_axes=(0, None, 0))(ts, counters, next_obs)
         ts, counters = self.placement.constrain((ts, counters), (True, False))
         return (ts, counters, action, stop, self._with_pending(ts, counters)[2])
@@ -255,9 +276,12 @@ class Trainer:
         batch = ts.replay.gather(idx)
         return {**batch, "reward": jnp.clip(batch["reward"], -clip, clip)} if clip else batch
 
-    def _updates(self, ts: TrainState, counters, measure: bool = True):
+    def _updates(self, ts: TrainState, counters, measure: bool = True, events: bool = True):
         """Scheduled events, then `utd` gradient updates of one seed. `measure=False`: without the metrics
-        collector's measurements (it only marks the groups this round made due)."""
+        collector's measurements (it only marks the groups this round made due); `events=False`: without
+        the periodic events of interventions that declare `event_ahead`."""
+        ivs = tuple(iv if events else iv.without_events() for iv in self.interventions
+                    if measure or iv is not self.monitor)
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, jax.random.fold_in(ts.key, 1_000_003))
         ts = ts.replace(agent=agent_state, interventions=istate)
@@ -273,7 +297,7 @@ class Trainer:
             agent_state, istate, key, counters = carry
             key, k_update = jax.random.split(key)
             agent_state, istate, counters = self.agent.update(agent_state, batch, counters, k_update,
-                                                              self.interventions if measure else self._step_ivs,
+                                                              ivs,
                                                               istate)
             return (agent_state, istate, key, counters), None
 

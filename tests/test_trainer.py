@@ -124,11 +124,11 @@ def test_events_compiled_out_of_the_ordinary_program_change_nothing(tmp_path, mo
     from plastic.interventions.base import Intervention
     from plastic.trainer import Trainer
     full_steps = []
-    orig = Trainer._full_due
-    monkeypatch.setattr(Trainer, "_full_due", lambda self, c: full_steps.append(orig(self, c)) or full_steps[-1])
+    orig = Trainer._due
+    monkeypatch.setattr(Trainer, "_due", lambda self, c: full_steps.append(orig(self, c)[1]) or orig(self, c))
     kw = dict(intervention=intervention, steps=250, extra={"td3.utd": 2, **extra})
     lean = run_once(tmp_path, "lean", **kw)
-    assert 0 < sum(full_steps) < len(full_steps)  # both programs ran (the full one near events and samples)
+    assert 0 < sum(full_steps) < len(full_steps)  # with and without the events (near events and samples)
     monkeypatch.setattr(Intervention, "without_events", lambda self: self)
     always = run_once(tmp_path, "always", **kw)
     # other programs, so floats are equal up to rounding; counts and reset masks exactly
@@ -207,7 +207,10 @@ def test_env_step_never_copies_the_replay(agent, intervention, env):
     action = np.zeros(S, np.int32) if tr.agent.discrete else np.zeros((S, A))
     transition = {"obs": np.zeros((S, O)), "action": action, "reward": np.zeros(S),
                   "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
-    programs = [fn.lower(carry, transition, np.zeros((S, O))) for fn in (tr._learn, tr._learn_measure, tr._warm)]
+    learn = [tr._learn, tr._learn_measure, tr._warm]
+    if tr._ahead:  # the mixed programs: measuring code without the declared events, and the other way round
+        learn += [tr._step_program("learn", True, False), tr._step_program("learn", False, True)]
+    programs = [fn.lower(carry, transition, np.zeros((S, O))) for fn in learn]
     for lowered in programs + [tr._update.lower(carry), tr._update_measure.lower(carry)]:
         hlo = lowered.compile().as_text()
         copies = [l.strip()[:120] for l in hlo.splitlines() if f"{capacity}" in l and " copy(" in l]
