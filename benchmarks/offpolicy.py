@@ -12,7 +12,8 @@ Prints, in one run:
 and the ratios the targets in docs/benchmarks.md refer to. Usage:
   python benchmarks/offpolicy.py [--agent td3] [--seeds 8] [--steps 400] [--rounds 3] [--skip-1m]
 Each measurement is repeated in interleaved rounds and the best round is reported: on a shared 2-core
-machine single runs vary by +-10%.
+machine single runs vary by +-10%. The 1M-buffer section also prints the median (and quartiles) of the
+per-round ratio of each case to `none`, which is steadier than a ratio of two best rounds.
 """
 from __future__ import annotations
 
@@ -260,18 +261,27 @@ def main():
     print(f"  aggregate {S} seeds / 1 seed            {res['trainS'] * S / res['train1']:.3f} | "
           f"{res['pipeS'] * S / res['pipe1']:.3f}   (target >= 0.90)")
     if not args.skip_1m:
-        # 1500 updates per round: ReGraMa (period 1000) fires once per round or so; with tau 0.1 units are
-        # reset at every event, so its reset_unit_step_ratio window (1000 updates) is open most of the time
-        m = max(n, 1500)
+        # 750 updates per round over 2R rounds (>= 6): ReGraMa (period 1000) fires in most rounds; its
+        # reset_unit_step_ratio window (1000 updates after a non-empty reset) is open most of the time. The
+        # state carries over, so the rounds continue one run. Each round times every case back to back:
+        # the median of the per-round ratios to `none` is steadier than a ratio of two best rounds.
+        m, rounds = max(n, 750), max(2 * R, 6)
         cases = {"none": ("none", {}), "grama (period 1000)": ("grama", {}),
                  "grama (tau 0.1: resets)": ("grama", {"grama.tau": 0.1}),
                  "swd exact": ("swd", {"swd.sampler": "exact"}), "swd bucketed": ("swd", {"swd.sampler": "bucketed"})}
         timers = {k: UpdateTimer(trainer_for(agent, 1, iv, ov, buffer=1_000_000), 1_000_000)
                   for k, (iv, ov) in cases.items()}
-        ms = {k: 1000.0 / r for k, r in best_of(timers, {k: m for k in timers}, max(R - 1, 1)).items()}
-        print(f"\nupdate time at a 1M buffer (ms per update, 1 seed, {m} updates per round)")
-        for name, v in ms.items():
-            print(f"  {name:24s} {v:7.3f} ms   x{v / ms['none']:.3f}")
+        per_round = {k: [] for k in timers}
+        for _ in range(rounds):
+            for k, timer in timers.items():
+                per_round[k].append(1000.0 / timer(m))
+        base = np.array(per_round["none"])
+        print(f"\nupdate time at a 1M buffer (ms per update, 1 seed, {rounds} rounds of {m} updates; "
+              f"best round, and the median / quartiles of the per-round ratio to none)")
+        for name, v in per_round.items():
+            r = np.array(v) / base
+            q1, med, q3 = np.percentile(r, [25, 50, 75])
+            print(f"  {name:24s} {min(v):7.3f} ms   x{min(v) / base.min():.3f}   median x{med:.3f} [{q1:.3f}, {q3:.3f}]")
         print(f"  {'100k-slot buffer':24s} {1000.0 / res['update1']:7.3f} ms   (update-only above)")
 
 
