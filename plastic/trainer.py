@@ -87,7 +87,8 @@ class Trainer:
         self._ahead = tuple(iv for iv in self.interventions if iv.without_events() is not iv)
         self._acting_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)  # on_act hooks
         self._programs = {}
-        self._learn, self._learn_measure = self._step_program("learn", False, False), self._step_program("learn", True, True)
+        self._learn = self._step_program("learn", False, False)
+        self._learn_measure = self._step_program("learn", True, True)
         self._update = self._step_program("update", False, False)
         self._update_measure = self._step_program("update", True, True)
         self._warm = self._packed_program(lambda *a: self._env_step(*a, learn=False))
@@ -205,8 +206,8 @@ class Trainer:
         and stop on the host.
 
         `pipelined` (learning steps only): act before this step's updates and dispatch the updates without
-        waiting for them; the action comes back while they run. A learning step runs the measuring
-        program when the previous round marked a metric group due."""
+        waiting for them; the action comes back while they run. A learning step runs the program with the
+        measuring code and/or the declared events as the previous step's flags say (`_due`)."""
         flags = self._due(carry) if learn else (False, False)
         if learn and pipelined:
             carry, action, stop, _ = self._warm(carry, transition, next_obs)
