@@ -81,16 +81,11 @@ class Trainer:
         # Programs per kind of step, by two flags: `measure` (the metrics collector's measuring code; without
         # it the collector only marks what is due) and `events` (the periodic events of interventions that
         # declare `event_ahead`). The ordinary program has neither; each step returns the flags the next
-        # one needs (`self._pending`, resolved on the host at the next step). `_learn`/`_update` are the
-        # ordinary programs, `_learn_measure`/`_update_measure` the full ones; the two mixed ones are
-        # compiled when first needed (`_step_program`). See plastic/monitor.py and Intervention.event_ahead.
-        self._ahead = tuple(iv for iv in self.interventions if iv.without_events() is not iv)
+        # one needs (`self._pending`, resolved on the host at the next step). Each program is compiled when
+        # first needed (`_step_program`). See plastic/monitor.py and Intervention.event_ahead.
+        self._ahead = tuple(iv for iv in self.interventions if iv.declares_events)
         self._acting_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)  # on_act hooks
         self._programs = {}
-        self._learn = self._step_program("learn", False, False)
-        self._learn_measure = self._step_program("learn", True, True)
-        self._update = self._step_program("update", False, False)
-        self._update_measure = self._step_program("update", True, True)
         self._warm = self._packed_program(lambda *a: self._env_step(*a, learn=False))
         # the update rounds of all seeds (counters unbatched), full: the device-loop driver (jit_trainer) calls
         # them inside its scan; with sharded seeds each device runs them on its own seeds
@@ -142,8 +137,6 @@ class Trainer:
         ("update", pipelined acting) with or without the measuring code and the declared events."""
         if not self._ahead:
             events = measure  # no declared events: the flag changes nothing
-        if (measure, events) in ((False, False), (True, True)) and hasattr(self, f"_{kind}_measure"):
-            return getattr(self, f"_{kind}_measure" if measure else f"_{kind}")  # (patchable in tests)
         key = (kind, measure, events)
         if key not in self._programs:
             updates = self._seed_updates_of(measure, events)

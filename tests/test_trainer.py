@@ -133,7 +133,7 @@ def test_events_compiled_out_of_the_ordinary_program_change_nothing(tmp_path, mo
     from plastic.trainer import Trainer
     full_steps = []
     orig = Trainer._due
-    monkeypatch.setattr(Trainer, "_due", lambda self, c: full_steps.append(orig(self, c)[1]) or orig(self, c))
+    monkeypatch.setattr(Trainer, "_due", lambda self, c: full_steps.append((flags := orig(self, c))[1]) or flags)
     kw = dict(agent=agent, intervention=intervention, steps=250, extra=extra, env=env)
     lean = run_once(tmp_path, "lean", **kw)
     assert 0 < sum(full_steps) < len(full_steps)  # with and without the events (near events and samples)
@@ -216,11 +216,13 @@ def test_env_step_never_copies_the_replay(agent, intervention, env):
     action = np.zeros(S, np.int32) if tr.agent.discrete else np.zeros((S, A))
     transition = {"obs": np.zeros((S, O)), "action": action, "reward": np.zeros(S),
                   "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
-    learn = [tr._learn, tr._learn_measure, tr._warm]
+    flags = [(False, False), (True, True)]
     if tr._ahead:  # the mixed programs: measuring code without the declared events, and the other way round
-        learn += [tr._step_program("learn", True, False), tr._step_program("learn", False, True)]
+        flags += [(True, False), (False, True)]
+    learn = [tr._step_program("learn", *f) for f in flags] + [tr._warm]
     programs = [fn.lower(carry, transition, np.zeros((S, O))) for fn in learn]
-    for lowered in programs + [tr._update.lower(carry), tr._update_measure.lower(carry)]:
+    updates = [tr._step_program("update", *f).lower(carry) for f in flags[:2]]
+    for lowered in programs + updates:
         hlo = lowered.compile().as_text()
         copies = [l.strip()[:120] for l in hlo.splitlines() if f"{capacity}" in l and " copy(" in l]
         assert not copies, copies

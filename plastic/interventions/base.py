@@ -115,10 +115,15 @@ class Intervention:
         False, since the host driver runs such a program only when this returned False for all seeds."""
         return None
 
+    @property
+    def declares_events(self) -> bool:
+        """Whether this intervention overrides `event_ahead`."""
+        return type(self).event_ahead is not Intervention.event_ahead
+
     def without_events(self):
         """This intervention for the host driver's ordinary program: `events_on = False` (itself when it
         does not declare `event_ahead`)."""
-        if type(self).event_ahead is Intervention.event_ahead:
+        if not self.declares_events:
             return self
         twin = copy.copy(self)
         twin.events_on = False
