@@ -102,7 +102,8 @@ def norm_logs(network: str, grads, updates, params_before, params, params_init,
     """Flat §3/§7 logs for one network: `grad_sparsity`, `grad_l1`, `grad_l2` (of `grads`),
     `grad_to_param_ratio` (grads vs `params_before`, the parameters they were taken at),
     `update_to_param_ratio` (`updates` vs `params_before`), `param_rms` and `param_dist_init_rms` (of the
-    post-update `params`, the latter against `params_init`), each keyed `<metric>/<network>`."""
+    post-update `params`, the latter against `params_init`), each keyed `<metric>/<network>`. `grads` must
+    be the raw loss gradient (metrics.md §3: before masking, weight decay, clipping or the optimizer)."""
     gs = grad_stats(grads, threshold)
     return {
         f"grad_sparsity/{network}": gs["sparsity"],

@@ -112,7 +112,7 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
     ns = NetState(optax.apply_updates(ns.params, updates), opt_state)
     count = count + 1
 
-    scores = grama_scores(net.layers, probe_grads, grads, net.probe_point) if net.layers else {}
+    scores = grama_scores(net.layers, probe_grads, raw_grads, net.probe_point) if net.layers else {}
     ctx = UpdateContext(count=count, grads=grads, updates=updates, probe_grads=probe_grads, scores=scores,
                         loss=loss, inputs=inputs, params_before=params_before, raw_grads=raw_grads,
                         opt_state_before=opt_state_before)

@@ -7,8 +7,9 @@ When a network's update counter passes a multiple of a group's period (or makes 
 round marks that group due (`schedule`); it is measured in the next round in which that network updates:
 
 - `post_update` (inside `core.gradient_step`, at the network's first update of that round): what only the
-  update itself knows: gradient sparsity/L1/L2, gradient- and update-to-parameter ratios, parameter RMS
-  and distance from initialisation, and the persistence of GraMa-inactive units.
+  update itself knows: gradient sparsity/L1/L2 and the gradient-to-parameter ratio (of the raw loss
+  gradient, before any `grad_transform`), the update-to-parameter ratio (of the applied update), parameter
+  RMS and distance from initialisation, and the persistence of GraMa-inactive units.
 - `collect` (called by every trainer after a seed's update round, or PPO's update): the metrics of a
   fixed-size batch, a replay sample (off-policy) or a subset of the current rollout (PPO), each group
   under its own `lax.cond`: activity (dormant ratios, FAU, linearised ratio, feature norm, dormant
@@ -42,6 +43,7 @@ from plastic.interventions.base import Intervention
 
 BATCH_GROUPS = ("activity", "rank", "churn", "ntk")
 PACKED = ("values", "theta0", "dormant", "grama", "ntk", "svd_retry", "due")  # state parts kept as one flat vector
+PROBE_PART = "probe_part"  # transient key of the state a `batch_fn` call gets: which draw of the batch it is
 
 
 def crossed(before, after, period: int):
@@ -89,6 +91,13 @@ def _features(net, acts):
     return phi.reshape(*phi.shape[:lead], -1)
 
 
+def _feature_width(net) -> int:
+    """Columns of `_features` (per ensemble member): the last hidden layer's width, times its spatial
+    positions when it is a conv layer (flattened over positions and channels)."""
+    last = net.layers[-1]
+    return last.width * (last.consumer_tiles[0] if last.consumer_tiles else 1)
+
+
 def _activation(module) -> str:
     return getattr(module, "activation", None) or getattr(getattr(module, "mlp", None), "activation", "relu")
 
@@ -112,7 +121,19 @@ class Monitor(Intervention):
         self.periods = {g: getattr(cfg, f"{g}_every") for g in ("grad",) + BATCH_GROUPS}
         self.policy_net = agent.policy_net if agent.policy_net in self.nets else None
         self.critic_net = agent.critic_net if agent.critic_net in self.nets else None
+        self.rank_rows, self.draws = self._rank_rows(agent)
         self._layout = self._layouts(agent) if self.active else {}
+
+    def _rank_rows(self, agent) -> tuple[int, int]:
+        """`(rows of the rank group, draws of the metrics batch per collection)`. A rank of `n x d` features
+        is at most min(n, d), so off-policy the rank group measures max(rows, widest feature width) rows:
+        the metrics batch (the first draw, all the other groups see) and `draws − 1` further draws of
+        `batch_size` replay rows (metrics.md §5: n >= d). PPO's batch is a subset of its rollout that its
+        driver draws (a second random subset would repeat rows): there the rank group keeps `rows`."""
+        if not self.periods["rank"] or getattr(agent, "on_policy", False):
+            return self.rows, 1
+        rows = max(self.rows, max(_feature_width(agent.nets[n]) for n in self.nets))
+        return rows, -(-rows // self.cfg.batch_size)
 
     @property
     def active(self) -> bool:
@@ -134,24 +155,31 @@ class Monitor(Intervention):
     def _unpacked_state(self, agent, agent_state) -> dict:
         c = self.cfg
         state = {"values": {}, "theta0": {n: agent_state.nets[n].params for n in self.nets},
-                 "probe_idx": jnp.zeros(c.batch_size, jnp.int32), "probe_set": jnp.zeros((), bool),
+                 "probe_idx": jnp.zeros(c.batch_size * self.draws, jnp.int32), "probe_set": jnp.zeros((), bool),
                  "dormant": {}, "grama": {}}
         for n in self.nets:
             net = agent.nets[n]
             masks = {l.name: jnp.zeros(l.mask_shape, bool) for l in net.layers}
             state["dormant"][n], state["grama"][n] = masks, masks
-        example = {"obs": jnp.zeros((self.rows, agent.obs_size)),
-                   "action": jnp.zeros((self.rows, *agent.action_example().shape), agent.action_example().dtype)}
+
+        def example_of(rows):
+            return {"obs": jnp.zeros((rows, agent.obs_size)),
+                    "action": jnp.zeros((rows, *agent.action_example().shape), agent.action_example().dtype)}
+
+        example = example_of(self.rows)
+        rank_example = example_of(self.rank_rows) if self.rank_rows > self.rows else None
         if self.periods["rank"]:  # features whose device SVD failed, kept for a host recompute
             feats = {n: jax.eval_shape(lambda s, b, n=n: _features(agent.nets[n], agent.nets[n].apply(
-                s.nets[n].params, agent.net_inputs(s, b)[n])[1]), agent_state, example) for n in self.nets}
+                s.nets[n].params, agent.net_inputs(s, b)[n])[1]), agent_state,
+                rank_example or example) for n in self.nets}
             state["svd_retry"] = {n: {"phi": jnp.zeros(f.shape, jnp.float32), "pending": jnp.zeros((), bool)}
                                   for n, f in feats.items()}
         if self.periods["ntk"]:  # what the NTK group captures when due, measured at the next log point
             x = agent.net_inputs(agent_state, example)[self.critic_net][:self.ntk_rows]
             state["ntk"] = {"params": agent_state.nets[self.critic_net].params, "x": x.astype(jnp.float32),
                             "rows": _rows(example, self.ntk_rows), "pending": jnp.zeros((), bool)}
-        shapes = dict(jax.eval_shape(lambda s, b: self._measure_all(s, state, b), agent_state, example)["values"])
+        shapes = dict(jax.eval_shape(lambda s, b, r: self._measure_all(s, state, b, rank_batch=r), agent_state,
+                                     example, rank_example)["values"])
         for n in self.nets:
             params = agent_state.nets[n].params
             if self.periods["grad"]:
@@ -185,8 +213,9 @@ class Monitor(Intervention):
 
         def fire():  # unpacked inside the branch: slices outside it would run on every step
             view = self.view(state, "values", "grama", "theta0")
-            vals, grama = self._grad_values(n, ctx.grads, ctx.updates, ctx.params_before, ns.params, ctx.scores,
-                                            view)
+            # the raw loss gradient (before every grad_transform: NE's masks, coupled weight decay), metrics.md §3
+            vals, grama = self._grad_values(n, ctx.raw_grads, ctx.updates, ctx.params_before, ns.params,
+                                            ctx.scores, view)
             return self.pack({"values": {**view["values"], **vals}, "grama": {**view["grama"], n: grama}})
 
         moved = _when(flags["grad"][n], fire, {"values": state["values"], "grama": state["grama"]})
@@ -194,6 +223,8 @@ class Monitor(Intervention):
         return ns, {**state, **moved, **self.pack({"due": flags})}
 
     def _grad_values(self, n, grads, updates, before, after, scores, state):
+        """The gradient group of network `n`: `grads` is the raw loss gradient (`UpdateContext.raw_grads`,
+        read by grad_sparsity/l1/l2 and grad_to_param_ratio), `updates` the update the optimizer applied."""
         c = self.cfg
         vals = norm_logs(n, grads, updates, before, after, state["theta0"][n], c.grad_zero_threshold)
         net = self.agent.nets[n]
@@ -206,11 +237,18 @@ class Monitor(Intervention):
 
     # ---- measured after an update round ---------------------------------------------------------
     def probe_indices(self, state, fresh_idx):
-        """`metrics.batch`: fresh indices, or the ones drawn at the first collection (`fixed_probe`)."""
+        """`metrics.batch`: fresh indices, or the ones drawn at the first collection (`fixed_probe`). With
+        several draws per collection (`self.draws`) draw i holds its own slice of the fixed indices (its
+        number is `state[PROBE_PART]`, set by `collect`); the set counts as drawn after the last one."""
         if self.cfg.batch != "fixed_probe":
             return fresh_idx, state
-        idx = jnp.where(state["probe_set"], state["probe_idx"], fresh_idx)
-        return idx, {**state, "probe_idx": idx, "probe_set": jnp.ones((), bool)}
+        if self.draws == 1:
+            idx = jnp.where(state["probe_set"], state["probe_idx"], fresh_idx)
+            return idx, {**state, "probe_idx": idx, "probe_set": jnp.ones((), bool)}
+        part, size = state.get(PROBE_PART, 0), fresh_idx.shape[0]
+        idx = jnp.where(state["probe_set"], state["probe_idx"][part * size:(part + 1) * size], fresh_idx)
+        held = jax.lax.dynamic_update_slice(state["probe_idx"], idx, (part * size,))
+        return idx, {**state, "probe_idx": held, "probe_set": state["probe_set"] | (part == self.draws - 1)}
 
     def collect(self, agent_state, state, before, after, batch_fn, key, policy_before=None):
         """Batch metrics of one seed after an update round, then `schedule`. The groups marked due by an
@@ -225,15 +263,35 @@ class Monitor(Intervention):
             # make the whole buffer a cond operand, which XLA copies on every step (+45 % update time, TD3).
             # Only what a measurement changes crosses the cond (theta0 and the GraMa sets stay outside).
             batch, state = batch_fn(key, state)
+            rank_batch, state = self._rank_batch(batch, batch_fn, key, state)
             moving = ("values", "dormant") + tuple(k for k in ("ntk", "svd_retry") if k in state)
 
             def measure():  # unpacked inside the branch (its slices would otherwise run on every step)
-                st = self._measure_all(agent_state, self.view(state, *moving), batch, fire, policy_before)
+                st = self._measure_all(agent_state, self.view(state, *moving), batch, fire, policy_before,
+                                       rank_batch)
                 return self.pack({k: st[k] for k in moving})
 
             state = {**state, **_when(anything, measure, {k: state[k] for k in moving})}
             flags = {g: {n: f & ~fire[(n, g)] if (n, g) in fire else f for n, f in fs.items()} for g, fs in flags.items()}
         return self.schedule({**state, **self.pack({"due": flags})}, before, after)
+
+    def _rank_batch(self, batch, batch_fn, key, state):
+        """`(rows of the rank group, state)`: None when the metrics batch is enough (one draw); else the
+        batch followed by `draws − 1` further draws (keys `fold_in(key, i)`, independent uniform replay
+        rows like the first), cut to `rank_rows`. They are gathered next to the first draw, outside the
+        groups' conds, for the same reason (only in the measuring program of the host drivers)."""
+        if self.draws == 1:
+            return None, state
+        parts = [batch]
+        for i in range(1, self.draws):
+            more, state = batch_fn(jax.random.fold_in(key, i), {**state, PROBE_PART: i})
+            state = {k: v for k, v in state.items() if k != PROBE_PART}
+            parts.append(more)
+        got = sum(jax.tree.leaves(p)[0].shape[0] for p in parts)
+        if got < self.rank_rows:
+            raise ValueError(f"the metrics batch function returned {got} rows over {self.draws} draws; the rank "
+                             f"group needs {self.rank_rows}")
+        return jax.tree.map(lambda *a: jnp.concatenate(a)[:self.rank_rows], *parts), state
 
     def schedule(self, state, before, after):
         """Marks the groups whose period boundary this round crossed (the network's update counter moved
@@ -250,8 +308,9 @@ class Monitor(Intervention):
         """Whether any group is marked due (one seed)."""
         return jnp.any(state["due"])
 
-    def _measure_all(self, agent_state, state, batch, due=None, policy_before=None):
-        """Every due batch group of every network: new state (or, with `due=None`, every key: init)."""
+    def _measure_all(self, agent_state, state, batch, due=None, policy_before=None, rank_batch=None):
+        """Every due batch group of every network: new state (or, with `due=None`, every key: init).
+        `rank_batch`: the rank group's rows when they are more than `batch` (`_rank_batch`)."""
         inputs = self.agent.net_inputs(agent_state, batch)
         values, dormant = dict(state["values"]), dict(state["dormant"])
         for n in self.nets:
@@ -276,11 +335,15 @@ class Monitor(Intervention):
                 # step off JAX's fast dispatch path. Non-finite values (GPU SVD failures) keep the
                 # features, and at_log_point recomputes them with SciPy's gesvd (metrics.md §5).
                 def ranks():
-                    sv = _device_svdvals(phi.astype(jnp.float32))
+                    f = phi
+                    if rank_batch is not None:  # its own forward pass, only when the group is due
+                        f = _features(net, net.apply(agent_state.nets[n].params,
+                                                     self.agent.net_inputs(agent_state, rank_batch)[n])[1])
+                    sv = _device_svdvals(f.astype(jnp.float32))
                     ok = jnp.all(jnp.isfinite(sv))
                     held = state["svd_retry"][n]
-                    retry = {"phi": jnp.where(ok, held["phi"], phi), "pending": held["pending"] | ~ok}
-                    return self._ranks(n, phi, sv), retry
+                    retry = {"phi": jnp.where(ok, held["phi"], f), "pending": held["pending"] | ~ok}
+                    return self._ranks(n, f, sv), retry
 
                 groups["rank"] = (ranks, state["svd_retry"][n])
             if n == self.policy_net and self.periods["churn"]:

@@ -33,8 +33,10 @@ Hooks (all on the network's own update counter, which is unbatched):
   their gradients equal those of the half batch).
 
 Per-layer densities follow the Erdős–Rényi rule (`er_densities`), computed in Python from the kernel
-shapes; with `dense_layers=first_and_last` the first and the output kernel stay dense and count toward the
-global density (sparse layers get sparser to compensate, as in RigL / the authors' `sparse_set`).
+shapes; with `dense_layers=first_and_last` the network's first layer and output head stay dense and count
+toward the global density (sparse layers get sparser to compensate, as in RigL / the authors' `sparse_set`):
+the first and output kernels of an MLP / conv torso, the input projection `embed` and head `output` of a
+residual net (SimBa, BroNet; not in its layer map, so never masked), whose block kernels are then all sparse.
 
 Logs: `ne/density/NET` (active fraction of all the network's kernels, dense ones included),
 `ne/density/NET/LAYER`, `ne/grown/NET`, `ne/pruned/NET` (connections switched on / off at the last
@@ -56,6 +58,7 @@ import optax
 from metrics.activity import active_mask
 from metrics.units import unit_magnitude
 from plastic.core import NetState, maybe
+from plastic.fields import count, num, positive, unit, unit_lt1, unit_pos
 from plastic.interventions.base import Intervention, choice as _choice
 from plastic.networks import get_path, kernel_initializer, set_path
 
@@ -80,18 +83,19 @@ class NEConfig:
     # defaults = the `ne_paper` preset (experiments/configs/ne_paper.yaml); `ne_code.yaml` = released code
     actor_mode: str = "grow"               # grow | static_sparse | dense; paper grow [reconstructed], code static_sparse
     critic_mode: str = "grow"              # grow | static_sparse | dense (DQN's Q-net has the role critic)
-    initial_sparsity: float = 0.8          # [authors' code] initial_stl_sparsity
-    final_sparsity: float = 0.25           # [authors' code train.py] actor/critic_sparsity
-    period: int = 10_000                   # Delta, updates of the network; code (TD3/MuJoCo argparse) 100
-    t_end: int = 1_000_000                 # T_end in updates of the network (code: max_timesteps − start_timesteps)
+    initial_sparsity: float = unit_lt1(0.8)  # [authors' code] initial_stl_sparsity
+    final_sparsity: float = unit(0.25)     # [authors' code train.py] actor/critic_sparsity
+    period: int = count(10_000, "updates")  # Delta, updates of the network; code (TD3/MuJoCo argparse) 100
+    t_end: int = count(1_000_000, "updates")  # T_end in updates of the network (code: max_timesteps −
+                                              # start_timesteps)
     growth_schedule: str = "cosine"        # cosine (paper via third party) | constant (code, rate 0.008)
-    growth_rate: float = 0.008             # constant schedule: fraction of n_init_space per event [authors' code]
-    zeta: float = 0.5                      # cosine schedule amplitude [authors' code argparse default]
+    growth_rate: float = unit_pos(0.008)   # constant schedule: fraction of n_init_space per event [authors' code]
+    zeta: float = unit(0.5)                # cosine schedule amplitude [authors' code argparse default]
     grow_score: str = "dense_grad_abs"     # dense_grad_abs | random
     grown_init: str = "zero"               # zero (function-preserving; code) | layer_init
     prune_score: str = "dormant_activation"  # dormant_activation (tau = 0, paper) | weight_magnitude (code)
     prune_connections: str = "incoming"    # incoming [reconstructed] | incoming_and_outgoing (dormant pruning)
-    prune_cap: float = 0.4                 # omega: n_prune <= floor(omega · n_grow) [authors' code]
+    prune_cap: float = unit_lt1(0.4)       # omega: n_prune <= floor(omega · n_grow) [authors' code]
     prune_truncation: str = "random"       # random (paper) | lowest_score (lowest |w|; code)
     dense_layers: str = "first_and_last"   # first_and_last (paper, after RLx2) | none (code)
     init_mask: str = "magnitude"           # magnitude (largest |w| kept; code weight_sparsify) | random
@@ -99,13 +103,13 @@ class NEConfig:
     optimizer_on_topology_change: str = "zero_moments_keep_count"  # | none  [project]
     remask_targets: bool = True            # [authors' code]
     dst_after_growth: bool = True          # [authors' code]: RigL-style swaps at constant density after growth
-    dst_zeta: float = 0.2                  # [authors' code] zeta after the switch (cosine)
+    dst_zeta: float = unit(0.2)            # [authors' code] zeta after the switch (cosine)
     experience_review: str = "fau_gated_oldest"  # | off (code default: --recall off)
-    review_awaken: float = 0.4             # [authors' code] awaken
-    review_tamp: float = 0.9               # [authors' code] Tamp
-    review_oldest_frac: float = 0.3        # [authors' code] hist_size
+    review_awaken: float = unit_pos(0.4)   # [authors' code] awaken
+    review_tamp: float = positive(0.9)     # [authors' code] Tamp
+    review_oldest_frac: float = unit_pos(0.3)  # [authors' code] hist_size
     auto_batch: bool = False               # code default true; not part of the method as described
-    grad_accumulation_n: int = 1           # [authors' code]: dense gradient = mean over the last n updates
+    grad_accumulation_n: int = num(1, ge=1)  # [authors' code]: dense gradient = mean over the last n updates
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,20 @@ class NE(Intervention):
     samples_replay = True   # experience review; with review and auto_batch off it samples uniformly
     # PPO has no replay buffer: experience review and batch halving do not apply
     agent_defaults = {"ppo": {"experience_review": "off", "auto_batch": False}}
+    census = {"period": 5}
+
+    @classmethod
+    def census_selections(cls, roles):
+        """The growing networks: the actor alone, the critic alone, both (the others dense)."""
+        units = [r for r in ("actor", "critic") if r in set(roles)]
+        one = [{f"{r}_mode": "grow", **{f"{o}_mode": "dense" for o in ("actor", "critic") if o != r}} for r in units]
+        return one + ([{"actor_mode": "grow", "critic_mode": "grow"}] if len(units) > 1 else [])
+
+    def expected_events(self, agent, counters):
+        """A topology event at every positive multiple of `period` of each growing network's counter, while the
+        phase is live (the DST phase after growth included; up to `t_end` updates after the phase started,
+        which the census's short runs never reach)."""
+        return {n: counters[n] // self.cfg.period for n, p in self._plans.items() if p is not None and p.mode == "grow"}
 
     def __init__(self, cfg, agent_name):
         super().__init__(cfg, agent_name)
@@ -277,9 +295,17 @@ class NE(Intervention):
         shapes = [get_path(params, s.path).shape for s in specs]
         member = [sh[1:] if s.ensemble else sh for s, sh in zip(specs, shapes)]
         mult = [s.ensemble or 1 for s in specs]
-        dense = {0, len(specs) - 1} if c.dense_layers == "first_and_last" else set()
-        d0, n0 = er_counts(member, 1.0 - c.initial_sparsity, dense, mult)
-        d1, n1 = er_counts(member, 1.0 - c.final_sparsity, dense, mult)
+        dense, ends = set(), []
+        if c.dense_layers == "first_and_last":
+            # the network's input layer and output head: the first and last listed kernels, or (residual
+            # nets) the input projection and head outside the list, dense and counted in the density
+            ends = _unlisted_kernels(net, params, specs)
+            dense = set(range(len(specs), len(specs) + len(ends))) if ends else {0, len(specs) - 1}
+        ens = net.layers[0].ensemble
+        member_all = member + [sh[1:] if ens else sh for sh in ends]
+        mult_all = mult + [ens or 1] * len(ends)
+        d0, n0 = er_counts(member_all, 1.0 - c.initial_sparsity, dense, mult_all)
+        d1, n1 = er_counts(member_all, 1.0 - c.final_sparsity, dense, mult_all)
         sparse = [i for i in range(len(specs)) if d0[i] < 1.0 or (mode == "grow" and d1[i] < 1.0)]
         if not sparse:
             self._plans[net.name] = None
@@ -289,7 +315,8 @@ class NE(Intervention):
                  rows={specs[i].name: mult[i] for i in sparse},
                  n_init={specs[i].name: n0[i] for i in sparse},
                  n_final={specs[i].name: (n1[i] if mode == "grow" else n0[i]) for i in sparse},
-                 dense_size=sum(size[specs[i].name] * mult[i] for i in range(len(specs)) if i not in sparse),
+                 dense_size=sum(size[specs[i].name] * mult[i] for i in range(len(specs)) if i not in sparse)
+                 + sum(math.prod(m) * k for m, k in zip(member_all[len(specs):], mult_all[len(specs):])),
                  mode=mode, densities={specs[i].name: (d0[i], d1[i]) for i in range(len(specs))})
         self._plans[net.name] = p
         return p
@@ -591,6 +618,19 @@ def _output_init(net, ensemble):
     output scale (PPO's small policy head), with the ensemble axis if any."""
     m = getattr(net.module, "mlp", net.module)
     return kernel_initializer(getattr(m, "kernel_init", "lecun_normal"), ensemble, getattr(m, "out_init_scale", 1.0))
+
+
+def _unlisted_kernels(net, params, specs) -> list[tuple[int, ...]]:
+    """Shapes of the network's kernels outside `specs`: a residual net's input projection `embed` and output
+    head `output` (SimBa, BroNet), which its layer map leaves out (they act on the residual stream); none for
+    the plain chains (MLP, conv torso), whose first and output kernels are listed."""
+    listed = {s.path for s in specs}
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = tuple(getattr(k, "key", None) for k in path)
+        if keys[-1] == "kernel" and keys not in listed:
+            out.append(tuple(leaf.shape))
+    return out
 
 
 def _kernel_specs(net) -> list[KernelSpec]:
