@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
+from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos
 from plastic.networks import build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
 
@@ -22,24 +23,26 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 @dataclass
 class SACConfig:
-    hidden: tuple[int, ...] = (256, 256)   # mlp: layer widths; simba/bronet: the first is the width d
+    hidden: tuple[int, ...] = positive((256, 256))  # mlp: layer widths; simba/bronet: the first is the width d
     network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
-    blocks: int = 2                   # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
+    blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = "relu"
     init: str = "lecun_normal"
-    actor_lr: float = 3e-4
-    critic_lr: float = 1e-3
-    alpha_lr: float = 1e-3
-    batch_size: int = 256
-    gamma: float = 0.99
-    tau: float = 0.005
-    policy_delay: int = 2
+    actor_lr: float = positive(3e-4)
+    critic_lr: float = positive(1e-3)
+    alpha_lr: float = positive(1e-3)
+    b1: float = unit_lt1(0.9)         # Adam β1 of every network (CBP's LOP setting: 0.99)
+    b2: float = unit_lt1(0.999)       # Adam β2 (CBP's LOP setting: 0.99)
+    batch_size: int = positive(256)
+    gamma: float = unit(0.99)
+    tau: float = unit_pos(0.005)
+    policy_delay: int = positive(2)
     autotune: bool = True
-    alpha: float = 0.2                # initial (or fixed, if autotune is off) temperature
-    train_frequency: int = 1          # env steps between update rounds
-    utd: int = 1
-    buffer_size: int = 1_000_000
-    learning_starts: int = 5_000
+    alpha: float = nonneg(0.2)        # initial (or fixed, if autotune is off) temperature
+    train_frequency: int = positive(1)  # env steps between update rounds
+    utd: int = positive(1)
+    buffer_size: int = positive(1_000_000)
+    learning_starts: int = nonneg(5_000)
 
 
 class SAC(ContinuousActions):
@@ -54,10 +57,10 @@ class SAC(ContinuousActions):
         inject, count = opts.get("inject", ()), opts.get("adam_count", "global")
         actor = build_network(cfg, 2 * action_size, probe_point=probe_point, inject="actor" in inject)
         critic = build_network(cfg, 1, ensemble=2, probe_point=probe_point, inject="critic" in inject)
-        self.actor = Net.of("actor", actor, with_injection(adam(cfg.actor_lr, count=count), actor), cfg.actor_lr)
-        self.critic = Net.of("critic", critic, with_injection(adam(cfg.critic_lr, count=count), critic),
-                             cfg.critic_lr)
-        self.alpha = Net("alpha", adam(cfg.alpha_lr, count=count),
+        opt = lambda lr: adam(lr, b1=cfg.b1, b2=cfg.b2, count=count)  # noqa: E731
+        self.actor = Net.of("actor", actor, with_injection(opt(cfg.actor_lr), actor), cfg.actor_lr)
+        self.critic = Net.of("critic", critic, with_injection(opt(cfg.critic_lr), critic), cfg.critic_lr)
+        self.alpha = Net("alpha", opt(cfg.alpha_lr),
                          init_fn=lambda key: {"log_alpha": jnp.log(jnp.asarray(cfg.alpha, jnp.float32))})
         self.nets = {"actor": self.actor, "critic": self.critic, "alpha": self.alpha}
         self.target_entropy = -float(action_size)

@@ -12,30 +12,33 @@ import jax.numpy as jnp
 
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
+from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos
 from plastic.networks import build_network, check_options, ensemble_member, validate_network, with_injection
 from plastic.optim import adam
 
 
 @dataclass
 class TD3Config:
-    hidden: tuple[int, ...] = (256, 256)   # mlp: layer widths; simba/bronet: the first is the width d
+    hidden: tuple[int, ...] = positive((256, 256))  # mlp: layer widths; simba/bronet: the first is the width d
     network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
-    blocks: int = 2                   # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
+    blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = "relu"
     init: str = "lecun_normal"
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    batch_size: int = 256
-    gamma: float = 0.99
-    tau: float = 0.005
-    policy_delay: int = 2
-    exploration_noise: float = 0.1
-    target_noise: float = 0.2
-    noise_clip: float = 0.5
-    train_frequency: int = 1          # env steps between update rounds
-    utd: int = 1                      # gradient updates per env step
-    buffer_size: int = 1_000_000
-    learning_starts: int = 25_000
+    actor_lr: float = positive(3e-4)
+    critic_lr: float = positive(3e-4)
+    b1: float = unit_lt1(0.9)         # Adam β1 (CBP's LOP setting: 0.99)
+    b2: float = unit_lt1(0.999)       # Adam β2 (CBP's LOP setting: 0.99)
+    batch_size: int = positive(256)
+    gamma: float = unit(0.99)
+    tau: float = unit_pos(0.005)
+    policy_delay: int = positive(2)
+    exploration_noise: float = nonneg(0.1)
+    target_noise: float = nonneg(0.2)
+    noise_clip: float = nonneg(0.5)
+    train_frequency: int = positive(1)  # env steps between update rounds
+    utd: int = positive(1)            # gradient updates per env step
+    buffer_size: int = positive(1_000_000)
+    learning_starts: int = nonneg(25_000)
 
 
 class TD3(ContinuousActions):
@@ -50,9 +53,9 @@ class TD3(ContinuousActions):
         inject, count = opts.get("inject", ()), opts.get("adam_count", "global")
         actor = build_network(cfg, action_size, probe_point=probe_point, inject="actor" in inject)
         critic = build_network(cfg, 1, ensemble=2, probe_point=probe_point, inject="critic" in inject)
-        self.actor = Net.of("actor", actor, with_injection(adam(cfg.actor_lr, count=count), actor), cfg.actor_lr)
-        self.critic = Net.of("critic", critic, with_injection(adam(cfg.critic_lr, count=count), critic),
-                             cfg.critic_lr)
+        opt = lambda lr: adam(lr, b1=cfg.b1, b2=cfg.b2, count=count)  # noqa: E731
+        self.actor = Net.of("actor", actor, with_injection(opt(cfg.actor_lr), actor), cfg.actor_lr)
+        self.critic = Net.of("critic", critic, with_injection(opt(cfg.critic_lr), critic), cfg.critic_lr)
         self.nets = {"actor": self.actor, "critic": self.critic}
         self.q1 = critic.clone(ensemble=1)  # Q1 alone, for the actor loss (networks.ensemble_member)
 

@@ -4,6 +4,8 @@ Sources, lowest precedence first: dataclass defaults, a preset (`--config NAME|P
 experiments/configs/), the main flags (`--agent --intervention --env --seeds --steps --run-dir`), then
 typed overrides `--NAMESPACE.FIELD VALUE` (or `=VALUE`) where NAMESPACE is `run`, `metrics`, `env`
 (non-stationarity, plastic/nonstationary.py), the agent name (or `agent`) or an intervention name. Every error is a `ConfigError` with a one-line message.
+Numeric fields declare their valid ranges where they are declared (plastic/fields.py); `validate` checks every
+field of every section against them (and floats for finiteness) before the checks that relate several fields.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import yaml
 
 import agents
 from plastic import interventions as iv_registry
-from plastic import nonstationary
+from plastic import envs, fields, nonstationary
+from plastic.fields import nonneg, num, positive, unit_pos
 from plastic.nonstationary import EnvConfig
 from plastic.networks import INITIALIZERS, PROBE_POINTS, ACTIVATIONS
 
@@ -25,6 +28,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 
 DRIVERS = ("auto", "host", "jit")
+PROGRESS = ("auto", "on", "off")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -37,12 +41,20 @@ class RunConfig:
     env: str = ""                      # "": the agent's default (HalfCheetah-v5; CartPole-v1 for dqn;
                                        # gymnax:CartPole-v1 for ppo)
     driver: str = "auto"               # auto | host | jit  (auto: jit for gymnax:/brax:/probe: envs, else host)
-    seeds: int = 1                     # independent seeds, vmapped in one process
-    seed: int = 0                      # base seed; vmapped seed i behaves as a run with seed + i
-    steps: int = 30_000                # env steps per seed (presets set paper budgets)
+    seeds: int = positive(1)           # independent seeds, vmapped in one process
+    seed: int = nonneg(0)              # base seed; vmapped seed i behaves as a run with seed + i
+    steps: int = positive(30_000)      # env steps per seed (presets set paper budgets)
     run_dir: str = ""                  # default: runs/<agent>-<interventions>-<env>-s<seed>
-    log_every: int = 5_000             # env steps between log rows
-    checkpoint_every: int = 50_000     # checkpoint at the first log point at or after each multiple (0: only at the end)
+    log_every: int = positive(5_000)   # env steps between log rows
+    # checkpoint at the first log point at or after each multiple (0: only at the end)
+    checkpoint_every: int = nonneg(50_000, note="0: only at the end")
+    # Evaluation (plastic/evaluation.py): `eval_episodes` complete episodes of each seed's evaluation policy
+    # (no exploration) on separate envs, at the first log point at or after each multiple of `eval_every`
+    # env steps and at the end (0: off); logged as eval/episode_return and eval/episode_length. Episode j
+    # starts from an env seed derived from `eval_seed` and j only: the same for every seed and method.
+    eval_every: int = nonneg(50_000, note="0: off")
+    eval_episodes: int = positive(10)
+    eval_seed: int = nonneg(0)
     progress: str = "auto"             # auto | on | off
     tensorboard: bool = True
     # Act with the parameters of one update earlier, so the next update runs while the host steps the
@@ -51,7 +63,7 @@ class RunConfig:
     # Local devices the seed axis is split across (jax.sharding; plastic/sharding.py). 0: all of them when
     # their number divides `seeds`, else the largest count that does; 1: no sharding; k: the first k (k must
     # divide `seeds` and be at most the node's device count).
-    devices: int = 0
+    devices: int = nonneg(0, note="0: automatic, 1: no sharding")
     # Weights & Biases logging alongside metrics.jsonl and TensorBoard (needs the wandb package). Each log
     # point is one W&B step: the seed mean of every numeric value plus seed{i}/episode_return. The W&B run id
     # is kept in RUN_DIR/wandb_run.json, so --resume continues the same W&B run; files go to RUN_DIR/wandb/.
@@ -70,24 +82,26 @@ class MetricsConfig:
     Periods count the gradient updates of each network (its own counter); 0 turns a group off. Every
     group is also measured at a network's first update. Definitions: ../shared/specs/metrics.md."""
     networks: tuple[str, ...] = ("all",)  # network names (e.g. critic), or all
-    activity_every: int = 1_000        # dormant ratios, FAU, linearised ratio, feature norm, dormant overlap
-    grad_every: int = 1_000            # gradient sparsity/L1/L2, gradient- and update-to-parameter ratios,
-                                       # parameter RMS and distance from init, GraMa persistence
-    rank_every: int = 10_000           # srank, approximate, effective, feature and matrix rank of features
-    churn_every: int = 10_000          # policy churn over one update round, on the metrics batch
-    ntk_every: int = 50_000            # NTK Gram rank of the critic (per-example gradients)
+    activity_every: int = nonneg(1_000, note="0: off")  # dormant ratios, FAU, linearised ratio, feature norm,
+                                                        # dormant overlap
+    grad_every: int = nonneg(1_000, note="0: off")      # gradient sparsity/L1/L2, gradient- and update-to-
+                                                        # parameter ratios, parameter RMS and distance from init,
+                                                        # GraMa persistence
+    rank_every: int = nonneg(10_000, note="0: off")     # srank, approximate, effective, feature and matrix rank
+    churn_every: int = nonneg(10_000, note="0: off")    # policy churn over one update round, on the metrics batch
+    ntk_every: int = nonneg(50_000, note="0: off")      # NTK Gram rank of the critic (per-example gradients)
     batch: str = "fresh_replay"        # fresh_replay | fixed_probe (indices drawn once, at the first update)
-    batch_size: int = 256              # replay batch (off-policy) or rollout subset (PPO) the metrics use
-    dormant_taus: tuple[float, ...] = (0.0, 0.025, 0.1)
+    batch_size: int = positive(256)    # replay batch (off-policy) or rollout subset (PPO) the metrics use
+    dormant_taus: tuple[float, ...] = nonneg((0.0, 0.025, 0.1))
     ratio_aggregation: str = "pooled"  # pooled | mean_of_layers
     grama_target: str = "pre_activation"  # pre_activation | post_activation | weight_grad
-    linearised_frac: float = 0.9       # a unit is linearised if its pre-activation is > 0 on this fraction
-    srank_delta: float = 0.01
-    approx_rank_p: float = 0.99
-    feature_rank_eps: float = 0.01
-    grad_zero_threshold: float = 1e-8  # |g| below this counts as a zero gradient entry (grad_sparsity)
-    ntk_batch: int = 64                # state-action pairs for the NTK Gram matrix (at most 64)
-    ntk_tol: float = 1e-6              # absolute tolerance on the Gram matrix's singular values
+    linearised_frac: float = unit_pos(0.9)  # a unit is linearised if its pre-activation is > 0 on this fraction
+    srank_delta: float = unit_pos(0.01)
+    approx_rank_p: float = unit_pos(0.99)
+    feature_rank_eps: float = positive(0.01)
+    grad_zero_threshold: float = positive(1e-8)  # |g| below this counts as a zero gradient entry (grad_sparsity)
+    ntk_batch: int = num(64, ge=1)     # state-action pairs for the NTK Gram matrix (at most 64)
+    ntk_tol: float = positive(1e-6)    # absolute tolerance on the Gram matrix's singular values
     ntk_branch: str = "critic1"        # twin critics: critic1 | critic2 | min
 
 
@@ -136,7 +150,7 @@ def _coerce(value, tp, where: str):
         if tp is float:
             return float(value)
         return str(value).strip() if isinstance(value, str) else value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int("inf")
         name = getattr(tp, "__name__", str(tp))
         raise ConfigError(f"{where}: expected {name}, got {value!r}") from None
 
@@ -181,20 +195,20 @@ def build(agent: str | None = None, intervention: str | None = None, preset: dic
         raise ConfigError(str(e)) from None
     cfg = ExperimentConfig(agent=agent, agent_cfg=agent_cls.Config(),
                            interventions={n: iv_registry.REGISTRY[n].Config() for n in names})
-    for n, icfg in cfg.interventions.items():  # per-agent defaults of an intervention (e.g. ReGraMa on PPO)
-        for k, v in iv_registry.REGISTRY[n].agent_defaults.get(agent, {}).items():
-            setattr(icfg, k, v)
-    sections = {"run": cfg.run, "metrics": cfg.metrics, "env": cfg.env, agent: cfg.agent_cfg, "agent": cfg.agent_cfg,
-                **cfg.interventions}
-    for alias, target in iv_registry.ALIASES.items():
-        if target in cfg.interventions:
-            sections[alias] = cfg.interventions[target]
+    sections = namespaces(cfg)
+    canonical = {id(obj): ns for ns, obj in canonical_sections(cfg)}
+    spelled = {}  # (canonical namespace, field) -> the alias it was set through (`agent.lr`, `regrama.tau`)
+    given = set()  # (canonical namespace, field) set by the preset or an override
 
-    def section(ns):
+    def section(ns, names=()):
         if ns not in sections:
             inactive = [n for n in (*agents.REGISTRY, *iv_registry.REGISTRY) if n not in sections]
             hint = f" ({ns!r} is not active in this run)" if ns in inactive else ""
             raise ConfigError(f"unknown config namespace {ns!r}{hint}; valid: {', '.join(sections)}")
+        for f in names:
+            given.add((canonical[id(sections[ns])], f))
+            if canonical[id(sections[ns])] != ns:
+                spelled[canonical[id(sections[ns])], f] = ns
         return sections[ns]
 
     for ns, values in preset.items():
@@ -202,63 +216,88 @@ def build(agent: str | None = None, intervention: str | None = None, preset: dic
             raise ConfigError(f"preset key {ns!r} must map to a dict of fields")
         if ns in agents.REGISTRY and ns != agent or ns in iv_registry.REGISTRY and ns not in sections:
             continue  # presets may carry settings for agents/interventions not used in this run
-        _apply(section(ns), ns, values)
+        _apply(section(ns, values), ns, values)
     _apply(cfg.run, "run", {k: v for k, v in run_flags.items() if v is not None})
     for key, value in (overrides or {}).items():
         ns, _, fld = key.partition(".")
         if not fld:
             raise ConfigError(f"override {key!r} must look like NAMESPACE.FIELD")
-        _apply(section(ns), ns, {fld: value})
+        _apply(section(ns, [fld]), ns, {fld: value})
+    # an intervention's defaults that depend on the agent and its settings (ReGraMa on PPO or on LayerNorm
+    # nets), for the fields the preset and the overrides left alone
+    for n, icfg in cfg.interventions.items():
+        for k, v in iv_registry.REGISTRY[n].defaults_for(agent, cfg.agent_cfg).items():
+            if (n, k) not in given:
+                setattr(icfg, k, v)
     tasks = cfg.env.tasks if cfg.env.nonstationary == "tasks" else ()
     cfg.run.env = cfg.run.env or (tasks[0] if tasks else agent_cls.default_env)
     if "grama" in cfg.interventions:
         cfg.metrics.grama_target = cfg.interventions["grama"].score_target
-    validate(cfg)
+    validate(cfg, spelled)
     return cfg
 
 
-def _positive(where, value):
-    if value <= 0:
-        raise ConfigError(f"{where} must be > 0, got {value}")
+def namespaces(cfg: ExperimentConfig) -> dict:
+    """Every namespace a `--NS.FIELD` override may name -> the config object it sets: run, metrics, env, the
+    agent's name and `agent`, each active intervention's name and its aliases."""
+    out = dict(canonical_sections(cfg))
+    out["agent"] = cfg.agent_cfg
+    for alias, target in iv_registry.ALIASES.items():
+        if target in cfg.interventions:
+            out[alias] = cfg.interventions[target]
+    return out
 
 
-def validate(cfg: ExperimentConfig) -> None:
+def canonical_sections(cfg: ExperimentConfig) -> list:
+    """(namespace, config object) of every section of the run, each once under its own name."""
+    return [("run", cfg.run), ("metrics", cfg.metrics), ("env", cfg.env), (cfg.agent, cfg.agent_cfg),
+            *cfg.interventions.items()]
+
+
+def check_fields(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
+    """The declared ranges of every numeric field of every section (plastic/fields.py): floats finite unless
+    declared otherwise, values (each entry of a tuple) in range. The message names the field as it is typed
+    (`spelled`: (namespace, field) -> the alias the value was set through)."""
+    for ns, obj in canonical_sections(cfg):
+        if not dataclasses.is_dataclass(obj):
+            continue
+        for f in dataclasses.fields(obj):
+            where = f"{(spelled or {}).get((ns, f.name), ns)}.{f.name}"
+            msg = fields.problem(where, getattr(obj, f.name), fields.range_of(f))
+            if msg:
+                raise ConfigError(msg)
+
+
+def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
     r, a, m = cfg.run, cfg.agent_cfg, cfg.metrics
-    for k in ("seeds", "steps", "log_every"):
-        _positive(f"run.{k}", getattr(r, k))
-    if r.checkpoint_every < 0:
-        raise ConfigError(f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
+    check_fields(cfg, spelled)  # first: the checks below (and the interventions' ones) assume numbers in range
+    try:
+        envs.check_env_id(r.env)
+        for task in cfg.env.tasks:
+            envs.check_env_id(task)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     check_devices(r.devices, r.seeds)
     if r.driver not in DRIVERS:
         raise ConfigError(f"run.driver={r.driver!r}; valid: {', '.join(DRIVERS)}")
-    if r.progress not in ("auto", "on", "off"):
-        raise ConfigError(f"run.progress={r.progress!r}; valid: auto, on, off")
+    if r.progress not in PROGRESS:
+        raise ConfigError(f"run.progress={r.progress!r}; valid: {', '.join(PROGRESS)}")
     if r.wandb_mode not in WANDB_MODES:
         raise ConfigError(f"run.wandb_mode={r.wandb_mode!r}; valid: {', '.join(WANDB_MODES)}")
     if r.wandb and importlib.util.find_spec("wandb") is None:
         raise ConfigError("--run.wandb true needs the wandb package: pip install wandb")
-    for k in ("batch_size", "utd", "buffer_size", "policy_delay", "train_frequency", "target_update_period",
-              "n_step"):
-        if hasattr(a, k):
-            _positive(f"{cfg.agent}.{k}", getattr(a, k))
     agent_validate = getattr(agents.get(cfg.agent), "validate", None)
     if agent_validate is not None:
         try:
             agent_validate(a)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if getattr(a, "learning_starts", 0) < 0:
-        raise ConfigError(f"{cfg.agent}.learning_starts must be >= 0, got {a.learning_starts}")
-    if not 0.0 <= a.gamma <= 1.0:
-        raise ConfigError(f"{cfg.agent}.gamma must be in [0, 1], got {a.gamma}")
-    if hasattr(a, "tau") and not 0.0 < a.tau <= 1.0:
-        raise ConfigError(f"{cfg.agent}.tau must be in (0, 1], got {a.tau}")
     if a.activation not in ACTIVATIONS:
         raise ConfigError(f"{cfg.agent}.activation={a.activation!r}; valid: {', '.join(ACTIVATIONS)}")
     if a.init not in INITIALIZERS:
         raise ConfigError(f"{cfg.agent}.init={a.init!r}; valid: {', '.join(INITIALIZERS)}")
-    if not a.hidden or any(h <= 0 for h in a.hidden):
-        raise ConfigError(f"{cfg.agent}.hidden must be a non-empty list of positive widths, got {a.hidden}")
+    if not a.hidden:  # the widths' range is declared on the field
+        raise ConfigError(f"{cfg.agent}.hidden must be a non-empty list of positive widths, got nothing")
     if m.ratio_aggregation not in ("pooled", "mean_of_layers"):
         raise ConfigError(f"metrics.ratio_aggregation={m.ratio_aggregation!r}; valid: pooled, mean_of_layers")
     if m.grama_target not in PROBE_POINTS:
@@ -346,10 +385,6 @@ NTK_BRANCHES = ("critic1", "critic2", "min")
 
 
 def _validate_metrics(m: MetricsConfig) -> None:
-    for k in ("activity_every", "grad_every", "rank_every", "churn_every", "ntk_every"):
-        if getattr(m, k) < 0:
-            raise ConfigError(f"metrics.{k} must be >= 0 (0: off), got {getattr(m, k)}")
-    _positive("metrics.batch_size", m.batch_size)
     if m.batch not in METRIC_BATCHES:
         raise ConfigError(f"metrics.batch={m.batch!r}; valid: {', '.join(METRIC_BATCHES)}")
     if m.ntk_branch not in NTK_BRANCHES:
@@ -358,14 +393,6 @@ def _validate_metrics(m: MetricsConfig) -> None:
         raise ConfigError(f"metrics.ntk_batch must be in [1, min(64, metrics.batch_size)], got {m.ntk_batch}")
     if not m.networks:
         raise ConfigError("metrics.networks is empty; give network names or all")
-    for k in ("linearised_frac", "approx_rank_p", "srank_delta"):
-        if not 0.0 < getattr(m, k) <= 1.0:
-            raise ConfigError(f"metrics.{k} must be in (0, 1], got {getattr(m, k)}")
-    for k in ("feature_rank_eps", "ntk_tol", "grad_zero_threshold"):
-        if getattr(m, k) <= 0:
-            raise ConfigError(f"metrics.{k} must be > 0, got {getattr(m, k)}")
-    if any(t < 0 for t in m.dormant_taus):
-        raise ConfigError(f"metrics.dormant_taus must be >= 0, got {m.dormant_taus}")
 
 
 def from_dict(d: dict) -> ExperimentConfig:

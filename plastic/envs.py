@@ -13,6 +13,7 @@ episode index), so an episode's randomness does not depend on how the run was in
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -20,11 +21,34 @@ import numpy as np
 from plastic.jaxenvs import PROBES, HostJaxEnv, make_jax_env
 
 JAX_NATIVE = ("gymnax:", "brax:", "probe:")
+FAMILIES = ("dmc:", "atari:", *JAX_NATIVE)  # env id prefixes of the families besides gymnasium's ids
 
 
 def is_jax_native(env_id: str) -> bool:
     """Whether `env_id` names a JAX-native env (`plastic.jaxenvs`), steppable inside jit."""
     return env_id.startswith(JAX_NATIVE)
+
+
+def unknown_env(env_id: str, why: str) -> ValueError:
+    """The one-line error for an env id that names no env, listing the valid families."""
+    return ValueError(f"unknown environment {env_id!r} ({why}); use a gymnasium id such as HalfCheetah-v5, "
+                      f"dmc:DOMAIN-TASK such as dmc:cheetah-run, atari:GAME such as atari:Breakout, gymnax:NAME, "
+                      f"brax:NAME[:BACKEND], or probe:NAME ({', '.join(PROBES)})")
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise `unknown_env` if `env_id` has a `PREFIX:` that is neither an env family (`FAMILIES`) nor an
+    importable module (gymnasium's `module:EnvName` ids import `module` to register the env), without
+    building anything. Names within a family are checked when the env is built."""
+    prefix, sep, _ = env_id.partition(":")
+    if not sep or env_id.startswith(FAMILIES):
+        return
+    try:
+        importable = bool(prefix.strip()) and importlib.util.find_spec(prefix) is not None
+    except (ImportError, ValueError):  # a dotted prefix whose parent is missing; an odd name
+        importable = False
+    if not importable:
+        raise unknown_env(env_id, f"no env family {prefix}:")
 
 
 class GymEnv:
@@ -34,11 +58,8 @@ class GymEnv:
         import gymnasium as gym
         try:
             self.env = self._make(env_id)
-        except gym.error.Error as e:
-            raise ValueError(f"unknown environment {env_id!r} ({type(e).__name__}); use a gymnasium id "
-                             f"such as HalfCheetah-v5, dmc:DOMAIN-TASK such as dmc:cheetah-run, atari:GAME such "
-                             f"as atari:Breakout, gymnax:NAME, brax:NAME[:BACKEND], or probe:NAME "
-                             f"({', '.join(PROBES)})") from None
+        except (gym.error.Error, ModuleNotFoundError) as e:  # the latter: `module:EnvName` ids
+            raise unknown_env(env_id, type(e).__name__) from None
         space = self.env.action_space
         self.observation_shape = tuple(self.env.observation_space.shape)
         self.observation_size = int(np.prod(self.observation_shape))

@@ -41,7 +41,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -302,11 +301,7 @@ def run_task(table_path, index: int, early_signals: list | None = None) -> int:
             print(f"task {index}: {task.name} ({state}{'' if step is None else f' at step {step}'})", flush=True)
             if state == "done":
                 return 0
-            if state == "partial" and step is None:  # started but never checkpointed: start over in place
-                for sub in ("metrics.jsonl", "config.yaml", "tb", "checkpoints", "wandb"):
-                    p = d / sub
-                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-                state = "new"
+            # partial and never checkpointed: --resume starts it over in place (plastic.cli.execute)
             argv = (task.argv + ["--steps", str(task.steps), "--run-dir", str(d)] if state == "new" else
                     ["--resume", "--run-dir", str(d), "--steps", str(task.steps)])
             summary = cli.execute(argv)

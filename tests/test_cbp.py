@@ -541,3 +541,29 @@ def test_resume_is_bit_identical_with_the_released_adamgnt_optimizer(tmp_path):
 ])
 def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
     assert_cli_error(["--intervention", "cbp", *argv], needle, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("agent", ["td3", "sac", "dqn", "ppo"])
+def test_adam_betas_are_agent_settings(agent):
+    """`--AGENT.b1` / `--AGENT.b2` reach every network's Adam (CBP's LOP setting uses 0.99, 0.99): after one
+    update with gradient g, mu = (1 - b1) g and nu = (1 - b2) g²."""
+    import agents
+    from plastic.config import build
+    from plastic.trainer import build_agent
+    from plastic.jaxenvs import make_jax_env
+    clip = {"ppo.max_grad_norm": 0} if agent == "ppo" else {}  # no global-norm clipping before Adam
+    cfg = build(agent, "none", overrides={f"{agent}.b1": 0.5, f"{agent}.b2": 0.75, f"{agent}.hidden": "4", **clip},
+                env="probe:d_obs" if agent == "dqn" else "probe:obs")
+    ag = build_agent(cfg, make_jax_env(cfg.run.env))
+    state = ag.init(jax.random.PRNGKey(0))
+    assert set(agents.get(agent).Config.__dataclass_fields__) >= {"b1", "b2"}
+    for name, net in ag.nets.items():
+        params = state.nets[name].params
+        grads = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params)
+        _, opt = net.tx.update(grads, state.nets[name].opt_state, params)
+        adam = [s for s in jax.tree.leaves(opt, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+                if isinstance(s, optax.ScaleByAdamState)]
+        assert adam, name
+        for mu, nu in zip(jax.tree.leaves(adam[0].mu), jax.tree.leaves(adam[0].nu)):
+            np.testing.assert_allclose(mu, 1.0)      # (1 - 0.5) * 2
+            np.testing.assert_allclose(nu, 1.0)      # (1 - 0.75) * 4

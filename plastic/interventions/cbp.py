@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import optax
 
 from metrics.units import unit_magnitude
+from plastic.fields import nonneg, unit, unit_lt1
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.networks import get_path, set_path
 from plastic.optim import AdamGnTState, ElementwiseAdamState
@@ -70,10 +71,10 @@ GAINS = {"relu": math.sqrt(2.0), "swish": math.sqrt(2.0), "tanh": 5.0 / 3.0, "si
 
 @dataclass
 class CBPConfig:
-    replacement_rate: float = 1e-4    # rho, fraction of eligible units replaced per update [authors' code]
-    maturity: int = 10_000            # updates a unit is protected after (re)birth; LOP cfg/ant/cbp.yml
+    replacement_rate: float = unit(1e-4)  # rho, fraction of eligible units replaced per update [authors' code]
+    maturity: int = nonneg(10_000)    # updates a unit is protected after (re)birth; LOP cfg/ant/cbp.yml
                                       # (gnt.py class default 20, cbp_linear.py 100)
-    decay: float = 0.99               # eta, for the utility and the running mean [authors' code]
+    decay: float = unit_lt1(0.99)     # eta, for the utility and the running mean [authors' code]
     utility: str = "contribution"     # contribution | instantaneous_contribution | weight | adaptation | random
     fractional: str = "bernoulli"     # bernoulli (gnt.py accumulate=False) | accumulate
     init_bound: str = "lecun_uniform"  # lecun_uniform b = sqrt(3/fan_in) (LOP PPO learner default) |

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from plastic.fields import nonneg, num, positive, unit_lt1
 from plastic.interventions.base import Intervention, choice
 
 OBJECTIVES = ("penalty", "reshaped_surrogate")
@@ -111,17 +112,17 @@ class GTRConfig:
     objective: str = "penalty"              # penalty (§6.2) | reshaped_surrogate (§6.3, ablation)
     clip: str = "none"                      # none | ppo_clip (the paper: clipping is not the bottleneck)
     deviation: str = "log_ratio"            # log_ratio | ratio_minus_one | state_kl (KL(anchor ‖ current))
-    sigma: float = 0.2                      # kernel width, log-ratio units (PPO's 0.2 band)
-    beta: float = 1.0                       # penalty scale; sweep {0.3, 1, 3}
-    num_anchors: int = 4                    # M, one snapshot per PPO iteration
+    sigma: float = positive(0.2)            # kernel width, log-ratio units (PPO's 0.2 band)
+    beta: float = nonneg(1.0)               # penalty scale; sweep {0.3, 1, 3}
+    num_anchors: int = num(4, ge=1)         # M, one snapshot per PPO iteration
     anchor_weights: str = "geometric"       # uniform | geometric (rho) | advantage_softmax (eta)
-    rho: float = 0.5                        # geometric ratio: 0.533 / 0.267 / 0.133 / 0.067 for M = 4
-    eta: float = 10.0                       # advantage_softmax temperature [project placeholder]
+    rho: float = positive(0.5)              # geometric ratio: 0.533 / 0.267 / 0.133 / 0.067 for M = 4
+    eta: float = nonneg(10.0)               # advantage_softmax temperature [project placeholder]
     mixture_form: str = "mixture_of_kernels"  # mixture_of_kernels | kernel_of_mixture_density
     sigma_schedule: str = "fixed"           # fixed | advantage_ema: σ_t = σ·(1 + kappa·EMA(frac |A| > tau_adv))
-    kappa: float = 1.0                      # advantage_ema gain [project placeholder]
-    tau_adv: float = 1.0                    # τ_A, in units of normalised advantage (ema and gate) [project]
-    ema_decay: float = 0.9                  # advantage_ema decay per iteration [project placeholder]
+    kappa: float = nonneg(1.0)              # advantage_ema gain [project placeholder]
+    tau_adv: float = nonneg(1.0)            # τ_A, in units of normalised advantage (ema and gate) [project]
+    ema_decay: float = unit_lt1(0.9)        # advantage_ema decay per iteration [project placeholder]
     gate: str = "sample_advantage"          # reshaped_surrogate gate: sample_advantage (1[A_t > tau_adv]) | none
 
 
@@ -282,12 +283,12 @@ class GTR(Intervention):
 # ---- KL penalty (the baseline) -------------------------------------------------------------------------
 @dataclass
 class KLPenaltyConfig:
-    beta: float = 1.0               # β (the initial β when adaptive); PPO paper Table 1 sweeps {0.3, 1, 3, 10}
+    beta: float = nonneg(1.0)       # β (the initial β when adaptive); PPO paper Table 1 sweeps {0.3, 1, 3, 10}
     beta_schedule: str = "fixed"    # fixed | adaptive (PPO paper §4: after each iteration, d < d_targ/1.5: β/2,
                                     # d > 1.5·d_targ: 2β, d = mean KL(π_old ‖ π_new) on the rollout)
-    kl_target: float = 0.01         # d_targ (PPO paper's best adaptive setting, Table 1: 0.003 / 0.01 / 0.03)
-    adapt_tolerance: float = 1.5    # the paper's 1.5
-    adapt_factor: float = 2.0       # the paper's 2
+    kl_target: float = positive(0.01)  # d_targ (PPO paper's best adaptive setting, Table 1: 0.003 / 0.01 / 0.03)
+    adapt_tolerance: float = num(1.5, gt=1)  # the paper's 1.5
+    adapt_factor: float = num(2.0, gt=1)  # the paper's 2
     estimator: str = "analytic"     # analytic (per-state KL of the distributions, the paper's L^KLPEN) | k3 | k1
     clip: str = "none"              # none (the paper's L^KLPEN has no clipping) | ppo_clip (clip + penalty)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from plastic.fields import nonneg
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 
 L2_FORMS = ("squared", "unsquared_norm")
@@ -51,7 +52,7 @@ def _sq_dist(params, anchor, mask):
 
 @dataclass
 class L2InitConfig:
-    lam: float = 1e-2                   # the spec's `l2init.lambda` (GraMa Table 9)
+    lam: float = nonneg(1e-2)           # the spec's `l2init.lambda` (GraMa Table 9)
     form: str = "squared"               # squared | unsquared_norm
     scale_convention: str = "lambda"    # lambda (gradient 2λΔ) | half_lambda (gradient λΔ); squared form only
     params: str = "all"                 # all | kernels
@@ -128,7 +129,7 @@ class L2Init(Intervention):
 
 @dataclass
 class WeightDecayConfig:
-    lam: float = 1e-2                   # the spec's `wd.lambda` (GraMa, SWD-SAC 1e-2; LOP 1e-3 / 1e-4)
+    lam: float = nonneg(1e-2)           # the spec's `wd.lambda` (GraMa, SWD-SAC 1e-2; LOP 1e-3 / 1e-4)
     kind: str = "decoupled"             # decoupled (AdamW) | coupled (L2 in the gradient, PyTorch Adam)
     mask: str = "all"                   # all | kernels_only
     networks: tuple[str, ...] = ("actor", "critic")  # roles; targets are never decayed

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from plastic.core import maybe
+from plastic.fields import count, nonneg, num, positive, unit
 from plastic.interventions.base import Intervention, choice as _choice
 
 OMEGA_FORMS = ("multiply_threshold", "power", "mix")
@@ -67,33 +68,36 @@ class LEASTConfig:
     # spec default `least.enabled=false` means opt-in: here opting in is `--intervention least`; false keeps
     # the bookkeeping (tables, K, logs) but never stops and never adds noise
     enabled: bool = True
-    K_init: int = 250                 # episodes in the window [secondary, unverified]
-    K_max: int = 500                  # table rows [project placeholder]
-    K_step: int = 25                  # h, episodes per window change [project placeholder]
+    K_init: int = num(250, ge=1)      # episodes in the window [secondary, unverified]
+    K_max: int = num(500, ge=1)       # table rows [project placeholder]
+    K_step: int = nonneg(25, note="0: fixed window")  # h, episodes per window change [project placeholder]
     K_can_shrink: bool = False        # summaries disagree (grow only / grow or shrink) [secondary]
-    entropy_period: int = 10_000      # c, env steps between entropy checks [project placeholder]
+    entropy_period: int = count(10_000, "env steps")  # c, between entropy checks [project placeholder]
     entropy_estimator: str = "histogram"  # histogram | gaussian_per_step [project]
-    entropy_bins: int = 32            # histogram: equal-width bins over the finite active values [project]
-    gamma_H: float = 0.05             # range [0, 0.1] [secondary, unverified]
-    omega_coef: float = 0.5           # kappa, range [0.3, 0.6] [secondary]; how it enters [reconstructed]
+    entropy_bins: int = num(32, ge=2)  # histogram: equal-width bins over the finite active values [project]
+    gamma_H: float = nonneg(0.05)     # range [0, 0.1] [secondary, unverified]
+    omega_coef: float = positive(0.5)  # kappa, range [0.3, 0.6] [secondary]; how it enters [reconstructed]
     omega_form: str = "multiply_threshold"  # multiply_threshold | power | mix [reconstructed]
     aggregate: str = "median"         # median | mean (ablation) [secondary, unverified]
     q_head: str = "min"               # min | q1 | ensemble_mean over the twin critics [project]
     g_signal: str = "td_sq"           # td_sq | grad_norm [secondary, unverified]
     td_target: str = "agent_target"   # agent_target (learner's own, with its noise) | deterministic [project]
-    t_start_frac: float = 0.10        # fraction of run.steps before LEAST acts [secondary] (10-20% MuJoCo)
-    t_start: int = -1                 # env steps; -1: t_start_frac x run.steps, resolved once by validate and
-                                      # saved in config.yaml (a resume that extends --steps keeps it)
-    min_rows: int = 10                # finished episodes with a value at step i before step i can stop [project]
+    t_start_frac: float = unit(0.10)  # fraction of run.steps before LEAST acts [secondary] (10-20% MuJoCo)
+    # env steps; -1: t_start_frac x run.steps, resolved once by validate and saved in config.yaml (a resume
+    # that extends --steps keeps it)
+    t_start: int = nonneg(-1, special=(-1,), note="-1: least.t_start_frac x run.steps")
+    min_rows: int = num(10, ge=1)     # finished episodes with a value at step i before step i can stop [project]
     stop_as_terminal: bool = False    # only false: a stop is stored as a truncation [project]
-    noise_cap: float = 0.3            # sigma_bar: TD3 0.3, SAC 0.2 [secondary] ranges [0.25,0.35] / [0.15,0.25]
-    noise_base: float = 0.1           # sigma_base: TD3 0.1 (its exploration noise), SAC 0.0 [reconstructed]
-    noise_window: int = 20            # m, episodes in the stop-rate window [project placeholder]
-    noise_early_step: int = -1        # e, decision step; -1: L // 2 [project placeholder]
-    noise_slope: float = 10.0         # alpha_s of the sigmoid [project placeholder]
+    noise_cap: float = nonneg(0.3)    # sigma_bar: TD3 0.3, SAC 0.2 [secondary] ranges [0.25,0.35] / [0.15,0.25]
+    noise_base: float = nonneg(0.1)   # sigma_base: TD3 0.1 (its exploration noise), SAC 0.0 [reconstructed]
+    noise_window: int = num(20, ge=1)  # m, episodes in the stop-rate window [project placeholder]
+    # e, decision step; -1: L // 2 [project placeholder]
+    noise_early_step: int = nonneg(-1, special=(-1,), note="-1: half of least.max_episode_steps")
+    noise_slope: float = nonneg(10.0)  # alpha_s of the sigmoid [project placeholder]
     noise_center: float = 0.5         # r0 of the sigmoid [project placeholder]
-    max_episode_steps: int = 1000     # L, table width (steps beyond it are neither recorded nor stopped) [project]
-    g_floor: float = 1e-12            # omega's denominator floor (spec)
+    max_episode_steps: int = num(1000, ge=1)  # L, table width (steps beyond it are neither recorded nor stopped)
+                                              # [project]
+    g_floor: float = positive(1e-12)  # omega's denominator floor (spec)
 
 
 def aggregate(values, ok, how: str):
