@@ -7,10 +7,10 @@ so each call moves ~30 arrays instead of ~100; `pack` / `unpack` convert. Counte
 (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a scalar
 predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
 
-The step is compiled with or without the metrics collector's measuring code and with or without the
-periodic events of interventions that declare `event_ahead` (ReGraMa, ReDo). The ordinary program has
-neither; each step returns two flags for the next: a round marked a metric group due (plastic/monitor.py),
-or such an event can fire within the next round. Results do not depend on which program ran.
+The step is compiled with or without the metrics collector's measuring code: the ordinary program has none,
+and each step returns a flag for the next, set when its round marked a metric group due (plastic/monitor.py).
+Results do not depend on which program ran. Every intervention's code, periodic events included, is in
+every program: its `lax.cond`s decide when an event fires, whatever the agent's update pattern.
 
 The action for env step `i` is drawn with key `fold_in(act_key, i)`, so acting does not depend on how a
 run was split by checkpoints; on resume the episode in flight restarts from a fresh reset.
@@ -37,6 +37,7 @@ from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
 from plastic.config import ExperimentConfig, agent_options
 from plastic.envs import HostEnvs, is_jax_native
+from plastic.evaluation import eval_due, make_evaluation
 from plastic.interventions import REGISTRY
 from plastic.logger import RunLogger
 from plastic.monitor import Monitor
@@ -78,18 +79,16 @@ class Trainer:
             capacity = -(-capacity // self.bucket_size) * self.bucket_size
         self.capacity = capacity
         S = run.seeds
-        # Programs per kind of step, by two flags: `measure` (the metrics collector's measuring code; without
-        # it the collector only marks what is due) and `events` (the periodic events of interventions that
-        # declare `event_ahead`). The ordinary program has neither; each step returns the flags the next
-        # one needs (`self._pending`, resolved on the host at the next step). Each program is compiled when
-        # first needed (`_step_program`). See plastic/monitor.py and Intervention.event_ahead.
-        self._ahead = tuple(iv for iv in self.interventions if iv.declares_events)
+        # Programs per kind of step, by one flag: `measure` (the metrics collector's measuring code; without
+        # it the collector only marks what is due). The ordinary program has none; each step returns the flag
+        # the next one needs (`self._pending`, resolved on the host at the next step). Each program is
+        # compiled when first needed (`_step_program`). See plastic/monitor.py.
         self._acting_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)  # on_act hooks
         self._programs = {}
         self._warm = self._packed_program(lambda *a: self._env_step(*a, learn=False))
         # the update rounds of all seeds (counters unbatched), full: the device-loop driver (jit_trainer) calls
         # them inside its scan; with sharded seeds each device runs them on its own seeds
-        self._seed_updates = self._seed_updates_of(True, True)
+        self._seed_updates = self._seed_updates_of(True)
         self._pending = None  # None: read it from the state at the next step (after init or restore)
         vmap = self.placement.vmap
         self._first_action = jax.jit(vmap(self._action, in_axes=(0, None, 0)))
@@ -126,20 +125,18 @@ class Trainer:
     def _unpack_traced(self, carry):
         return self._packers[0].unpack(carry[0]), self._packers[1].unpack(carry[1])
 
-    def _seed_updates_of(self, measure: bool, events: bool):
+    def _seed_updates_of(self, measure: bool):
         """The update rounds of all seeds: inside the fused step, or alone when pipelined."""
-        fn = lambda ts, c: self._updates(ts, c, measure=measure, events=events)  # noqa: E731
+        fn = lambda ts, c: self._updates(ts, c, measure=measure)  # noqa: E731
         return self.placement.per_device(self.placement.vmap(fn, in_axes=(0, None), out_axes=(0, None)),
                                          (True, False), (True, False))
 
-    def _step_program(self, kind: str, measure: bool, events: bool):
+    def _step_program(self, kind: str, measure: bool):
         """The packed program of a learning step ("learn": store, updates, act) or of its updates alone
-        ("update", pipelined acting) with or without the measuring code and the declared events."""
-        if not self._ahead:
-            events = measure  # no declared events: the flag changes nothing
-        key = (kind, measure, events)
+        ("update", pipelined acting) with or without the measuring code."""
+        key = (kind, measure)
         if key not in self._programs:
-            updates = self._seed_updates_of(measure, events)
+            updates = self._seed_updates_of(measure)
             if kind == "learn":
                 fn = lambda *a: self._env_step(*a, learn=True, updates=updates)  # noqa: E731
             else:
@@ -200,38 +197,33 @@ class Trainer:
 
         `pipelined` (learning steps only): act before this step's updates and dispatch the updates without
         waiting for them; the action comes back while they run. A learning step runs the program with the
-        measuring code and/or the declared events as the previous step's flags say (`_due`)."""
-        flags = self._due(carry) if learn else (False, False)
+        measuring code when the previous step's flag says so (`_due`)."""
+        measure = self._due(carry) if learn else False
         if learn and pipelined:
             carry, action, stop, _ = self._warm(carry, transition, next_obs)
-            carry, self._pending = self._step_program("update", *flags)(carry)
-            action, stop = jax.device_get((action, stop))  # the flags are read at the next step
+            carry, self._pending = self._step_program("update", measure)(carry)
+            action, stop = jax.device_get((action, stop))  # the flag is read at the next step
         else:
-            fn = self._step_program("learn", *flags) if learn else self._warm
+            fn = self._step_program("learn", measure) if learn else self._warm
             carry, action, stop, pending = fn(carry, transition, next_obs)
             action, stop, self._pending = jax.device_get((action, stop, pending))  # one transfer
         return carry, action, stop
 
-    def _due(self, carry) -> tuple[bool, bool]:
-        """`(measure, events)` for this learning step, from the flags the previous step returned."""
-        if self.monitor is None and not self._ahead:
-            return False, False
+    def _due(self, carry) -> bool:
+        """Whether this learning step runs the measuring code, from the flag the previous step returned."""
+        if self.monitor is None:
+            return False
         if self._pending is None:
             self._pending = self._pending_of(carry)
-        measure, events = np.asarray(self._pending)  # pipelined: waits for the previous updates, needed anyway
-        return bool(measure), bool(events)
+        return bool(np.asarray(self._pending))  # pipelined: waits for the previous updates, needed anyway
 
     def _with_pending(self, ts, counters):
-        """`(ts, counters, flags)`, flags `[measure, events]` for the next round: a metric group is marked due
-        on some seed; a declared periodic event can fire within the next round's `utd` updates."""
-        measure, events = jnp.zeros((), bool), jnp.zeros((), bool)
+        """`(ts, counters, measure)`: whether a metric group is marked due on some seed (the next round then
+        runs the measuring program)."""
+        measure = jnp.zeros((), bool)
         if self.monitor is not None:
             measure = jnp.any(jax.vmap(self.monitor.pending)(ts.interventions[self.monitor.name]))
-        utd = self.cfg.agent_cfg.utd  # each network updates at most once per gradient step
-        for iv in self._ahead:
-            ahead = jax.vmap(lambda s: iv.event_ahead(s, counters, utd))(ts.interventions[iv.name])  # noqa: B023
-            events = events | jnp.any(ahead)
-        return ts, counters, jnp.stack([measure, events])
+        return ts, counters, measure
 
     def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool, updates=None):
         """One env step for all seeds: store, acting hooks, (UTD update rounds: `updates`, one of
@@ -270,12 +262,12 @@ class Trainer:
         batch = ts.replay.gather(idx)
         return {**batch, "reward": jnp.clip(batch["reward"], -clip, clip)} if clip else batch
 
-    def _updates(self, ts: TrainState, counters, measure: bool = True, events: bool = True):
+    def _updates(self, ts: TrainState, counters, measure: bool = True):
         """Scheduled events, then `utd` gradient updates of one seed. `measure=False`: without the metrics
-        collector's measurements (it only marks the groups this round made due); `events=False`: without
-        the periodic events of interventions that declare `event_ahead`."""
-        ivs = tuple(iv if events else iv.without_events() for iv in self.interventions
-                    if measure or iv is not self.monitor)
+        collector's measurements (it only marks the groups this round made due)."""
+        stats = lambda name, k, n: self.agent.net_inputs(  # noqa: E731  (statistics batches: with_batches)
+            ts.agent, ts.replay.gather(ts.replay.sample_uniform(k, n)))[name]
+        ivs = tuple(iv.with_batches(stats) for iv in self.interventions if measure or iv is not self.monitor)
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, jax.random.fold_in(ts.key, 1_000_003))
         ts = ts.replace(agent=agent_state, interventions=istate)
@@ -338,6 +330,7 @@ class Trainer:
             self.envs.restore(meta["episodes"], start)
         logger = RunLogger.for_run(cfg, run_dir, resume_step, start)
         stop_signal, restore = catch_stop_signals()
+        evaluation = make_evaluation(cfg, self.agent, self.placement)
         ls = cfg.agent_cfg.learning_starts
         ep_ret = np.zeros(self.n_seeds)
         ep_len = np.zeros(self.n_seeds, np.int64)
@@ -370,11 +363,13 @@ class Trainer:
                     sps = (done - step_last) / max(now - t_last, 1e-9)
                     carry, stats = self._stats(carry)
                     stats = jax.device_get(stats)
-                    rows = self._rows(done, sps, stats, finished)
+                    evals = None
+                    if evaluation is not None and eval_due(run, step_last, done):
+                        evals = evaluation(self.unpack(carry)[0].agent, done)
+                    rows = self._rows(done, sps, stats, finished, evals)
                     finished.clear()
                     logger.write(rows)
-                    rets = [r["episode_return"] for r in rows if r.get("episode_return") is not None]
-                    summary = {"step": done, "sps": sps, "return": float(np.mean(rets)) if rets else None}
+                    summary = run_summary(rows, done, sps, summary)
                     logger.progress(done - step_last, {"sps": sps, "return": summary["return"]})
                     t_last, step_last = time.perf_counter(), done
                     if ckpt_due and done != run.steps:
@@ -402,11 +397,11 @@ class Trainer:
         ce, le = run.checkpoint_every, run.log_every
         return bool(ce) and done % le == 0 and done // ce > (done - le) // ce
 
-    def _rows(self, step, sps, stats, finished) -> list[dict]:
+    def _rows(self, step, sps, stats, finished, evals=None) -> list[dict]:
         """`finished`: seed -> list of (return, length) of the episodes that ended since the last row."""
         eps = [finished.get(i, []) for i in range(self.n_seeds)]
         return episode_rows(self.cfg, step, sps, stats, [len(e) for e in eps],
-                            [sum(x[0] for x in e) for e in eps], [sum(x[1] for x in e) for e in eps])
+                            [sum(x[0] for x in e) for e in eps], [sum(x[1] for x in e) for e in eps], evals)
 
 
 METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT), outside the training stream
@@ -492,8 +487,9 @@ def catch_stop_signals():
     return _STOP, restore
 
 
-def episode_rows(cfg, step, sps, stats, count, return_sum, length_sum) -> list[dict]:
-    """One log row per seed: episode summaries from per-seed sums, then the seed's logged values."""
+def episode_rows(cfg, step, sps, stats, count, return_sum, length_sum, evals=None) -> list[dict]:
+    """One log row per seed: episode summaries from per-seed sums, the evaluation at this log point if any
+    (`evals`: key -> per-seed values), then the seed's logged values."""
     rows = []
     agg = cfg.metrics.ratio_aggregation
     for i in range(cfg.run.seeds):
@@ -501,6 +497,7 @@ def episode_rows(cfg, step, sps, stats, count, return_sum, length_sum) -> list[d
         row = {"step": step, "seed": i, "sps": sps, "episodes": n,
                "episode_return": float(return_sum[i]) / n if n else None,
                "episode_length": float(length_sum[i]) / n if n else None}
+        row.update({k: float(v[i]) for k, v in (evals or {}).items()})
         if cfg.env.nonstationary != "none":  # the phase of the row's last env step (task, scale, sign)
             phase = phase_info(cfg.env, step - 1, cfg.run.seed + i if cfg.env.per_seed else 0)
             row.update({f"nonstationary/{k}": v for k, v in phase.items()})
@@ -511,6 +508,15 @@ def episode_rows(cfg, step, sps, stats, count, return_sum, length_sum) -> list[d
                 row[k] = float(np.mean(layers)) if layers else row[k]
         rows.append(row)
     return rows
+
+
+def run_summary(rows, step, sps, last) -> dict:
+    """The run's summary after a log point: step, SPS, the mean training return over the seeds that finished
+    an episode, and the mean evaluation return (kept from the last evaluation between them)."""
+    rets = [r["episode_return"] for r in rows if r.get("episode_return") is not None]
+    evals = [r["eval/episode_return"] for r in rows if "eval/episode_return" in r]
+    return {"step": step, "sps": sps, "return": float(np.mean(rets)) if rets else None,
+            "eval_return": float(np.mean(evals)) if evals else last.get("eval_return")}
 
 
 def build_agent(cfg: ExperimentConfig, envs):

@@ -28,7 +28,7 @@ class Jitted(ReDo):
 
 
 def redo(**kw):
-    iv = Jitted(ReDoConfig(**{"period": 1, **kw}), "td3")
+    iv = Jitted(ReDoConfig(**{"period": 1, "stats_batch": "train_batch", **kw}), "td3")
     iv.validate(None, None)
     return iv
 
@@ -189,6 +189,41 @@ def test_events_fire_on_multiples_of_the_period_and_compile_once():
         events.append(int(state["redo"]["critic"]["events"]))
     assert events == [0, 0, 1, 1, 1, 2, 2] and len(traces) == 1
     assert float(state["redo"]["critic"]["reset_fraction"]["hidden_0"]) > 0
+
+
+def test_separate_statistics_batch_is_drawn_at_the_event():
+    """`stats_batch=separate_replay` (the default) scores on `stats_batch_size` fresh samples supplied by the
+    driver (`with_batches`), drawn only at the event; `train_batch` on the update's own minibatch. Unit 2 is
+    dead on the statistics batch (non-negative inputs) and alive on the training batch (negative ones)."""
+    net = mlp()
+    x_stats = jax.random.uniform(KEY, (32, 3))
+    x_train = -5.0 * x_stats
+    ns = trained(net, x_stats, dead=(2,), steps=0)
+    agent = type("A", (), {"nets": {"critic": net}, "role": lambda self, n: "critic"})()
+    drawn = []
+
+    def batches(name, key, n):
+        drawn.append((name, n))
+        return x_stats
+
+    def loss(p, probes):
+        return jnp.mean(jnp.square(net.apply(p, x_train, probes)[0])), None
+
+    recycled = {}
+    for stats in ("separate_replay", "train_batch"):
+        drawn.clear()
+        iv = redo(tau=0.0, period=2, stats_batch=stats).with_batches(batches)
+        state = {"redo": iv.init(KEY, agent)}
+        count, cur = jnp.zeros((), jnp.int32), ns
+        for _ in range(2):  # the event at the second update
+            cur, state, count, _, _ = gradient_step(net, cur, loss, batch_size=32, count=count, key=KEY,
+                                                    interventions=(iv,), istate=state, inputs=x_train)
+        assert int(state["redo"]["critic"]["events"]) == 1
+        old = np.asarray(ns.params["hidden_0"]["kernel"][:, 2])
+        assert set(drawn) == ({("critic", 256)} if stats == "separate_replay" else set())  # Dopamine's 256
+        new = np.asarray(cur.params["hidden_0"]["kernel"][:, 2])
+        recycled[stats] = not np.allclose(new, old, atol=0.1)  # two Adam steps move it by <= 0.02
+    assert recycled == {"separate_replay": True, "train_batch": False}
 
 
 def trainer(agent, steps, seeds=2, extra=None):

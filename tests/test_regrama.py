@@ -355,6 +355,14 @@ def test_cap_keeps_lowest_scores():
     np.testing.assert_array_equal(m, [[True, True, False, False], [False, False, True, True]])
 
 
+def test_eps_enters_the_score():
+    """`grama.eps` is the score's denominator offset, G = g / (mean g + eps): a large eps shrinks every G."""
+    g = jnp.array([0.0, 1e-3, 2e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+    scores = {"hidden_0": (g / g.mean(), g)}
+    np.testing.assert_array_equal(regrama(tau=0.5).masks(NET_S, scores)["hidden_0"], [True] + [False] * 7)
+    np.testing.assert_array_equal(regrama(tau=0.5, eps=1.0).masks(NET_S, scores)["hidden_0"], [True] * 8)
+
+
 def test_cap_on_real_scores():
     ns, x, t = setup(NET_R, 4, 9, 32, {"hidden_0": [0, 1, 3, 5, 6, 9]})
     ctx = score_ctx(NET_R, ns.params, x, t)
@@ -570,3 +578,17 @@ def test_reset_unit_step_ratio_subsamples_the_window():
         state = track(state)
     assert int(state["since"]) == 25 and float(state["ratio_n"]) == 3.0   # updates 0, 10, 20 of the window
     np.testing.assert_allclose(float(iv.logs({"critic": state})["reset_unit_step_ratio/critic"]), 1.0, rtol=1e-6)
+
+
+def test_tau_default_follows_the_network():
+    """τ defaults to 0.01 on LayerNorm / residual networks (paper Tables 3, 5), 0 on plain MLPs (Table 7); a
+    value given on the command line or in a preset wins; PPO keeps its own period default."""
+    from plastic.config import build
+    assert build("sac", "grama").interventions["grama"].tau == 0.0
+    for net in ("simba", "bronet"):
+        assert build("sac", "grama", overrides={"sac.network": net}).interventions["grama"].tau == 0.01
+    assert build("sac", "grama", overrides={"sac.network": "simba", "grama.tau": 0}).interventions["grama"].tau == 0
+    assert build("sac", "grama", preset={"sac": {"network": "bronet"}, "grama": {"tau": 0.2}}
+                 ).interventions["grama"].tau == 0.2
+    ppo = build("ppo", "regrama", overrides={"ppo.network": "simba"}).interventions["grama"]
+    assert (ppo.tau, ppo.period) == (0.01, 100)

@@ -114,54 +114,6 @@ def test_pipelined_acting_uses_the_parameters_of_one_update_earlier(tmp_path):
     assert_trees_equal(*states)
 
 
-GRAMA_EVENTS = {"grama.period": 7, "grama.tau": 0.1, "grama.step_ratio_window": 40, "grama.step_ratio_every": 3}
-
-
-@pytest.mark.parametrize("agent,intervention,extra,env", [
-    ("td3", "grama", {"td3.utd": 2, **GRAMA_EVENTS}, ENV),
-    ("td3", "redo", {"td3.utd": 2, "redo.period": 9, "redo.tau": 0.1}, ENV),
-    ("sac", "grama", {"sac.utd": 2, **GRAMA_EVENTS}, ENV),
-    ("dqn", "grama", {"dqn.utd": 2, "dqn.train_frequency": 2, **GRAMA_EVENTS, "grama.period": 5}, "CartPole-v1")])
-def test_events_compiled_out_of_the_ordinary_program_change_nothing(tmp_path, monkeypatch, agent, intervention,
-                                                                   extra, env):
-    """The host driver's ordinary program leaves out declared periodic events (Intervention.event_ahead):
-    a run that mostly uses it ends where a run with the events in every program ends (utd 2, so events and
-    step-ratio samples fall in either half of a round; TD3's actor updates every other step; DQN learns
-    every other env step). This also checks each agent's networks update at most once per gradient step,
-    which `event_ahead`'s horizon (utd) relies on."""
-    from plastic.interventions.base import Intervention
-    from plastic.trainer import Trainer
-    full_steps = []
-    orig = Trainer._due
-    monkeypatch.setattr(Trainer, "_due", lambda self, c: full_steps.append((flags := orig(self, c))[1]) or flags)
-    kw = dict(agent=agent, intervention=intervention, steps=250, extra=extra, env=env)
-    lean = run_once(tmp_path, "lean", **kw)
-    assert 0 < sum(full_steps) < len(full_steps)  # with and without the events (near events and samples)
-    monkeypatch.setattr(Intervention, "without_events", lambda self: self)
-    always = run_once(tmp_path, "always", **kw)
-    # other programs, so floats are equal up to rounding; counts and reset masks exactly
-    for a, b in zip(jax.tree.leaves((lean.final_state, params_of(lean))),
-                    jax.tree.leaves((always.final_state, params_of(always)))):
-        a, b = np.asarray(a), np.asarray(b)
-        if np.issubdtype(a.dtype, np.floating):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        else:
-            np.testing.assert_array_equal(a, b)
-    counters, period = lean.final_state[1], extra[f"{intervention}.period"]
-    for net, s in lean.final_state[0].interventions[intervention].items():
-        assert int(s["events"][0]) == int(counters[net]) // period > 0, net  # every event fired
-    if intervention == "grama":
-        assert max(float(s["ratio_n"][0]), float(s["ratio_last"][0])) > 0  # step-ratio samples were taken
-
-
-def test_period_ahead_matches_brute_force():
-    from plastic.interventions.base import period_ahead
-    for count in range(0, 30):
-        for n in (1, 2, 3, 5):
-            for period in (1, 2, 4, 7):
-                want = any((count + k) % period == 0 for k in range(1, n + 1))
-                assert bool(period_ahead(count, n, period)) == want
-    assert bool(period_ahead(-1, 1, 3))  # a step-ratio window opening: a sample at since == 0
 
 
 def test_resume_drops_rows_after_checkpoint(tmp_path):
@@ -204,6 +156,7 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("agent,intervention,env", [
     pytest.param("td3", "none", "Pendulum-v1", marks=pytest.mark.slow), ("sac", "grama+swd", "Pendulum-v1"),
+    ("td3", "redo", "Pendulum-v1"),  # ReDo's statistics batch is gathered from the replay inside its cond
     pytest.param("dqn", "grama+swd", "CartPole-v1", marks=pytest.mark.slow)])
 def test_env_step_never_copies_the_replay(agent, intervention, env):
     """The compiled env step writes the replay in place: no op materialises a replay-sized array except
@@ -216,12 +169,9 @@ def test_env_step_never_copies_the_replay(agent, intervention, env):
     action = np.zeros(S, np.int32) if tr.agent.discrete else np.zeros((S, A))
     transition = {"obs": np.zeros((S, O)), "action": action, "reward": np.zeros(S),
                   "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
-    flags = [(False, False), (True, True)]
-    if tr._ahead:  # the mixed programs: measuring code without the declared events, and the other way round
-        flags += [(True, False), (False, True)]
-    learn = [tr._step_program("learn", *f) for f in flags] + [tr._warm]
+    learn = [tr._step_program("learn", measure) for measure in (False, True)] + [tr._warm]
     programs = [fn.lower(carry, transition, np.zeros((S, O))) for fn in learn]
-    updates = [tr._step_program("update", *f).lower(carry) for f in flags[:2]]
+    updates = [tr._step_program("update", measure).lower(carry) for measure in (False, True)]
     for lowered in programs + updates:
         hlo = lowered.compile().as_text()
         copies = [l.strip()[:120] for l in hlo.splitlines() if f"{capacity}" in l and " copy(" in l]

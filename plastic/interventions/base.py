@@ -19,12 +19,6 @@ intervention, in the order given on the command line (`--intervention grama+swd`
 | post_iteration    | `post_iteration`  | PPO.update, after the epochs     |
 | agent build       | `agent_options`   | trainer.build_agent, merged once |
 
-Periodic events the host driver can leave out: an intervention whose `post_update` fires only every
-`period` updates declares `event_ahead` (can an event fire within the next round?). The host driver's
-ordinary program is then compiled with `events_on = False` (see `without_events`): no event code at all;
-after each round it asks `event_ahead`, and the next round runs the full program, whose `lax.cond`
-decides exactly as before. Results are unchanged; the cost between events is nil (ReGraMa, ReDo).
-
 A periodic event that runs every update should keep large arrays out of its cond: XLA:CPU copied every
 array such a `lax.cond` returned, on every call, taken or not (seen in the HLO), so a cond over a whole
 `NetState` cost a copy of all parameters and moments per update. ReGraMa draws only the new columns
@@ -50,12 +44,6 @@ def choice(name, value, valid):
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
-def period_ahead(count, n: int, period: int):
-    """Whether a multiple of `period` lies in (count, count + n]: an event at `count % period == 0`
-    (count including the update) can fire within the next `n` updates."""
-    return (count + n) // period > count // period
-
-
 def nets_with_roles(agent, roles, with_units: bool = False):
     """The agent's networks whose role (actor, critic, temperature) is in `roles`, in the agent's order;
     `with_units`: only those with hidden units in their layer map (what unit-level resets can touch)."""
@@ -69,12 +57,15 @@ class Intervention:
     samples_replay: ClassVar[bool] = False   # True if it overrides `sample` (replay_sampler hook)
     resources: ClassVar[dict] = {}           # claims() of every configuration (see `claims`)
     agent_defaults: ClassVar[dict] = {}      # agent -> {field: default} replacing the Config defaults
+    # Scheduled periodic events (resets, recycling, perturbations, injections, topology updates): a configuration
+    # under which they fire often in a short run, {field: value}. tests/test_census.py trains every intervention
+    # that sets it, on every agent it supports, on both drivers and every network selection, and checks the
+    # logged per-network counts `NAME/events/NET` against `expected_events`. {}: no scheduled events.
+    census: ClassVar[dict] = {}
 
     def __init__(self, cfg, agent_name: str):
         self.cfg = cfg
         self.agent_name = agent_name
-
-    events_on: bool = True  # False in the host driver's ordinary program (see `event_ahead`)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.cfg})"
@@ -106,28 +97,41 @@ class Intervention:
         """This intervention's state for one seed; `agent_state` is the freshly initialised agent's."""
         return {}
 
-    # ---- periodic events the host driver may compile out ------------------------------------
-    def event_ahead(self, state, counters, n: int):
-        """Whether a periodic event of this intervention's `post_update` can fire within the next `n`
-        updates of its networks (one seed; `counters` as they stand before those updates): a bool scalar.
-        None (the default): not declared, and the event code is in every program. An intervention that
-        declares it must do nothing in `post_update` but per-update bookkeeping while `self.events_on` is
-        False, since the host driver runs such a program only when this returned False for all seeds."""
-        return None
+    @classmethod
+    def defaults_for(cls, agent: str, agent_cfg) -> dict:
+        """{field: default} replacing the Config defaults for this agent and its settings (`agent_defaults`
+        by default); the config builder applies them to the fields a preset or an override did not set."""
+        return dict(cls.agent_defaults.get(agent, {}))
 
-    @property
-    def declares_events(self) -> bool:
-        """Whether this intervention overrides `event_ahead`."""
-        return type(self).event_ahead is not Intervention.event_ahead
+    @classmethod
+    def census_selections(cls, roles) -> list[dict]:
+        """The network selections the census runs, as field overrides, for an agent whose networks have the
+        roles `roles`: each of its actor and critic roles alone, then both (through a `networks` field)."""
+        if "networks" not in cls.Config.__dataclass_fields__:
+            return [{}]
+        units = [r for r in ("actor", "critic") if r in set(roles)]
+        return [{"networks": (r,)} for r in units] + ([{"networks": tuple(units)}] if len(units) > 1 else [])
 
-    def without_events(self):
-        """This intervention for the host driver's ordinary program: `events_on = False` (itself when it
-        does not declare `event_ahead`)."""
-        if not self.declares_events:
+    # ---- statistics batches ------------------------------------------------------------------
+    needs_batches: ClassVar[bool] = False  # True (or a property): the driver binds `batches` for each trace
+    batches = None
+
+    def with_batches(self, batches):
+        """This intervention for one traced update round, with `self.batches(net_name, key, n)`: the named
+        network's input on `n` fresh samples (a uniform replay draw; PPO: rows of the current rollout),
+        gathered only when called, so an event scores on its own batch inside its `lax.cond`. Itself when
+        it does not need batches."""
+        if not self.needs_batches:
             return self
         twin = copy.copy(self)
-        twin.events_on = False
+        twin.batches = batches
         return twin
+
+    def expected_events(self, agent, counters) -> dict[str, int]:
+        """The schedule: network name -> how many events it has had in a run whose counters (env steps and
+        each network's updates, plain ints) now stand at `counters`, computed from the schedule alone. An
+        intervention with scheduled events overrides it and logs each network's count as `NAME/events/NET`."""
+        return {}
 
     # ---- hooks (defaults are identities) ----------------------------------------------------
     def loss_term(self, net, params, state, aux):

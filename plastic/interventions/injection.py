@@ -27,7 +27,8 @@ injection, and the `target_update` hook keeps the target's flag equal to the onl
 would otherwise blend it); `keep` leaves the target's flag at 0, so targets keep the plain head (their
 `h_old` follows the frozen online head by Polyak averaging).
 
-Logs: `injection/count` (injections so far), `injection/last_env_step`.
+Logs: `injection/count` (injections so far), `injection/last_env_step`, and `injection/events/NET` (the same
+count, for each injected network).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import optax
 
 import agents
 from plastic.core import NetState, maybe
+from plastic.fields import num
 from plastic.interventions.base import Intervention, choice as _choice
 from plastic.networks import get_path, set_path
 
@@ -50,7 +52,7 @@ ROLES = ("actor", "critic")
 
 @dataclass
 class InjectionConfig:
-    at: tuple[int, ...] = ()          # env steps; () = [run.steps // 2] (spec placeholder [project]), set when
+    at: tuple[int, ...] = num((), ge=1)  # env steps; () = [run.steps // 2] (spec placeholder [project]), set when
                                       # the config is built and saved with it (points past the run never fire)
     split: str = "last_layer"         # last_layer (Plasticine [third-party code]); the spec's last_k_layers and
                                       # after_encoder are not implemented
@@ -62,6 +64,7 @@ class Injection(Intervention):
     name = "injection"
     Config = InjectionConfig
     resources = {"weight_writes": "share"}  # an injection writes fresh head weights outside the optimizer
+    census = {"at": (60, 130)}
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
@@ -184,5 +187,14 @@ class Injection(Intervention):
         on = state["count"] > 0 if self.cfg.targets == "mirror" else jnp.zeros((), bool)
         return set_path(target_params, spec.flag, jnp.where(on, 1.0, 0.0).astype(flag.dtype))
 
+    def expected_events(self, agent, counters):
+        """One injection per point `at` that the hook has reached by now (a point before the hook's first call
+        fires at that call); every injected network counts each."""
+        first, _ = self._calls(agent)
+        n = sum(max(p, first) <= counters["env_steps"] for p in self.cfg.at)
+        return {name: n for name in self.net_names()}
+
     def logs(self, state):
-        return {"injection/count": state["count"], "injection/last_env_step": state["last_env_step"]}
+        out = {"injection/count": state["count"], "injection/last_env_step": state["last_env_step"]}
+        out.update({f"injection/events/{n}": state["count"] for n in self.net_names()})
+        return out

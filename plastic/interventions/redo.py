@@ -6,10 +6,10 @@ and the flagged units go through the shared reset pipeline `plastic.surgery.rese
 redrawn, bias 0, outgoing rows 0, LayerNorm affine reset, Adam moments zeroed at touched entries with the
 count kept). Targets are left alone (Polyak averaging / the next hard sync picks the change up).
 
-Statistics batch: the `post_update` hook sees the inputs of the update that just happened, not the replay
-buffer, so the batch is the network's input on that update's minibatch (`stats_batch=train_batch`; for PPO
-a minibatch of the current rollout). The reference's separate 256-transition replay draw is not reachable
-from an intervention hook (see docs/interventions.md).
+Statistics batch (`stats_batch`): `separate_replay` (default; Dopamine's `batch_size_statistics=256`) scores
+on `stats_batch_size` transitions drawn uniformly from the replay at the event, inside its `lax.cond`
+(`Intervention.with_batches`), so no step pays for it; PPO draws them from the current rollout (all of it
+if smaller). `train_batch` scores on the network's input on the update's own minibatch.
 
 Logs, per network: `redo/events/NET`, `redo/dormant_ratio/NET` (flagged fraction at the last event, before
 the reset; pooled or mean of layers), `redo/reset_fraction/NET/LAYER`, `redo/output_jump/NET` (mean |change|
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from metrics.units import normalize_scores, unit_magnitude
 from plastic.core import maybe
-from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles, period_ahead
+from plastic.fields import count, nonneg, num, positive, unit
+from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.networks import get_path, set_path
 from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units
 
@@ -33,33 +34,37 @@ MODES = ("threshold", "scheduled_fraction")
 SCORE_TYPES = ("activation", "random")
 SCORE_NORMS = ("mean", "sum")
 ZERO_TESTS = ("le_zero", "isclose_zero")
-STATS_BATCHES = ("train_batch",)
+STATS_BATCHES = ("separate_replay", "train_batch")
+STATS_SALT = 0x57A7  # the statistics batch key: fold_in(event key, STATS_SALT)
 TARGETS = ("keep",)
 AGGREGATIONS = ("pooled", "mean_of_layers")
 
 
 @dataclass
 class ReDoConfig:
-    tau: float = 0.025                # 0.1 at high replay ratio (>= 4); GraMa's baseline uses 0.02
-    period: int = 1000                # in updates of the network being recycled (PPO: 100 minibatch updates)
+    tau: float = nonneg(0.025)        # 0.1 at high replay ratio (>= 4); GraMa's baseline uses 0.02
+    period: int = count(1000, "updates")  # in updates of the network being recycled (PPO: 100 minibatch updates)
     networks: tuple[str, ...] = ("actor", "critic")  # roles (DQN's q network has role critic)
     mode: str = "threshold"           # threshold | scheduled_fraction (Dopamine NeuronRecyclerScheduled)
-    recycle_rate: float = 0.3         # scheduled_fraction: fraction(count) = rate * cos(pi/2 * count / end)
-    reset_end_step: int = 100_000_000  # scheduled_fraction: in updates of the network
+    recycle_rate: float = unit(0.3)   # scheduled_fraction: fraction(count) = rate * cos(pi/2 * count / end)
+    reset_end_step: int = num(100_000_000, ge=1)  # scheduled_fraction: in updates of the network
     score_type: str = "activation"    # activation | random (random: scheduled_fraction only)
     score_norm: str = "mean"          # mean | sum (divide by the layer mean or the layer sum of mean |h|)
     zero_threshold_test: str = "le_zero"  # le_zero (s <= tau) | isclose_zero (also s ~ 0, Plasticine)
-    stats_batch: str = "train_batch"  # the only statistics batch a post_update hook can see
+    stats_batch: str = "separate_replay"  # separate_replay (a fresh uniform replay draw; PPO: rows of the
+                                          # current rollout) | train_batch (the update's own minibatch)
+    stats_batch_size: int = 256       # separate_replay: transitions scored (Dopamine batch_size_statistics)
     reinit: str = "layer_init"        # layer_init | xavier_uniform (Dopamine JAX) | kaiming_uniform | lecun_normal
     weight_scaling: bool = False      # rescale new incoming columns to weight_scale x mean norm of kept units
-    weight_scale: float = 1.0
+    weight_scale: float = positive(1.0)
     outgoing: str = "zero"            # zero | keep
     layernorm: str = "reset_unit_affine"  # reset_unit_affine | keep
     optimizer: str = "zero_moments_keep_count"  # zero_moments_keep_count | none
     targets: str = "keep"             # keep (reset_target_models=False)
     include_output_layer: bool = False  # only false: output layers are never recycled
-    max_reset_fraction: float = 0.0   # 0 = no cap; else at most floor(p * H) units per layer, lowest score first
-    eps: float = 1e-9
+    # 0 = no cap; else at most floor(p * H) units per layer, lowest score first
+    max_reset_fraction: float = unit(0.0, note="0 = no cap")
+    eps: float = positive(1e-9)
     ratio_aggregation: str = "pooled"  # pooled | mean_of_layers (logged redo/dormant_ratio)
 
 
@@ -69,6 +74,11 @@ class ReDo(Intervention):
     resources = {"weight_writes": "share"}
     # LOP's ReDo for PPO (lop/rl/cfg/ant/redo.yml): tau 0.1 every 100 minibatch updates
     agent_defaults = {"ppo": {"period": 100, "tau": 0.1}}
+    census = {"period": 5, "tau": 0.1}
+
+    def expected_events(self, agent, counters):
+        """An event at every positive multiple of `period` of each selected network's own update counter."""
+        return {n.name: counters[n.name] // self.cfg.period for n in self._nets(agent)}
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
@@ -106,6 +116,10 @@ class ReDo(Intervention):
         _choice("redo.optimizer", c.optimizer, OPTIMIZER)
         _choice("redo.targets", c.targets, TARGETS)
         _choice("redo.ratio_aggregation", c.ratio_aggregation, AGGREGATIONS)
+
+    @property
+    def needs_batches(self):
+        return self.cfg.stats_batch == "separate_replay"
 
     def _nets(self, agent):
         return nets_with_roles(agent, self.cfg.networks, with_units=True)
@@ -165,24 +179,24 @@ class ReDo(Intervention):
             new = new.replace(params=_rescale(net, new.params, masks, c.weight_scale))
         return new, masks, scores
 
-    def event_ahead(self, state, counters, n):
-        return jnp.any(jnp.stack([period_ahead(counters[k], n, self.cfg.period) for k in state]))
-
     def post_update(self, net, ns, ctx, state, key):
-        if net.name not in state or not self.events_on:  # events_on: see Intervention.event_ahead
+        if net.name not in state:
             return ns, state
         c = self.cfg
 
         def event(operand):
             ns, s = operand
-            new, masks, _ = self.recycle(net, ns, ctx.inputs, ctx.count, key)
+            inputs = ctx.inputs
+            if c.stats_batch == "separate_replay":
+                inputs = self.batches(net.name, jax.random.fold_in(key, STATS_SALT), c.stats_batch_size)
+            new, masks, _ = self.recycle(net, ns, inputs, ctx.count, key)
             frac = lambda m: jnp.mean(m.astype(jnp.float32))  # noqa: E731
             fracs = {k: frac(m) for k, m in masks.items()}
             if c.ratio_aggregation == "pooled":
                 ratio = sum(jnp.sum(m) for m in masks.values()) / sum(m.size for m in masks.values())
             else:
                 ratio = sum(fracs.values()) / len(fracs)
-            out = lambda p: jax.tree.leaves(net.apply(p, ctx.inputs)[0])[0]  # noqa: E731
+            out = lambda p: jax.tree.leaves(net.apply(p, inputs)[0])[0]  # noqa: E731
             s = {**s, "events": s["events"] + 1, "reset_fraction": fracs,
                  "dormant_ratio": jnp.asarray(ratio, jnp.float32),
                  "output_jump": jnp.mean(jnp.abs(out(new.params) - out(ns.params)))}

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from metrics.units import normalize_scores
 from plastic.core import maybe
-from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles, period_ahead
+from plastic.fields import count, nonneg, num, positive, unit
+from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.networks import PROBE_POINTS
 from plastic.surgery import (LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, fresh_kernels, reset_units,
                              touched_entries)
@@ -32,19 +34,21 @@ from plastic.surgery import (LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, f
 
 @dataclass
 class ReGraMaConfig:
-    tau: float = 0.0                  # 0 for plain MLPs (paper Table 7); 0.01 for LayerNorm/residual nets
-    period: int = 1000                # in updates of the network being reset (PPO default: 100)
-    max_reset_fraction: float = 0.0   # 0 = no cap; paper uses 0.05 for SAC on Humanoid
+    tau: float = nonneg(0.0)          # 0 for plain MLPs (paper Table 7); the default is 0.01 on LayerNorm/
+                                      # residual nets (--AGENT.network simba|bronet: Tables 3, 5)
+    period: int = count(1000, "updates")  # in updates of the network being reset (PPO default: 100)
+    max_reset_fraction: float = unit(0.0, note="0 = no cap")  # 0 = no cap; paper uses 0.05 for SAC on Humanoid
     score_target: str = "pre_activation"  # pre_activation | post_activation | weight_grad
     networks: tuple[str, ...] = ("actor", "critic")
     outgoing: str = "zero"            # zero | keep
     reinit: str = "layer_init"        # layer_init | xavier_uniform | kaiming_uniform | lecun_normal
     layernorm: str = "reset_unit_affine"  # reset_unit_affine | keep
     optimizer: str = "zero_moments_keep_count"  # zero_moments_keep_count | none
-    eps: float = 1e-9
+    eps: float = positive(1e-9)
     skip_zero_grad_layers: bool = True
-    step_ratio_window: int = 1000     # updates after a reset over which reset_unit_step_ratio is averaged
-    step_ratio_every: int = 10        # ... sampling every k-th update of the window
+    # updates after a reset over which reset_unit_step_ratio is averaged (0: off)
+    step_ratio_window: int = nonneg(1000, note="0 = off")
+    step_ratio_every: int = num(10, ge=1)  # ... sampling every k-th update of the window
 
 
 class ReGraMa(Intervention):
@@ -53,6 +57,20 @@ class ReGraMa(Intervention):
     resources = {"weight_writes": "share"}
     # PPO: every 100 minibatch updates (interventions.md §1.4, by analogy with LOP's ReDo-for-PPO setting)
     agent_defaults = {"ppo": {"period": 100}}
+
+    @classmethod
+    def defaults_for(cls, agent, agent_cfg):
+        """τ = 0.01 on LayerNorm / residual networks (SimBa, BroNet: paper Tables 3 and 5), 0 on plain MLPs
+        and conv torsos (Table 7)."""
+        out = super().defaults_for(agent, agent_cfg)
+        if getattr(agent_cfg, "network", "mlp") != "mlp":
+            out["tau"] = 0.01
+        return out
+    census = {"period": 5, "tau": 0.1}
+
+    def expected_events(self, agent, counters):
+        """An event at every positive multiple of `period` of each selected network's own update counter."""
+        return {n.name: counters[n.name] // self.cfg.period for n in self._nets(agent)}
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
@@ -94,26 +112,18 @@ class ReGraMa(Intervention):
         return {l.name: jnp.mean(scores[l.name][1], axis=-1, keepdims=True) <= 0 for l in net.layers}
 
     def masks(self, net, scores):
-        """Flag units with G <= τ per layer; guard all-zero-gradient layers; optional cap."""
+        """Flag units with G <= τ per layer, G = g / (mean g + `eps`) from the update's raw per-unit gradient
+        magnitudes g; guard all-zero-gradient layers; optional cap."""
         out, zero = {}, self.zero_grad_layers(net, scores)
         for layer in net.layers:
-            m = scores[layer.name][0] <= self.cfg.tau
+            G = normalize_scores(scores[layer.name][1], self.cfg.eps)
+            m = G <= self.cfg.tau
             if self.cfg.skip_zero_grad_layers:
                 m = m & ~zero[layer.name]
             if self.cfg.max_reset_fraction > 0:
-                m = cap_mask(m, scores[layer.name][0], math.floor(self.cfg.max_reset_fraction * layer.width + 1e-9))
+                m = cap_mask(m, G, math.floor(self.cfg.max_reset_fraction * layer.width + 1e-9))
             out[layer.name] = m
         return out
-
-    def event_ahead(self, state, counters, n):
-        """A reset event, or a step-ratio sample (the window's every `step_ratio_every`-th update), within
-        the next `n` updates of a network."""
-        c, ahead = self.cfg, []
-        for k, s in state.items():
-            ahead.append(period_ahead(counters[k], n, c.period))
-            if c.step_ratio_window:  # samples at since % every == 0, since = s["since"], ..., s["since"] + n - 1
-                ahead.append(self._window_open(s) & period_ahead(s["since"] - 1, n, c.step_ratio_every))
-        return jnp.any(jnp.stack(ahead))
 
     def _window_open(self, s):
         any_fresh = sum(jnp.sum(m) for m in s["fresh"].values()) > 0
@@ -124,8 +134,6 @@ class ReGraMa(Intervention):
             return ns, state
         c = self.cfg
         s = self._track_step_ratio(net, ctx, state[net.name])
-        if not self.events_on:  # the host driver's ordinary program: no event in this round (event_ahead)
-            return ns, {**state, net.name: s}
         # Only the event's draws and bookkeeping sit under the `lax.cond`; the reset itself is applied
         # branch-free with masks that are all False off the event, so its masked writes fuse into the
         # optimizer step. (A cond over the whole NetState makes XLA copy every parameter and Adam moment
@@ -175,8 +183,7 @@ class ReGraMa(Intervention):
             return {**s, "ratio_sum": s["ratio_sum"] + num / jnp.maximum(den, 1.0) / net.lr,
                     "ratio_n": s["ratio_n"] + 1.0}
 
-        if self.events_on:  # else no sample falls in this round (event_ahead)
-            s = maybe(live & (s["since"] % c.step_ratio_every == 0), add, s)
+        s = maybe(live & (s["since"] % c.step_ratio_every == 0), add, s)
         return {**s, "since": jnp.where(live, s["since"] + 1, s["since"])}
 
     def logs(self, state):

@@ -15,7 +15,8 @@ reset only in part has one Adam count for all its leaves, so there `fresh` zeroe
 leaves and keeps the count (shared-mechanics §3.4; per-group optimizer states are not available without
 changing the agents). `zero_moments_keep_count` always does the latter.
 
-Logs: `reset/count` (resets so far), `reset/last_env_step` (env step of the last reset).
+Logs: `reset/count` (resets so far), `reset/last_env_step` (env step of the last reset), and
+`reset/events/NET` (the same count, for each network a reset replaces).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import optax
 
 import agents
 from plastic.core import NetState, maybe
+from plastic.fields import nonneg, num
 from plastic.interventions.base import Intervention, choice as _choice
 
 SCHEDULES = ("every_env_steps", "every_updates", "at_env_steps")
@@ -40,11 +42,11 @@ TEMPERATURE = ("reset", "keep")
 class ResetConfig:
     schedule: str = "every_env_steps"  # every_env_steps | every_updates (SR-SAC) | at_env_steps
     interval: int = 200_000           # env steps (Nikishin SAC) or updates (SR-SAC: 2_560_000)
-    at_env_steps: tuple[int, ...] = ()  # schedule=at_env_steps (e.g. BRO 15001,50001,250001,...)
+    at_env_steps: tuple[int, ...] = num((), ge=1)  # schedule=at_env_steps (e.g. BRO 15001,50001,250001,...)
     update_net: str = ""              # schedule=every_updates: the counter used; "" = the critic (DQN: q)
-    max_resets: int = 0               # 0 = unlimited (SPR: total_resets=4)
+    max_resets: int = nonneg(0, note="0 = unlimited")  # 0 = unlimited (SPR: total_resets=4)
     scope: str = "all"                # all | last_k_layers | heads_only (= last 1) | all_but_encoder
-    k: int = 1                        # scope=last_k_layers: number of Dense layers counted from the output
+    k: int = num(1, ge=1)             # scope=last_k_layers: number of Dense layers counted from the output
     networks: tuple[str, ...] = ("actor", "critic")  # roles reset (SAC's temperature: see `temperature`)
     optimizer: str = "fresh"          # fresh | zero_moments_keep_count
     targets: str = "copy_new_online"  # copy_new_online | keep
@@ -59,6 +61,7 @@ class Reset(Intervention):
     resources = {"weight_writes": "share"}
     # PPO has no buffer to relearn from in the single-task setting (interventions.md §7.2)
     agents = ("td3", "sac", "dqn")
+    census = {"interval": 40}
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
@@ -145,6 +148,7 @@ class Reset(Intervention):
 
     def init(self, key, agent, agent_state=None):
         self._counter(agent)  # a bad update_net is an error at build time
+        self._reset_names = tuple(self.reset_nets(agent))  # for the per-network event counts in `logs`
         return {"key": key, "count": jnp.zeros((), jnp.int32), "seen": jnp.zeros((), jnp.int32),
                 "last_env_step": jnp.zeros((), jnp.int32)}
 
@@ -203,5 +207,23 @@ class Reset(Intervention):
                 targets[name] = jax.tree.map(pick, sel, params, targets[name])
         return agent_state.replace(nets=nets, targets=targets)
 
+    def expected_events(self, agent, counters):
+        """Env-step schedules: one reset per point `p` with learning_starts < p <= env steps (the hook runs at
+        the env steps of the learning phase), at most `max_resets`; every reset net counts each. The
+        `every_updates` schedule fires at the round after its counter crosses a multiple, which the final
+        counters alone do not tell: not stated here (tests/test_reset.py checks it)."""
+        c = self.cfg
+        if c.schedule == "every_updates":
+            return {}
+        first, last = agent.cfg.learning_starts + 1, counters["env_steps"]
+        if c.schedule == "every_env_steps":
+            n = max(last // c.interval - (first - 1) // c.interval, 0)
+        else:
+            n = sum(first <= p <= last for p in c.at_env_steps)
+        n = min(n, c.max_resets) if c.max_resets else n
+        return {name: n for name in self.reset_nets(agent)}
+
     def logs(self, state):
-        return {"reset/count": state["count"], "reset/last_env_step": state["last_env_step"]}
+        out = {"reset/count": state["count"], "reset/last_env_step": state["last_env_step"]}
+        out.update({f"reset/events/{n}": state["count"] for n in self._reset_names})
+        return out

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from plastic.core import maybe
+from plastic.fields import count, nonneg, unit
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.interventions.l2 import ROLES, kernel_mask
 from plastic.networks import kernel_initializer
@@ -36,9 +37,12 @@ DEFAULTS = {"toward_init": (0.999999, 1e-6, 1, "all"),
 @dataclass
 class ShrinkPerturbConfig:
     mode: str = "toward_init"         # toward_init | fresh_noise
-    shrink: float = -1.0              # λ; -1: the mode's default (0.999999 | 0.8)
-    perturb: float = -1.0             # μ; -1: the mode's default (1e-6 | 0.01)
-    period: int = 0                   # updates of the network; 0: the mode's default (1 | 1000)
+    # λ; -1: the mode's default (0.999999 | 0.8)
+    shrink: float = unit(-1.0, special=(-1.0,), note="-1: the mode's default")
+    # μ; -1: the mode's default (1e-6 | 0.01)
+    perturb: float = nonneg(-1.0, special=(-1.0,), note="-1: the mode's default")
+    # updates of the network; 0: the mode's default (1 | 1000)
+    period: int = count(0, "updates", special=(0,), note="0: the mode's default")
     params: str = "auto"              # all | kernels; auto: the mode's default (all | kernels)
     noise_init: str = "layer_init"    # layer_init | he_uniform (fresh_noise only)
     networks: tuple[str, ...] = ("actor", "critic")  # roles; SAC's temperature only if listed
@@ -49,6 +53,7 @@ class ShrinkPerturb(Intervention):
     name = "shrink_perturb"
     Config = ShrinkPerturbConfig
     resources = {"weight_writes": "share"}
+    census = {"period": 5}
 
     def __init__(self, cfg, agent_name):
         super().__init__(cfg, agent_name)
@@ -80,6 +85,11 @@ class ShrinkPerturb(Intervention):
             raise ValueError(f"shrink_perturb.networks must name at least one role; choose from: {', '.join(ROLES)}")
         for n in c.networks:
             _choice("shrink_perturb.networks entry", n, ROLES)
+
+    def expected_events(self, agent, counters):
+        """An event at every positive multiple of the (resolved) period of each selected network's counter."""
+        period = self.resolved[2]
+        return {n.name: counters[n.name] // period for n in nets_with_roles(agent, self.cfg.networks)}
 
     # ---- state -----------------------------------------------------------------------------------
     def init(self, key, agent, agent_state=None):
