@@ -21,6 +21,7 @@ import optax
 
 from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
 from plastic.core import Net, gradient_step, maybe, soft_update
+from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos
 from plastic.networks import TORSOS, ConvNet, build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
 
@@ -29,30 +30,34 @@ LOSSES = ("huber", "mse")
 
 @dataclass
 class DQNConfig:
-    hidden: tuple[int, ...] = (120, 84)   # Dense layers (after the convolutions with an image torso);
-                                          # simba/bronet: the first is the width d
+    hidden: tuple[int, ...] = positive((120, 84))  # Dense layers (after the convolutions with an image torso);
+                                                   # simba/bronet: the first is the width d
     torso: str = "mlp"                # mlp | nature (Nature-CNN, Atari) | minatar (one 16x3x3 conv)
     network: str = "mlp"              # mlp | simba | bronet (residual nets; torso=mlp only)
-    blocks: int = 2                   # simba/bronet residual blocks (the papers' critic setting)
+    blocks: int = num(2, ge=1)        # simba/bronet residual blocks (the papers' critic setting)
     activation: str = "relu"
     init: str = "lecun_normal"
-    lr: float = 2.5e-4
-    adam_eps: float = 1e-8            # Dopamine's Atari setting: 1.5e-4
-    batch_size: int = 128
-    gamma: float = 0.99
+    lr: float = positive(2.5e-4)
+    adam_eps: float = positive(1e-8)  # Dopamine's Atari setting: 1.5e-4
+    b1: float = unit_lt1(0.9)         # Adam β1 (CBP's LOP setting: 0.99)
+    b2: float = unit_lt1(0.999)       # Adam β2 (CBP's LOP setting: 0.99)
+    batch_size: int = positive(128)
+    gamma: float = unit(0.99)
     double: bool = True               # Double-DQN target: online argmax, target value
-    n_step: int = 1                   # n-step returns (windows stop at episode ends and at the newest slot)
-    reward_clip: float = 0.0          # > 0: rewards clipped to [-c, c] per step for learning (Atari: 1)
+    n_step: int = positive(1)         # n-step returns (windows stop at episode ends and at the newest slot)
+    reward_clip: float = nonneg(0.0, note="0 = off")  # > 0: rewards clipped to [-c, c] per step for learning
+                                                     # (Atari: 1)
     loss: str = "mse"                 # mse (0.5 err², CleanRL) | huber (δ = 1, Dopamine's Atari setting)
-    tau: float = 1.0                  # target update rate at each target update (1.0: hard copy)
-    target_update_period: int = 50    # in gradient updates (CleanRL: 500 env steps / train_frequency 10)
-    epsilon_start: float = 1.0
-    epsilon_end: float = 0.05
-    epsilon_decay_steps: int = 250_000  # env steps of the linear decay (CleanRL: half of 500k)
-    train_frequency: int = 10         # env steps between update rounds
-    utd: int = 1                      # gradient updates per update round
-    buffer_size: int = 10_000
-    learning_starts: int = 10_000
+    tau: float = unit_pos(1.0)        # target update rate at each target update (1.0: hard copy)
+    target_update_period: int = positive(50)  # in gradient updates (CleanRL: 500 env steps / train_frequency 10)
+    epsilon_start: float = unit(1.0)
+    epsilon_end: float = unit(0.05)
+    eval_epsilon: float = unit(0.001)  # ε of the evaluation policy (Dopamine's Atari 0.001; CleanRL 0.05)
+    epsilon_decay_steps: int = nonneg(250_000)  # env steps of the linear decay (CleanRL: half of 500k)
+    train_frequency: int = positive(10)  # env steps between update rounds
+    utd: int = positive(1)            # gradient updates per update round
+    buffer_size: int = positive(10_000)
+    learning_starts: int = nonneg(10_000)
 
 
 class DQN(DiscreteActions):
@@ -78,7 +83,7 @@ class DQN(DiscreteActions):
             scale = 1.0 / 255.0 if str(obs_dtype) == "uint8" else 1.0
             q = ConvNet(shape, TORSOS[cfg.torso], cfg.hidden, action_size, cfg.activation, cfg.init, scale,
                         probe_point, inject=inject)
-        tx = adam(cfg.lr, eps=cfg.adam_eps, count=opts.get("adam_count", "global"))
+        tx = adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps, count=opts.get("adam_count", "global"))
         self.q = Net.of("q", q, with_injection(tx, q), cfg.lr)
         self.nets = {"q": self.q}
 
@@ -101,6 +106,12 @@ class DQN(DiscreteActions):
             return greedy
         k_coin, k_rand = jax.random.split(key)
         return jnp.where(jax.random.uniform(k_coin) < self.epsilon(step), self.random_action(k_rand), greedy)
+
+    def eval_act(self, state: AgentState, obs, key):
+        """The evaluation policy: ε-greedy with `eval_epsilon`."""
+        k_coin, k_rand = jax.random.split(key)
+        greedy = self.act(state, obs, key, explore=False)
+        return jnp.where(jax.random.uniform(k_coin) < self.cfg.eval_epsilon, self.random_action(k_rand), greedy)
 
     def update(self, state: AgentState, batch, counters, key, interventions=(), istate=None):
         c = self.cfg
@@ -158,10 +169,3 @@ class DQN(DiscreteActions):
                              f"dqn.torso={cfg.torso}, or dqn.torso=mlp")
         if cfg.loss not in LOSSES:
             raise ValueError(f"dqn.loss={cfg.loss!r}; valid: {', '.join(LOSSES)}")
-        if cfg.reward_clip < 0:
-            raise ValueError(f"dqn.reward_clip must be >= 0 (0 = off), got {cfg.reward_clip}")
-        if cfg.epsilon_decay_steps < 0:
-            raise ValueError(f"dqn.epsilon_decay_steps must be >= 0, got {cfg.epsilon_decay_steps}")
-        for k in ("epsilon_start", "epsilon_end"):
-            if not 0.0 <= getattr(cfg, k) <= 1.0:
-                raise ValueError(f"dqn.{k} must be in [0, 1], got {getattr(cfg, k)}")

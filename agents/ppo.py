@@ -35,6 +35,7 @@ import optax
 
 from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
 from plastic.core import Net, gradient_step
+from plastic.fields import nonneg, num, positive, unit, unit_lt1
 from plastic.networks import GaussianHead, build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
 from plastic.normalize import RunningStats
@@ -44,29 +45,32 @@ LOG_2PI_E = float(jnp.log(2 * jnp.pi) + 1.0)
 
 @dataclass
 class PPOConfig:
-    hidden: tuple[int, ...] = (64, 64)    # mlp: layer widths; simba/bronet: the first is the width d
+    hidden: tuple[int, ...] = positive((64, 64))  # mlp: layer widths; simba/bronet: the first is the width d
     network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
-    blocks: int = 2                   # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
+    blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = "tanh"
     init: str = "orthogonal"          # CleanRL layer_init: gain sqrt(2); heads 0.01 (policy), 1 (value)
-    lr: float = 2.5e-4
+    lr: float = positive(2.5e-4)
+    b1: float = unit_lt1(0.9)         # Adam β1 (CBP's LOP setting: 0.99)
+    b2: float = unit_lt1(0.999)       # Adam β2 (CBP's LOP setting: 0.99)
     anneal_lr: bool = True            # linear decay to 0 over the run's budget (run.steps)
-    num_envs: int = 4                 # parallel envs per seed
-    num_steps: int = 128              # rollout length per env; batch = num_envs * num_steps
-    epochs: int = 4
-    minibatches: int = 4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.2
+    num_envs: int = positive(4)       # parallel envs per seed
+    num_steps: int = positive(128)    # rollout length per env; batch = num_envs * num_steps
+    epochs: int = positive(4)
+    minibatches: int = positive(4)
+    gamma: float = unit(0.99)
+    gae_lambda: float = unit(0.95)
+    clip_coef: float = positive(0.2)
     clip_vloss: bool = True           # clip the value update around the rollout's values
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5        # per network (0: off)
+    ent_coef: float = nonneg(0.01)
+    vf_coef: float = nonneg(0.5)
+    max_grad_norm: float = nonneg(0.5, note="0: off")  # per network (0: off)
     norm_adv: bool = True             # per minibatch
     norm_obs: bool = False
     norm_reward: bool = False         # scale rewards by the running std of the discounted return
-    clip_obs: float = 10.0
-    clip_reward: float = 10.0
+    clip_obs: float = positive(10.0, allow_inf=True)    # inf: no clipping
+    clip_reward: float = positive(10.0, allow_inf=True)  # inf: no clipping
+    eval_sample: bool = False         # evaluation policy: a sample (true) or the mode (argmax / mean)
     log_std_init: float = 0.0
 
 
@@ -119,7 +123,7 @@ class PPO:
             lr = lambda count: cfg.lr * jnp.maximum(1.0 - (count // per_iter) / iterations, 0.0)  # noqa: E731
         tx = lambda module: with_injection(optax.chain(  # noqa: E731
             optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0 else optax.identity(),
-            adam(lr, eps=1e-5, count=count)), module)
+            adam(lr, b1=cfg.b1, b2=cfg.b2, eps=1e-5, count=count)), module)
         self.actor = Net.of("actor", pi, tx(pi), cfg.lr)
         self.critic = Net.of("critic", v, tx(v), cfg.lr)
         self.nets = {"actor": self.actor, "critic": self.critic}
@@ -148,6 +152,10 @@ class PPO:
     def act(self, state: AgentState, obs, key, explore: bool = True, step=0):
         out, _ = self.dist(state.nets["actor"].params, self.normalize(state, obs)[None])
         return self._sample(out, key, explore)
+
+    def eval_act(self, state: AgentState, obs, key):
+        """The evaluation policy: the mode (`eval_sample`: a sample)."""
+        return self.act(state, obs, key, explore=self.cfg.eval_sample)
 
     def value(self, state: AgentState, obs):
         return self.critic.apply(state.nets["critic"].params, self.normalize(state, obs))[0][..., 0]
@@ -270,22 +278,10 @@ class PPO:
 
     @staticmethod
     def validate(cfg: PPOConfig) -> None:
-        validate_network(cfg, "ppo")
-        for k in ("num_envs", "num_steps", "epochs", "minibatches"):
-            if getattr(cfg, k) <= 0:
-                raise ValueError(f"ppo.{k} must be > 0, got {getattr(cfg, k)}")
+        validate_network(cfg, "ppo")  # the numeric fields' ranges are declared on PPOConfig
         if (cfg.num_envs * cfg.num_steps) % cfg.minibatches:
             raise ValueError(f"ppo.minibatches={cfg.minibatches} must divide the rollout batch "
                              f"num_envs * num_steps = {cfg.num_envs * cfg.num_steps}")
-        for k in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(cfg, k) <= 1.0:
-                raise ValueError(f"ppo.{k} must be in [0, 1], got {getattr(cfg, k)}")
-        for k in ("lr", "clip_coef", "clip_obs", "clip_reward"):
-            if getattr(cfg, k) <= 0:
-                raise ValueError(f"ppo.{k} must be > 0, got {getattr(cfg, k)}")
-        for k in ("ent_coef", "vf_coef", "max_grad_norm"):
-            if getattr(cfg, k) < 0:
-                raise ValueError(f"ppo.{k} must be >= 0, got {getattr(cfg, k)}")
 
 
     # ---- action kinds ---------------------------------------------------------------------------

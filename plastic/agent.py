@@ -3,6 +3,7 @@
 An agent is a static Python object (config + `Net`s); all of its methods are pure functions of pytrees:
   init(key) -> AgentState
   act(state, obs, key, explore, step) -> action          (one seed; the trainer vmaps; step = env step)
+  eval_act(state, obs, key) -> action                    (the evaluation policy: plastic/evaluation.py)
   random_action(key), action_example()                   (from ContinuousActions / DiscreteActions)
   update(state, batch, counters, key, interventions, istate) -> (state, istate, counters)
 For the metrics collector (plastic/monitor.py):
@@ -52,6 +53,10 @@ class ContinuousActions:
     def random_action(self, key):
         return jax.random.uniform(key, (self.action_size,), minval=-1.0, maxval=1.0)
 
+    def eval_act(self, state, obs, key):
+        """The evaluation policy: the deterministic action (TD3 without noise, SAC the mean's tanh)."""
+        return self.act(state, obs, key, explore=False)
+
     def action_example(self):
         return jnp.zeros(self.action_size, jnp.float32)
 
@@ -63,6 +68,10 @@ class DiscreteActions:
 
     def random_action(self, key):
         return jax.random.randint(key, (), 0, self.action_size, jnp.int32)
+
+    def eval_act(self, state, obs, key):
+        """The evaluation policy: the greedy action."""
+        return self.act(state, obs, key, explore=False)
 
     def action_example(self):
         return jnp.zeros((), jnp.int32)

@@ -30,13 +30,14 @@ from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
 from plastic.envs import HostEnvs
+from plastic.evaluation import eval_due, make_evaluation
 from plastic.jaxenvs import make_jax_env
 from plastic.logger import RunLogger
 from plastic.nonstationary import NonstationaryJaxEnv, wrap_host, wrap_jax
 from plastic.sharding import SeedPlacement
 from plastic.trainer import (METRICS_SALT, Trainer, build_agent, build_interventions, catch_stop_signals,
                              collect_metrics, episode_rows, init_interventions, log_point, monitor_of,
-                             scheduled_events)
+                             run_summary, scheduled_events)
 
 ENV_KEY_SALT = 0x3E7  # env keys: fold_in(PRNGKey(seed + i), ENV_KEY_SALT)
 
@@ -101,6 +102,7 @@ class ChunkedRun:
             self._restore_meta(meta)
         logger = RunLogger.for_run(self.cfg, run_dir, resume_step, start)
         stop_signal, restore = catch_stop_signals()
+        evaluation = make_evaluation(self.cfg, self.agent, self.placement)
         per_chunk = max(1, run.log_every // self.unit)
         units, total = start // self.unit, self.total_units()
         summary = {}
@@ -114,10 +116,11 @@ class ChunkedRun:
                 units += n
                 done = units * self.unit
                 sps = (done - prev) / max(time.perf_counter() - t0, 1e-9)
-                rows = episode_rows(self.cfg, done, sps, stats, sums["count"], sums["return"], sums["length"])
+                evals = evaluation(carry[0].agent, done) if evaluation and eval_due(run, prev, done) else None
+                rows = episode_rows(self.cfg, done, sps, stats, sums["count"], sums["return"], sums["length"],
+                                    evals)
                 logger.write(rows)
-                rets = [r["episode_return"] for r in rows if r["episode_return"] is not None]
-                summary = {"step": done, "sps": sps, "return": float(np.mean(rets)) if rets else None}
+                summary = run_summary(rows, done, sps, summary)
                 logger.progress(done - prev, {"sps": sps, "return": summary["return"]})
                 ce = run.checkpoint_every
                 if units == total or (ce and done // ce > prev // ce) or stop_signal["sig"] is not None:
@@ -295,15 +298,20 @@ class OnPolicyTrainer(ChunkedRun):
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, k_event)
         before, counters_before = agent_state, counters
-        agent_state, istate, counters = self.agent.update(agent_state, rollout, counters, k_update,
-                                                          self.interventions, istate)
-        if self.monitor is not None:
-            flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rollout)  # [T * E, ...]
-            n, size = self.unit, self.cfg.metrics.batch_size
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rollout)  # [T * E, ...]
 
-            def batch_fn(k, mstate):  # a random subset of the rollout (all of it if it is smaller)
-                idx = jax.random.permutation(k, n)[:size] if n > size else jnp.arange(n)
-                return jax.tree.map(lambda x: x[idx], flat), mstate
+        def rows(k, size):  # a random subset of the rollout (all of it if it is smaller)
+            n = self.unit
+            idx = jax.random.permutation(k, n)[:size] if n > size else jnp.arange(n)
+            return jax.tree.map(lambda x: x[idx], flat)
+
+        stats = lambda name, k, n: self.agent.net_inputs(before, rows(k, n))[name]  # noqa: E731
+        agent_state, istate, counters = self.agent.update(agent_state, rollout, counters, k_update,
+                                                          tuple(iv.with_batches(stats) for iv in self.interventions),
+                                                          istate)
+        if self.monitor is not None:
+            def batch_fn(k, mstate):
+                return rows(k, self.cfg.metrics.batch_size), mstate
 
             istate = collect_metrics(self.monitor, before, agent_state, istate, counters_before, counters,
                                      batch_fn, jax.random.fold_in(ts.key, METRICS_SALT))

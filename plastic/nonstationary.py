@@ -51,7 +51,8 @@ switch), we switch at exactly `k * period` (mid-episode unless `truncate_at_swit
 
 Counting: `period` is in env steps per seed. With `envs_per_seed = E` envs of one seed stepping in
 lockstep (PPO's num_envs), every step of one env advances the seed's count by E, so switch k happens at
-the first multiple of E at or after `k * period` (exactly there when E divides `period`). The JAX
+the first multiple of E at or after `k * period` (exactly there when E divides `period`). With E = 0 the
+count never moves: the evaluation envs (plastic/evaluation.py) play in the phase they are reset in. The JAX
 counter is int32 (fine up to 2**31 steps per seed).
 
 Randomness: the schedule (permutations, scales) depends only on `EnvConfig.seed` and, if `per_seed`, on a
@@ -77,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from plastic.fields import count, nonneg, positive
 from plastic.jaxenvs import JaxEnv, make_jax_env
 
 KINDS = ("none", "permute_obs", "flip_reward", "dynamics", "tasks")
@@ -87,15 +89,15 @@ FIRST_PHASES = ("base", "drawn")
 @dataclass
 class EnvConfig:
     nonstationary: str = "none"        # none | permute_obs | flip_reward | dynamics | tasks
-    period: int = 100_000              # env steps per seed between switches; phase k starts at step k * period
+    period: int = count(100_000, "env steps")  # env steps per seed between switches; phase k starts at step k * period
     dynamics: str = "friction"         # friction | mass | gravity (what is scaled per env family: module doc)
-    scale_low: float = 0.5             # each phase's scale is log-uniform in [scale_low, scale_high]
-    scale_high: float = 2.0            # (slippery Ant, Dohare et al.: [0.02, 2]; PRESETS["slippery_ant"])
+    scale_low: float = positive(0.5)   # each phase's scale is log-uniform in [scale_low, scale_high]
+    scale_high: float = positive(2.0)  # (slippery Ant, Dohare et al.: [0.02, 2]; PRESETS["slippery_ant"])
     first_phase: str = "base"          # base: phase 0 is the unmodified env (scale 1, identity permutation)
                                        # drawn: phase 0 draws like the others (Dohare et al.)
     tasks: tuple[str, ...] = ()        # for `tasks`: env ids cycled in order, one per period
     truncate_at_switch: bool = False   # end the running episode (truncation) at every switch; always on for tasks
-    seed: int = 0                      # the schedule's randomness (permutations, scales)
+    seed: int = nonneg(0)              # the schedule's randomness (permutations, scales)
     per_seed: bool = False             # each seed of a run gets its own schedule (Dohare et al.: frictions[seed])
 
 
@@ -373,8 +375,9 @@ class NonstationaryJaxEnv(JaxEnv):
 
     def __init__(self, env: JaxEnv, cfg: EnvConfig, envs_per_seed: int = 1):
         validate(cfg)
-        if int(envs_per_seed) < 1:
-            raise ValueError(f"envs_per_seed must be >= 1, got {envs_per_seed}")
+        if int(envs_per_seed) < 0:
+            raise ValueError(f"envs_per_seed must be >= 1 (0: the phase never moves, for evaluation), got "
+                             f"{envs_per_seed}")
         self.cfg, self.kind, self.E = cfg, cfg.nonstationary, int(envs_per_seed)
         self.period = int(cfg.period)
         if self.kind == "tasks":
@@ -620,8 +623,9 @@ class NonstationaryHostEnv:
 
     def __init__(self, env, cfg: EnvConfig, schedule: int = 0, start_step: int = 0, envs_per_seed: int = 1):
         validate(cfg)
-        if int(envs_per_seed) < 1:
-            raise ValueError(f"envs_per_seed must be >= 1, got {envs_per_seed}")
+        if int(envs_per_seed) < 0:
+            raise ValueError(f"envs_per_seed must be >= 1 (0: the phase never moves, for evaluation), got "
+                             f"{envs_per_seed}")
         self.cfg, self.kind, self.E = cfg, cfg.nonstationary, int(envs_per_seed)
         self.schedule, self.env_steps = int(schedule), int(start_step)
         self._truncate = self.kind == "tasks" or bool(cfg.truncate_at_switch)

@@ -11,11 +11,14 @@ SMALL = {"hidden": "32,32", "batch_size": 32, "buffer_size": 5000}
 # Every metric group off: tests that are not about the metrics skip compiling them (each group adds 1.5-2.5 s
 # of XLA compile to a trainer's step program); the resume and metrics tests keep them on.
 METRICS_OFF = {f"metrics.{g}_every": 0 for g in ("activity", "grad", "rank", "churn", "ntk")}
+# Evaluation off likewise (tests/test_evaluation.py turns it on): a run evaluates at the end of its budget, so a
+# run cut short and extended by --resume has one more evaluation row than the uninterrupted run
+EVAL_OFF = {"run.eval_every": 0}
 
 
 def make(agent, env, steps, intervention="none", tmp=None, overrides=None, metrics=False, **run):
     ov = {f"{agent}.{k}": v for k, v in SMALL.items()}
-    ov.update({"run.progress": "off", "run.tensorboard": "false"})
+    ov.update({"run.progress": "off", "run.tensorboard": "false", **EVAL_OFF})
     if not metrics:
         ov.update(METRICS_OFF)
     ov.update(overrides or {})
@@ -48,7 +51,7 @@ def tiny_trainer(agent, intervention, steps, extra=None, seeds=2, env=None, smal
     ov = {f"{agent}.{k}": v for k, v in (TINY[agent] if small is None else small).items()}
     ov.update(METRICS_OFF)
     ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
-               "run.checkpoint_every": 100, "run.driver": "jit"})
+               "run.checkpoint_every": 100, "run.driver": "jit", **EVAL_OFF})
     ov.update(extra or {})
     return make_trainer(build(agent, intervention, overrides=ov, env=env or TINY_ENVS[agent], steps=steps,
                               seeds=seeds))

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import METRICS_OFF, rows, strip_timing
+from helpers import EVAL_OFF, METRICS_OFF, rows, strip_timing
 from plastic.config import build
 from plastic.jit_trainer import HostOnPolicyTrainer, JitTrainer, OnPolicyTrainer
 from plastic.trainer import Trainer, make_trainer
@@ -23,7 +23,7 @@ def trainer(agent, steps=400, intervention="none", seeds=1, seed=0, env=None, ex
     if not metrics:
         ov.update(METRICS_OFF)
     ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
-               "run.checkpoint_every": 200})
+               "run.checkpoint_every": 200, **EVAL_OFF})
     if "grama" in intervention:
         ov["grama.period"] = 20
     ov.update(extra or {})
@@ -54,14 +54,17 @@ def test_driver_choice():
                                                 ("sac", "grama"), ("dqn", "grama+swd"),
                                                 ("ppo", "grama")])
 def test_resume_is_bit_identical(tmp_path, agent, intervention):
-    full = trainer(agent, 400, intervention, metrics=True)
+    """...evaluations included: every 200 env steps, the split point, so the cut run evaluates there too."""
+    ev = {"run.eval_every": 200, "run.eval_episodes": 2}
+    full = trainer(agent, 400, intervention, metrics=True, extra=ev)
     full.run(tmp_path / "full")
-    trainer(agent, 200, intervention, metrics=True).run(tmp_path / "split")
-    resumed = trainer(agent, 400, intervention, metrics=True)
+    trainer(agent, 200, intervention, metrics=True, extra=ev).run(tmp_path / "split")
+    resumed = trainer(agent, 400, intervention, metrics=True, extra=ev)
     resumed.run(tmp_path / "split", resume=True)
     assert_trees_equal(full.final_state, resumed.final_state)
     rf, rr = strip_timing(rows(tmp_path / "full")), strip_timing(rows(tmp_path / "split"))
     assert rf == rr and [r["step"] for r in rf] == [r["step"] for r in rr]
+    assert sorted({r["step"] for r in rf if "eval/episode_return" in r}) == [200, 400]
     assert any(r["episodes"] for r in rf)
     ts = full.final_state[0]
     net = "q" if agent == "dqn" else "critic"

@@ -175,7 +175,7 @@ def test_host_driver_resume_is_bit_identical(tmp_path):
     def run(name, steps, resume=False):
         ov = {"run.progress": "off", "run.tensorboard": "false", "run.driver": "host", "run.log_every": 64,
               "run.checkpoint_every": 128, "ppo.num_envs": 4, "ppo.num_steps": 16, "ppo.hidden": "16,16",
-              "ppo.anneal_lr": "false", "grama.period": 5}
+              "ppo.anneal_lr": "false", "grama.period": 5, "run.eval_every": 128, "run.eval_episodes": 2}
         tr = make_trainer(build("ppo", "grama", overrides=ov, env="probe:d_two_step", steps=steps, seeds=2))
         tr.run(tmp_path / name, resume=resume)
         return tr

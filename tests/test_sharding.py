@@ -54,7 +54,8 @@ def worker(case: str, out: Path) -> None:
         ov = {f"{spec['agent']}.{k}": v for k, v in spec["small"].items()}
         ov.update({f"metrics.{g}_every": 0 for g in METRIC_GROUPS if g not in spec.get("metrics", ())})
         ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
-                   "run.checkpoint_every": 200, "run.driver": spec["driver"], "run.devices": devices})
+                   "run.checkpoint_every": 200, "run.driver": spec["driver"], "run.devices": devices,
+                   "run.eval_every": 100, "run.eval_episodes": 2})  # sharded agents evaluate too
         return make_trainer(build(spec["agent"], "none", overrides=ov, env=spec["env"], steps=steps, seeds=SEEDS))
 
     def fresh_carry(t):
