@@ -20,6 +20,10 @@ import numpy as np
 
 BOOKKEEPING = ("step", "seed", "sps", "episodes", "episode_length")
 RETURN = "episode_return"
+EVAL_RETURN = "eval/episode_return"  # plastic/evaluation.py: deterministic policy, only at evaluation log points
+EVAL_PREFIX = "eval/"
+SCORES = ("auto", "eval", "train")
+SCORE_NAMES = {RETURN: "training return", EVAL_RETURN: "evaluation return"}
 BANDS = ("ci95", "std", "none")
 Z95 = 1.96
 
@@ -27,14 +31,21 @@ DESCRIPTION = "Render episode-return and metric curves of one or more runs to PN
 EPILOG = """input: each RUN_DIR holds metrics.jsonl, one JSON object per line and per seed and log point, with
   `step` (env steps) and `seed`; other keys are numbers or null (null = not measured / no episode finished; nulls
   are skipped, never read as 0). Rows may be in any order (resumed runs): each seed is sorted by step.
-  Keys: episode_return, <metric>/<network> (e.g. dormant_ratio_tau_0.025/critic), <metric>/<network>/<layer>,
+  Keys: episode_return, eval/episode_return and eval/episode_length (evaluation log points only),
+  <metric>/<network> (e.g. dormant_ratio_tau_0.025/critic), <metric>/<network>/<layer>,
   cumulative reset counters (any key containing /events/, e.g. grama/events/critic) and the task phase
   (nonstationary/...).
+score (--score): which return return.png draws. auto (default): the evaluation return eval/episode_return
+  (complete episodes of the deterministic policy, logged at evaluation log points only; plastic/evaluation.py)
+  when every RUN_DIR has it, else the training return episode_return (mean over the training episodes that
+  ended since the previous row, with exploration), with a printed note naming a run without evaluations;
+  eval: the evaluation return, a run without it is an error; train: the training return.
 outputs, in --out (created if needed; nothing in it is deleted):
-  return.png   episode_return vs env steps
+  return.png   the chosen return vs env steps (evaluation return: a marker at each evaluation)
   METRIC.png   one figure per <metric> name, one panel per network (with --layers also one per layer);
                keys without a network (e.g. q_mean) get a figure of their own
   summary.csv  per run and key: the last step with a value, the number of seeds there and their mean
+               (episode_return, eval/episode_return where a run has it, then the metrics)
 curves: mean over seeds at each step, with a band over the seeds having a value at that step (n):
   ci95 = mean +- 1.96 * std / sqrt(n), std = mean +- std (std: sample standard deviation, ddof=1), none;
   no band where n = 1.
@@ -42,12 +53,14 @@ events: a thin vertical line in the run's colour at each step where a seed's res
   row (counters start at 0), dashed; dotted where a nonstationary/ value changed between a seed's consecutive rows
   (task switch). Each distinct step is drawn once per run. A counter named .../events/NETWORK is drawn on that
   network's panels only (on every panel of figures without that network, and on return.png).
-default metrics: every <metric>/<network> key except events, nonstationary/ and bookkeeping keys (step, seed,
-  sps, episodes, episode_length), plus other number keys without a network (e.g. q_mean). --metrics patterns
-  (fnmatch, e.g. 'dormant_*/critic' 'loss/*') choose among all number keys instead, bookkeeping, counters and
-  nonstationary/ ones included; layer-level keys need --layers.
+default metrics: every <metric>/<network> key except events, nonstationary/, eval/ and bookkeeping keys (step,
+  seed, sps, episodes, episode_length), plus other number keys without a network (e.g. q_mean). --metrics
+  patterns (fnmatch, e.g. 'dormant_*/critic' 'loss/*') choose among all number keys instead, bookkeeping,
+  counters, eval/ and nonstationary/ ones included (not the return that return.png draws); layer-level keys
+  need --layers.
 errors (one line on stderr, exit status 2): a RUN_DIR without metrics.jsonl, an empty metrics.jsonl, a malformed
-  line (file:line), a --metrics pattern that matches nothing, a --labels count that differs from the runs'.
+  line (file:line), a --metrics pattern that matches nothing, a --labels count that differs from the runs',
+  --score eval with a run that has no eval/episode_return.
 --metrics and --labels take several values: put the RUN_DIRs first, or last after --.
 example: python experiments/plot.py runs/sac-none runs/sac-grama --out plots --metrics 'dormant*' 'loss/*'
 """
@@ -81,6 +94,10 @@ def is_event_key(key: str) -> bool:
 
 def is_nonstationary_key(key: str) -> bool:
     return key.startswith("nonstationary/")
+
+
+def is_eval_key(key: str) -> bool:
+    return key.startswith(EVAL_PREFIX)
 
 
 def is_layer_key(key: str) -> bool:
@@ -231,14 +248,45 @@ def curve(run: dict, key: str, band: str = "ci95"):
 # Which keys, which figures
 # --------------------------------------------------------------------------------------------------
 
+def has_eval(numeric) -> bool:
+    """Whether a run (its `numeric` keys, as load_run gives them) logged the evaluation return."""
+    return EVAL_RETURN in numeric
+
+
+def choose_score(names_numeric, score: str = "auto") -> tuple[str, str | None]:
+    """(return key, note) for `score` ("auto", "eval" or "train") over runs given as (name, numeric keys) pairs.
+
+    auto: EVAL_RETURN when every run has it, else RETURN with a note naming a run without it; eval: EVAL_RETURN,
+    a PlotError naming the first run without it; train: RETURN. The note is None unless auto fell back."""
+    if score not in SCORES:
+        raise PlotError(f"--score must be one of {', '.join(SCORES)}, got {score!r}")
+    pairs = list(names_numeric)
+    if score == "train":
+        return RETURN, None
+    missing = [name for name, numeric in pairs if not has_eval(numeric)]
+    if not missing:
+        return EVAL_RETURN, None
+    more = f" (and {len(missing) - 1} more of the {len(pairs)} runs)" if len(missing) > 1 else ""
+    if score == "eval":
+        raise PlotError(f"--score eval: {missing[0]} has no {EVAL_RETURN} in its rows{more} (evaluation off, "
+                        f"run.eval_every 0, or not reached); use --score train or auto")
+    return RETURN, (f"--score auto: scoring the training return {RETURN}, not the evaluation return, because "
+                    f"{missing[0]} has no {EVAL_RETURN} in its rows{more}")
+
+
+def return_key(runs: list[dict], score: str = "auto") -> tuple[str, str | None]:
+    """choose_score over load_run results, runs named by their directories."""
+    return choose_score(((str(r["path"]), r["numeric"]) for r in runs), score)
+
+
 def default_metric(key: str) -> bool:
     return (key != RETURN and key not in BOOKKEEPING and not is_event_key(key) and not is_nonstationary_key(key)
-            and key.count("/") <= 1)
+            and not is_eval_key(key) and key.count("/") <= 1)
 
 
-def select_keys(runs: list[dict], metrics=None, layers: bool = False) -> list[str]:
-    """Metric keys to plot (episode_return, which has return.png, left out). Raises PlotError for a pattern that
-    matches nothing."""
+def select_keys(runs: list[dict], metrics=None, layers: bool = False, ret: str = RETURN) -> list[str]:
+    """Metric keys to plot (`ret`, the return that return.png draws, left out; eval/ keys only through `metrics`).
+    Raises PlotError for a pattern that matches nothing."""
     numeric = sorted(set().union(*(r["numeric"] for r in runs)))
     if metrics is None:
         return [k for k in numeric if default_metric(k) or (layers and is_layer_key(k))]
@@ -254,7 +302,7 @@ def select_keys(runs: list[dict], metrics=None, layers: bool = False) -> list[st
                 hint = " (step and seed are not metrics)"
             raise PlotError(f"--metrics {pattern!r} matches no number key of the runs{hint}")
         chosen.update(hits)
-    chosen.discard(RETURN)
+    chosen.discard(ret)
     return sorted(chosen)
 
 
@@ -300,15 +348,16 @@ def _event_steps_for(run: dict, network: str | None, figure_networks: set[str]) 
     return sorted(out)
 
 
-def _draw_panel(ax, runs, key, panel, figure_networks, band, colors, title) -> tuple[bool, bool]:
-    """One panel: a mean line and band per run, then its resets and task switches; returns (any reset, any
-    switch) drawn."""
+def _draw_panel(ax, runs, key, panel, figure_networks, band, colors, title, markers=False) -> tuple[bool, bool]:
+    """One panel: a mean line and band per run (`markers`: a marker at every point), then its resets and task
+    switches; returns (any reset, any switch) drawn."""
     network = panel.split("/")[0] if panel else None
     any_reset = any_switch = False
     for run, color in zip(runs, colors):
         steps, mean, lo, hi = curve(run, key, band)
         if len(steps):
-            ax.plot(steps, mean, color=color, lw=1.4, label=run["label"], marker="o" if len(steps) == 1 else None)
+            mark = {"marker": "o", "ms": 3.5} if markers else {"marker": "o" if len(steps) == 1 else None}
+            ax.plot(steps, mean, color=color, lw=1.4, label=run["label"], **mark)
             if band != "none" and np.any(hi > lo):
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
     ylim = ax.get_ylim() if ax.has_data() else None
@@ -332,7 +381,7 @@ def _draw_panel(ax, runs, key, panel, figure_networks, band, colors, title) -> t
     return any_reset, any_switch
 
 
-def _figure(runs, panels, band, colors, titles, ylabel, path: Path) -> Path:
+def _figure(runs, panels, band, colors, titles, ylabel, path: Path, markers: bool = False) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     n = len(panels)
@@ -343,13 +392,14 @@ def _figure(runs, panels, band, colors, titles, ylabel, path: Path) -> Path:
     figure_networks = {p.split("/")[0] for _, p in panels if p}
     any_reset = any_switch = False
     for i, ((key, panel), title) in enumerate(zip(panels, titles)):
-        reset, switch = _draw_panel(axes[i], runs, key, panel, figure_networks, band, colors, title)
+        reset, switch = _draw_panel(axes[i], runs, key, panel, figure_networks, band, colors, title, markers)
         any_reset, any_switch = any_reset or reset, any_switch or switch
         if i % ncols == 0:
             axes[i].set_ylabel(ylabel(key))
     for ax in axes[n:]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=c, lw=1.4, label=run["label"]) for run, c in zip(runs, colors)]
+    mark = {"marker": "o", "ms": 3.5} if markers else {}
+    handles = [Line2D([], [], color=c, lw=1.4, label=run["label"], **mark) for run, c in zip(runs, colors)]
     if any_reset:
         handles.append(Line2D([], [], color="gray", ls="--", lw=0.8, label="reset"))
     if any_switch:
@@ -359,29 +409,34 @@ def _figure(runs, panels, band, colors, titles, ylabel, path: Path) -> Path:
     return path
 
 
-def plot_runs(runs: list[dict], out_dir, metrics=None, band: str = "ci95", layers: bool = False) -> list[Path]:
+def plot_runs(runs: list[dict], out_dir, metrics=None, band: str = "ci95", layers: bool = False,
+              score: str = "auto") -> list[Path]:
     """Write return.png, one PNG per metric family and summary.csv into `out_dir`; returns the paths written.
 
     runs: load_run results (one curve each, in their `label`); metrics: fnmatch patterns over keys, None for
-    the defaults; band: "ci95", "std" or "none"; layers: also plot <metric>/<network>/<layer> keys.
-    Raises PlotError (before anything is written) when a pattern matches nothing."""
+    the defaults; band: "ci95", "std" or "none"; layers: also plot <metric>/<network>/<layer> keys; score:
+    which return return.png draws ("auto", "eval", "train"; return_key says which and why).
+    Raises PlotError (before anything is written) when a pattern matches nothing or a run lacks the score."""
     if band not in BANDS:
         raise ValueError(f"band must be one of {', '.join(BANDS)}, got {band!r}")
     runs = list(runs)
     if not runs:
         raise PlotError("no runs to plot")
-    keys = select_keys(runs, metrics, layers)
+    ret, _ = return_key(runs, score)
+    keys = select_keys(runs, metrics, layers, ret)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colors = _colors(len(runs))
-    written = [_figure(runs, [(RETURN, None)], band, colors, ["episode return"], lambda k: "episode return",
-                       out / "return.png")]
+    name = SCORE_NAMES[ret]
+    written = [_figure(runs, [(ret, None)], band, colors, [f"{name} ({ret})"], lambda k: name, out / "return.png",
+                       markers=ret == EVAL_RETURN)]
     taken = {"return", "summary"}
     for metric, panels in group_keys(keys).items():
         titles = [f"{metric} \u2014 {p}" if p else metric for _, p in panels]
         written.append(_figure(runs, panels, band, colors, titles, lambda k: k.partition("/")[0],
                                out / _filename(metric, taken)))
-    written.append(write_summary(runs, [RETURN] + keys, out / "summary.csv"))
+    returns = [RETURN] + [EVAL_RETURN] * any(has_eval(r["numeric"]) for r in runs)
+    written.append(write_summary(runs, returns + [k for k in keys if k not in returns], out / "summary.csv"))
     return written
 
 
@@ -421,6 +476,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--band", default="ci95", choices=BANDS,
                    help="band over seeds: ci95 (default), std, or none")
     p.add_argument("--layers", action="store_true", help="also plot per-layer keys as extra panels")
+    p.add_argument("--score", default="auto", choices=SCORES,
+                   help="return.png: eval/episode_return (eval), episode_return (train), or auto (default): the "
+                        "evaluation return when every run has it, else the training return")
     p.add_argument("--labels", nargs="+", metavar="LABEL",
                    help="one legend label per RUN_DIR, in order (default: the directories' names)")
     return p
@@ -449,12 +507,17 @@ def main(argv=None) -> int:
     except (PlotError, OSError) as e:
         fail(str(e))
     try:
-        written = plot_runs(runs, args.out, metrics=args.metrics, band=args.band, layers=args.layers)
+        ret, note = return_key(runs, args.score)
+        written = plot_runs(runs, args.out, metrics=args.metrics, band=args.band, layers=args.layers,
+                            score=args.score)
     except PlotError as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot write to {args.out}: {e}")
     print(f"wrote {len(written)} files to {args.out}/: {', '.join(w.name for w in written)}")
+    print(f"return.png: {SCORE_NAMES[ret]} ({ret})")
+    if note:
+        print(f"note: {note}")
     return 0
 
 

@@ -33,7 +33,8 @@ import yaml
 if __package__ in (None, ""):  # run as a file: make `experiments` importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.plot import RETURN, PlotError, _filename, _natural, curve, group_keys, load_run  # noqa: E402
+from experiments.plot import (EVAL_RETURN, RETURN, SCORE_NAMES, SCORES, PlotError, _filename, _natural,  # noqa: E402
+                             choose_score, curve, group_keys, load_run)
 from experiments.plot import _colors as plot_colors  # noqa: E402
 
 AGGREGATES = ("IQM", "mean", "median", "optimality gap")
@@ -50,9 +51,16 @@ DESCRIPTION = ("Aggregate runs with rliable: IQM, mean, median and optimality ga
 EPILOG = """inputs: each RUNS argument is a run directory (config.yaml + metrics.jsonl, as experiments/run.py
   writes them) or a directory searched recursively for run directories (a sweep root; hidden directories,
   checkpoints/ and tb/ are skipped); a quoted glob pattern is expanded here.
-score: the final return of a seed = the mean episode_return over its last --final-frac of log points
-  (ceil(frac * n) of its n rows, at least 1; null returns in that window are skipped; a seed with none there
-  is left out with a note). Seeds in scores.csv are absolute: run.seed + the row's seed index.
+score (--score): auto (default) scores the evaluation return eval/episode_return (complete episodes of the
+  deterministic policy at evaluation log points, plastic/evaluation.py) when every run has it, else the
+  training return episode_return, with a note naming a run without it; eval requires it (a run without it is
+  an error); train scores episode_return. Evaluation return: the final score of a seed = the mean
+  eval/episode_return over its last --final-frac of the rows that hold an evaluation (ceil(frac * n) of its n
+  evaluations, at least 1; with the default 0.1 and ~10 evaluations, the last one). Training return: the mean
+  episode_return over its last --final-frac of log points (ceil(frac * n) of its n rows, at least 1; null
+  returns in that window are skipped). A seed without a score there is left out with a note. report.md and
+  the `score` column of scores.csv (eval or train) say which was used. Seeds in scores.csv are absolute:
+  run.seed + the row's seed index.
 task: run.env, plus the non-stationary kind, its period and the env.* fields that differ between runs of it.
 method: agent(+intervention) plus the hyperparameters (agent and intervention sections, run.steps,
   run.pipelined_acting) that take several values among runs of that agent+intervention on one task, e.g.
@@ -66,9 +74,10 @@ statistics (rliable): per method a (seeds x tasks) matrix (a method whose tasks 
   --gap-threshold) with 95% percentile stratified-bootstrap CIs (--reps); probability of improvement
   P(X > Y) for every ordered pair of methods on their common tasks (P(Y > X) = 1 - P(X > Y)), or of every
   method over --baseline; performance profiles (fraction of runs above tau); sample efficiency: IQM of the
-  normalised return on a common step grid (every logged step between the latest first return and the
-  earliest last row of the method's runs, at most 100 points; each seed's last logged return at or before the
-  step). The bootstrap is seeded (--seed, numpy's global generator too, restored afterwards).
+  normalised return that is scored on a common step grid (every logged step between the latest first return
+  and the earliest last row of the method's runs, for the evaluation return every evaluation step between the
+  latest first and the earliest last evaluation; at most 100 points; each seed's last logged return at or
+  before the step). The bootstrap is seeded (--seed, numpy's global generator too, restored afterwards).
 plasticity metrics (--metrics PATTERN...): mean over all seeds of a method's runs, 95% band; default: the
   network-level dormant ratio and GraMa ratio at the middle of the logged thresholds and srank_delta_*.
   Patterns match network-level keys (<metric>/<network>) unless they hold two '/'. Keys that are missing are
@@ -77,7 +86,8 @@ outputs, in --out (created if needed): report.md (tables, notes, figure links), 
   probability_of_improvement.png, performance_profile.png, sample_efficiency.png, metric_<name>.png.
   Identical inputs and options give byte-identical files.
 errors (one line on stderr, exit status 2, nothing written): no runs found, a run without metrics.jsonl or
-  config.yaml, bad options, --baseline unknown or with fewer than 2 methods.
+  config.yaml, bad options, --baseline unknown or with fewer than 2 methods, --score eval with a run without
+  eval/episode_return.
 --group-by and --metrics take several values: put the RUNS first, or last after --.
 example: python experiments/report.py runs/sweep --out report --baseline sac --metrics 'dormant*'
 """
@@ -272,12 +282,15 @@ def _label_methods(runs: list[dict], group_by: list[str] | None) -> dict[str, di
     return params
 
 
-def final_return(rows: list[dict], final_frac: float = 0.1) -> tuple[float | None, int]:
-    """(mean episode_return over the last ceil(final_frac * len(rows)) rows (at least one), how many returns it
-    averaged); null and non-finite returns are skipped; (None, 0) when the window holds none. `rows`: one
-    seed's rows sorted by step."""
+def final_return(rows: list[dict], final_frac: float = 0.1, key: str = RETURN) -> tuple[float | None, int]:
+    """(mean `key` over the last ceil(final_frac * n) of n rows (at least one), how many values it averaged);
+    null and non-finite values are skipped; (None, 0) when the window holds none. `rows`: one seed's rows
+    sorted by step. The training return (RETURN) windows all n rows (log points); any other key, i.e. the
+    evaluation return, only the n rows that hold it (evaluations), so the fraction applies to the evaluations."""
+    if key != RETURN:
+        rows = [r for r in rows if r.get(key) is not None]
     k = max(1, math.ceil(round(final_frac * len(rows), 9)))  # round: 0.1 * 30 is 3.0000000000000004
-    vals = [float(r[RETURN]) for r in rows[-k:] if _finite(r.get(RETURN))]
+    vals = [float(r[key]) for r in rows[-k:] if _finite(r.get(key))]
     return (float(np.mean(vals)) if vals else None), len(vals)
 
 
@@ -292,7 +305,8 @@ class Scores:
     rows: one dict per (run dir, seed) with a final return: method, task, run (the run dir as found), seed
       (absolute: run.seed + index), final_return, n_returns (returns averaged); sorted by method, task, run, seed.
     runs: the loaded runs: path, config, agent, intervention, task, method, seed_base, metrics (plot.load_run).
-    methods, tasks: sorted labels; params: {method: {hyperparameter: value}} that distinguish it."""
+    methods, tasks: sorted labels; params: {method: {hyperparameter: value}} that distinguish it.
+    score: "eval" (final_return is of eval/episode_return) or "train" (of episode_return); key: that row key."""
     rows: list[dict]
     runs: list[dict]
     methods: list[str]
@@ -300,6 +314,11 @@ class Scores:
     params: dict[str, dict[str, str]]
     final_frac: float
     notes: list[str] = field(default_factory=list)
+    score: str = "train"
+
+    @property
+    def key(self) -> str:
+        return EVAL_RETURN if self.score == "eval" else RETURN
 
     def frame(self):
         """The rows as a pandas DataFrame (pandas comes with rliable)."""
@@ -307,33 +326,43 @@ class Scores:
         return pd.DataFrame(self.rows, columns=["method", "task", "run", "seed", "final_return", "n_returns"])
 
 
-def load_scores(paths, final_frac: float = 0.1, group_by: list[str] | None = None) -> Scores:
-    """Find the runs under `paths`, label them by method and task, and compute every seed's final return.
+def load_scores(paths, final_frac: float = 0.1, group_by: list[str] | None = None, score: str = "auto") -> Scores:
+    """Find the runs under `paths`, label them by method and task, and compute every seed's final score.
 
-    Raises ReportError for no runs, a run without metrics.jsonl/config.yaml, a bad --group-by key, or when no
-    seed has a final return."""
+    score: "auto" (the evaluation return when every run has eval/episode_return, else the training return,
+    with a note), "eval" or "train"; Scores.score says which was used.
+    Raises ReportError for no runs, a run without metrics.jsonl/config.yaml, a bad --group-by key, --score
+    eval with a run without evaluations, or when no seed has a final score."""
     if not 0 < final_frac <= 1:
         raise ReportError(f"--final-frac must be in (0, 1], got {final_frac}")
+    if score not in SCORES:
+        raise ReportError(f"--score must be one of {', '.join(SCORES)}, got {score!r}")
     runs = [_read_run(d) for d in find_runs(paths)]
+    try:
+        key, why = choose_score(((str(r["path"]), r["metrics"]["numeric"]) for r in runs), score)
+    except PlotError as e:
+        raise ReportError(str(e)) from None
     _label_tasks(runs)
     params = _label_methods(runs, group_by)
-    rows, notes = [], []
+    rows, notes = [], [why] if why else []
+    window = "log points" if key == RETURN else "evaluations"
     for run in runs:
         for seed in run["metrics"]["seeds"]:
-            score, n = final_return(run["metrics"]["rows"][seed], final_frac)
-            if score is None:
-                notes.append(f"{run['path']} seed {run['seed_base'] + seed}: no episode_return in its last "
-                             f"{100 * final_frac:g}% of log points; left out")
+            value, n = final_return(run["metrics"]["rows"][seed], final_frac, key)
+            if value is None:
+                notes.append(f"{run['path']} seed {run['seed_base'] + seed}: no {key} in its last "
+                             f"{100 * final_frac:g}% of {window}; left out")
                 continue
             rows.append({"method": run["method"], "task": run["task"], "run": str(run["path"]),
-                         "seed": run["seed_base"] + seed, "final_return": score, "n_returns": n, "_seed": seed})
+                         "seed": run["seed_base"] + seed, "final_return": value, "n_returns": n, "_seed": seed})
     if not rows:
-        raise ReportError("no seed of the runs has an episode_return in its final log points (runs too short?)")
+        raise ReportError(f"no seed of the runs has an {key} in its final {window} (runs too short?)")
     rows.sort(key=lambda r: (_natural(r["method"]), r["task"], r["run"], r["seed"]))
     runs.sort(key=lambda r: (_natural(r["method"]), r["task"], str(r["path"])))
     methods = sorted({r["method"] for r in rows}, key=_natural)
     tasks = sorted({r["task"] for r in rows})
-    return Scores(rows, runs, methods, tasks, {m: params[m] for m in methods}, final_frac, notes)
+    return Scores(rows, runs, methods, tasks, {m: params[m] for m in methods}, final_frac, notes,
+                  "eval" if key == EVAL_RETURN else "train")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -516,28 +545,32 @@ def probability_of_improvement(mx: Matrix, my: Matrix, reps: int, seed: int):
     return float(point.ravel()[0]), float(ci.ravel()[0]), float(ci.ravel()[1])
 
 
-def _seed_returns(run: dict, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(steps with a finite return, those returns, last logged step) of one seed of a run."""
+def _seed_returns(run: dict, seed: int, key: str = RETURN) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(steps with a finite `key`, those values, the steps of the grid, the last of them) of one seed of a run.
+    The grid steps are every logged step for the training return, the steps of rows holding `key` (the
+    evaluations) otherwise."""
     rows = run["metrics"]["rows"][seed]
-    steps = np.array([r["step"] for r in rows if _finite(r.get(RETURN))], dtype=np.int64)
-    vals = np.array([r[RETURN] for r in rows if _finite(r.get(RETURN))], dtype=np.float64)
-    return steps, vals, int(rows[-1]["step"])
+    steps = np.array([r["step"] for r in rows if _finite(r.get(key))], dtype=np.int64)
+    vals = np.array([r[key] for r in rows if _finite(r.get(key))], dtype=np.float64)
+    grid = np.array([r["step"] for r in rows if key == RETURN or r.get(key) is not None], dtype=np.int64)
+    return steps, vals, grid, int(grid[-1]) if len(grid) else int(rows[-1]["step"])
 
 
 def sample_efficiency(scores: Scores, matrix: Matrix, bounds: dict, reps: int, seed: int):
-    """(steps, IQM, lo, hi) of the normalised return of the matrix's seeds, or None without a common step.
+    """(steps, IQM, lo, hi) of the normalised score return (scores.key) of the matrix's seeds, or None without a
+    common step.
 
-    Grid: every step logged by one of those seeds, from the latest first-return step to the earliest last row
-    (at most CURVE_POINTS of them, evenly spaced); a seed's value at a step is its last return logged at or
-    before it."""
+    Grid: every step logged by one of those seeds (for the evaluation return: every evaluation step), from the
+    latest first-return step to the earliest last row (last evaluation) (at most CURVE_POINTS of them, evenly
+    spaced); a seed's value at a step is its last return logged at or before it."""
     by_path = {str(r["path"]): r for r in scores.runs}
     series, all_steps = [], []
     for j, task in enumerate(matrix.tasks):
         for run_path, s in matrix.entries[j]:
             run = by_path[run_path]
-            steps, vals, last = _seed_returns(run, s)
+            steps, vals, grid_steps, last = _seed_returns(run, s, scores.key)
             series.append((j, steps, _norm(vals, bounds[task]), last))
-            all_steps.append(np.array([r["step"] for r in run["metrics"]["rows"][s]], dtype=np.int64))
+            all_steps.append(grid_steps)
     start = max(int(st[0]) for _, st, _, _ in series)
     stop = min(last for _, _, _, last in series)
     grid = np.unique(np.concatenate(all_steps))
@@ -580,7 +613,8 @@ def _default_metric_patterns(keys: list[str]) -> list[str]:
 def select_metrics(scores: Scores, patterns: list[str] | None) -> tuple[list[str], list[str]]:
     """(metric keys, notes): `patterns` (fnmatch) or the defaults over the runs' number keys; a pattern that
     matches nothing is a note. A pattern with fewer than two '/' matches network-level keys only."""
-    numeric = sorted(set().union(*(r["metrics"]["numeric"] for r in scores.runs)) - {RETURN, "step", "seed"})
+    numeric = sorted(set().union(*(r["metrics"]["numeric"] for r in scores.runs))
+                     - {RETURN, EVAL_RETURN, "step", "seed"})
     notes = []
     if patterns is None:
         patterns = _default_metric_patterns(numeric)
@@ -718,8 +752,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _score_label(rep: Report) -> str:
-    return "raw final return" if rep.normalize == "none" else "normalised final return"
+def _score_label(rep: Report, final: bool = True) -> str:
+    what = ("final " if final else "") + ("eval return" if rep.scores.score == "eval" else "return")
+    return f"raw {what}" if rep.normalize == "none" else f"normalised {what}"
 
 
 def _fig_aggregates(rep: Report, path: Path) -> Path:
@@ -785,7 +820,7 @@ def _fig_curves(rep: Report, path: Path) -> Path:
         ax.plot(steps, iqm, color=colors[m], lw=1.6, label=m, marker="o" if len(steps) == 1 else None)
         ax.fill_between(steps, lo, hi, color=colors[m], alpha=0.2, lw=0)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("IQM of " + ("raw return" if rep.normalize == "none" else "normalised return"))
+    ax.set_ylabel("IQM of " + _score_label(rep, final=False))
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -844,24 +879,45 @@ def write_scores_csv(rep: Report, path: Path) -> Path:
             for run, s in col}
     with Path(path).open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["method", "task", "run", "seed", "final_return", "normalized", "n_returns", "in_matrix"])
+        w.writerow(["method", "task", "run", "seed", "final_return", "normalized", "n_returns", "in_matrix",
+                    "score"])
         for r in rep.scores.rows:
             norm = float(_norm(r["final_return"], rep.bounds[r["task"]]))
             w.writerow([r["method"], r["task"], r["run"], r["seed"], repr(r["final_return"]), repr(norm),
-                        r["n_returns"], int((r["method"], r["task"], r["run"], r["_seed"]) in used)])
+                        r["n_returns"], int((r["method"], r["task"], r["run"], r["_seed"]) in used),
+                        rep.scores.score])
     return Path(path)
+
+
+def _values(runs: list[dict], key: str) -> str:
+    """The distinct values of run.<key> among the runs' configs, as text ("10", "5, 10", "?" where unset)."""
+    vals = {r["config"]["run"].get(key) for r in runs}
+    return ", ".join(sorted(("?" if v is None else _fmt(v) for v in vals), key=_natural))
+
+
+def _score_text(s: Scores) -> str:
+    """report.md's score paragraph: which return, and how a seed's final score is taken from it."""
+    frac = s.final_frac
+    if s.score == "eval":
+        return (f"**Score:** evaluation return (`{EVAL_RETURN}`, the mean over {_values(s.runs, 'eval_episodes')} "
+                f"complete episodes of the deterministic policy per evaluation, every {_values(s.runs, 'eval_every')} "
+                f"env steps and at the end). The final score of a seed is the mean `{EVAL_RETURN}` over its last "
+                f"{100 * frac:g}% of evaluations (ceil({frac:g} n) of its n rows that hold an evaluation, at least "
+                f"one).")
+    return (f"**Score:** training return (`{RETURN}`, the mean over the training episodes that ended since the "
+            f"previous log point, with exploration). The final score of a seed is the mean `{RETURN}` over its last "
+            f"{100 * frac:g}% of log points (ceil({frac:g} n) of its n rows, at least one; null returns skipped).")
 
 
 def markdown(rep: Report, figures: list[str]) -> str:
     """report.md: what was aggregated and how, the aggregate and P(improvement) tables, figure links, notes."""
-    s, frac = rep.scores, rep.scores.final_frac
+    s = rep.scores
     n_seeds = len(s.rows)
     out = ["# Report", "",
            f"{len(s.runs)} run director{'y' if len(s.runs) == 1 else 'ies'}, {n_seeds} seed{'s' * (n_seeds != 1)}, "
            f"{len(s.methods)} method{'s' * (len(s.methods) != 1)}, {len(s.tasks)} task{'s' * (len(s.tasks) != 1)}.",
            "",
-           f"**Score:** the final return of a seed is the mean `episode_return` over its last {100 * frac:g}% of log "
-           f"points (ceil({frac:g} n) of its n rows, at least one; null returns skipped).", ""]
+           _score_text(s), ""]
     if rep.normalize == "none":
         out.append("**Normalisation:** none (raw returns; aggregates across tasks mix their scales).")
     elif rep.normalize == "minmax":
@@ -939,7 +995,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUNS", help="run directories, directories holding them, or globs")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--final-frac", type=float, default=0.1, metavar="F",
-                   help="fraction of each seed's last log points averaged into its final return (default 0.1)")
+                   help="fraction of each seed's last log points (evaluations, for the evaluation return) averaged "
+                        "into its final score (default 0.1)")
+    p.add_argument("--score", default="auto", choices=SCORES,
+                   help="score eval/episode_return (eval), episode_return (train), or auto (default): the "
+                        "evaluation return when every run has it, else the training return")
     p.add_argument("--normalize", default="minmax", metavar="none|minmax|FILE.yaml",
                    help="per-task normalisation (default minmax)")
     p.add_argument("--gap-threshold", type=float, default=1.0, metavar="G",
@@ -962,7 +1022,7 @@ def main(argv=None) -> int:
         p.exit(2, f"{p.prog}: error: {' '.join(str(msg).split())}\n")
 
     try:
-        scores = load_scores(args.runs, final_frac=args.final_frac, group_by=args.group_by)
+        scores = load_scores(args.runs, final_frac=args.final_frac, group_by=args.group_by, score=args.score)
         rep = aggregate(scores, normalize=args.normalize, reps=args.reps, seed=args.seed,
                         gap_threshold=args.gap_threshold, baseline=args.baseline, metrics=args.metrics)
     except (ReportError, OSError) as e:
@@ -973,6 +1033,7 @@ def main(argv=None) -> int:
         fail(f"cannot write to {args.out}: {e}")
     print(f"{len(scores.methods)} method(s), {len(scores.tasks)} task(s), {len(scores.rows)} seed(s); wrote "
           f"{len(written)} files to {args.out}/: {', '.join(w.name for w in written)}")
+    print(f"score: {SCORE_NAMES[scores.key]} ({scores.key})")
     for n in rep.notes:
         print(f"note: {n}")
     return 0

@@ -224,7 +224,8 @@ def test_help_text(capsys):
     with pytest.raises(SystemExit):
         main(["x", "--help"])
     out = capsys.readouterr().out
-    for word in ("--out", "--metrics", "--x", "--band", "--layers", "--labels", "ci95", "summary.csv",
+    for word in ("--out", "--metrics", "--x", "--band", "--layers", "--labels", "--score", "eval/episode_return",
+                 "ci95", "summary.csv",
                  "return.png", "/events/", "nonstationary/", "null", "exit status 2"):
         assert word in out
 
@@ -274,6 +275,96 @@ def test_errors_exit_2_with_one_line_and_keep_out(runs, tmp_path, capsys, case):
     assert err.count("\n") == 1 and err.startswith("plot.py: error: ") and "Traceback" not in err
     assert needle in err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The return that return.png draws: evaluation or training (--score)
+# --------------------------------------------------------------------------------------------------
+
+# eval/episode_return per seed at the evaluation steps only (the first log point past each 200 env steps and
+# the last one); rows at other steps hold no eval/ key, as plastic/trainer.py writes them
+EVALS_A = {0: {200: 10.0, 400: 20.0, 600: 30.0}, 1: {200: 12.0, 400: 22.0, 600: 32.0},
+           2: {200: 14.0, 400: 24.0, 600: 35.0}}
+EVALS_B = {0: {200: 1.0, 400: 2.0, 600: 3.0}, 1: {200: 1.0, 400: 4.0, 600: 5.0}, 2: {200: 0.0, 400: 0.0, 500: 7.0}}
+
+
+def add_evals(path: Path, evals) -> Path:
+    """Add eval/episode_return (and eval/episode_length) to the rows of metrics.jsonl at `evals`' steps."""
+    lines = []
+    for line in (path / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        v = evals.get(row["seed"], {}).get(row["step"])
+        if v is not None:
+            row.update({"eval/episode_return": v, "eval/episode_length": 50.0})
+        lines.append(json.dumps(row))
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def eval_runs(tmp_path):
+    return (add_evals(write_run(tmp_path / "ea", RUN_A), EVALS_A),
+            add_evals(write_run(tmp_path / "eb", RUN_B, shuffle=True), EVALS_B))
+
+
+def test_auto_score_draws_the_evaluation_return_when_every_run_has_it(eval_runs, runs, tmp_path, capsys):
+    a, b = [load_run(p) for p in eval_runs]
+    assert plot_mod.return_key([a, b]) == ("eval/episode_return", None)
+    assert plot_mod.return_key([a, b], "train") == ("episode_return", None)
+    # return.png's line: the mean over seeds at the evaluation steps only, with a marker at each
+    fig = Figure()
+    ax = fig.subplots()
+    plot_mod._draw_panel(ax, [a], "eval/episode_return", None, set(), "ci95", ["C0"], "t", markers=True)
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [200, 400, 600] and line.get_marker() == "o"
+    np.testing.assert_allclose(line.get_ydata(), [12.0, 22.0, 97 / 3])
+
+    out = tmp_path / "out"
+    assert main([str(eval_runs[0]), str(eval_runs[1]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "return.png: evaluation return (eval/episode_return)" in printed and "note:" not in printed
+    # the eval keys are the return, not a metric family of their own
+    assert sorted(p.name for p in out.iterdir()) == sorted(["return.png", "dormant_ratio_tau_0.025.png", "loss.png",
+                                                           "q_mean.png", "summary.csv"])
+    with (out / "summary.csv").open() as f:
+        table = {(r["run"], r["key"]): r for r in csv.DictReader(f)}
+    assert {k for _, k in table} == {"episode_return", "eval/episode_return", "dormant_ratio_tau_0.025/critic",
+                                     "dormant_ratio_tau_0.025/actor", "loss/critic", "q_mean"}
+    for k, (step, n, mean) in {("ea", "eval/episode_return"): (600, 3, 97 / 3),
+                               ("eb", "eval/episode_return"): (600, 2, 4.0),
+                               ("ea", "episode_return"): (600, 3, 29 / 3)}.items():
+        assert int(table[k]["step"]) == step and int(table[k]["n_seeds"]) == n
+        assert float(table[k]["mean"]) == pytest.approx(mean, rel=1e-12)
+
+    # one run without evaluations: auto falls back to the training return and says why
+    out = tmp_path / "mixed"
+    assert main([str(eval_runs[0]), str(runs[0]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "return.png: training return (episode_return)" in printed
+    assert f"note: --score auto: scoring the training return episode_return, not the evaluation return, because " \
+           f"{runs[0]} has no eval/episode_return in its rows" in printed
+    key, note = plot_mod.return_key([a, load_run(runs[0]), load_run(runs[1])])
+    assert key == "episode_return" and f"{runs[0]} has no" in note and "(and 1 more of the 3 runs)" in note
+    # with the training return drawn, the eval return can still be asked for as a metric
+    assert main([str(eval_runs[0]), "--out", str(tmp_path / "t"), "--score", "train", "--metrics", "eval/*"]) == 0
+    assert "return.png: training return (episode_return)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["eval.png", "return.png", "summary.csv"]
+    # ... and with the evaluation return drawn, a pattern matching it plots only the rest
+    assert plot_mod.select_keys([a], ["eval/*"], ret="eval/episode_return") == ["eval/episode_length"]
+
+
+def test_score_eval_on_a_run_without_evaluations_is_a_one_line_error(eval_runs, runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main([str(eval_runs[0]), str(runs[1]), "--out", str(out), "--score", "eval"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("plot.py: error: --score eval: ") and "Traceback" not in err
+    assert f"{runs[1]} has no eval/episode_return in its rows" in err
+    assert not out.exists()
+    with pytest.raises(plot_mod.PlotError, match="--score eval"):
+        plot_runs([load_run(runs[0])], tmp_path / "out2", score="eval")
+    assert not (tmp_path / "out2").exists()
 
 
 def test_script_runs_as_a_file(runs, tmp_path):

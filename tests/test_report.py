@@ -21,17 +21,19 @@ REPS = 200  # enough for CIs in tests, quick
 
 
 def write_run(path: Path, returns: dict, agent="sac", intervention="none", env="Pendulum-v1", seed=0,
-              hp=None, env_cfg=None, steps=None, metrics=None) -> Path:
+              hp=None, env_cfg=None, steps=None, metrics=None, evals=None) -> Path:
     """A run directory as experiments/run.py writes it: config.yaml and metrics.jsonl.
 
     returns: {seed index: [episode_return per log point, None = null]}; steps: the log steps (default 100,
-    200, ...); hp: {section: {field: value}} merged into the config; metrics: {key: fn(seed, i) -> value}."""
+    200, ...); hp: {section: {field: value}} merged into the config; metrics: {key: fn(seed, i) -> value};
+    evals: {seed index: {log point index: eval/episode_return}}: only those rows hold eval/* keys."""
     path.mkdir(parents=True)
     n = max(len(v) for v in returns.values())
     steps = steps or [100 * (i + 1) for i in range(n)]
     cfg = {"agent": agent, "intervention": intervention,
            "run": {"env": env, "driver": "jit", "seeds": len(returns), "seed": seed, "steps": steps[-1],
-                   "run_dir": str(path), "log_every": 100, "progress": "off", "pipelined_acting": False},
+                   "run_dir": str(path), "log_every": 100, "progress": "off", "pipelined_acting": False,
+                   "eval_every": 200 if evals else 0, "eval_episodes": 5, "eval_seed": 0},
            "metrics": {"activity_every": 1000, "dormant_taus": [0.0, 0.025, 0.1]},
            "env": {"nonstationary": "none", "period": 100000, "seed": 0},
            agent: {"hidden": [16, 16], "lr": 0.0003}}
@@ -48,6 +50,8 @@ def write_run(path: Path, returns: dict, agent="sac", intervention="none", env="
             if i < len(vals):
                 row = {"step": step, "seed": s, "sps": 10.0, "episode_return": vals[i]}
                 row.update({k: f(s, i) for k, f in (metrics or {}).items()})
+                if i in (evals or {}).get(s, {}):
+                    row.update({"eval/episode_return": evals[s][i], "eval/episode_length": 200.0})
                 rows.append(row)
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -74,6 +78,22 @@ def test_final_return_is_the_mean_over_the_last_fraction_of_log_points():
     assert final_return(rows) == (None, 0)                 # nothing finite there: no score
     thirty = [{"step": i, "episode_return": float(i)} for i in range(30)]
     assert final_return(thirty) == (28.0, 3)               # 0.1 * 30 rounds to 3 points, not 4
+
+
+def test_the_evaluation_score_averages_the_last_fraction_of_the_evaluations():
+    # 20 log points, an evaluation at every other one (indices 1, 3, ..., 19): 10 evaluations, 101 + i
+    rows = [{"step": 100 * (i + 1), "episode_return": float(i)} for i in range(20)]
+    for i in range(1, 20, 2):
+        rows[i].update({"eval/episode_return": 101.0 + i, "eval/episode_length": 5.0})
+    ev = "eval/episode_return"
+    assert final_return(rows, 0.1, ev) == (120.0, 1)                        # ceil(0.1 * 10) = 1: the last one
+    assert final_return(rows, 0.25, ev) == ((116 + 118 + 120) / 3, 3)       # ceil(2.5) = 3 evaluations
+    assert final_return(rows, 1.0, ev) == (float(np.mean([102 + 2 * j for j in range(10)])), 10)
+    assert final_return(rows, 0.1) == (18.5, 2)                             # the training return: log points
+    # the last log point without an evaluation: the window is still the last evaluation, not the last row
+    del rows[19]["eval/episode_return"], rows[19]["eval/episode_length"]
+    assert final_return(rows, 0.1, ev) == (118.0, 1)
+    assert final_return(rows[:1], 0.1, ev) == (None, 0)                    # no evaluation yet
 
 
 def test_load_scores_absolute_seeds_and_a_seed_without_final_return(tmp_path):
@@ -307,6 +327,83 @@ def test_profiles_curves_and_metric_curves(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
+# Evaluation or training return (--score)
+# --------------------------------------------------------------------------------------------------
+
+def eval_run(path, base: float, **kw):
+    """10 log points (steps 100..1000), training returns -1000 + i, evaluations at steps 200, 400, ..., 1000
+    (indices 1, 3, 5, 7, 9) of base + 10 * seed + i for seeds 0 and 1."""
+    train = {s: [-1000.0 + i for i in range(10)] for s in (0, 1)}
+    evals = {s: {i: base + 10 * s + i for i in (1, 3, 5, 7, 9)} for s in (0, 1)}
+    return write_run(path, train, evals=evals, **kw)
+
+
+def test_auto_scores_the_evaluation_return_when_every_run_has_it(tmp_path, capsys):
+    root = tmp_path / "runs"
+    eval_run(root / "a", 0.0)
+    eval_run(root / "b", 100.0, intervention="grama")
+    s = load_scores([root])
+    assert s.score == "eval" and s.key == "eval/episode_return"
+    assert not any("--score" in n for n in s.notes)
+    # the last of the 5 evaluations (ceil(0.1 * 5) = 1): base + 10 * seed + 9
+    assert [(r["method"], r["seed"], r["final_return"], r["n_returns"]) for r in s.rows] == [
+        ("sac", 0, 9.0, 1), ("sac", 1, 19.0, 1), ("sac+grama", 0, 109.0, 1), ("sac+grama", 1, 119.0, 1)]
+    # --final-frac applies to the evaluations: ceil(0.5 * 5) = 3 of them (indices 5, 7, 9), not 5 log points
+    s5 = load_scores([root], final_frac=0.5)
+    assert [r["final_return"] for r in s5.rows][:2] == [7.0, 17.0]
+    assert [r["n_returns"] for r in s5.rows] == [3] * 4
+    t = load_scores([root], score="train")
+    assert t.score == "train" and [r["final_return"] for r in t.rows] == [-991.0] * 4
+
+    rep = aggregate(s, reps=REPS)
+    lo, hi = 9.0, 119.0
+    np.testing.assert_allclose(rep.matrices["sac"].values.ravel(), (np.array([9.0, 19.0]) - lo) / (hi - lo))
+    # the sample-efficiency curve runs over the evaluation steps only
+    steps, iqm, _, _ = rep.curves["sac"]
+    assert list(steps) == [200, 400, 600, 800, 1000]
+    for k, i in enumerate((1, 3, 5, 7, 9)):
+        assert iqm[k] == pytest.approx(trim_mean((np.array([i, 10.0 + i]) - lo) / (hi - lo), 0.25))
+
+    out = tmp_path / "out"
+    for o in (out, tmp_path / "again"):
+        assert main([str(root), "--out", str(o), "--reps", str(REPS)]) == 0
+    assert "score: evaluation return (eval/episode_return)" in capsys.readouterr().out
+    for f in out.iterdir():
+        assert f.read_bytes() == (tmp_path / "again" / f.name).read_bytes(), f.name
+    md = (out / "report.md").read_text()
+    assert ("**Score:** evaluation return (`eval/episode_return`, the mean over 5 complete episodes of the "
+            "deterministic policy per evaluation, every 200 env steps and at the end). The final score of a seed "
+            "is the mean `eval/episode_return` over its last 10% of evaluations") in md
+    with (out / "scores.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["method", "task", "run", "seed", "final_return", "normalized", "n_returns",
+                              "in_matrix", "score"]
+    assert {r["score"] for r in table} == {"eval"} and float(table[0]["final_return"]) == 9.0
+    assert main([str(root), "--out", str(tmp_path / "train"), "--reps", str(REPS), "--score", "train"]) == 0
+    assert "**Score:** training return (`episode_return`" in (tmp_path / "train" / "report.md").read_text()
+    with (tmp_path / "train" / "scores.csv").open() as f:
+        assert {r["score"] for r in csv.DictReader(f)} == {"train"}
+
+
+def test_auto_falls_back_to_the_training_return_with_a_note(tmp_path, capsys):
+    root = tmp_path / "runs"
+    eval_run(root / "a", 0.0)
+    write_run(root / "old", const([1, 2]), intervention="grama")  # no evaluations (run.eval_every 0)
+    s = load_scores([root])
+    assert s.score == "train" and s.key == "episode_return"
+    assert sorted(r["final_return"] for r in s.rows) == [-991.0, -991.0, 1.0, 2.0]
+    note = (f"--score auto: scoring the training return episode_return, not the evaluation return, because "
+            f"{root / 'old'} has no eval/episode_return in its rows")
+    assert note in s.notes
+    out = tmp_path / "out"
+    assert main([str(root), "--out", str(out), "--reps", str(REPS)]) == 0
+    printed = capsys.readouterr().out
+    assert "score: training return (episode_return)" in printed and f"note: {note}" in printed
+    md = (out / "report.md").read_text()
+    assert "**Score:** training return (`episode_return`" in md and f"- {note}" in md
+
+
+# --------------------------------------------------------------------------------------------------
 # Outputs and the command line
 # --------------------------------------------------------------------------------------------------
 
@@ -387,11 +484,15 @@ def _error_case(tmp_path, case):
         return [str(one), "--seed", "-1"], "--seed must be in [0, 2**32)"
     if case == "group_by":
         return [str(one), "--group-by", "sac.width"], "--group-by 'sac.width' is in no run's config.yaml"
+    if case == "score_eval":
+        eval_run(tmp_path / "runs" / "evaluated", 0.0, intervention="grama")
+        return [str(tmp_path / "runs"), "--score", "eval"], f"--score eval: {one} has no eval/episode_return"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["empty_dir", "missing", "no_metrics", "empty_metrics", "glob", "baseline_alone",
-                                  "baseline_unknown", "normalize", "final_frac", "reps", "seed", "group_by"])
+                                  "baseline_unknown", "normalize", "final_frac", "reps", "seed", "group_by",
+                                  "score_eval"])
 def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, case):
     argv, needle = _error_case(tmp_path, case)
     out = tmp_path / "out"
@@ -439,6 +540,8 @@ def test_report_on_two_real_training_runs(tmp_path, capsys):
     s = load_scores([tmp_path / "sweep"])
     assert s.methods == ["dqn", "dqn+grama"] and s.tasks == ["probe:d_action"]
     assert [(r["method"], r["seed"]) for r in s.rows] == [("dqn", 0), ("dqn", 1), ("dqn+grama", 0), ("dqn+grama", 1)]
+    # evaluation on by default: the last log point evaluates, and that is the score
+    assert s.score == "eval" and [r["n_returns"] for r in s.rows] == [1] * 4
     names = {p.name for p in out.iterdir()}
     assert {"aggregates.png", "probability_of_improvement.png", "performance_profile.png", "sample_efficiency.png",
             "metric_dormant_ratio_tau_0.025.png", "metric_grama_ratio_tau_0.png", "report.md",
@@ -446,3 +549,4 @@ def test_report_on_two_real_training_runs(tmp_path, capsys):
     read_png(out / "metric_dormant_ratio_tau_0.025.png")
     md = (out / "report.md").read_text()
     assert "| dqn | 1 | 2 |" in md and "| dqn+grama | 1 | 2 |" in md
+    assert "**Score:** evaluation return (`eval/episode_return`, the mean over 10 complete episodes" in md
