@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from benchmarks.offpolicy import UpdateTimer, trainer_for  # noqa: E402
 from plastic.config import MetricsConfig  # noqa: E402
 from plastic.monitor import BATCH_GROUPS  # noqa: E402
+from plastic.trainer import SHARED  # noqa: E402
 
 GROUPS = ("activity", "grad", "rank", "churn", "ntk")
 OFF = {f"metrics.{g}_every": 0 for g in GROUPS}
@@ -37,7 +38,7 @@ def group_cost(tr, group, repeats=5):
     """Seconds for one firing of one batch group on one seed (jitted, compile excluded): the group marked
     due for its network, then a round in which that network updated."""
     mon = tr.monitor
-    ts, _ = tr.init_state()
+    ts, counters = tr.init_state()
     one = jax.tree.map(lambda x: x[0], ts)
     agent, c = tr.agent, tr.cfg.metrics
     batch = {"obs": jax.random.normal(jax.random.PRNGKey(0), (c.batch_size, agent.obs_size)),
@@ -46,13 +47,13 @@ def group_cost(tr, group, repeats=5):
     before = {k: jnp.asarray(v, jnp.int32) for k, v in {**nets, "env_steps": 0}.items()}
     due_net = agent.policy_net if group == "churn" else agent.critic_net
     after = {**before, due_net: jnp.asarray(1, jnp.int32)}
-    m = one.interventions["metrics"]
+    m = {**one.interventions["metrics"], **counters[SHARED]["metrics"]}  # the schedule is kept with the counters
     flags = mon.view(m, "due")["due"]  # only this group marked, for its network
     flags = {g: {n: jnp.asarray(g == group and n == due_net) for n in fs} for g, fs in flags.items()}
     m = {**m, **mon.pack({"due": flags})}
 
     def fire(st, m):  # the NTK is captured by collect and measured by at_log_point
-        m = mon.collect(st, m, before, after, lambda k, m: (batch, m), jax.random.PRNGKey(1),
+        m = mon.collect(st, m, before, after, lambda k, m: (lambda: batch, m), jax.random.PRNGKey(1),
                         st.nets[agent.policy_net].params)
         return mon.at_log_point(m)["values"]
 

@@ -36,8 +36,8 @@ from plastic.logger import RunLogger
 from plastic.nonstationary import NonstationaryJaxEnv, wrap_host, wrap_jax
 from plastic.sharding import SeedPlacement
 from plastic.trainer import (METRICS_SALT, Trainer, build_agent, build_interventions, catch_stop_signals,
-                             collect_metrics, episode_rows, init_interventions, log_point, monitor_of,
-                             run_summary, scheduled_events)
+                             collect_metrics, episode_rows, init_interventions, monitor_of,
+                             run_summary, scheduled_events, seed_log_point, share_schedule, unshare_schedule)
 
 ENV_KEY_SALT = 0x3E7  # env keys: fold_in(PRNGKey(seed + i), ENV_KEY_SALT)
 
@@ -244,11 +244,11 @@ class OnPolicyTrainer(ChunkedRun):
         vmap = self.placement.vmap
         self._seed_update = self.placement.per_device(
             vmap(self._update_one, in_axes=(0, None, 0), out_axes=(0, None)), (True, False, True), (True, False))
-        self._seed_stats = self.placement.per_device(vmap(self._stats_one), True, (True, True))
+        self._seed_stats = seed_log_point(self.placement, self.interventions)
 
     def init_carry(self):
-        return self.placement.place((self._init_states(), init_counters(self.agent),
-                                     self._env_carry((self.n_seeds, self.n_envs))), self.SEED_BATCHED)
+        ts, counters = self._init_states()
+        return self.placement.place((ts, counters, self._env_carry((self.n_seeds, self.n_envs))), self.SEED_BATCHED)
 
     def _init_states(self):
         keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.n_seeds))
@@ -259,7 +259,10 @@ class OnPolicyTrainer(ChunkedRun):
             return OnPolicyState(agent_state, init_interventions(self.interventions, self.agent, agent_state, k_iv),
                                  k_loop, k_act)
 
-        return self.placement.jit_batched(jax.vmap(one))(keys)
+        ts = self.placement.jit_batched(jax.vmap(one))(keys)
+        istate, counters = unshare_schedule(self.interventions, ts.interventions, init_counters(self.agent),
+                                           seed_axis=True)
+        return ts.replace(interventions=istate), counters
 
     def _chunk(self, carry, n):
         ts, counters, ec = carry
@@ -295,6 +298,7 @@ class OnPolicyTrainer(ChunkedRun):
 
     def _update_one(self, ts: OnPolicyState, counters, rollout):
         key, k_event, k_update = jax.random.split(ts.key, 3)
+        ts = ts.replace(interventions=share_schedule(self.interventions, ts.interventions, counters))
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, k_event)
         before, counters_before = agent_state, counters
@@ -311,14 +315,12 @@ class OnPolicyTrainer(ChunkedRun):
                                                           istate)
         if self.monitor is not None:
             def batch_fn(k, mstate):
-                return rows(k, self.cfg.metrics.batch_size), mstate
+                return (lambda: rows(k, self.cfg.metrics.batch_size)), mstate
 
             istate = collect_metrics(self.monitor, before, agent_state, istate, counters_before, counters,
                                      batch_fn, jax.random.fold_in(ts.key, METRICS_SALT))
+        istate, counters = unshare_schedule(self.interventions, istate, counters)
         return ts.replace(agent=agent_state, interventions=istate, key=key), counters
-
-    def _stats_one(self, ts: OnPolicyState):
-        return log_point(self.interventions, ts)
 
 
 class HostOnPolicyTrainer(OnPolicyTrainer):
@@ -359,7 +361,8 @@ class HostOnPolicyTrainer(OnPolicyTrainer):
 
     def init_carry(self):
         # the host envs live outside the carry
-        return self._init_states(), self.placement.place(init_counters(self.agent), False)
+        ts, counters = self._init_states()
+        return ts, self.placement.place(counters, False)
 
     def _meta(self):
         return {"episodes": list(self.envs.episodes)}

@@ -19,7 +19,10 @@ round marks that group due (`schedule`); it is measured in the next round in whi
 The one-round delay lets the host drivers keep all of this out of their ordinary training step: they run
 a program without any measuring code, and the measuring one only after a round that marked a group
 (`pending`), so metrics cost nothing between firings. The device-loop drivers run the same code with the
-conds inside their scanned step. Values read NaN (null in metrics.jsonl) until first measured. Keys
+conds inside their scanned step. The `due` flags depend on the update counters alone, so every seed has the
+same: the drivers keep them with the (unbatched) counters between rounds (`Intervention.shared`), and each
+group's `lax.cond` stays a real branch under the seed vmap. The batch's rows are drawn and gathered inside
+the cond (a `fixed_probe` batch's indices are recorded outside it, at the first collection). Values read NaN (null in metrics.jsonl) until first measured. Keys
 follow metrics.md §0.2: `<metric>/<network>` and `<metric>/<network>/<layer>`.
 
 The state is packed: each of its parts (the values, theta0, the unit sets, the NTK capture, the SVD retry,
@@ -104,6 +107,7 @@ def _activation(module) -> str:
 
 class Monitor(Intervention):
     name = "metrics"
+    shared = ("due",)  # the schedule: every seed has the same update counters
 
     def __init__(self, cfg, agent, rows: int | None = None):
         """`rows`: the size of the metrics batch (default `cfg.batch_size`; PPO: at most its rollout)."""
@@ -178,8 +182,8 @@ class Monitor(Intervention):
             x = agent.net_inputs(agent_state, example)[self.critic_net][:self.ntk_rows]
             state["ntk"] = {"params": agent_state.nets[self.critic_net].params, "x": x.astype(jnp.float32),
                             "rows": _rows(example, self.ntk_rows), "pending": jnp.zeros((), bool)}
-        shapes = dict(jax.eval_shape(lambda s, b, r: self._measure_all(s, state, b, rank_batch=r), agent_state,
-                                     example, rank_example)["values"])
+        shapes = dict(jax.eval_shape(lambda s, b, r: self._measure_all(
+            s, state, b, rank_batch=None if r is None else (lambda: r)), agent_state, example, rank_example)["values"])
         for n in self.nets:
             params = agent_state.nets[n].params
             if self.periods["grad"]:
@@ -253,45 +257,53 @@ class Monitor(Intervention):
     def collect(self, agent_state, state, before, after, batch_fn, key, policy_before=None):
         """Batch metrics of one seed after an update round, then `schedule`. The groups marked due by an
         earlier round are measured if their network updated in this one. `before`/`after`: the (unbatched)
-        update counters around the round; `batch_fn(key, state) -> (batch, state)` draws the metrics batch;
+        update counters around the round; `batch_fn(key, state) -> (fetch, state)` draws the metrics batch's
+        indices, `fetch()` gathers its rows (called inside the measuring cond);
         `policy_before`: the policy network's parameters before the round (churn is its change over it)."""
         flags = self.view(state, "due")["due"]
         fire = {(n, g): flags[g][n] & (after[n] > before[n]) for g in BATCH_GROUPS if g in flags for n in flags[g]}
         if fire:
             anything = jnp.any(jnp.stack(list(fire.values())))
-            # The batch is drawn outside the cond (a gather of batch_size rows): a replay read inside it would
-            # make the whole buffer a cond operand, which XLA copies on every step (+45 % update time, TD3).
-            # Only what a measurement changes crosses the cond (theta0 and the GraMa sets stay outside).
-            batch, state = batch_fn(key, state)
-            rank_batch, state = self._rank_batch(batch, batch_fn, key, state)
+            # The batch's indices are drawn here (with `fixed_probe` the state records them at the first
+            # collection), its rows are gathered inside the cond: read from the replay, an operand of the cond
+            # and not one of its outputs, so it is not copied. Only what a measurement changes crosses the
+            # cond (theta0 and the GraMa sets stay outside).
+            fetch, state = batch_fn(key, state)
+            fetch_rank, state = self._rank_batch(batch_fn, key, state)
             moving = ("values", "dormant") + tuple(k for k in ("ntk", "svd_retry") if k in state)
 
             def measure():  # unpacked inside the branch (its slices would otherwise run on every step)
-                st = self._measure_all(agent_state, self.view(state, *moving), batch, fire, policy_before,
-                                       rank_batch)
+                batch = fetch()
+                rank_rows = None if fetch_rank is None else (lambda: fetch_rank(batch))  # gathered if rank is due
+                st = self._measure_all(agent_state, self.view(state, *moving), batch, fire, policy_before, rank_rows)
                 return self.pack({k: st[k] for k in moving})
 
             state = {**state, **_when(anything, measure, {k: state[k] for k in moving})}
             flags = {g: {n: f & ~fire[(n, g)] if (n, g) in fire else f for n, f in fs.items()} for g, fs in flags.items()}
         return self.schedule({**state, **self.pack({"due": flags})}, before, after)
 
-    def _rank_batch(self, batch, batch_fn, key, state):
-        """`(rows of the rank group, state)`: None when the metrics batch is enough (one draw); else the
-        batch followed by `draws − 1` further draws (keys `fold_in(key, i)`, independent uniform replay
-        rows like the first), cut to `rank_rows`. They are gathered next to the first draw, outside the
-        groups' conds, for the same reason (only in the measuring program of the host drivers)."""
+    def _rank_batch(self, batch_fn, key, state):
+        """`(fetch, state)`: None when the metrics batch is enough (one draw); else `fetch(batch)` gives the
+        rank group's rows: the batch followed by `draws − 1` further draws (keys `fold_in(key, i)`,
+        independent uniform replay rows like the first), cut to `rank_rows`. Their indices are drawn here,
+        their rows gathered by `fetch`, inside the measuring cond, like the first draw's."""
         if self.draws == 1:
             return None, state
-        parts = [batch]
+        fetches = []
         for i in range(1, self.draws):
             more, state = batch_fn(jax.random.fold_in(key, i), {**state, PROBE_PART: i})
             state = {k: v for k, v in state.items() if k != PROBE_PART}
-            parts.append(more)
-        got = sum(jax.tree.leaves(p)[0].shape[0] for p in parts)
-        if got < self.rank_rows:
-            raise ValueError(f"the metrics batch function returned {got} rows over {self.draws} draws; the rank "
-                             f"group needs {self.rank_rows}")
-        return jax.tree.map(lambda *a: jnp.concatenate(a)[:self.rank_rows], *parts), state
+            fetches.append(more)
+
+        def fetch(batch):
+            parts = [batch] + [f() for f in fetches]
+            got = sum(jax.tree.leaves(p)[0].shape[0] for p in parts)
+            if got < self.rank_rows:
+                raise ValueError(f"the metrics batch function returned {got} rows over {self.draws} draws; the "
+                                 f"rank group needs {self.rank_rows}")
+            return jax.tree.map(lambda *a: jnp.concatenate(a)[:self.rank_rows], *parts)
+
+        return fetch, state
 
     def schedule(self, state, before, after):
         """Marks the groups whose period boundary this round crossed (the network's update counter moved
@@ -310,7 +322,8 @@ class Monitor(Intervention):
 
     def _measure_all(self, agent_state, state, batch, due=None, policy_before=None, rank_batch=None):
         """Every due batch group of every network: new state (or, with `due=None`, every key: init).
-        `rank_batch`: the rank group's rows when they are more than `batch` (`_rank_batch`)."""
+        `rank_batch`: a function giving the rank group's rows when they are more than `batch` (`_rank_batch`),
+        called only where the rank group is measured."""
         inputs = self.agent.net_inputs(agent_state, batch)
         values, dormant = dict(state["values"]), dict(state["dormant"])
         for n in self.nets:
@@ -338,7 +351,7 @@ class Monitor(Intervention):
                     f = phi
                     if rank_batch is not None:  # its own forward pass, only when the group is due
                         f = _features(net, net.apply(agent_state.nets[n].params,
-                                                     self.agent.net_inputs(agent_state, rank_batch)[n])[1])
+                                                     self.agent.net_inputs(agent_state, rank_batch())[n])[1])
                     sv = _device_svdvals(f.astype(jnp.float32))
                     ok = jnp.all(jnp.isfinite(sv))
                     held = state["svd_retry"][n]
@@ -369,6 +382,13 @@ class Monitor(Intervention):
                 if g == "rank":
                     state = {**state, "svd_retry": {**state["svd_retry"], n: extra}}
         return {**state, "values": values, "dormant": dormant}
+
+    def deferred(self, state):
+        """Whether `at_log_point` has work for this seed (a captured NTK, a failed device SVD)."""
+        view = self.view(state, *[k for k in ("svd_retry", "ntk") if k in state])
+        flags = [h["pending"] for h in view.get("svd_retry", {}).values()]
+        flags += [view["ntk"]["pending"]] if "ntk" in view else []
+        return jnp.any(jnp.stack(flags)) if flags else jnp.zeros((), bool)
 
     def at_log_point(self, state):
         """Measurements deferred to the log-time program: feature ranks whose device SVD failed (recomputed

@@ -92,7 +92,7 @@ class Trainer:
         self._pending = None  # None: read it from the state at the next step (after init or restore)
         vmap = self.placement.vmap
         self._first_action = jax.jit(vmap(self._action, in_axes=(0, None, 0)))
-        self._seed_stats = self.placement.per_device(vmap(self._stats_one), True, (True, True))
+        self._seed_stats = seed_log_point(self.placement, self.interventions)
         self._stats = self._packed_program(self._stats_of)
         self._pending_of = jax.jit(lambda carry: self._with_pending(*self._unpack_traced(carry))[2])
         self._packers = None  # built from the first carry `pack` sees
@@ -176,8 +176,10 @@ class Trainer:
             return TrainState(agent_state, replay, istate, k_loop, k_act)
 
         self._pending = None
-        return (self.placement.jit_batched(jax.vmap(one))(keys),
-                self.placement.place(init_counters(self.agent), False))
+        ts = self.placement.jit_batched(jax.vmap(one))(keys)
+        istate, counters = unshare_schedule(self.interventions, ts.interventions, init_counters(self.agent),
+                                           seed_axis=True)
+        return ts.replace(interventions=istate), self.placement.place(counters, False)
 
     # ---- per-seed pure functions (vmapped) -------------------------------------------------------
     def _action(self, ts: TrainState, counters, obs):
@@ -222,7 +224,7 @@ class Trainer:
         runs the measuring program)."""
         measure = jnp.zeros((), bool)
         if self.monitor is not None:
-            measure = jnp.any(jax.vmap(self.monitor.pending)(ts.interventions[self.monitor.name]))
+            measure = self.monitor.pending(counters[SHARED][self.monitor.name])  # the flags every seed shares
         return ts, counters, measure
 
     def _env_step(self, ts: TrainState, counters, transition, next_obs, learn: bool, updates=None):
@@ -268,6 +270,7 @@ class Trainer:
         stats = lambda name, k, n: self.agent.net_inputs(  # noqa: E731  (statistics batches: with_batches)
             ts.agent, ts.replay.gather(ts.replay.sample_uniform(k, n)))[name]
         ivs = tuple(iv.with_batches(stats) for iv in self.interventions if measure or iv is not self.monitor)
+        ts = ts.replace(interventions=share_schedule(self.interventions, ts.interventions, counters))
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, jax.random.fold_in(ts.key, 1_000_003))
         ts = ts.replace(agent=agent_state, interventions=istate)
@@ -300,17 +303,17 @@ class Trainer:
             istate = {**istate, self.monitor.name: self.monitor.schedule(istate[self.monitor.name], carry[3],
                                                                          counters)}
         elif self.monitor is not None:
-            def batch_fn(k, mstate):
-                fresh = ts.replay.sample_uniform(k, self.cfg.metrics.batch_size)
-                idx, mstate = self.monitor.probe_indices(mstate, fresh)
-                return ts.replay.gather(idx), mstate
+            def batch_fn(k, mstate):  # fresh rows: drawn and gathered only when measured (inside the cond)
+                draw = lambda: ts.replay.sample_uniform(k, self.cfg.metrics.batch_size)  # noqa: E731
+                if self.cfg.metrics.batch != "fixed_probe":
+                    return (lambda: ts.replay.gather(draw())), mstate
+                idx, mstate = self.monitor.probe_indices(mstate, draw())  # recorded at the first collection
+                return (lambda: ts.replay.gather(idx)), mstate
 
             istate = collect_metrics(self.monitor, before, agent_state, istate, carry[3], counters, batch_fn,
                                      jax.random.fold_in(ts.key, METRICS_SALT))
+        istate, counters = unshare_schedule(self.interventions, istate, counters)
         return ts.replace(agent=agent_state, interventions=istate, key=key), counters
-
-    def _stats_one(self, ts: TrainState):
-        return log_point(self.interventions, ts)
 
     def _stats_of(self, ts: TrainState, counters):
         """The log-point values of all seeds, for the packed stats program (counters pass through)."""
@@ -421,6 +424,32 @@ def monitor_of(interventions):
     return next((iv for iv in interventions if isinstance(iv, Monitor)), None)
 
 
+SHARED = "shared"  # counters[SHARED][name]: the parts of intervention states that are the same for every seed
+
+
+def share_schedule(interventions, istate, counters) -> dict:
+    """One seed's intervention states, with the parts every seed shares (`Intervention.shared`) put back
+    from the counters, where the drivers keep them between update rounds (`unshare_schedule`)."""
+    held = counters.get(SHARED, {})
+    return {**istate, **{n: {**istate[n], **held[n]} for n in held}}
+
+
+def unshare_schedule(interventions, istate, counters, seed_axis: bool = False):
+    """`(istate, counters)` with the `Intervention.shared` parts of the intervention states (schedule flags
+    that depend on the update counters alone, such as the metrics collector's `due`) moved into
+    `counters[SHARED]`. Kept with the counters (unbatched, `in_axes=None`), every `lax.cond` on them stays
+    a real branch under the seed vmap; in the seed-batched state each would become a `select` that runs the
+    measurement or event on every step. `seed_axis`: `istate` is seed-batched (the vmapped init), take seed
+    0's (equal for all seeds)."""
+    held = {}
+    for iv in interventions:
+        if iv.shared:
+            state = dict(istate[iv.name])
+            part = {k: state.pop(k) for k in iv.shared}
+            istate, held[iv.name] = {**istate, iv.name: state}, jax.tree.map(lambda x: x[0], part) if seed_axis else part
+    return istate, ({**counters, SHARED: held} if held else counters)
+
+
 def init_interventions(interventions, agent, agent_state, key) -> dict:
     """Every intervention's state for one seed."""
     return {iv.name: iv.init(jax.random.fold_in(key, j), agent, agent_state=agent_state)
@@ -444,13 +473,22 @@ def scheduled_events(agent, interventions, agent_state, istate, counters, key):
     return agent_state, istate
 
 
-def log_point(interventions, ts):
-    """At a log point, for one seed: the measurements deferred to log time (the metrics collector's NTK
-    rank), then the logged values. Returns `(ts, logs)`."""
-    mon = monitor_of(interventions)
-    if mon is not None:
-        ts = ts.replace(interventions={**ts.interventions, mon.name: mon.at_log_point(ts.interventions[mon.name])})
-    return ts, logged_values(interventions, ts.agent, ts.interventions)
+def seed_log_point(placement, interventions):
+    """The log-point program of all seeds, `ts -> (ts, logs)`: the metrics collector's measurements deferred
+    to log time (`Monitor.at_log_point`: the NTK rank, ranks whose device SVD failed), then every seed's
+    logged values. The deferred work runs under one `lax.cond` on whether any seed holds some: outside the
+    seed vmap, so it is a real branch (inside, each seed's flag would make it a `select` that measures on
+    every call); seeds without deferred work keep their values (per-seed `select` inside the branch)."""
+    mon, vmap = monitor_of(interventions), placement.vmap
+
+    def fn(ts):
+        if mon is not None:
+            m = ts.interventions[mon.name]
+            m = maybe(jnp.any(vmap(mon.deferred)(m)), vmap(mon.at_log_point), m)
+            ts = ts.replace(interventions={**ts.interventions, mon.name: m})
+        return ts, vmap(lambda t: logged_values(interventions, t.agent, t.interventions))(ts)
+
+    return placement.per_device(fn, True, (True, True))
 
 
 def logged_values(interventions, agent_state, istate) -> dict:

@@ -66,7 +66,7 @@ def test_groups_are_marked_at_the_boundary_and_measured_at_the_next_update():
     m0 = mon.init(KEY, agent, st)
     assert not measured(mon, m0) and not bool(mon.pending(m0))
     batch = batch_for(agent)
-    fn = lambda k, m: (batch, m)  # noqa: E731
+    fn = lambda k, m: (lambda: batch, m)  # noqa: E731
 
     def round_(m, before, after):
         return mon.collect(st, m, counters(agent, critic=before[0], actor=before[1]),
@@ -147,7 +147,7 @@ def test_values_match_independent_computation_and_jit_vmap_equals_eager():
     c1, c2 = counters(agent, critic=1, actor=1), counters(agent, critic=2, actor=2)
 
     def one(st, b, before):
-        m = mon.collect(st, first_round(mon, agent, st, critic=1, actor=1), c1, c2, lambda k, m: (b, m), KEY, before)
+        m = mon.collect(st, first_round(mon, agent, st, critic=1, actor=1), c1, c2, lambda k, m: (lambda: b, m), KEY, before)
         return mon.logs(mon.at_log_point(m))
 
     eager = [one(*args) for args in zip(states, batches, befores)]
@@ -171,7 +171,7 @@ def test_dqn_churn_counts_changed_greedy_actions():
     before = agent.init(jax.random.PRNGKey(1)).nets["q"].params
     b = batch_for(agent)
     m = mon.collect(st, first_round(mon, agent, st, q=1), counters(agent, q=1), counters(agent, q=2),
-                    lambda k, m: (b, m), KEY, before)
+                    lambda k, m: (lambda: b, m), KEY, before)
     new = np.argmax(np.asarray(agent.q.apply(st.nets["q"].params, b["obs"])[0]), -1)
     old = np.argmax(np.asarray(agent.q.apply(before, b["obs"])[0]), -1)
     np.testing.assert_allclose(mon.logs(m)["policy_churn/q"], np.mean(new != old))

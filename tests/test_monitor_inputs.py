@@ -176,7 +176,7 @@ def _replay_fn(mon, n_rows=100_000, obs=16):
     def batch_fn(k, m):
         fresh = jax.random.randint(k, (mon.cfg.batch_size,), 0, n_rows)
         idx, m = mon.probe_indices(m, fresh)
-        return jax.tree.map(lambda a: a[idx], table), m
+        return (lambda: jax.tree.map(lambda a: a[idx], table)), m
     return batch_fn
 
 

@@ -57,6 +57,10 @@ class Intervention:
     samples_replay: ClassVar[bool] = False   # True if it overrides `sample` (replay_sampler hook)
     resources: ClassVar[dict] = {}           # claims() of every configuration (see `claims`)
     agent_defaults: ClassVar[dict] = {}      # agent -> {field: default} replacing the Config defaults
+    # Keys of the state dict that depend on the (unbatched) update counters alone, hence are the same for every
+    # seed (schedule flags): the drivers keep them with the counters between update rounds, so the
+    # `lax.cond`s that read them stay real branches under the seed vmap (trainer.unshare_schedule)
+    shared: ClassVar[tuple[str, ...]] = ()
     # Scheduled periodic events (resets, recycling, perturbations, injections, topology updates): a configuration
     # under which they fire often in a short run, {field: value}. tests/test_census.py trains every intervention
     # that sets it, on every agent it supports, on both drivers and every network selection, and checks the

@@ -173,6 +173,7 @@ class ReGraMa(Intervention):
         if not c.step_ratio_window or ctx.updates is None or not net.lr:
             return s
         live = self._window_open(s)
+        sampled = live & (s["since"] % c.step_ratio_every == 0)  # this seed samples this update
 
         def add(s):
             touched = touched_entries(net, ctx.updates, s["fresh"], c.layernorm)
@@ -180,10 +181,17 @@ class ReGraMa(Intervention):
             for u, t in zip(jax.tree.leaves(ctx.updates), jax.tree.leaves(touched)):
                 num = num + jnp.sum(jnp.where(t, jnp.abs(u), 0.0))
                 den = den + jnp.sum(t)
-            return {**s, "ratio_sum": s["ratio_sum"] + num / jnp.maximum(den, 1.0) / net.lr,
-                    "ratio_n": s["ratio_n"] + 1.0}
+            added = {**s, "ratio_sum": s["ratio_sum"] + num / jnp.maximum(den, 1.0) / net.lr,
+                     "ratio_n": s["ratio_n"] + 1.0}
+            return jax.tree.map(lambda a, b: jnp.where(sampled, a, b), added, s)
 
-        s = maybe(live & (s["since"] % c.step_ratio_every == 0), add, s)
+        # `sampled` differs by seed, and a `lax.cond` on it would become a `select` under the seed vmap (the
+        # sums on every update). The cond's predicate reads the shared counter instead: a window opens at an
+        # event, a multiple of `period`, and `since` counts the updates after it, so a sampled update has
+        # count - 1 = 0 mod gcd(period, every) and (count - 1) mod period < window; inside, each seed keeps
+        # the sums only where it samples.
+        k = ctx.count - 1
+        s = maybe((k % math.gcd(c.period, c.step_ratio_every) == 0) & (k % c.period < c.step_ratio_window), add, s)
         return {**s, "since": jnp.where(live, s["since"] + 1, s["since"])}
 
     def logs(self, state):

@@ -57,6 +57,7 @@ class ResetConfig:
 
 class Reset(Intervention):
     name = "reset"
+    shared = ("seen",)  # the reset points passed: follows the shared counters
     Config = ResetConfig
     resources = {"weight_writes": "share"}
     # PPO has no buffer to relearn from in the single-task setting (interventions.md §7.2)
@@ -168,7 +169,8 @@ class Reset(Intervention):
         """The hook runs once per env step of the learning phase (before that step's updates), so an env-step
         schedule fires when this step passes a point: the predicate depends on the unbatched counters only
         and stays a real `lax.cond` under the seed vmap. An update schedule compares with the points already
-        seen (kept in the per-seed state), which vmap turns into a select (both branches every round)."""
+        seen (`seen`, shared by the seeds like the counters it follows: `Intervention.shared`), so it stays a
+        real `lax.cond` too."""
         due = self.due_index(agent, counters)
         if self.cfg.schedule == "every_updates":
             fire = due > state["seen"]
