@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -98,9 +99,11 @@ def ours(algo: str, seeds: int, steps: int) -> dict:
 
 def theirs(python: str, algo: str, seeds: int, steps: int) -> dict:
     spec = json.dumps({"algo": algo, "seeds": seeds, "config": rejax_config(algo, steps)})
-    out = subprocess.run([python, "-c", REJAX, spec], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # this project's site must not shadow its gymnax
+    out = subprocess.run([python, "-c", REJAX, spec], capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise SystemExit(f"rejax failed ({algo}, {seeds} seeds): {out.stderr.strip().splitlines()[-1]}")
+        errors = [l for l in out.stderr.splitlines() if "Error" in l] or out.stderr.strip().splitlines()[-1:]
+        raise SystemExit(f"rejax failed ({algo}, {seeds} seeds): {errors[-1] if errors else out.returncode}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     return {**res, "steps": steps * seeds}
 

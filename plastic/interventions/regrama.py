@@ -134,37 +134,35 @@ class ReGraMa(Intervention):
             return ns, state
         c = self.cfg
         s = self._track_step_ratio(net, ctx, state[net.name])
-        # Only the event's draws and bookkeeping sit under the `lax.cond`; the reset itself is applied
-        # branch-free with masks that are all False off the event, so its masked writes fuse into the
-        # optimizer step. (A cond over the whole NetState makes XLA copy every parameter and Adam moment
-        # that passes through it, on every update: ~0.3 ms of a 4 ms TD3 update on CPU.)
+        # The whole event (scores, draws, the reset and its bookkeeping) sits under one `lax.cond` on the
+        # network's shared counter. Its outputs include the NetState, which XLA:CPU copies on every update,
+        # taken or not (one pass over the parameters and moments); the branch-free alternative (masks all
+        # False off the event) cost more: a zero draw of every kernel and masked writes of the parameters
+        # and both moments on every update, +9.5 % per TD3 update at 16 seeds (benchmarks/seeds.py).
         due = ctx.count % c.period == 0
-        masks = {k: m & due for k, m in self.masks(net, ctx.scores).items()}
-        reset = lambda fresh: reset_units(net, ns, masks, key, reinit=c.reinit, outgoing=c.outgoing,  # noqa: E731
-                                          layernorm=c.layernorm, optimizer=c.optimizer, fresh=fresh)
-        draw = lambda: fresh_kernels(net, ns.params, key, reinit=c.reinit)  # noqa: E731
 
-        def event(s):
-            fresh = draw()
+        def event(operand):
+            ns, s = operand
+            masks = self.masks(net, ctx.scores)
+            fresh = fresh_kernels(net, ns.params, key, reinit=c.reinit)
+            new = reset_units(net, ns, masks, key, reinit=c.reinit, outgoing=c.outgoing, layernorm=c.layernorm,
+                              optimizer=c.optimizer, fresh=fresh)
             frac = lambda m: jnp.mean(m.astype(jnp.float32))  # noqa: E731
             s = {**s, "events": s["events"] + 1,
                  "reset_fraction": {k: frac(m) for k, m in masks.items()},
                  "zero_grad_layer": {k: frac(z) for k, z in self.zero_grad_layers(net, ctx.scores).items()}}
             if ctx.inputs is not None:  # of the first output (a Gaussian policy's mean, not its log-std)
                 out = lambda p: jax.tree.leaves(net.apply(p, ctx.inputs)[0])[0]  # noqa: E731
-                s["output_jump"] = jnp.mean(jnp.abs(out(reset(fresh).params) - out(ns.params)))
+                s["output_jump"] = jnp.mean(jnp.abs(out(new.params) - out(ns.params)))
             # a non-empty reset opens a new step-ratio window; an empty one leaves the last window alone
             any_reset = sum(jnp.sum(m) for m in masks.values()) > 0
             opened = {"fresh": masks, "since": jnp.zeros((), jnp.int32), "ratio_sum": jnp.zeros(()),
                       "ratio_n": jnp.zeros(()), "ratio_last": _step_ratio(s)}
             s.update(jax.tree.map(lambda a, b: jnp.where(any_reset, a, b), opened, {k: s[k] for k in opened}))
-            return fresh, s
+            return new, s
 
-        def skip(s):
-            return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(draw)), s
-
-        fresh, s = jax.lax.cond(due, event, skip, s)
-        return reset(fresh), {**state, net.name: s}
+        ns, s = maybe(due, event, (ns, s))
+        return ns, {**state, net.name: s}
 
     def _track_step_ratio(self, net, ctx, s):
         """Inside the window after a non-empty reset, every `step_ratio_every`-th update adds its mean
