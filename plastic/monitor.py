@@ -22,8 +22,9 @@ a program without any measuring code, and the measuring one only after a round t
 conds inside their scanned step. The `due` flags depend on the update counters alone, so every seed has the
 same: the drivers keep them with the (unbatched) counters between rounds (`Intervention.shared`), and each
 group's `lax.cond` stays a real branch under the seed vmap. The batch's rows are drawn and gathered inside
-the cond (a `fixed_probe` batch's indices are recorded outside it, at the first collection). Values read NaN (null in metrics.jsonl) until first measured. Keys
-follow metrics.md §0.2: `<metric>/<network>` and `<metric>/<network>/<layer>`.
+the cond (a `fixed_probe` batch's indices are recorded outside it, at the first collection). Values read NaN
+(null in metrics.jsonl) until first measured. Keys follow metrics.md §0.2: `<metric>/<network>` and
+`<metric>/<network>/<layer>`.
 
 The state is packed: each of its parts (the values, theta0, the unit sets, the NTK capture, the SVD retry,
 the due flags) is one flat vector, and `logs` / `view` unpack them. A jitted step pays a dispatch cost for
@@ -264,10 +265,10 @@ class Monitor(Intervention):
         fire = {(n, g): flags[g][n] & (after[n] > before[n]) for g in BATCH_GROUPS if g in flags for n in flags[g]}
         if fire:
             anything = jnp.any(jnp.stack(list(fire.values())))
-            # The batch's indices are drawn here (with `fixed_probe` the state records them at the first
-            # collection), its rows are gathered inside the cond: read from the replay, an operand of the cond
-            # and not one of its outputs, so it is not copied. Only what a measurement changes crosses the
-            # cond (theta0 and the GraMa sets stay outside).
+            # `batch_fn` records a fixed probe's indices here (at the first collection); the rows, and fresh
+            # indices, are drawn by `fetch` inside the cond: the replay is an operand of the cond, not one of
+            # its outputs, so it is not copied. Only what a measurement changes crosses the cond (theta0 and
+            # the GraMa sets stay outside).
             fetch, state = batch_fn(key, state)
             fetch_rank, state = self._rank_batch(batch_fn, key, state)
             moving = ("values", "dormant") + tuple(k for k in ("ntk", "svd_retry") if k in state)
@@ -285,8 +286,8 @@ class Monitor(Intervention):
     def _rank_batch(self, batch_fn, key, state):
         """`(fetch, state)`: None when the metrics batch is enough (one draw); else `fetch(batch)` gives the
         rank group's rows: the batch followed by `draws − 1` further draws (keys `fold_in(key, i)`,
-        independent uniform replay rows like the first), cut to `rank_rows`. Their indices are drawn here,
-        their rows gathered by `fetch`, inside the measuring cond, like the first draw's."""
+        independent uniform replay rows like the first), cut to `rank_rows`, drawn and gathered by `fetch`
+        inside the measuring cond like the first draw (fixed-probe indices are recorded here)."""
         if self.draws == 1:
             return None, state
         fetches = []
