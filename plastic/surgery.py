@@ -69,8 +69,7 @@ def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", out
     """Reset the units flagged in `masks` (layer name -> bool `[E?, H]`). Returns the new NetState.
 
     The reset columns come from `fresh_kernels(net, ns.params, key, reinit=reinit, init=init)`, or from
-    `fresh` when given (same structure): a periodic caller can then draw them under a `lax.cond` and do
-    the rest branch-free with masks that are all False off the event (see ReGraMa.post_update)."""
+    `fresh` when given (same structure), e.g. drawn by the caller beforehand."""
     params = ns.params
     if fresh is None:
         fresh = fresh_kernels(net, params, key, reinit=reinit, init=init)

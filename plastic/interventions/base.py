@@ -19,11 +19,12 @@ intervention, in the order given on the command line (`--intervention grama+swd`
 | post_iteration    | `post_iteration`  | PPO.update, after the epochs     |
 | agent build       | `agent_options`   | trainer.build_agent, merged once |
 
-A periodic event that runs every update should keep large arrays out of its cond: XLA:CPU copied every
-array such a `lax.cond` returned, on every call, taken or not (seen in the HLO), so a cond over a whole
-`NetState` cost a copy of all parameters and moments per update. ReGraMa draws only the new columns
-under its cond and applies the reset branch-free with masks that are all False off the event
-(`surgery.reset_units(fresh=...)`).
+A periodic event's cond costs something on every update: XLA:CPU copies every array a `lax.cond` returns,
+on every call, taken or not (seen in the HLO), so a cond over a whole `NetState` copies all parameters and
+moments per update. Applying the event branch-free instead (masks all False off the event) costs its
+masked writes on every update, and under the seed vmap they did not fuse away: ReGraMa's branch-free reset
+cost +9.5 % per TD3 update at 16 seeds, its reset under the cond +0.8 % (docs/benchmarks.md). Measure
+both with benchmarks/seeds.py.
 
 State: `init` returns the intervention's own pytree; the trainer keeps it in the train state under
 `interventions[name]`, so it is vmapped over seeds and checkpointed with everything else.
