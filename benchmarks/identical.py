@@ -35,6 +35,7 @@ RUNS = {
     "dqn-jit": ("dqn", "redo+cbp", "gymnax:CartPole-v1", 1500, "jit", {"redo.period": 40, "redo.tau": 0.1}),
     "dqn-host": ("dqn", "grama+injection", "CartPole-v1", 1000, "host",
                  {"grama.period": 40, "grama.tau": 0.1, "injection.at": "500"}),
+    "td3-host": ("td3", "cbp", "Pendulum-v1", 800, "host", {"cbp.maturity": 50, "cbp.replacement_rate": 0.05}),
     "ppo-jit": ("ppo", "grama+redo", "gymnax:CartPole-v1", 4096, "jit",
                 {"grama.period": 8, "grama.tau": 0.1, "redo.period": 12, "redo.tau": 0.1}),
     "ppo-host": ("ppo", "shrink_perturb", "CartPole-v1", 1024, "host", {"shrink_perturb.period": 8}),

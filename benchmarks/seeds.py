@@ -145,7 +145,8 @@ def interventions_part(args):
           f"metrics off (median of {args.rounds} paired windows of {args.window} updates)")
     ov = {**agent_overrides(agent, args), **OFF}
     plain = Window(agent, JIT_ENVS[agent], s, args.window, overrides=ov)
-    for name, extra in QUIET_EVENTS.items():
+    for name in args.methods.split(","):
+        extra = QUIET_EVENTS[name]
         w = Window(agent, JIT_ENVS[agent], s, args.window, name, {**ov, **extra})
         ratio, r_plain, r_with = paired(plain, w, args.rounds)
         print(f"{name:15s} plain {r_plain:9,.0f}  with it {r_with:9,.0f}  cost per update {100 * (ratio - 1):+6.1f} %",
@@ -167,6 +168,7 @@ def main(argv=None):
     p.add_argument("--host-steps", type=int, default=2000)
     p.add_argument("--iv-agent", default="td3")
     p.add_argument("--iv-seeds", type=int, default=16)
+    p.add_argument("--methods", default=",".join(QUIET_EVENTS), help="the periodic interventions of --parts interventions")
     args = p.parse_args(argv)
     args.agents = args.agents.split(",")
     args.seeds = [int(x) for x in args.seeds.split(",")]

@@ -24,6 +24,7 @@ from flax import struct
 
 from metrics.units import grama_scores, ratio_logs
 from plastic.networks import LayerSpec
+from plastic.seed_axis import any_seed, seed_axis_bound
 
 GRAMA_LOG_TAUS = (0.0, 0.01)
 
@@ -136,3 +137,19 @@ def soft_update(net: Net, target, online, tau: float, interventions=(), istate=N
 def maybe(pred, fn, operand):
     """`fn(operand)` if `pred` else `operand`, under `lax.cond` (pred should be an unbatched scalar)."""
     return jax.lax.cond(pred, fn, lambda x: x, operand)
+
+
+def seed_cond(pred, fn, operand):
+    """`fn(operand)` where the per-seed `pred` holds, else `operand`, as a real branch under the seed vmap.
+
+    A `lax.cond` on a per-seed predicate becomes a `select` under `vmap` that runs `fn` on every call. Here
+    the cond reads "some seed's `pred` holds" (`plastic.seed_axis.any_seed`, an unbatched scalar), so `fn`
+    runs only on the calls where some seed needs it; inside, every seed whose own `pred` is False keeps
+    its operand exactly (a `where` over the operand). Outside the seed vmap (one seed) it is `maybe`."""
+    if not seed_axis_bound():
+        return maybe(pred, fn, operand)
+
+    def branch(x):
+        return jax.tree.map(lambda new, old: jnp.where(pred, new, old), fn(x), x)
+
+    return jax.lax.cond(any_seed(pred), branch, lambda x: x, operand)

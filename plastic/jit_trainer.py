@@ -298,7 +298,7 @@ class OnPolicyTrainer(ChunkedRun):
 
     def _update_one(self, ts: OnPolicyState, counters, rollout):
         key, k_event, k_update = jax.random.split(ts.key, 3)
-        ts = ts.replace(interventions=share_schedule(self.interventions, ts.interventions, counters))
+        ts = ts.replace(interventions=share_schedule(ts.interventions, counters))
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, k_event)
         before, counters_before = agent_state, counters

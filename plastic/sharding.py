@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from plastic.config import ConfigError, check_devices
+from plastic.seed_axis import SEED_VMAP_AXIS
 
 SEED_AXIS = "seed"
 
@@ -112,8 +113,8 @@ class SeedPlacement:
         program has no batch axis of size 1 (XLA:CPU runs a 256x256 matmul with a unit batch axis about
         25 % slower than the plain one: docs/benchmarks.md) and every `lax.cond` stays a real branch.
         Several seeds, sharded or not: `jax.vmap` itself."""
-        if self.n_seeds > 1:
-            return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+        if self.n_seeds > 1:   # named, so that `plastic.seed_axis.any_seed` can ask whether any seed needs a branch
+            return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes, axis_name=SEED_VMAP_AXIS)
 
         def axes(spec, n):
             spec = tuple(spec) if isinstance(spec, (tuple, list)) else (spec,) * n

@@ -65,14 +65,12 @@ def fresh_kernels(net, params, key, *, reinit="layer_init", init=None) -> dict:
 
 
 def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", outgoing="zero",
-                layernorm="reset_unit_affine", optimizer="zero_moments_keep_count", init=None, fresh=None):
+                layernorm="reset_unit_affine", optimizer="zero_moments_keep_count", init=None):
     """Reset the units flagged in `masks` (layer name -> bool `[E?, H]`). Returns the new NetState.
 
-    The reset columns come from `fresh_kernels(net, ns.params, key, reinit=reinit, init=init)`, or from
-    `fresh` when given (same structure), e.g. drawn by the caller beforehand."""
+    The reset columns come from `fresh_kernels(net, ns.params, key, reinit=reinit, init=init)`."""
     params = ns.params
-    if fresh is None:
-        fresh = fresh_kernels(net, params, key, reinit=reinit, init=init)
+    fresh = fresh_kernels(net, params, key, reinit=reinit, init=init)
     for layer in net.layers:
         m = masks[layer.name]
         col = m[..., None, :]            # incoming column of a [E?, in, H] kernel

@@ -270,7 +270,7 @@ class Trainer:
         stats = lambda name, k, n: self.agent.net_inputs(  # noqa: E731  (statistics batches: with_batches)
             ts.agent, ts.replay.gather(ts.replay.sample_uniform(k, n)))[name]
         ivs = tuple(iv.with_batches(stats) for iv in self.interventions if measure or iv is not self.monitor)
-        ts = ts.replace(interventions=share_schedule(self.interventions, ts.interventions, counters))
+        ts = ts.replace(interventions=share_schedule(ts.interventions, counters))
         agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
                                                counters, jax.random.fold_in(ts.key, 1_000_003))
         ts = ts.replace(agent=agent_state, interventions=istate)
@@ -427,7 +427,7 @@ def monitor_of(interventions):
 SHARED = "shared"  # counters[SHARED][name]: the parts of intervention states that are the same for every seed
 
 
-def share_schedule(interventions, istate, counters) -> dict:
+def share_schedule(istate, counters) -> dict:
     """One seed's intervention states, with the parts every seed shares (`Intervention.shared`) put back
     from the counters, where the drivers keep them between update rounds (`unshare_schedule`)."""
     held = counters.get(SHARED, {})

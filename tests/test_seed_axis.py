@@ -91,3 +91,27 @@ def test_several_seeds_keep_every_conditional(agent, ivs, driver):
     assert got[0] > 0 or not metrics  # the groups are conditionals (CBP on PPO has none: it acts every step)
     assert got[1] == got[0], (f"{got[0] - got[1]} of the {got[0]} conditionals of the single-seed program became "
                               f"selects under the seed vmap")
+
+
+def test_seed_cond_is_a_branch_with_per_seed_semantics():
+    """`seed_cond` on a per-seed predicate: one real `cond` under the seed vmap (no select of `fn`'s work),
+    each seed's result exactly what it alone would get, and no `fn` work at all when no seed needs it."""
+    import jax.numpy as jnp
+
+    from plastic.core import seed_cond
+    from plastic.seed_axis import SEED_VMAP_AXIS
+
+    def one(pred, x):
+        return seed_cond(pred, lambda v: jnp.sin(v) * 3.0, x)
+
+    batched = jax.vmap(one, axis_name=SEED_VMAP_AXIS)
+    preds, x = jnp.array([True, False, True]), jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    got = jax.jit(batched)(preds, x)
+    for i in range(3):
+        np.testing.assert_array_equal(got[i], jax.jit(one)(preds[i], x[i]))
+    np.testing.assert_array_equal(jax.jit(batched)(jnp.zeros(3, bool), x), x)
+    prims = count(jax.make_jaxpr(batched)(preds, x).jaxpr)
+    assert prims["cond"] == 1 and prims["pmax"] == 1
+    # the top level selects nothing of fn's work: sin runs only inside the branch
+    top = collections.Counter(e.primitive.name for e in jax.make_jaxpr(batched)(preds, x).jaxpr.eqns)
+    assert top["sin"] == 0 and top["select_n"] == 0

@@ -41,6 +41,7 @@ Logs, per network: `cbp/replaced/NET` (units replaced so far, all layers and mem
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ import jax.numpy as jnp
 import optax
 
 from metrics.units import unit_magnitude
+from plastic.core import seed_cond
 from plastic.fields import nonneg, unit, unit_lt1
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.networks import get_path, set_path
@@ -120,6 +122,11 @@ def outgoing_magnitude(layer, params):
         total = total + jnp.sum(k, axis=axes)
         count += math.prod(k.shape[a] for a in axes)
     return total / count
+
+
+def any_of(preds):
+    """Logical or of boolean scalars."""
+    return functools.reduce(jnp.logical_or, preds)
 
 
 def consumer_bias_path(path):
@@ -210,14 +217,13 @@ class CBP(Intervention):
             new[l.name] = {**s, "age": age, "u": u, "m": m}
         return new, uhat
 
-    def select(self, net, layers_state, uhat, key):
-        """Steps 5-7: the units to replace per layer (bool `[E?, H]`) and the updated accumulators."""
+    def counts(self, net, layers_state, key):
+        """Steps 5-6: how many units to replace per layer (int32 `[E?]`) and the updated accumulators."""
         c = self.cfg
-        masks, new = {}, {}
+        ks, new = {}, {}
         for l in net.layers:
             s = layers_state[l.name]
-            eligible = s["age"] > c.maturity
-            n = c.replacement_rate * jnp.sum(eligible, axis=-1).astype(jnp.float32)   # [E?]
+            n = c.replacement_rate * jnp.sum(s["age"] > c.maturity, axis=-1).astype(jnp.float32)   # [E?]
             if c.fractional == "accumulate":
                 acc = s["acc"] + n
                 k = jnp.floor(acc)
@@ -225,9 +231,18 @@ class CBP(Intervention):
             else:
                 coin = jax.random.uniform(jax.random.fold_in(key, l.layer_id), n.shape)
                 k = jnp.where(n < 1, (coin < n).astype(jnp.float32), jnp.floor(n))
-            masks[l.name] = cap_mask(eligible, uhat[l.name], k.astype(jnp.int32)[..., None])
-            new[l.name] = s
-        return masks, new
+            ks[l.name], new[l.name] = k.astype(jnp.int32), s
+        return ks, new
+
+    def masks(self, net, layers_state, uhat, ks):
+        """Step 7: the `k` eligible units with the smallest `uhat` per layer (bool `[E?, H]`)."""
+        return {l.name: cap_mask(layers_state[l.name]["age"] > self.cfg.maturity, uhat[l.name], ks[l.name][..., None])
+                for l in net.layers}
+
+    def select(self, net, layers_state, uhat, key):
+        """Steps 5-7: the units to replace per layer (bool `[E?, H]`) and the updated accumulators."""
+        ks, new = self.counts(net, layers_state, key)
+        return self.masks(net, layers_state, uhat, ks), new
 
     # ---- the generation: replacement ---------------------------------------------------------------
     def unit_init(self, net):
@@ -271,14 +286,29 @@ class CBP(Intervention):
         return ns, cleared
 
     def step(self, net, ns, inputs, params_before, s, key):
-        """One generate-and-test call on one network; returns `(ns, s, masks)`."""
+        """One generate-and-test call on one network; returns `(ns, s, masks)`.
+
+        The test (statistics) runs on every call. The generation runs under two `seed_cond`s, real branches
+        under the seed vmap too: the counts where some unit is eligible (none is before `maturity`), the
+        ranking and the replacement where some unit is to be replaced (a small fraction of the calls)."""
         c = self.cfg
         k_util, k_frac, k_reset = (jax.random.fold_in(key, i) for i in range(3))
         src = params_before if c.activations == "before_step" and params_before is not None else ns.params
         _, acts = net.apply(src, inputs)
         layers, uhat = self.statistics(net, ns.params, acts, s["layers"], k_util)
-        masks, layers = self.select(net, layers, uhat, k_frac)
-        ns, layers = self.replace(net, ns, masks, layers, k_reset)
+        none = {l.name: jnp.zeros(l.mask_shape[:-1], jnp.int32) for l in net.layers}
+        eligible = any_of(jnp.any(layers[l.name]["age"] > c.maturity) for l in net.layers)
+        ks, layers = seed_cond(eligible, lambda op: self.counts(net, op[1], k_frac), (none, layers))
+
+        def generate(op):
+            ns, layers, _ = op
+            masks = self.masks(net, layers, uhat, ks)
+            ns, layers = self.replace(net, ns, masks, layers, k_reset)
+            return ns, layers, masks
+
+        no_masks = {l.name: jnp.zeros(l.mask_shape, bool) for l in net.layers}
+        ns, layers, masks = seed_cond(any_of(jnp.any(k > 0) for k in ks.values()), generate,
+                                      (ns, layers, no_masks))
         n = {k: jnp.sum(m).astype(jnp.int32) for k, m in masks.items()}
         eligible = sum(jnp.sum(layers[l.name]["age"] > c.maturity) for l in net.layers)
         # units just replaced have age 0; count them as they were (eligible) before the replacement

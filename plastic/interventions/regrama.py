@@ -28,7 +28,7 @@ from plastic.core import maybe
 from plastic.fields import count, nonneg, num, positive, unit
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.networks import PROBE_POINTS
-from plastic.surgery import (LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, fresh_kernels, reset_units,
+from plastic.surgery import (LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units,
                              touched_entries)
 
 
@@ -144,9 +144,8 @@ class ReGraMa(Intervention):
         def event(operand):
             ns, s = operand
             masks = self.masks(net, ctx.scores)
-            fresh = fresh_kernels(net, ns.params, key, reinit=c.reinit)
             new = reset_units(net, ns, masks, key, reinit=c.reinit, outgoing=c.outgoing, layernorm=c.layernorm,
-                              optimizer=c.optimizer, fresh=fresh)
+                              optimizer=c.optimizer)
             frac = lambda m: jnp.mean(m.astype(jnp.float32))  # noqa: E731
             s = {**s, "events": s["events"] + 1,
                  "reset_fraction": {k: frac(m) for k, m in masks.items()},
