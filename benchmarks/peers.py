@@ -17,8 +17,9 @@ training program):
        --sac-seeds (rejax updates the actor at every step, this project every other one: policy_delay 2, its
        default; the actor is a third of an update)
 This project runs its default configuration (metrics on). Each side runs its budget once to compile and
-warm up, then once timed; env steps/s are aggregated over seeds, compile time is the first run minus the
-timed one. Usage: python benchmarks/peers.py --rejax-python /tmp/rejax-env/bin/python [--only ppo,dqn,sac]
+warm up, then once timed, in --rounds rounds that alternate which side runs first (rejax in a fresh process
+each round); the rates printed are each side's best, the ratio the median of the rounds' ratios; env steps/s
+are aggregated over seeds, compile time is the first run minus the best timed one. Usage: python benchmarks/peers.py --rejax-python /tmp/rejax-env/bin/python [--only ppo,dqn,sac]
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from plastic.config import build  # noqa: E402
 from plastic.trainer import make_trainer  # noqa: E402
@@ -77,24 +79,32 @@ def rejax_config(algo: str, steps: int) -> dict:
             "target_update_freq": 1, "hidden_layer_sizes": [256, 256], "agent_kwargs": {"activation": "relu"}}
 
 
-def ours(algo: str, seeds: int, steps: int) -> dict:
-    if algo == "ppo":
-        env, ov = "gymnax:CartPole-v1", {}
-    elif algo == "dqn":
-        env, ov = "gymnax:CartPole-v1", {"dqn.train_frequency": 1, "dqn.learning_starts": 2048,
-                                         "dqn.buffer_size": 10_000, "dqn.epsilon_decay_steps": steps // 2, "dqn.hidden": "64,64"}
-    else:
-        env, ov = "gymnax:Pendulum-v1", {"sac.learning_starts": 2048, "sac.buffer_size": 100_000}
-    tr = make_trainer(build(algo, overrides={**QUIET, **ov}, env=env, seeds=seeds, steps=steps))
-    n = tr.total_units()
-    times = []
-    for _ in range(2):
-        carry = tr.init_carry()
+class Ours:
+    """This project's side: built and compiled (one run of the budget) once; each call times one more run."""
+
+    def __init__(self, algo: str, seeds: int, steps: int):
+        if algo == "ppo":
+            env, ov = "gymnax:CartPole-v1", {}
+        elif algo == "dqn":
+            env, ov = "gymnax:CartPole-v1", {"dqn.train_frequency": 1, "dqn.learning_starts": 2048,
+                                             "dqn.buffer_size": 10_000, "dqn.epsilon_decay_steps": steps // 2,
+                                             "dqn.hidden": "64,64"}
+        else:
+            env, ov = "gymnax:Pendulum-v1", {"sac.learning_starts": 2048, "sac.buffer_size": 100_000}
+        self.tr = make_trainer(build(algo, overrides={**QUIET, **ov}, env=env, seeds=seeds, steps=steps))
+        self.n = self.tr.total_units()
+        self.steps = self.n * self.tr.unit * seeds
+        self.first = self.run()
+
+    def run(self) -> float:
+        carry = self.tr.init_carry()
         t0 = time.perf_counter()
-        carry, sums, _ = tr._chunk_jit(carry, n)
+        carry, sums, _ = self.tr._chunk_jit(carry, self.n)
         jax.block_until_ready(sums)
-        times.append(time.perf_counter() - t0)
-    return {"first": times[0], "timed": times[1], "steps": n * tr.unit * seeds}
+        return time.perf_counter() - t0
+
+    def __call__(self) -> dict:
+        return {"first": self.first, "timed": self.run(), "steps": self.steps}
 
 
 def theirs(python: str, algo: str, seeds: int, steps: int) -> dict:
@@ -118,6 +128,7 @@ def main(argv=None):
     p.add_argument("--dqn-steps", type=int, default=8192)
     p.add_argument("--sac-seeds", default="1,8")
     p.add_argument("--sac-steps", type=int, default=6144)
+    p.add_argument("--rounds", type=int, default=3, help="paired timed runs per row (the ratio: their median)")
     args = p.parse_args(argv)
     print(f"devices: {jax.devices()}; {time.strftime('%Y-%m-%d %H:%M')}; env steps/s aggregated over seeds")
     print(f"{'algo':5s} {'seeds':>5s} {'plastic':>10s} {'rejax':>10s} {'plastic/rejax':>14s} "
@@ -125,10 +136,18 @@ def main(argv=None):
     for algo in args.only.split(","):
         for s in [int(x) for x in getattr(args, f"{algo}_seeds").split(",")]:
             steps = getattr(args, f"{algo}_steps")
-            a, b = ours(algo, s, steps), theirs(args.rejax_python, algo, s, steps)
-            ra, rb = a["steps"] / a["timed"], b["steps"] / b["timed"]
-            print(f"{algo:5s} {s:5d} {ra:10,.0f} {rb:10,.0f} {ra / rb:14.2f} "
-                  f"{a['first'] - a['timed']:13.1f} / {b['first'] - b['timed']:6.1f}", flush=True)
+            ours = Ours(algo, s, steps)
+            rates, ratios = {"ours": [], "theirs": []}, []
+            for r in range(args.rounds):  # alternate which side runs first
+                sides = [("ours", ours), ("theirs", lambda: theirs(args.rejax_python, algo, s, steps))]
+                got = dict((name, fn()) for name, fn in (sides if r % 2 == 0 else sides[::-1]))
+                for name, res in got.items():
+                    rates[name].append(res["steps"] / res["timed"])
+                ratios.append(rates["ours"][-1] / rates["theirs"][-1])
+            b, best = got["theirs"], max(rates["ours"])
+            print(f"{algo:5s} {s:5d} {best:10,.0f} {max(rates['theirs']):10,.0f} {float(np.median(ratios)):14.2f} "
+                  f"{ours.first - ours.steps / best:13.1f} / {b['first'] - b['timed']:6.1f}", flush=True)
+            del ours
 
 
 if __name__ == "__main__":

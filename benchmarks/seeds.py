@@ -46,6 +46,9 @@ HOST_ENVS = {"td3": "Pendulum-v1", "sac": "Pendulum-v1", "dqn": "CartPole-v1"}
 QUIET_EVENTS = {"grama": {"grama.period": 10**8}, "redo": {"redo.period": 10**8},
                 "reset": {"reset.interval": 10**9}, "shrink_perturb": {"shrink_perturb.period": 10**8},
                 "injection": {"injection.at": str(10**9)}, "ne": {"ne.period": 10**8}, "cbp": {}}
+# not in the default list: CBP once every unit is mature (maturity 0), where the counts run on every update
+# and a replacement in some seed (~1 in 80 updates per layer and seed at rate 1e-4) takes its branch
+VARIANTS = {"cbp_mature": ("cbp", {"cbp.maturity": 0})}
 
 
 def agent_overrides(agent, args):
@@ -146,8 +149,10 @@ def interventions_part(args):
     ov = {**agent_overrides(agent, args), **OFF}
     plain = Window(agent, JIT_ENVS[agent], s, args.window, overrides=ov)
     for name in args.methods.split(","):
-        extra = QUIET_EVENTS[name]
-        w = Window(agent, JIT_ENVS[agent], s, args.window, name, {**ov, **extra})
+        method, extra = VARIANTS.get(name, (name, QUIET_EVENTS.get(name)))
+        if extra is None:
+            raise SystemExit(f"unknown method {name!r}; valid: {', '.join([*QUIET_EVENTS, *VARIANTS])}")
+        w = Window(agent, JIT_ENVS[agent], s, args.window, method, {**ov, **extra})
         ratio, r_plain, r_with = paired(plain, w, args.rounds)
         print(f"{name:15s} plain {r_plain:9,.0f}  with it {r_with:9,.0f}  cost per update {100 * (ratio - 1):+6.1f} %",
               flush=True)
@@ -168,7 +173,7 @@ def main(argv=None):
     p.add_argument("--host-steps", type=int, default=2000)
     p.add_argument("--iv-agent", default="td3")
     p.add_argument("--iv-seeds", type=int, default=16)
-    p.add_argument("--methods", default=",".join(QUIET_EVENTS), help="the periodic interventions of --parts interventions")
+    p.add_argument("--methods", default=",".join(QUIET_EVENTS), help="the periodic interventions of --parts interventions (also: cbp_mature)")
     args = p.parse_args(argv)
     args.agents = args.agents.split(",")
     args.seeds = [int(x) for x in args.seeds.split(",")]

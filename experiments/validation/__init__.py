@@ -1,0 +1,157 @@
+"""The validation suite: findings of the plasticity literature reproduced with this codebase.
+
+Each finding is a module of this package with one `FINDING` (a `Finding`): its claim and source, the verdict
+rule (written before any run), the deviations of the laptop scale from the paper, one sweep per scale
+(docs/sweeps.md format) and an `analyse` function that reads the runs and returns an `Outcome`.
+`experiments/validate.py FINDING` runs the sweep and writes docs/validation/FINDING.md from the outcome.
+
+Scales: `laptop` (this machine's reduced version: <= 60 min on 2 CPU cores, >= 5 vmapped seeds), `paper` (the
+paper's agent, env, budget and seeds, for the Slurm launcher) and `smoke` (a few thousand steps and 2 seeds:
+the pipeline end to end, for tests; its verdicts mean nothing and its reports say so).
+
+Scores are the evaluation protocol's (`eval/episode_return`, plastic/evaluation.py), never training returns;
+statistics are rliable's (IQM with 95 % stratified-bootstrap CIs, probability of improvement), through
+experiments/report.py.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+SCALES = ("laptop", "paper", "smoke")
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+MODULES = ("dormancy",)  # one module per finding, in the order of docs/validation.md
+# the findings of issue #21 not built yet (number, title): listed in docs/validation.md as such
+PLANNED = ((2, "ReGraMa vs ReDo across activations (ReLU: equal; tanh: ReDo below)"),
+           (3, "Sample Weight Decay: SWA < uniform < SWD; bucketed = exact sampler"),
+           (4, "Loss of plasticity over >= 10 task phases; resets, ReDo, ReGraMa, CBP, S&P reduce it"),
+           (5, "GTR >= PPO-clip and PPO+KL under non-stationarity; = PPO when stationary"),
+           (6, "NE keeps more active units; LEAST reaches vanilla's return sooner"),
+           (7, "Learning sanity against peers (rejax, CleanRL) on the same budget"))
+REPS = 2000              # bootstrap replications
+BOOT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str                 # the command-line name (experiments/validate.py NAME)
+    number: int               # its row in docs/validation.md
+    title: str
+    claim: str                # the directional claim being tested
+    source: str               # paper(s) with the figure or table
+    rule: str                 # how the verdict is decided, written before the runs
+    deviations: tuple         # every way the laptop scale departs from the paper's setting
+    sweeps: dict              # scale -> sweep (dict, docs/sweeps.md)
+    analyse: Callable         # (list of runs as experiments.report loads them) -> Outcome
+    notes: tuple = ()         # anything else a reader should know (reconstructions, where a paper is silent)
+
+
+@dataclass
+class Outcome:
+    """What a finding's analysis concluded from the runs."""
+    verdict: str                              # one of VERDICTS
+    why: str                                  # the rule applied to the numbers, one paragraph
+    tables: list = field(default_factory=list)     # markdown blocks (a title line and a table)
+    figures: dict = field(default_factory=dict)    # file name -> draw(path) (matplotlib, PNG)
+    csv: dict = field(default_factory=dict)        # file name -> rows (list of dicts): the per-run data
+
+
+def registry() -> dict:
+    """name -> Finding, in the order of MODULES."""
+    out = {}
+    for m in MODULES:
+        f = importlib.import_module(f"experiments.validation.{m}").FINDING
+        out[f.name] = f
+    return out
+
+
+# ---- reading the runs ------------------------------------------------------------------------------------
+def seed_series(run: dict, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one seed's numeric `key` over its rows, rows without a number left out. Rows repeat
+    the latest measured value of a metric (docs/metrics.md): with log_every equal to the metric's period,
+    each row is one measurement."""
+    steps, values = [], []
+    for row in run["metrics"]["rows"][seed]:
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            steps.append(row["step"])
+            values.append(float(v))
+    return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
+
+
+def first_and_final(run: dict, seed: int, key: str, final_frac: float = 0.1):
+    """(first measured value, mean over the last ceil(final_frac * n) of its n values), or (None, None)."""
+    _, v = seed_series(run, seed, key)
+    if not len(v):
+        return None, None
+    k = max(1, math.ceil(final_frac * len(v)))
+    return float(v[0]), float(v[-k:].mean())
+
+
+def run_value(run: dict, dotted: str, default=None):
+    """A value of the run's config.yaml by dotted key (`dqn.train_frequency`, `run.intervention`)."""
+    node = run["config"]
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def per_seed_rows(runs: list, label: Callable, keys: dict, final_frac: float = 0.1) -> list:
+    """One row per (run, seed): its label, absolute seed, run directory, and for each `name: key` of `keys`
+    the first measured and the final value (`name_first`, `name_final`), and the final evaluation return
+    (`eval_return`, experiments/report.py's final score with the same final_frac)."""
+    from experiments.report import EVAL_RETURN, final_return
+    rows = []
+    for run in runs:
+        for seed in run["metrics"]["seeds"]:
+            row = {"method": label(run), "seed": run["seed_base"] + seed, "run": str(run["path"])}
+            ret, _ = final_return(run["metrics"]["rows"][seed], final_frac, EVAL_RETURN)
+            row["eval_return"] = ret
+            for name, key in keys.items():
+                row[f"{name}_first"], row[f"{name}_final"] = first_and_final(run, seed, key, final_frac)
+            rows.append(row)
+    rows.sort(key=lambda r: (r["method"], r["seed"]))
+    return rows
+
+
+def column(rows: list, method: str, name: str) -> np.ndarray:
+    return np.asarray([r[name] for r in rows if r["method"] == method and r[name] is not None], dtype=np.float64)
+
+
+# ---- statistics --------------------------------------------------------------------------------------------
+def iqm_ci(x) -> tuple[float, float, float]:
+    """rliable IQM of the values with its 95 % bootstrap CI (one task: the seeds are the stratum)."""
+    from rliable import metrics
+
+    from experiments.report import interval
+    x = np.asarray(x, dtype=np.float64).reshape(-1, 1)
+    point, ci = interval(x, lambda m: np.array([metrics.aggregate_iqm(m)]), REPS, BOOT_SEED)
+    return float(point.ravel()[0]), float(ci[0].ravel()[0]), float(ci[1].ravel()[0])
+
+
+def poi_ci(x, y) -> tuple[float, float, float]:
+    """P(X > Y) (rliable's probability of improvement, ties counting one half) with its 95 % CI, seeds of X
+    and of Y resampled independently."""
+    from experiments.report import Matrix, probability_of_improvement
+    mx = Matrix(["task"], [], np.asarray(x, dtype=np.float64).reshape(-1, 1))
+    my = Matrix(["task"], [], np.asarray(y, dtype=np.float64).reshape(-1, 1))
+    return probability_of_improvement(mx, my, REPS, BOOT_SEED)
+
+
+def mean_ci(d) -> tuple[float, float, float]:
+    """Mean of the values (e.g. per-seed differences) with its 95 % percentile-bootstrap CI."""
+    d = np.asarray(d, dtype=np.float64)
+    rs = np.random.RandomState(BOOT_SEED)
+    means = d[rs.randint(0, len(d), size=(REPS, len(d)))].mean(axis=1)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def fmt_ci(t) -> str:
+    point, lo, hi = t
+    return f"{point:.3g} [{lo:.3g}, {hi:.3g}]"
