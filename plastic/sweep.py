@@ -58,6 +58,7 @@ TOP_KEYS = ("name", "agents", "interventions", "envs", "seeds", "seed", "seeds_p
 BLOCK_KEYS = ("agents", "interventions", "envs", "seeds", "seed", "seeds_per_task", "steps", "config",
               "overrides", "grid")
 ALWAYS_ACTIVE = ("run", "metrics", "env")
+MERGED_KEYS = ("overrides", "grid")  # mappings a `runs` block extends instead of replacing
 # fields whose differences do not make a run directory a different experiment
 IGNORED = {("run", "steps"), ("run", "run_dir"), ("run", "progress")}
 
@@ -135,7 +136,11 @@ def load(source) -> Sweep:
         if bad:
             raise ConfigError(f"{where}: runs[{i}] has unknown key(s) {', '.join(bad)}; valid: "
                               f"{', '.join(BLOCK_KEYS)}")
-        for task in _expand({**top, **block}, f"{where}: runs[{i}]" if data.get("runs") else where, name):
+        merged = {**top, **block}
+        for k in MERGED_KEYS:   # a block's overrides and grid extend the top level's, key by key
+            if isinstance(top.get(k), dict) and isinstance(block.get(k), dict):
+                merged[k] = {**top[k], **block[k]}
+        for task in _expand(merged, f"{where}: runs[{i}]" if data.get("runs") else where, name):
             if task.name in seen:
                 if seen[task.name].argv != task.argv or seen[task.name].steps != task.steps:
                     raise ConfigError(f"{where}: two different tasks are both named {task.name!r}; give them "

@@ -56,6 +56,22 @@ def test_expansion_names_seeds_and_inactive_grid_keys():
                                                     ("dqn-redo-probe_d_obs-s7", [7])]
 
 
+def test_run_blocks_extend_the_top_level_overrides_and_grid():
+    """A block's `overrides` and `grid` add to the top level's (the block winning on a shared key); they never
+    silently drop the top level's settings."""
+    s = sw.load(demo(interventions=["grama"], seeds=1, seeds_per_task=0,
+                     runs=[{"overrides": {"dqn.lr": 0.01}, "grid": {"dqn.gamma": [0.9]}},
+                           {"overrides": {"run.log_every": 50}}]))
+    assert [t.name for t in s.tasks] == ["dqn-grama-probe_d_obs-grama.tau=0-dqn.gamma=0.9-s0",
+                                         "dqn-grama-probe_d_obs-grama.tau=0.1-dqn.gamma=0.9-s0",
+                                         "dqn-grama-probe_d_obs-grama.tau=0-s0", "dqn-grama-probe_d_obs-grama.tau=0.1-s0"]
+    cfgs = [config_of(t.argv) for t in s.tasks]
+    assert [c.agent_cfg.lr for c in cfgs][:2] == [0.01, 0.01] and cfgs[2].agent_cfg.lr != 0.01
+    assert [c.run.log_every for c in cfgs] == [100, 100, 50, 50]         # the block wins where it sets one
+    for c in cfgs:                                                        # the rest of the top level applies
+        assert c.agent_cfg.hidden == (16, 16) and c.agent_cfg.batch_size == 16 and c.run.checkpoint_every == 100
+
+
 @pytest.mark.parametrize("change, needle", [
     ({"name": "a b"}, "`name` must be"),
     ({"steps": 0}, "`steps` must be a positive integer"),

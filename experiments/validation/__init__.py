@@ -24,10 +24,9 @@ import numpy as np
 
 SCALES = ("laptop", "paper", "smoke")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
-MODULES = ("dormancy",)  # one module per finding, in the order of docs/validation.md
+MODULES = ("dormancy", "activations")  # one module per finding, in the order of docs/validation.md
 # the findings of issue #21 not built yet (number, title): listed in docs/validation.md as such
-PLANNED = ((2, "ReGraMa vs ReDo across activations (ReLU: equal; tanh: ReDo below)"),
-           (3, "Sample Weight Decay: SWA < uniform < SWD; bucketed = exact sampler"),
+PLANNED = ((3, "Sample Weight Decay: SWA < uniform < SWD; bucketed = exact sampler"),
            (4, "Loss of plasticity over >= 10 task phases; resets, ReDo, ReGraMa, CBP, S&P reduce it"),
            (5, "GTR >= PPO-clip and PPO+KL under non-stationarity; = PPO when stationary"),
            (6, "NE keeps more active units; LEAST reaches vanilla's return sooner"),
@@ -155,3 +154,45 @@ def mean_ci(d) -> tuple[float, float, float]:
 def fmt_ci(t) -> str:
     point, lo, hi = t
     return f"{point:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def rule_tests(tests: list) -> tuple[str, str]:
+    """`(why, markdown block)` of a verdict rule's tests, each `(name, (estimate, lo, hi), result word)`."""
+    why = "; ".join(f"{name}: {fmt_ci(v)} ({res})" for name, v, res in tests)
+    rows = ["| test | estimate [95 % CI] | result |", "|---|---|---|"]
+    rows += [f"| {name} | {fmt_ci(v)} | {res} |" for name, v, res in tests]
+    return why, "**The rule's tests**\n\n" + "\n".join(rows)
+
+
+def per_method_block(table: list, what: str = "measurements") -> str:
+    """A per-method markdown table under its standard heading."""
+    return (f"**Per method** (final = the last 10 % of {what}; IQM over seeds with 95 % stratified-bootstrap CIs)"
+            "\n\n" + "\n".join(table))
+
+
+# ---- figures -------------------------------------------------------------------------------------------------
+def plot_curves(runs: list, key: str, path, line: Callable, panel: Callable) -> None:
+    """`key` against env steps: one panel per `panel(run)`, one line per `line(run)` (runs of the same line and
+    panel pooled): the mean over seeds at the steps every seed measured, with a min-max band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = sorted({panel(r) for r in runs})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], panels):
+        group = [r for r in runs if panel(r) == name]
+        for ln in sorted({line(r) for r in group}):
+            series = [seed_series(r, s, key) for r in group if line(r) == ln for s in r["metrics"]["seeds"]]
+            steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in series))) if series else []
+            if not steps:
+                continue
+            vals = np.array([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in series])
+            drawn = ax.plot(steps, vals.mean(0), label=f"{ln} ({len(series)} seeds)")[0]
+            ax.fill_between(steps, vals.min(0), vals.max(0), color=drawn.get_color(), alpha=0.2)
+        ax.set_title(name)
+        ax.set_xlabel("env steps")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(key)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.validation import (Finding, Outcome, column, fmt_ci, iqm_ci, mean_ci, per_seed_rows, poi_ci,
-                                    run_value, seed_series)
+from experiments.validation import (Finding, Outcome, column, fmt_ci, iqm_ci, mean_ci, per_method_block,
+                                    per_seed_rows, plot_curves, poi_ci, rule_tests, run_value)
 
 ENV = "gymnax:CartPole-v1"
 DORMANT = "dormant_ratio_tau_0.025/q"       # Sokar et al.'s tau for DQN
@@ -80,8 +80,7 @@ def analyse(runs: list) -> Outcome:
         verdict = "not reproduced"
     else:
         verdict = "inconclusive"
-    why = "; ".join(f"{name}: {fmt_ci(v)} ({'holds' if h else 'against' if a else 'not shown'})"
-                    for name, v, h, a in tests)
+    why, tests_block = rule_tests([(n, v, "holds" if h else "against" if a else "not shown") for n, v, h, a in tests])
 
     methods = sorted({r["method"] for r in rows}, key=lambda m: (m.split()[1], ["none", "redo", "grama"].index(m.split()[0])))
     table = ["| method | seeds | eval return, IQM [95 % CI] | dormant (τ=0.025) first → final | GraMa-inactive (τ=0) final | srank final |",
@@ -92,40 +91,16 @@ def analyse(runs: list) -> Outcome:
                      f"{np.mean(column(rows, m, 'dormant_first')):.3f} → {fmt_ci(iqm_ci(column(rows, m, 'dormant_final')))} | "
                      f"{fmt_ci(iqm_ci(column(rows, m, 'grama_inactive_final')))} | "
                      f"{fmt_ci(iqm_ci(column(rows, m, 'srank_final')))} |")
-    tests_table = ["| test | estimate [95 % CI] | result |", "|---|---|---|"]
-    tests_table += [f"| {n} | {fmt_ci(v)} | {'holds' if h else 'against' if a else 'not shown'} |" for n, v, h, a in tests]
 
     figures = {f"{key.split('/')[0]}.png": (lambda path, k=key: curves(runs, k, path)) for key in (DORMANT, GRAMA, RANK)}
     figures["eval_return.png"] = lambda path: curves(runs, "eval/episode_return", path)
-    return Outcome(verdict, why, tables=["**Per method** (final = the last 10 % of the measurements; IQM over "
-                                         "seeds with 95 % stratified-bootstrap CIs)\n\n" + "\n".join(table),
-                                         "**The rule's tests**\n\n" + "\n".join(tests_table)],
-                   figures=figures, csv={"runs.csv": rows})
+    return Outcome(verdict, why, tables=[per_method_block(table), tests_block], figures=figures,
+                   csv={"runs.csv": rows})
 
 
 def curves(runs: list, key: str, path) -> None:
-    """Mean over seeds (band: min to max) of `key` against env steps, one panel per replay ratio."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ratios = sorted({label(r).split("RR=")[1] for r in runs}, key=float)
-    fig, axes = plt.subplots(1, len(ratios), figsize=(5 * len(ratios), 3.6), squeeze=False, sharey=True)
-    for ax, rr in zip(axes[0], ratios):
-        for run in sorted((r for r in runs if label(r).endswith(f"RR={rr}")), key=label):
-            series = [seed_series(run, s, key) for s in run["metrics"]["seeds"]]
-            steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in series))) if series else []
-            if not steps:
-                continue
-            vals = np.array([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in series])
-            line = ax.plot(steps, vals.mean(0), label=label(run).split(" RR")[0])[0]
-            ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
-        ax.set_title(f"replay ratio {rr}")
-        ax.set_xlabel("env steps")
-    axes[0][0].set_ylabel(key)
-    axes[0][-1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_curves(runs, key, path, line=lambda r: r["intervention"],
+                panel=lambda r: f"replay ratio {label(r).split('RR=')[1]}")
 
 
 FINDING = Finding(
