@@ -52,7 +52,9 @@ def test_statistics_helpers_against_hand_computations():
 
 
 # per finding: a column of its runs.csv and the metrics.jsonl key it is read from (first and final values)
-CHECKED = {"dormancy": ("dormant", "dormant_ratio_tau_0.025/q"), "activations": ("dormant_0", "dormant_ratio_tau_0/critic")}
+CHECKED = {"dormancy": ("dormant", "dormant_ratio_tau_0.025/q"), "activations": ("dormant_0", "dormant_ratio_tau_0/critic"),
+           "swd": ("grad_l1", "grad_l1/critic"), "gtr": None,
+           "plasticity": ("dormant", "dormant_ratio_tau_0.025/q")}
 
 
 @pytest.mark.parametrize("name", sorted(FINDINGS))
@@ -81,15 +83,18 @@ def test_smoke_pipeline_end_to_end(name, tmp_path):
     rows = list(csv.DictReader((out / stem / "runs.csv").open()))
     assert len(rows) == sum(len(t.seeds) for t in sweep.tasks)
     # the numbers are the runs' numbers: recompute some seeds' values from metrics.jsonl by hand
-    column, key = CHECKED[name]
     for r in rows[:2] + rows[-2:]:
         lines = [json.loads(l) for l in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines()]
         mine = [l for l in lines if l["seed"] == int(r["seed"])]   # base seed 0: the row's seed is the index
-        vals = [l[key] for l in mine if isinstance(l.get(key), float)]
-        assert float(r[f"{column}_first"]) == pytest.approx(vals[0])
-        assert float(r[f"{column}_final"]) == pytest.approx(np.mean(vals[-max(1, math.ceil(0.1 * len(vals))):]))
         evals = [l["eval/episode_return"] for l in mine if isinstance(l.get("eval/episode_return"), float)]
         assert float(r["eval_return"]) == pytest.approx(np.mean(evals[-max(1, math.ceil(0.1 * len(evals))):]))
+        if "eval_mean" in r:
+            assert float(r["eval_mean"]) == pytest.approx(np.mean(evals))
+        if CHECKED[name]:
+            column, key = CHECKED[name]
+            vals = [l[key] for l in mine if isinstance(l.get(key), float)]
+            assert float(r[f"{column}_first"]) == pytest.approx(vals[0])
+            assert float(r[f"{column}_final"]) == pytest.approx(np.mean(vals[-max(1, math.ceil(0.1 * len(vals))):]))
 
     # again with --analyse-only: nothing runs, the same runs give the same verdict
     res = subprocess.run(cmd + ["--analyse-only"], cwd=ROOT, capture_output=True, text=True)
@@ -111,7 +116,7 @@ def test_summary_lists_every_finding(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["nope"], "unknown finding 'nope'; valid: dormancy, activations"),
+    (["nope"], "unknown finding 'nope'; valid: " + ", ".join(FINDINGS)),
     ([], "give a finding"),
     (["dormancy", "--jobs", "0"], "--jobs must be >= 1"),
     (["dormancy", "--emit-sbatch"], "--emit-sbatch writes a Slurm script"),

@@ -24,12 +24,9 @@ import numpy as np
 
 SCALES = ("laptop", "paper", "smoke")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
-MODULES = ("dormancy", "activations")  # one module per finding, in the order of docs/validation.md
+MODULES = ("dormancy", "activations", "swd", "plasticity", "gtr")  # one module per finding, in the order of docs/validation.md
 # the findings of issue #21 not built yet (number, title): listed in docs/validation.md as such
-PLANNED = ((3, "Sample Weight Decay: SWA < uniform < SWD; bucketed = exact sampler"),
-           (4, "Loss of plasticity over >= 10 task phases; resets, ReDo, ReGraMa, CBP, S&P reduce it"),
-           (5, "GTR >= PPO-clip and PPO+KL under non-stationarity; = PPO when stationary"),
-           (6, "NE keeps more active units; LEAST reaches vanilla's return sooner"),
+PLANNED = ((6, "NE keeps more active units; LEAST reaches vanilla's return sooner"),
            (7, "Learning sanity against peers (rejax, CleanRL) on the same budget"))
 REPS = 2000              # bootstrap replications
 BOOT_SEED = 0
@@ -117,6 +114,31 @@ def per_seed_rows(runs: list, label: Callable, keys: dict, final_frac: float = 0
             rows.append(row)
     rows.sort(key=lambda r: (r["method"], r["seed"]))
     return rows
+
+
+def add_eval_mean(rows: list, runs: list, name: str = "eval_mean") -> list:
+    """Adds `name` to every per-seed row: the mean of all the seed's evaluation returns (the return over the
+    run, a sample-efficiency score), None where the seed has no evaluation."""
+    by_run = {(str(r["path"]), r["seed_base"] + s): r for r in runs for s in r["metrics"]["seeds"]}
+    for row in rows:
+        run = by_run[row["run"], row["seed"]]
+        _, v = seed_series(run, row["seed"] - run["seed_base"], "eval/episode_return")
+        row[name] = float(v.mean()) if len(v) else None
+    return rows
+
+
+def phase_means(run: dict, seed: int, period: int) -> dict:
+    """For a non-stationary run with a switch every `period` env steps: `phase_K`, the mean evaluation return in
+    phase K (an evaluation after step s measures the policy trained up to s, so it belongs to phase
+    (s - 1) // period, the phase its evaluation envs play in), and `after_switch`, the mean over the phases after
+    the first of each phase's first evaluation (the return just after a switch)."""
+    steps, v = seed_series(run, seed, "eval/episode_return")
+    phase = (steps - 1) // period
+    ks = sorted(set(phase.tolist()))
+    out = {f"phase_{k}": float(v[phase == k].mean()) for k in ks}
+    firsts = [v[phase == k][0] for k in ks if k > 0]
+    out["after_switch"] = float(np.mean(firsts)) if firsts else None
+    return out
 
 
 def column(rows: list, method: str, name: str) -> np.ndarray:
