@@ -54,7 +54,7 @@ def test_statistics_helpers_against_hand_computations():
 # per finding: a column of its runs.csv and the metrics.jsonl key it is read from (first and final values)
 CHECKED = {"dormancy": ("dormant", "dormant_ratio_tau_0.025/q"), "activations": ("dormant_0", "dormant_ratio_tau_0/critic"),
            "swd": ("grad_l1", "grad_l1/critic"), "gtr": None,
-           "plasticity": ("dormant", "dormant_ratio_tau_0.025/q")}
+           "plasticity": ("dormant", "dormant_ratio_tau_0.025/q"), "ne_least": ("fau", "fau/critic")}
 
 
 @pytest.mark.parametrize("name", sorted(FINDINGS))
