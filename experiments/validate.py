@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--analyse-only", action="store_true", help="do not run anything: report on the runs in --root")
     p.add_argument("--root", help="directory of the runs (default runs/validation/FINDING-SCALE)")
     p.add_argument("--out", default=str(REPO / "docs" / "validation"), help="report directory (default docs/validation)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="a finding with a peer implementation (sanity): do not run the peer; its pairs are "
+                        "reported as missing")
     p.add_argument("--no-progress", action="store_true", help="local: no progress bar")
     return p
 
@@ -110,6 +113,11 @@ def main(argv=None) -> int:
                                            "machine": f"{platform.node()} ({platform.machine()}, "
                                                       f"{_cpu_count()} CPU cores)",
                                            "finished": time.strftime("%Y-%m-%d %H:%M %Z")}, indent=1))
+        if finding.peers and not args.no_peers and not args.analyse_only:
+            try:
+                finding.peers(args.scale, root, finding.sweeps[args.scale])
+            except (FileNotFoundError, RuntimeError) as e:
+                raise ConfigError(f"{e}; or pass --no-peers") from None
         from experiments.validation.report import write
         info = json.loads(log.read_text()) if log.is_file() else {}
         info.setdefault("command", command)

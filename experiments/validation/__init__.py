@@ -24,9 +24,8 @@ import numpy as np
 
 SCALES = ("laptop", "paper", "smoke")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
-MODULES = ("dormancy", "activations", "swd", "plasticity", "gtr", "ne_least")  # one module per finding, in the order of docs/validation.md
-# the findings of issue #21 not built yet (number, title): listed in docs/validation.md as such
-PLANNED = ((7, "Learning sanity against peers (rejax, CleanRL) on the same budget"),)
+# one module per finding, in the order of docs/validation.md
+MODULES = ("dormancy", "activations", "swd", "plasticity", "gtr", "ne_least", "sanity")
 REPS = 2000              # bootstrap replications
 BOOT_SEED = 0
 
@@ -43,6 +42,9 @@ class Finding:
     sweeps: dict              # scale -> sweep (dict, docs/sweeps.md)
     analyse: Callable         # (list of runs as experiments.report loads them) -> Outcome
     notes: tuple = ()         # anything else a reader should know (reconstructions, where a paper is silent)
+    # a peer implementation run beside this project's runs: peers(scale, root, sweep) stores its results under
+    # root (skipping what is there); then analyse is called as analyse(runs, root)
+    peers: Callable | None = None
 
 
 @dataclass

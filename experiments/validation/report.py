@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.validation import PLANNED, SCALES, VERDICTS, Finding
+from experiments.validation import SCALES, VERDICTS, Finding
 
 SMOKE_NOTE = ("**Smoke scale: this report checks the pipeline only.** Its runs are a few thousand steps long; "
               "the verdict below means nothing about the finding.")
@@ -41,7 +41,7 @@ def write(finding: Finding, scale: str, root: Path, out: Path, info: dict, commi
     """Analyse the runs under `root` and write the report; returns {"verdict", "path"}."""
     from experiments.report import load_scores
     scores = load_scores([root], score="eval")   # the evaluation protocol's return, never training returns
-    outcome = finding.analyse(scores.runs)
+    outcome = finding.analyse(scores.runs, root) if finding.peers else finding.analyse(scores.runs)
     if outcome.verdict not in VERDICTS:
         raise ValueError(f"finding {finding.name}: verdict {outcome.verdict!r} is not one of {VERDICTS}")
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def write(finding: Finding, scale: str, root: Path, out: Path, info: dict, commi
 
 
 def summary_rows(findings: dict, out: Path) -> list:
-    """One row per finding (built or planned), with its latest non-smoke verdict if a report exists."""
+    """One row per finding, with its latest non-smoke verdict if a report exists."""
     rows = []
     for f in findings.values():
         v = out / f.name / "verdict.json"
@@ -103,9 +103,6 @@ def summary_rows(findings: dict, out: Path) -> list:
         rows.append({"number": f.number, "name": f.name, "title": f.title,
                      "verdict": got["verdict"] if got else "not run yet", "scale": got["scale"] if got else "",
                      "link": f"validation/{f.name}.md" if got else ""})
-    built = {r["number"] for r in rows}
-    rows += [{"number": n, "name": "", "title": t, "verdict": "not built yet", "scale": "", "link": ""}
-             for n, t in PLANNED if n not in built]
     return sorted(rows, key=lambda r: r["number"])
 
 
