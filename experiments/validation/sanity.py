@@ -159,7 +159,7 @@ def _plot(runs, peers, pairs, path):
     plt.close(fig)
 
 
-LAPTOP = {"dqn-cartpole": 100_000, "ppo-cartpole": 500_000, "ppo-breakout": 2_000_000}
+LAPTOP = {"dqn-cartpole": 100_000, "ppo-cartpole": 500_000, "ppo-breakout": 1_000_000}
 PEER_EXTRA = {"smoke": {"dqn-cartpole": {"fill_buffer": 256}}}   # scale -> pair -> rejax settings
 
 FINDING = Finding(
