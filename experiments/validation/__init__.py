@@ -196,15 +196,28 @@ def per_method_block(table: list, what: str = "measurements") -> str:
 
 
 # ---- figures -------------------------------------------------------------------------------------------------
-def plot_curves(runs: list, key: str, path, line: Callable, panel: Callable) -> None:
-    """`key` against env steps: one panel per `panel(run)`, one line per `line(run)` (runs of the same line and
-    panel pooled): the mean over seeds at the steps every seed measured, with a min-max band."""
+def panels(n: int, width: float = 5.0, height: float = 3.6, sharey: bool = True):
+    """(figure, the row of its n axes) for a report figure (matplotlib, no display)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = sorted({panel(r) for r in runs})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False, sharey=True)
-    for ax, name in zip(axes[0], panels):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=sharey)
+    return fig, axes[0]
+
+
+def save(fig, path) -> None:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(runs: list, key: str, path, line: Callable, panel: Callable) -> None:
+    """`key` against env steps: one panel per `panel(run)`, one line per `line(run)` (runs of the same line and
+    panel pooled): the mean over seeds at the steps every seed measured, with a min-max band."""
+    names = sorted({panel(r) for r in runs})
+    fig, axes = panels(len(names))
+    for ax, name in zip(axes, names):
         group = [r for r in runs if panel(r) == name]
         for ln in sorted({line(r) for r in group}):
             series = [seed_series(r, s, key) for r in group if line(r) == ln for s in r["metrics"]["seeds"]]
@@ -217,7 +230,5 @@ def plot_curves(runs: list, key: str, path, line: Callable, panel: Callable) -> 
         ax.set_title(name)
         ax.set_xlabel("env steps")
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(key)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[0].set_ylabel(key)
+    save(fig, path)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.validation import (Finding, Outcome, add_eval_mean, fmt_ci, iqm_ci,
-                                    per_seed_rows, phase_means, poi_ci, rule_tests, run_value)
+from experiments.validation import (Finding, Outcome, add_eval_mean, fmt_ci, iqm_ci, panels, per_seed_rows,
+                                    phase_means, poi_ci, rule_tests, run_value, save)
 
 ENV = "gymnax:CartPole-v1"
 PERIOD = 49_152            # env steps per phase (96 PPO iterations of 4 x 128 steps), as the former demo
@@ -134,11 +134,8 @@ def analyse(runs: list) -> Outcome:
 
 
 def _plot_phases(rows, arms, phases, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False, sharey=True)
-    for ax, strm in zip(axes[0], STREAMS.values()):
+    fig, axes = panels(2, 5.5, 3.8)
+    for ax, strm in zip(axes, STREAMS.values()):
         for fam, v in arms:
             sel = [r for r in rows if r["family"] == fam and r["setting"] == v and r["stream"] == strm
                    and r["split"] == "test"]
@@ -148,18 +145,13 @@ def _plot_phases(rows, arms, phases, path):
         ax.set_title(f"{strm} (test seeds)")
         ax.set_xlabel("phase")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("mean eval return in the phase")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[0].set_ylabel("mean eval return in the phase")
+    save(fig, path)
 
 
 def _plot_search(rows, chosen, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(SEARCH), figsize=(4.2 * len(SEARCH), 3.4), squeeze=False, sharey=True)
-    for ax, (fam, (key, _)) in zip(axes[0], SEARCH.items()):
+    fig, axes = panels(len(SEARCH), 4.2, 3.4)
+    for ax, (fam, (key, _)) in zip(axes, SEARCH.items()):
         for strm in STREAMS.values():
             values = sorted({r["setting"] for r in rows if r["family"] == fam and r["stream"] == strm})
             y = [np.mean([r["eval_mean"] for r in rows if r["family"] == fam and r["setting"] == v
@@ -170,10 +162,8 @@ def _plot_search(rows, chosen, path):
         ax.set_xlabel(key)
         ax.set_title(fam)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("mean eval return (search seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[0].set_ylabel("mean eval return (search seeds)")
+    save(fig, path)
 
 
 _SMOKE_SEARCH = {"PPO-Clip": ("ppo.clip_coef", (0.2,)), "PPO+KL": ("kl_penalty.beta", (1.0,)),

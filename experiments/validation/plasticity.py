@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.validation import (Finding, Outcome, fmt_ci, iqm_ci, mean_ci, per_seed_rows, phase_means,
-                                    plot_curves, poi_ci, rule_tests, run_value)
+from experiments.validation import (Finding, Outcome, fmt_ci, iqm_ci, mean_ci, panels, per_seed_rows,
+                                    phase_means, plot_curves, poi_ci, rule_tests, run_value, save)
 
 ENV = "gymnax:CartPole-v1"
 PERIOD = 50_000            # env steps per phase
@@ -104,10 +104,7 @@ def analyse(runs: list) -> Outcome:
 
 
 def _plot_phases(rows, phases, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax,) = panels(1, 6.5, 4)
     for m in METHODS:
         sel = [r for r in rows if r["method"] == NAMES[m]]
         if not sel:
@@ -119,9 +116,7 @@ def _plot_phases(rows, phases, path):
     ax.set_xlabel("phase (a new observation permutation each)")
     ax.set_ylabel("mean eval return in the phase")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 SMOKE = {"dqn.learning_starts": 100, "dqn.hidden": [16, 16], "dqn.epsilon_decay_steps": 200,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.validation import (Finding, Outcome, fmt_ci, iqm_ci, per_seed_rows, poi_ci, rule_tests,
-                                    run_value, seed_series)
+from experiments.validation import (Finding, Outcome, fmt_ci, iqm_ci, panels, per_seed_rows, poi_ci, rule_tests,
+                                    run_value, save, seed_series)
 
 REJAX_PYTHON_VAR = "PLASTIC_REJAX_PYTHON"        # the python of rejax's environment
 REJAX_PYTHON_DEFAULT = "/tmp/rejax-env/bin/python"
@@ -137,11 +137,8 @@ def analyse(runs: list, root: Path) -> Outcome:
 
 
 def _plot(runs, peers, pairs, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 3.5), squeeze=False)
-    for ax, pair in zip(axes[0], pairs):
+    fig, axes = panels(len(pairs), 4.6, 3.5, sharey=False)
+    for ax, pair in zip(axes, pairs):
         series = [seed_series(r, s, "eval/episode_return") for r in runs if pair_of(r) == pair
                   for s in r["metrics"]["seeds"]]
         if series:
@@ -153,10 +150,8 @@ def _plot(runs, peers, pairs, path):
         ax.set_title(pair)
         ax.set_xlabel("env steps")
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("eval return (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[0].set_ylabel("eval return (mean over seeds)")
+    save(fig, path)
 
 
 LAPTOP = {"dqn-cartpole": 100_000, "ppo-cartpole": 500_000, "ppo-breakout": 1_000_000}
