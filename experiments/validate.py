@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         if args.list:
             from experiments.validation.report import summary_rows
             for row in summary_rows(findings, out):
-                print(f"{row['number']}. {row['name'] or '—':10s} {row['verdict']:15s} {row['title']}")
+                print(f"{row['number']}. {row['name'] or '—':12s} {row['verdict']:15s} {row['title']}")
             return 0
         if not args.finding:
             raise ConfigError("give a finding (--list shows them)")
