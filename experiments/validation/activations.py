@@ -92,5 +92,10 @@ FINDING = Finding(
     analyse=analyse,
     notes=("ReDo's flagged fraction (`redo/dormant_ratio/critic`) is the fraction of the critic's units ReDo "
            "flagged at its last event before resetting them: the misfire shows as a large flagged fraction "
-           "with tanh.",),
+           "with tanh.",
+           "Observed after the laptop runs of 2026-12-05 (not part of the rule): every arm solved Pendulum within "
+           "8k steps (final returns -109 to -110), so the return cannot separate the arms at this scale; and ReDo "
+           "flagged no tanh unit (a tanh unit's normalised mean |h| never fell to τ = 0.025), so the misfire the "
+           "paper describes did not occur on this task. The paper scale (Ant, 3M steps) is the test that can "
+           "show it.",),
 )
