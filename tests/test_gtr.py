@@ -239,7 +239,7 @@ def test_force_peaks_at_sigma_and_vanishes_far_away(beta, sigma):
 
 # ---- 4. anchors carry no gradient, computed once per rollout ----------------------------------------------
 def test_anchors_have_no_gradient_and_are_read_only_through_columns():
-    iv = make_iv(GTR, deviation="state_kl", num_anchors=3)
+    iv = make_iv(GTR, deviation="state_kl", num_anchors=3, beta=1.0)
     agent = make_agent(True)
     state = agent.init(jax.random.PRNGKey(0))
     data = rollout_data(agent, state)
