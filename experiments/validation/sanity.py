@@ -189,5 +189,7 @@ FINDING = Finding(
     peers=run_peers,
     notes=(f"The peer runs in its own environment: `{REJAX_SETUP}` (or set {REJAX_PYTHON_VAR} to its python); "
            "`experiments/validate.py sanity` runs it after this project's runs and stores its returns under the "
-           "runs' root (peers/PAIR.json).",),
+           "runs' root (peers/PAIR.json). The peer is not a Slurm task: at paper scale run both sides on one GPU "
+           "machine with `python experiments/validate.py sanity --scale paper --launcher local` (the emitted "
+           "array runs this project's side only, and a report without the peer is inconclusive).",),
 )
