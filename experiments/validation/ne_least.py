@@ -136,5 +136,14 @@ FINDING = Finding(
                            learning_starts=200, extra=SMOKE, least_extra={"least.min_rows": 1})},
     analyse=analyse,
     notes=("`fau/critic` is the fraction of the critic's hidden-unit activations that are positive on the metrics "
-           "batch, pooled over layers, samples and both twins (docs/metrics.md).",),
+           "batch, pooled over layers, samples and both twins (docs/metrics.md).",
+           "Observed after the laptop runs of 2026-12-05 (not part of the rule). NE ran as configured: 100 critic "
+           "and 50 actor topology events, both networks at the final density 0.75 and in the DST phase at the end. "
+           "LEAST did not: from its start it stopped 95-100 % of the episodes (`least/stop_rate`), after about 4 "
+           "steps (`least/mean_stopped_length`), where the spec's first check (../shared/specs/validation.md §3) "
+           "expects stops on a minority of episodes. The reconstructed rule stops when Q is below the step's "
+           "median scaled by κ·ω, ω = median TD error / this TD error: a transition fitted better than the median "
+           "makes ω large and the threshold lenient in either sign of Q, and over 200 checks per episode almost "
+           "every episode meets it once. This is a defect of the reconstruction to fix before LEAST's verdict "
+           "means anything (issue #21).",),
 )
