@@ -80,13 +80,18 @@ def seed_series(run: dict, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
 
 
+def tail_mean(values, final_frac: float = 0.1) -> float:
+    """Mean over the last ceil(final_frac * n) of n values (at least one)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v[-max(1, math.ceil(final_frac * len(v))):].mean())
+
+
 def first_and_final(run: dict, seed: int, key: str, final_frac: float = 0.1):
-    """(first measured value, mean over the last ceil(final_frac * n) of its n values), or (None, None)."""
+    """(first measured value, tail_mean of its values), or (None, None)."""
     _, v = seed_series(run, seed, key)
     if not len(v):
         return None, None
-    k = max(1, math.ceil(final_frac * len(v)))
-    return float(v[0]), float(v[-k:].mean())
+    return float(v[0]), tail_mean(v, final_frac)
 
 
 def run_value(run: dict, dotted: str, default=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.validation import (Finding, Outcome, fmt_ci, iqm_ci, mean_ci, panels, per_seed_rows,
+from experiments.validation import (Finding, Outcome, column, fmt_ci, iqm_ci, mean_ci, panels, per_seed_rows,
                                     phase_means, plot_curves, poi_ci, rule_tests, run_value, save)
 
 ENV = "gymnax:CartPole-v1"
@@ -52,16 +52,13 @@ def analyse(runs: list) -> Outcome:
         row["late"] = float(np.mean([row[f"phase_{k}"] for k in late])) if late else None
         row["decline"] = row["late"] - row["phase_0"] if late else None
 
-    def col(method, key):
-        return np.asarray([r[key] for r in rows if r["method"] == method and r.get(key) is not None])
-
-    vanilla = col("vanilla", "decline")
+    vanilla = column(rows, "vanilla", "decline")
     t0 = mean_ci(vanilla)
     tests = [("vanilla: mean over seeds of its change (late phases − phase 0), CI below 0", t0,
               "holds" if t0[2] < 0 else ("reversed" if t0[1] > 0 else "within noise"))]
     reduced = 0
     for m in METHODS[1:]:
-        t = poi_ci(col(NAMES[m], "decline"), vanilla)
+        t = poi_ci(column(rows, NAMES[m], "decline"), vanilla)
         ok = t[1] > 0.5
         reduced += ok
         tests.append((f"P({NAMES[m]}'s change > vanilla's change), CI above 0.5", t,
@@ -81,12 +78,13 @@ def analyse(runs: list) -> Outcome:
              "τ=0.025 dormant fraction, final |", "|---|---|---|---|---|---|---|"]
     for m in METHODS:
         n = NAMES[m]
-        d = col(n, "decline")
+        d = column(rows, n, "decline")
         if not len(d):
             continue
-        dorm = col(n, "dormant_final")
-        table.append(f"| {n} | {len(d)} | {fmt_ci(iqm_ci(col(n, 'phase_0')))} | {fmt_ci(iqm_ci(col(n, 'late')))} | "
-                     f"{fmt_ci(mean_ci(d))} | {fmt_ci(iqm_ci(col(n, 'after_switch')))} | "
+        dorm = column(rows, n, "dormant_final")
+        table.append(f"| {n} | {len(d)} | {fmt_ci(iqm_ci(column(rows, n, 'phase_0')))} | "
+                     f"{fmt_ci(iqm_ci(column(rows, n, 'late')))} | {fmt_ci(mean_ci(d))} | "
+                     f"{fmt_ci(iqm_ci(column(rows, n, 'after_switch')))} | "
                      f"{fmt_ci(iqm_ci(dorm)) if len(dorm) else '—'} |")
     per_phase = ["| method | " + " | ".join(f"phase {k}" for k in phases) + " |", "|---|" + "---|" * len(phases)]
     for m in METHODS:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.validation import (Finding, Outcome, fmt_ci, iqm_ci, panels, per_seed_rows, poi_ci, rule_tests,
-                                    run_value, save, seed_series)
+from experiments.validation import (Finding, Outcome, column, fmt_ci, iqm_ci, panels, per_seed_rows, poi_ci,
+                                    rule_tests, run_value, save, seed_series, tail_mean)
 
 REJAX_PYTHON_VAR = "PLASTIC_REJAX_PYTHON"        # the python of rejax's environment
 REJAX_PYTHON_DEFAULT = "/tmp/rejax-env/bin/python"
@@ -73,7 +73,7 @@ def run_peers(scale: str, root: Path, sweep_: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # this project's site must not shadow gymnax
     for block in sweep_["runs"]:
-        pair = next(p for p, (a, e, *_) in PAIRS.items() if a == block["agents"] and e == block["envs"])
+        pair = pair_for(block["agents"], block["envs"])
         path = out / f"{pair}.json"
         if path.is_file():
             continue
@@ -92,14 +92,12 @@ def load_peers(root: Path) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted((root / "peers").glob("*.json"))}
 
 
+def pair_for(agent: str, env: str) -> str:
+    return next(p for p, (a, e, *_) in PAIRS.items() if a == agent and e == env)
+
+
 def pair_of(run) -> str:
-    env = run_value(run, "run.env")
-    return next(p for p, (a, e, *_) in PAIRS.items() if a == run["agent"] and e == env)
-
-
-def final(values) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    return float(v[-max(1, int(np.ceil(FINAL_FRAC * len(v)))):].mean())
+    return pair_for(run["agent"], run_value(run, "run.env"))
 
 
 def analyse(runs: list, root: Path) -> Outcome:
@@ -107,13 +105,12 @@ def analyse(runs: list, root: Path) -> Outcome:
     rows = per_seed_rows(runs, lambda r: f"plastic {pair_of(r)}", {}, FINAL_FRAC)
     for pair, got in peers.items():
         rows += [{"method": f"rejax {pair}", "seed": i, "run": str(root / "peers" / f"{pair}.json"),
-                  "eval_return": final(r)} for i, r in enumerate(got["returns"])]
+                  "eval_return": tail_mean(r, FINAL_FRAC)} for i, r in enumerate(got["returns"])]
     pairs = [p for p in PAIRS if any(pair_of(r) == p for r in runs)]
     tests, table = [], ["| pair | side | seeds | final eval return, IQM [95 % CI] | wall time of the run |",
                         "|---|---|---|---|---|"]
     for pair in pairs:
-        ours = np.asarray([r["eval_return"] for r in rows if r["method"] == f"plastic {pair}"])
-        theirs = np.asarray([r["eval_return"] for r in rows if r["method"] == f"rejax {pair}"])
+        ours, theirs = column(rows, f"plastic {pair}", "eval_return"), column(rows, f"rejax {pair}", "eval_return")
         table.append(f"| {pair} | plastic | {len(ours)} | {fmt_ci(iqm_ci(ours))} | — |")
         if len(theirs):
             table.append(f"| {pair} | rejax 0.1.3 | {len(theirs)} | {fmt_ci(iqm_ci(theirs))} | "
