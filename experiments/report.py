@@ -282,6 +282,13 @@ def _label_methods(runs: list[dict], group_by: list[str] | None) -> dict[str, di
     return params
 
 
+def final_window(n: int, final_frac: float = 0.1) -> int:
+    """How many of n values (log points, evaluations, measurements) a final score averages: ceil(final_frac * n),
+    at least one. The one rule for every final score (reports and validation findings); rounding first keeps
+    float noise out of the ceiling (0.1 * 30 is 3.0000000000000004)."""
+    return max(1, math.ceil(round(final_frac * n, 9)))
+
+
 def final_return(rows: list[dict], final_frac: float = 0.1, key: str = RETURN) -> tuple[float | None, int]:
     """(mean `key` over the last ceil(final_frac * n) of n rows (at least one), how many values it averaged);
     null and non-finite values are skipped; (None, 0) when the window holds none. `rows`: one seed's rows
@@ -289,7 +296,7 @@ def final_return(rows: list[dict], final_frac: float = 0.1, key: str = RETURN) -
     evaluation return, only the n rows that hold it (evaluations), so the fraction applies to the evaluations."""
     if key != RETURN:
         rows = [r for r in rows if r.get(key) is not None]
-    k = max(1, math.ceil(round(final_frac * len(rows), 9)))  # round: 0.1 * 30 is 3.0000000000000004
+    k = final_window(len(rows), final_frac)
     vals = [float(r[key]) for r in rows[-k:] if _finite(r.get(key))]
     return (float(np.mean(vals)) if vals else None), len(vals)
 

@@ -29,7 +29,7 @@ class Scripted(LEAST):
         return transition["obs"][0], transition["obs"][1]
 
 
-FAKE_AGENT = SimpleNamespace(obs_size=2, cfg=SimpleNamespace(exploration_noise=0.1))
+FAKE_AGENT = SimpleNamespace(obs_size=2, cfg=SimpleNamespace(exploration_noise=0.1, learning_starts=0))
 
 
 def scripted(**kw):
@@ -93,6 +93,23 @@ def test_sign_cases_by_hand():
     assert float(rule(0.0, 4.0, col_q, col_g, omega_coef=0.5, omega_form="mix")[3]) == pytest.approx(1.25)
     # G = 0: omega's denominator is floored at 1e-12, no NaN
     assert np.isfinite(float(rule(0.0, 0.0, col_q, col_g)[2]))
+
+
+def test_factor_cap_keeps_the_threshold_at_the_median():
+    """omega > 1 / kappa (a transition fitted better than usual) would push the threshold past the step's median:
+    the default cap (factor_max = 1) stops it there, so a trajectory at or above the median never stops;
+    factor_max = 0 is the spec's uncapped rule."""
+    col_q, col_g, neg = [2.0, 1.0, 3.0, 2.0, 5.0], [1.0] * 5, [-2.0, -1.0, -3.0]
+    # G = 0.1: omega = 10, kappa omega = 5
+    assert float(rule(0.0, 0.1, col_q, col_g, omega_coef=0.5)[3]) == 2.0               # capped: the median
+    assert float(rule(0.0, 0.1, neg, [1.0] * 3, omega_coef=0.5)[3]) == -2.0
+    assert not bool(rule(2.5, 0.1, col_q, col_g, omega_coef=0.5)[0])                     # above the median
+    assert bool(rule(2.5, 0.1, col_q, col_g, omega_coef=0.5, factor_max=0.0)[0])         # spec: 2.5 < 10
+    assert float(rule(0.0, 0.1, neg, [1.0] * 3, omega_coef=0.5, factor_max=0.0)[3]) == pytest.approx(-0.4)
+    assert float(rule(0.0, 0.1, col_q, col_g, omega_coef=0.5, factor_max=2.0)[3]) == 4.0
+    # the cap applies to every omega form; below it nothing changes
+    assert float(rule(0.0, 0.1, col_q, col_g, omega_coef=0.5, omega_form="power")[3]) == 2.0   # 10 ** 0.5 > 1
+    assert float(rule(0.0, 4.0, col_q, col_g, omega_coef=0.5, factor_max=0.0)[3]) == 0.25
 
 
 def test_no_data_no_stop():
@@ -181,6 +198,21 @@ def test_scripted_episode_stops_exactly_where_the_rule_says():
     st3 = with_rows(st3, [[2.0] * 2] * 4, [[1.0] * 2] * 4)
     stops3, _ = play(iv3, st3, [(9.0, 1.0, 0, 0), (9.0, 1.0, 0, 0), (0.0, 1.0, 0, 0)])
     assert stops3 == [False, False, False]
+
+
+def test_the_agents_warm_up_is_neither_recorded_nor_acted_on():
+    """Steps before the agent's learning_starts (random actions, an untrained critic) write NaN and never stop or
+    add noise, even past t_start; the first learning step decides as usual."""
+    iv, st = scripted(omega_coef=0.5)
+    st = {**with_rows(st, [[2.0] * 6] * 4, [[1.0] * 6] * 4), "learning_starts": jnp.int32(3)}
+    stops, states = play(iv, st, [(0.1, 1.0, 0, 0)] * 4)  # Qhat 0.1 < threshold 1 at every step
+    assert stops == [False, False, False, True]
+    row = np.asarray(states[-1]["B_Q"][4, :4])
+    assert np.isnan(row[:3]).all() and row[3] == np.float32(0.1)
+    assert np.isnan(np.asarray(states[-1]["B_G"][4, :3])).all()
+    act = jax.jit(lambda s, t: iv.on_act(s, jnp.zeros(2), KEY, {"env_steps": t}))
+    np.testing.assert_array_equal(np.asarray(act(states[-1], jnp.int32(2))), np.zeros(2))   # warm-up: no noise
+    assert np.any(np.asarray(act(states[-1], jnp.int32(3))) != 0)                          # learning: noise
 
 
 def test_only_the_stopping_seed_resets():
@@ -329,6 +361,7 @@ def test_t_start_resolves_once_and_agent_defaults():
     (["--agent", "ppo", "--intervention", "least"], "intervention 'least' does not apply to agent 'ppo'; it supports: "
                                                    "td3, sac"),
     (["--agent", "dqn", "--intervention", "least"], "it supports: td3, sac"),
+    (["--intervention", "least", "--least.factor_max", "-1"], "least.factor_max"),
     (["--intervention", "least", "--least.omega_form", "add"],
      "least.omega_form='add' is not valid; choose one of: multiply_threshold, power, mix"),
     (["--intervention", "least", "--least.q_head", "q2"], "choose one of: min, q1, ensemble_mean"),
@@ -344,7 +377,8 @@ def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
 # ---- tiny jitted runs: probe:truncated has 5-step episodes (reward 1, truncated by its time limit) -----
 RUN = {"least.K_init": 5, "least.K_max": 12, "least.K_step": 2, "least.K_can_shrink": True, "least.min_rows": 3,
        "least.max_episode_steps": 8, "least.t_start": 150, "least.omega_coef": 4.0, "least.entropy_period": 50,
-       "least.noise_window": 5}
+       "least.noise_window": 5, "least.factor_max": 0.0}  # uncapped: the probe's episodes are identical, so
+                                                          # only a threshold above the median stops them
 
 
 CAP = {"td3": 0.3, "sac": 0.2}
@@ -420,3 +454,19 @@ def test_disabled_or_before_t_start_is_bit_identical_to_the_base_agent(tmp_path,
 def test_resume_is_bit_identical(tmp_path):
     full = assert_resume_identical(lambda n: trainer("sac", n), tmp_path, 300, 200)
     assert np.all(np.asarray(full.final_state[0].interventions["least"]["stops"]) > 0)
+
+
+def test_offline_replay_decides_each_episode_against_the_ones_before_it():
+    """experiments/validation/least_stops.py: warm-up rows are skipped, each episode sees only the earlier ones,
+    stale entries past a row's length are masked (unmasked, the -100s would drag the median below 0)."""
+    from experiments.validation.least_stops import replay
+    nan = np.nan
+    q = [[nan] * 4,                     # the agent's warm-up: skipped
+         [2, 2, 2, 2], [2, 2, -100, -100], [2, 2, -100, -100], [2, 2, 2, 2],  # two rows of length 2 (stale tails)
+         [2, 2, 0.5, 2], [nan] * 4]     # 0.5 < 0.5 x median 2 at step 2; the last row is not valid
+    tables = {"B_Q": np.float32([q]), "B_G": np.ones((1, 7, 4), np.float32),
+              "row_valid": np.array([[True] * 6 + [False]]), "row_len": np.array([[4, 4, 2, 2, 4, 4, 0]]),
+              "write_ptr": np.array([6])}
+    out = replay(tables, 0, LEASTConfig(min_rows=2, K_init=4, omega_coef=0.5))
+    assert out["first"] == [None, None, None, None, 2]
+    assert out["fire_rate"] == pytest.approx(1 / 16)

@@ -4,7 +4,6 @@ and the report's numbers are the runs' numbers; one-line errors. The scientific 
 docs/validation/ with their data, not asserted here."""
 import csv
 import json
-import math
 import os
 import re
 import subprocess
@@ -14,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.validation import (SCALES, VERDICTS, first_and_final, iqm_ci, mean_ci, poi_ci,
+from experiments.report import final_return, final_window
+from experiments.validation import (SCALES, VERDICTS, first_and_final, iqm_ci, mean_ci, poi_ci, tail_mean,
                                     registry)
 from experiments.validation.sanity import REJAX_PYTHON_DEFAULT, REJAX_PYTHON_VAR
 from plastic import sweep as sw
@@ -93,7 +93,7 @@ def test_smoke_pipeline_end_to_end(name, tmp_path):
     assert len(peer_rows) == (len(rows) if peer else 0)
     for r in peer_rows:     # the peer's final score is the mean of its last 10 % of evaluations
         got = json.loads(Path(r["run"]).read_text())["returns"][int(r["seed"])]
-        assert float(r["eval_return"]) == pytest.approx(np.mean(got[-max(1, math.ceil(0.1 * len(got))):]))
+        assert float(r["eval_return"]) == pytest.approx(np.mean(got[-final_window(len(got)):]))
     if FINDINGS[name].peers is not None and not peer:
         assert "no peer run" in report and verdict["verdict"] == "inconclusive"
     # the numbers are the runs' numbers: recompute some seeds' values from metrics.jsonl by hand
@@ -101,14 +101,14 @@ def test_smoke_pipeline_end_to_end(name, tmp_path):
         lines = [json.loads(l) for l in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines()]
         mine = [l for l in lines if l["seed"] == int(r["seed"])]   # base seed 0: the row's seed is the index
         evals = [l["eval/episode_return"] for l in mine if isinstance(l.get("eval/episode_return"), float)]
-        assert float(r["eval_return"]) == pytest.approx(np.mean(evals[-max(1, math.ceil(0.1 * len(evals))):]))
+        assert float(r["eval_return"]) == pytest.approx(np.mean(evals[-final_window(len(evals)):]))
         if "eval_mean" in r:
             assert float(r["eval_mean"]) == pytest.approx(np.mean(evals))
         if CHECKED[name]:
             column, key = CHECKED[name]
             vals = [l[key] for l in mine if isinstance(l.get(key), float)]
             assert float(r[f"{column}_first"]) == pytest.approx(vals[0])
-            assert float(r[f"{column}_final"]) == pytest.approx(np.mean(vals[-max(1, math.ceil(0.1 * len(vals))):]))
+            assert float(r[f"{column}_final"]) == pytest.approx(np.mean(vals[-final_window(len(vals)):]))
 
     # again with --analyse-only: nothing runs, the same runs give the same verdict
     res = subprocess.run(cmd + ["--analyse-only"], cwd=ROOT, capture_output=True, text=True)
@@ -146,3 +146,13 @@ def test_first_and_final_skip_nulls():
                                     {"step": 4, "k": float("nan")}, {"step": 5, "k": 0.75}]}}}
     assert first_and_final(run, 0, "k") == (0.5, 0.75)
     assert first_and_final(run, 0, "missing") == (None, None)
+
+
+def test_tail_mean_windows_like_the_report():
+    """A finding's final value and experiments/report.py's final score average the same window: 0.1 * 30 is 3
+    values, not the 4 a float ceiling gives."""
+    thirty = np.arange(30.0)
+    assert final_window(30) == 3 and final_window(31) == 4 and final_window(3) == 1
+    assert tail_mean(thirty) == 28.0
+    rows = [{"step": i, "episode_return": v} for i, v in enumerate(thirty)]
+    assert final_return(rows)[0] == tail_mean(thirty)

@@ -81,9 +81,10 @@ def seed_series(run: dict, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def tail_mean(values, final_frac: float = 0.1) -> float:
-    """Mean over the last ceil(final_frac * n) of n values (at least one)."""
+    """Mean over the last `final_window(n, final_frac)` of n values (experiments/report.py's rule)."""
+    from experiments.report import final_window
     v = np.asarray(values, dtype=np.float64)
-    return float(v[-max(1, math.ceil(final_frac * len(v))):].mean())
+    return float(v[-final_window(len(v), final_frac):].mean())
 
 
 def first_and_final(run: dict, seed: int, key: str, final_frac: float = 0.1):

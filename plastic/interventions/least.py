@@ -10,10 +10,17 @@ in its episode and the critic acting now:
            or |grad_theta (Qhat_i - y_i)^2|_2          (g_signal=grad_norm, one per-sample backward pass)
   eps_i  = nanmedian over the active rows k of B_Q[k, i]   (aggregate=mean: nanmean)
   omega_i = nanmedian_k B_G[k, i] / max(G_i, 1e-12)
-  factor = kappa * omega_i (multiply_threshold) | omega_i ** kappa (power) | (1 - kappa) + kappa * omega_i (mix)
+  factor = kappa * omega_i (multiply_threshold) | omega_i ** kappa (power) | (1 - kappa) + kappa * omega_i (mix),
+           then min(factor, factor_max) (default 1; 0: uncapped, the spec as written)
   stop   iff  n_i >= min_rows  and  Qhat_i < (factor * eps_i if eps_i >= 0 else eps_i / factor)
 where n_i counts active rows with a finite value at step i. A stop is only decided after `t_start` env steps,
 never on a step that ended its episode anyway, and only for `i < L` (`max_episode_steps`, the table width).
+
+The agent's warm-up [project]: transitions collected in the first `learning_starts` env steps (random actions,
+an untrained critic) write NaN (masked like padding), and LEAST neither stops nor adds noise there, whatever
+`t_start` says. Recording them would fill the window with the random critic's Q (near 0) and TD errors (orders
+of magnitude above a trained critic's) for K episodes: on Pendulum with the laptop finding's t_start below the
+warm-up, that made omega ~ 5 on the median step and stopped nearly every episode at its first steps.
 
 One-step delay (this codebase's acting hook): the stop decided after transition i makes the env end the
 episode at the seed's NEXT env step (transition i + 1 is stored as a truncation: terminated 0, done 1, so the
@@ -78,6 +85,10 @@ class LEASTConfig:
     gamma_H: float = nonneg(0.05)     # range [0, 0.1] [secondary, unverified]
     omega_coef: float = positive(0.5)  # kappa, range [0.3, 0.6] [secondary]; how it enters [reconstructed]
     omega_form: str = "multiply_threshold"  # multiply_threshold | power | mix [reconstructed]
+    # cap on the factor [project]: 1 keeps the threshold at or below the step's median (a trajectory doing better
+    # than recent episodes is never stopped); 0: no cap, the spec's rule as written (stops ~half of Hopper's
+    # episodes in their first steps, where they cannot differ: docs/interventions.md)
+    factor_max: float = nonneg(1.0, note="0: no cap (the spec's rule as written)")
     aggregate: str = "median"         # median | mean (ablation) [secondary, unverified]
     q_head: str = "min"               # min | q1 | ensemble_mean over the twin critics [project]
     g_signal: str = "td_sq"           # td_sq | grad_norm [secondary, unverified]
@@ -120,6 +131,8 @@ def stop_rule(q, g, col_q, col_g, rows, cfg: LEASTConfig):
         factor = omega ** kappa
     else:
         factor = (1.0 - kappa) + kappa * omega
+    if cfg.factor_max > 0:
+        factor = jnp.minimum(factor, cfg.factor_max)
     threshold = jnp.where(eps >= 0, factor * eps, eps / factor)
     return (n >= cfg.min_rows) & (q < threshold), eps, omega, threshold, n
 
@@ -180,6 +193,8 @@ class LEAST(Intervention):
             raise ValueError(f"least.entropy_bins must be >= 2, got {c.entropy_bins}")
         if c.gamma_H < 0:
             raise ValueError(f"least.gamma_H must be >= 0, got {c.gamma_H}")
+        if c.factor_max < 0:
+            raise ValueError(f"least.factor_max must be >= 0 (0: no cap), got {c.factor_max}")
         if c.omega_coef <= 0:
             raise ValueError(f"least.omega_coef must be > 0, got {c.omega_coef}")
         if not 0.0 <= c.t_start_frac <= 1.0:
@@ -243,6 +258,8 @@ class LEAST(Intervention):
             "agent_sigma": f32(getattr(agent.cfg, "exploration_noise", 0.0) if self.agent_name == "td3" else 0.0),
             "t_start": i32(self.start_step()),           # env steps before LEAST acts (state, not a constant:
             "key": key,                                  # runs that differ only in it share one program)
+            # the agent's warm-up: steps up to it are neither recorded nor acted on (an untrained critic)
+            "learning_starts": i32(agent.cfg.learning_starts),
         }
 
     # ---- pieces (pure, one seed) -----------------------------------------------------------------
@@ -339,7 +356,9 @@ class LEAST(Intervention):
         return c.noise_base + (c.noise_cap - c.noise_base) * jax.nn.sigmoid(c.noise_slope * (r - c.noise_center))
 
     def _active(self, state, counters):
-        return counters["env_steps"] >= state["t_start"] if self.cfg.enabled else jnp.zeros((), bool)
+        t = counters["env_steps"]
+        acts = (t >= state["t_start"]) & (t >= state["learning_starts"])
+        return acts if self.cfg.enabled else jnp.zeros((), bool)
 
     # ---- hooks ---------------------------------------------------------------------------------
     def on_env_step(self, state, transition, agent, agent_state, counters):
@@ -353,6 +372,10 @@ class LEAST(Intervention):
              "prev_next_obs": jnp.asarray(transition["next_obs"], jnp.float32)}
         i = s["step"]
         q, g = self.signals(agent, agent_state, transition, jax.random.fold_in(state["key"], t))
+        # the agent's warm-up (random actions, an untrained critic): its Q and TD errors describe nothing, and
+        # would stay in the window for K episodes. NaN entries are masked like padding.
+        learning = t >= state["learning_starts"]
+        q, g = jnp.where(learning, q, jnp.nan), jnp.where(learning, g, jnp.nan)
         done = jnp.asarray(transition["done"]) > 0
         term = jnp.asarray(transition["terminated"]) > 0
         s = self.write_step(s, q, g)
