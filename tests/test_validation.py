@@ -16,12 +16,15 @@ import pytest
 from experiments.report import final_return, final_window
 from experiments.validation import (SCALES, VERDICTS, first_and_final, iqm_ci, mean_ci, poi_ci, tail_mean,
                                     registry)
-from experiments.validation.sanity import REJAX_PYTHON_DEFAULT, REJAX_PYTHON_VAR
+from experiments.validation.sanity import (CLEANRL_PYTHON_DEFAULT, CLEANRL_PYTHON_VAR, CLEANRL_REPO_DEFAULT,
+                                           CLEANRL_REPO_VAR, REJAX_PYTHON_DEFAULT, REJAX_PYTHON_VAR, score_key)
 from plastic import sweep as sw
 
 ROOT = Path(__file__).resolve().parent.parent
 FINDINGS = registry()
-REJAX_PYTHON = os.environ.get(REJAX_PYTHON_VAR, REJAX_PYTHON_DEFAULT)
+# the peers' own environments (sanity): the peer path runs where both exist, the --no-peers path elsewhere
+PEER_ENVS = (os.environ.get(REJAX_PYTHON_VAR, REJAX_PYTHON_DEFAULT), os.environ.get(CLEANRL_PYTHON_VAR, CLEANRL_PYTHON_DEFAULT),
+             os.environ.get(CLEANRL_REPO_VAR, CLEANRL_REPO_DEFAULT))
 
 
 @pytest.mark.parametrize("name", sorted(FINDINGS))
@@ -67,7 +70,7 @@ def test_smoke_pipeline_end_to_end(name, tmp_path):
     root, out = tmp_path / "runs", tmp_path / "docs" / "validation"
     cmd = [sys.executable, "experiments/validate.py", name, "--scale", "smoke", "--root", str(root),
            "--out", str(out), "--no-progress", "--jobs", "2"]
-    peer = FINDINGS[name].peers is not None and Path(REJAX_PYTHON).exists()   # rejax's own environment
+    peer = FINDINGS[name].peers is not None and all(Path(p).exists() for p in PEER_ENVS)
     if FINDINGS[name].peers is not None and not peer:
         cmd.append("--no-peers")
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -87,13 +90,14 @@ def test_smoke_pipeline_end_to_end(name, tmp_path):
 
     sweep = sw.load(FINDINGS[name].sweeps["smoke"])
     rows = list(csv.DictReader((out / stem / "runs.csv").open()))
-    peer_rows = [r for r in rows if r["run"].endswith(".json")]      # a peer's seeds (sanity: rejax)
+    peer_rows = [r for r in rows if r["run"].endswith(".json")]      # a peer's seeds (sanity: rejax, CleanRL)
     rows = [r for r in rows if r not in peer_rows]
     assert len(rows) == sum(len(t.seeds) for t in sweep.tasks)
     assert len(peer_rows) == (len(rows) if peer else 0)
-    for r in peer_rows:     # the peer's final score is the mean of its last 10 % of evaluations
-        got = json.loads(Path(r["run"]).read_text())["returns"][int(r["seed"])]
-        assert float(r["eval_return"]) == pytest.approx(np.mean(got[-final_window(len(got)):]))
+    for r in peer_rows:     # the peer's final score is the mean of its last 10 % of evaluations (or episodes)
+        got = json.loads(Path(r["run"]).read_text())
+        returns = got["returns"][int(r["seed"])]
+        assert float(r[score_key(got["pair"])]) == pytest.approx(np.mean(returns[-final_window(len(returns)):]))
     if FINDINGS[name].peers is not None and not peer:
         assert "no peer run" in report and verdict["verdict"] == "inconclusive"
     # the numbers are the runs' numbers: recompute some seeds' values from metrics.jsonl by hand
@@ -104,6 +108,9 @@ def test_smoke_pipeline_end_to_end(name, tmp_path):
         assert float(r["eval_return"]) == pytest.approx(np.mean(evals[-final_window(len(evals)):]))
         if "eval_mean" in r:
             assert float(r["eval_mean"]) == pytest.approx(np.mean(evals))
+        if r.get("train_return"):   # sanity: the training return, the CleanRL pairs' score
+            train = [l["episode_return"] for l in mine if isinstance(l.get("episode_return"), float)]
+            assert float(r["train_return"]) == pytest.approx(np.mean(train[-final_window(len(train)):]))
         if CHECKED[name]:
             column, key = CHECKED[name]
             vals = [l[key] for l in mine if isinstance(l.get(key), float)]

@@ -9,7 +9,8 @@ Scales: `laptop` (this machine's reduced version: <= 60 min on 2 CPU cores, >= 5
 paper's agent, env, budget and seeds, for the Slurm launcher) and `smoke` (a few thousand steps and 2 seeds:
 the pipeline end to end, for tests; its verdicts mean nothing and its reports say so).
 
-Scores are the evaluation protocol's (`eval/episode_return`, plastic/evaluation.py), never training returns;
+Scores are the evaluation protocol's (`eval/episode_return`, plastic/evaluation.py), never training returns
+(except where a peer logs only training returns: `Finding.scores` then says what is compared, on both sides);
 statistics are rliable's (IQM with 95 % stratified-bootstrap CIs, probability of improvement), through
 experiments/report.py.
 """
@@ -43,8 +44,9 @@ class Finding:
     analyse: Callable         # (list of runs as experiments.report loads them) -> Outcome
     notes: tuple = ()         # anything else a reader should know (reconstructions, where a paper is silent)
     # a peer implementation run beside this project's runs: peers(scale, root, sweep) stores its results under
-    # root (skipping what is there); then analyse is called as analyse(runs, root)
+    # root (skipping what is there); then analyse is called as analyse(runs, root, sweep)
     peers: Callable | None = None
+    scores: str = ""          # the report's "scores" line, where it is not the default (eval returns' last 10 %)
 
 
 @dataclass

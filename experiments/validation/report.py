@@ -41,7 +41,8 @@ def write(finding: Finding, scale: str, root: Path, out: Path, info: dict, commi
     """Analyse the runs under `root` and write the report; returns {"verdict", "path"}."""
     from experiments.report import load_scores
     scores = load_scores([root], score="eval")   # the evaluation protocol's return, never training returns
-    outcome = finding.analyse(scores.runs, root) if finding.peers else finding.analyse(scores.runs)
+    outcome = (finding.analyse(scores.runs, root, finding.sweeps[scale]) if finding.peers
+               else finding.analyse(scores.runs))
     if outcome.verdict not in VERDICTS:
         raise ValueError(f"finding {finding.name}: verdict {outcome.verdict!r} is not one of {VERDICTS}")
     out.mkdir(parents=True, exist_ok=True)
@@ -67,9 +68,9 @@ def write(finding: Finding, scale: str, root: Path, out: Path, info: dict, commi
               f"- code: commit {commit}; report written {time.strftime('%Y-%m-%d %H:%M %Z')}",
               f"- wall time of the runs: {_wall(info)}",
               f"- runs: {len(scores.runs)} run directories, {len(seeds)} seeds in all, under `{root}`",
-              "- scores: the evaluation protocol's `eval/episode_return` (plastic/evaluation.py); a seed's final "
-              f"score is the mean over its last {int(100 * scores.final_frac)} % of evaluations "
-              "(experiments/report.py)", "",
+              "- scores: " + (finding.scores or "the evaluation protocol's `eval/episode_return` "
+                              "(plastic/evaluation.py); a seed's final score is the mean over its last "
+                              f"{int(100 * scores.final_frac)} % of evaluations (experiments/report.py)"), "",
               "The sweep (docs/sweeps.md format):", "", "```yaml", sweep_yaml.rstrip(), "```", "",
               "## Deviations from the paper", ""]
     lines += [f"- {d}" for d in finding.deviations] + [""]
@@ -114,7 +115,8 @@ def write_summary(out: Path) -> Path:
              "Each finding has a report under [validation/](validation/) with the claim and its source, the "
              "verdict rule written before the runs, the exact command and every deviation from the paper, the "
              "wall time, rliable IQMs with 95 % stratified-bootstrap CIs, probabilities of improvement, figures "
-             "and per-run data. Scores are evaluation returns (`eval/episode_return`), never training returns. "
+             "and per-run data. Scores are evaluation returns (`eval/episode_return`), never training returns, except "
+             "where a peer only logs training returns (finding 7's CleanRL pairs: training returns on both sides). "
              "A finding that does not reproduce is a result and is reported as such.", "",
              "Reproduce one: `python experiments/validate.py NAME` (laptop scale, this machine) or "
              "`python experiments/validate.py NAME --scale paper --emit-sbatch` (the paper's scale, one Slurm "
