@@ -140,13 +140,25 @@ FINDING = Finding(
     analyse=analyse,
     notes=("`fau/critic` is the fraction of the critic's hidden-unit activations that are positive on the metrics "
            "batch, pooled over layers, samples and both twins (docs/metrics.md).",
-           "Observed after the laptop runs of 2026-12-05 (not part of the rule). NE ran as configured: 100 critic "
-           "and 50 actor topology events, both networks at the final density 0.75 and in the DST phase at the end. "
-           "LEAST did not: from its start it stopped 95-100 % of the episodes (`least/stop_rate`), after about 4 "
-           "steps (`least/mean_stopped_length`), where the spec's first check (../shared/specs/validation.md §3) "
-           "expects stops on a minority of episodes. The reconstructed rule stops when Q is below the step's "
-           "median scaled by κ·ω, ω = median TD error / this TD error: a transition fitted better than the median "
-           "makes ω large and the threshold lenient in either sign of Q, and over 200 checks per episode almost "
-           "every episode meets it once. This is a defect of the reconstruction to fix before LEAST's verdict "
-           "means anything (issue #21).",),
+           "Observed after the laptop runs of 2026-12-05 (not part of the rule). The first laptop run (gymnax "
+           "Pendulum-v1) found LEAST stopping 95-100 % of the episodes about 4 steps in. Three causes, measured with "
+           "experiments/validation/least_stops.py (docs/interventions.md, LEAST): (1) its tables held the agent's "
+           "random warm-up (t_start 2,500 lay inside the 5,000-step warm-up), whose Q of about 0 and TD errors of "
+           "about 1000x a trained critic's made omega about 5: fixed, the warm-up is neither recorded nor acted on; "
+           "(2) omega is a ratio of heavy-tailed squared TD errors, and kappa omega > 1 put the threshold above the "
+           "step's median: capped at 1 (least.factor_max; on Hopper the offline replay goes from 90-94 % of the "
+           "episodes stopped ~5 steps in to 34-38 %, ~80-100 steps in); (3) on Pendulum the random start angle "
+           "decides Q at every step, so every form of the rule stops most episodes (73-86 %): the finding moved "
+           "to Hopper-v5, whose episodes start alike. NE on Pendulum kept the critic's FAU at vanilla's (0.574 vs "
+           "0.569).",
+           "This run (Hopper-v5): LEAST's stop rate over each seed's last 20 episodes ends at 0.4, 0, 0.9, 0.9 and "
+           "0.75 (43-245 stops per seed, the stopped episodes 66-95 steps long on average; seed 0 stopped none "
+           "of its last 20 before step 16,000), and its exploration noise rose to its cap of 0.3 on three seeds. "
+           "The offline replay, which cannot feed back, predicted about a third. The live rule feeds on itself: a "
+           "stopped episode leaves NaN after its stop (spec §4.3), so the medians at later steps come only from "
+           "the episodes that survived, which raises them and stops more episodes. This survivorship bias of the "
+           "reconstruction is open (issue #21). TD3 barely leaves the ground in 25k steps here (final 193), so the "
+           "steps-to-target test compares slow starts.",
+           "NE ran as configured on both tasks: 100 critic and 50 actor topology events, both networks at the "
+           "final density 0.75 at the end.",),
 )
