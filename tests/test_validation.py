@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.report import final_return, final_window
-from experiments.validation import (SCALES, VERDICTS, first_and_final, iqm_ci, mean_ci, poi_ci, tail_mean,
+from experiments.validation import (METRICS_OFF, SCALES, VERDICTS, first_and_final, iqm_ci, mean_ci, poi_ci, tail_mean,
                                     registry)
 from experiments.validation.sanity import (CLEANRL_PYTHON_DEFAULT, CLEANRL_PYTHON_VAR, CLEANRL_REPO_DEFAULT,
                                            CLEANRL_REPO_VAR, REJAX_PYTHON_DEFAULT, REJAX_PYTHON_VAR, score_key)
@@ -163,3 +163,12 @@ def test_tail_mean_windows_like_the_report():
     assert tail_mean(thirty) == 28.0
     rows = [{"step": i, "episode_return": v} for i, v in enumerate(thirty)]
     assert final_return(rows)[0] == tail_mean(thirty)
+
+
+def test_metrics_off_names_every_metric_group():
+    """METRICS_OFF turns off every `*_every` period of the metrics config, and names nothing else."""
+    import dataclasses
+
+    from plastic.config import MetricsConfig
+    periods = {f"metrics.{f.name}" for f in dataclasses.fields(MetricsConfig) if f.name.endswith("_every")}
+    assert set(METRICS_OFF) == periods and set(METRICS_OFF.values()) == {0}

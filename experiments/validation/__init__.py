@@ -82,6 +82,11 @@ def seed_series(run: dict, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
 
 
+# every in-training metric group off, for findings that score returns only (tests/test_validation.py checks the
+# groups against plastic.config.MetricsConfig)
+METRICS_OFF = {f"metrics.{g}_every": 0 for g in ("activity", "grad", "rank", "churn", "ntk")}
+
+
 def tail_mean(values, final_frac: float = 0.1) -> float:
     """Mean over the last `final_window(n, final_frac)` of n values (experiments/report.py's rule)."""
     from experiments.report import final_window

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.validation import (Finding, Outcome, add_eval_mean, fmt_ci, iqm_ci, panels, per_seed_rows,
-                                    phase_means, poi_ci, rule_tests, run_value, save)
+from experiments.validation import (METRICS_OFF, Finding, Outcome, add_eval_mean, fmt_ci, iqm_ci, panels,
+                                    per_seed_rows, phase_means, poi_ci, rule_tests, run_value, save)
 
 ENV = "gymnax:CartPole-v1"
 PERIOD = 49_152            # env steps per phase (96 PPO iterations of 4 x 128 steps), as the former demo
@@ -24,11 +24,10 @@ GTR_SPEC_BETA = 1.0        # the spec's recommended β (interventions.md §6.5),
 
 def sweep(name: str, steps: int, seeds: int, eval_every: int, period: int = PERIOD, search: dict = SEARCH,
           extra: dict | None = None) -> dict:
-    off = {f"metrics.{k}_every": 0 for k in ("activity", "grad", "rank", "churn", "ntk")}
     return {"name": name, "agents": "ppo", "envs": ENV, "seeds": seeds, "steps": steps,
             "overrides": {"ppo.anneal_lr": False, "env.period": period, "env.per_seed": True,
                           "run.log_every": eval_every, "run.eval_every": eval_every, "run.eval_episodes": 5,
-                          **off, **(extra or {})},
+                          **METRICS_OFF, **(extra or {})},
             "grid": {"env.nonstationary": list(STREAMS)},
             "runs": [{"interventions": INTERVENTION[m], "grid": {key: list(values)}}
                      for m, (key, values) in search.items()]}

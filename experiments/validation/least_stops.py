@@ -28,12 +28,12 @@ def collect(agent: str, env: str, steps: int, seeds: int, learning_starts: int, 
     """Run the agent with LEAST's bookkeeping only; save and return its tables (a leading seed axis)."""
     import jax
 
+    from experiments.validation import METRICS_OFF
     from plastic.cli import cap_buffer
     from plastic.config import build
     from plastic.trainer import make_trainer
-    off = {f"metrics.{g}_every": 0 for g in ("activity", "grad", "rank", "churn", "ntk")}
     cfg = cap_buffer(build(agent, "least", overrides={"least.enabled": False, f"{agent}.learning_starts": learning_starts,
-                                                      "run.eval_every": 0, "run.log_every": 1000, **off},
+                                                      "run.eval_every": 0, "run.log_every": 1000, **METRICS_OFF},
                            env=env, seeds=seeds, steps=steps, run_dir=str(out / "run")))
     trainer = make_trainer(cfg)
     trainer.run(out / "run")

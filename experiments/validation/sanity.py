@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.validation import (Finding, Outcome, column, fmt_ci, iqm_ci, panels, per_seed_rows, poi_ci,
-                                    rule_tests, run_value, save, seed_series, tail_mean)
+from experiments.validation import (METRICS_OFF, Finding, Outcome, column, fmt_ci, iqm_ci, panels, per_seed_rows,
+                                    poi_ci, rule_tests, run_value, save, seed_series, tail_mean)
 
 REJAX_PYTHON_VAR = "PLASTIC_REJAX_PYTHON"        # the python of rejax's environment
 REJAX_PYTHON_DEFAULT = "/tmp/rejax-env/bin/python"
@@ -81,9 +81,8 @@ def sweep(name: str, budgets: dict, seeds: int, evals: int, extra: dict | None =
         if agent == "dqn":
             ov["dqn.epsilon_decay_steps"] = steps // 2      # rejax: exploration_fraction 0.5 of the budget
         blocks.append({"agents": agent, "envs": env, "steps": steps, "overrides": ov})
-    off = {f"metrics.{k}_every": 0 for k in ("activity", "grad", "rank", "churn", "ntk")}
     return {"name": name, "interventions": "none", "seeds": seeds,
-            "overrides": {"run.eval_episodes": EVAL_EPISODES, **off}, "runs": blocks}
+            "overrides": {"run.eval_episodes": EVAL_EPISODES, **METRICS_OFF}, "runs": blocks}
 
 
 def rejax_spec(pair: str, steps: int, evals: int, seeds: int, extra: dict | None = None) -> dict:
@@ -151,7 +150,7 @@ def pair_of(run) -> str:
 
 
 def peer_name(pair: str) -> str:
-    return "cleanrl" if pair in CLEANRL_PAIRS else "rejax"
+    return "CleanRL" if pair in CLEANRL_PAIRS else "rejax"
 
 
 def score_key(pair: str) -> str:
@@ -186,8 +185,7 @@ def analyse(runs: list, root: Path, sweep_: dict) -> Outcome:
             table.append(f"| {pair} | {peers[pair]['peer']} | {len(theirs)} | {what} | {fmt_ci(iqm_ci(theirs))} | "
                          f"{wall:.0f} s{' (compile included)' if peer == 'rejax' else ', seeds one after another'} |")
             t = poi_ci(ours, theirs)
-            shown = "CleanRL" if peer == "cleanrl" else peer
-            tests.append((f"{pair}: P(plastic > {shown}), CI not below 0.5", t, "holds" if t[2] >= 0.5 else
+            tests.append((f"{pair}: P(plastic > {peer}), CI not below 0.5", t, "holds" if t[2] >= 0.5 else
                           "does not hold"))
         else:
             tests.append((f"{pair}: no peer run", (float("nan"),) * 3, "missing"))
