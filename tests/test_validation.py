@@ -172,3 +172,24 @@ def test_metrics_off_names_every_metric_group():
     from plastic.config import MetricsConfig
     periods = {f"metrics.{f.name}" for f in dataclasses.fields(MetricsConfig) if f.name.endswith("_every")}
     assert set(METRICS_OFF) == periods and set(METRICS_OFF.values()) == {0}
+
+
+def test_cleanrl_peer_keeps_finished_seeds(tmp_path, monkeypatch):
+    """An interrupted CleanRL peer resumes at its first unfinished seed; a changed spec does not reuse them."""
+    from experiments.validation import cleanrl_peer
+    ran = []
+
+    def fake(spec, seed, scratch):
+        ran.append(seed)
+        if seed == 2 and len(ran) == 3:
+            raise SystemExit("stopped")              # the first attempt dies on seed 2
+        return [1000 * (seed + 1)], [float(seed)], 1.0
+    monkeypatch.setattr(cleanrl_peer, "run_seed", fake)
+    spec = {"script": "s.py", "seeds": [0, 1, 2], "args": {"total-timesteps": 100}}
+    with pytest.raises(SystemExit):
+        cleanrl_peer.main(spec, tmp_path)
+    out = cleanrl_peer.main(spec, tmp_path)
+    assert ran == [0, 1, 2, 2]                       # seeds 0 and 1 were not run again
+    assert out["returns"] == [[0.0], [1.0], [2.0]] and out["steps"] == [[1000], [2000], [3000]]
+    cleanrl_peer.main({**spec, "args": {"total-timesteps": 200}}, tmp_path)
+    assert ran == [0, 1, 2, 2, 0, 1, 2]             # another budget: nothing reused

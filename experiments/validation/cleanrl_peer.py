@@ -3,14 +3,18 @@ environment with CleanRL's dependencies, never by this project's (it imports not
 
     CLEANRL_PYTHON experiments/validation/cleanrl_peer.py '{"repo": "/path/to/cleanrl", "commit": "...",
         "script": "cleanrl/td3_continuous_action_jax.py", "seeds": [0, 1, 2, 3, 4],
-        "args": {"env-id": "HalfCheetah-v4", "total-timesteps": 100000, "learning-starts": 10000}}'
+        "args": {"env-id": "HalfCheetah-v4", "total-timesteps": 100000, "learning-starts": 10000}}' [CACHE_DIR]
 
 Runs the unmodified script once per seed, one after the other (cwd: a scratch directory; PYTHONPATH: the CleanRL
 checkout, for its `cleanrl_utils`; OMP_NUM_THREADS=1 unless set), reads the `charts/episodic_return` scalars its tensorboard writer logs (one per
 finished training episode) and prints one JSON line: {"steps": [[env step of each episode's end], ...],
 "returns": [[each episode's return], ...], "wall_s": [per seed], "versions": {...}}. CleanRL's scripts evaluate
 only at the end of a run (with --save-model), so the pair compares training returns on both sides.
+
+With CACHE_DIR, each finished seed is kept there (keyed by the spec without its seed list), so a run that is
+interrupted after hours resumes at the first seed it has not finished.
 """
+import hashlib
 import json
 import os
 import subprocess
@@ -55,11 +59,25 @@ def run_seed(spec: dict, seed: int, scratch: Path):
     return steps, returns, wall
 
 
-def main(spec: dict) -> dict:
+def seed_file(cache: Path, spec: dict, seed: int) -> Path:
+    """Where one seed's result of `spec` is kept: the key covers everything but the seed list."""
+    key = hashlib.sha256(json.dumps({k: v for k, v in spec.items() if k != "seeds"}, sort_keys=True)
+                         .encode()).hexdigest()[:16]
+    return cache / f"{key}-seed{seed}.json"
+
+
+def main(spec: dict, cache: Path | None = None) -> dict:
     out = {"steps": [], "returns": [], "wall_s": []}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in spec["seeds"]:
-            steps, returns, wall = run_seed(spec, int(seed), Path(scratch))
+            kept = seed_file(cache, spec, int(seed)) if cache else None
+            if kept and kept.is_file():
+                steps, returns, wall = json.loads(kept.read_text())
+            else:
+                steps, returns, wall = run_seed(spec, int(seed), Path(scratch))
+                if kept:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    kept.write_text(json.dumps([steps, returns, wall]))
             out["steps"].append(steps)
             out["returns"].append(returns)
             out["wall_s"].append(wall)
@@ -73,4 +91,4 @@ def main(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(json.loads(sys.argv[1]))))
+    print(json.dumps(main(json.loads(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)))

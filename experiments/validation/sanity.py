@@ -111,8 +111,9 @@ def run_peers(scale: str, root: Path, sweep_: dict) -> None:
             python, script, peer = _python(REJAX_PYTHON_VAR, REJAX_PYTHON_DEFAULT, REJAX_SETUP), PEER_SCRIPT, \
                 "rejax 0.1.3"
             spec = rejax_spec(pair, block["steps"], evals, sweep_["seeds"], PEER_EXTRA.get(scale, {}).get(pair))
-        res = subprocess.run([python, str(script), json.dumps(spec)], capture_output=True, text=True, env=env,
-                             cwd=out)
+        extra = [str(out / ".cleanrl-seeds")] if pair in CLEANRL_PAIRS else []   # finished seeds survive a stop
+        res = subprocess.run([python, str(script), json.dumps(spec), *extra], capture_output=True, text=True,
+                             env=env, cwd=out)
         if res.returncode != 0:
             last = (res.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"{peer} failed on {pair}: {last}")
