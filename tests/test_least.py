@@ -144,6 +144,32 @@ def test_median_ignores_nan_and_inactive_rows():
     assert float(eps) == 4.0  # median of 5 and 3 (the row of length 2 has no value at step 4)
 
 
+def test_a_stopped_row_holds_its_last_value_after_its_end():
+    """stopped_tail=hold: a LEAST-stopped episode still counts at the steps after its end, with its last (Qhat,
+    G); otherwise later medians come from the survivors alone (stopped_tail=nan, the spec's table)."""
+    script = [(2.0, 1.0, 0, 0), (0.5, 1.0, 0, 0), (0.4, 2.0, 1, 0)]   # stop asked at step 1, ends at step 2
+    for tail in ("hold", "nan"):
+        iv, st = scripted(stopped_tail=tail)
+        _, states = play(iv, with_rows(st, [[2.0] * 6] * 4, [[1.0] * 6] * 4), script)
+        s = states[-1]
+        assert int(s["stops"]) == 1 and int(s["row_len"][4]) == 3
+        held = (float(s["tail_Q"][4]), float(s["tail_G"][4]))
+        assert held == (float(np.float32(0.4)), 2.0) if tail == "hold" else all(np.isnan(held))
+        # an episode that ends by termination or the time limit has no tail
+        _, states = play(iv, with_rows(st, [[2.0] * 6] * 4, [[1.0] * 6] * 4), [(2.0, 1.0, 0, 0), (2.0, 1.0, 1, 1)])
+        assert np.isnan(float(states[-1]["tail_Q"][4]))
+    # by hand, at step 4: three full rows (Qhat 1, 3, 3) and two rows stopped at length 2 holding 0.2
+    for tail, eps in (("hold", 1.0), ("nan", 3.0)):
+        iv, st = scripted(K_init=5, K_max=5, min_rows=1, stopped_tail=tail)
+        st = with_rows(st, [[1.0] * 6, [3.0] * 6, [3.0] * 6, [0.2] * 6, [0.2] * 6], [[1.0] * 6] * 5,
+                       lengths=[6, 6, 6, 2, 2])
+        if tail == "hold":
+            st = {**st, "tail_Q": st["tail_Q"].at[3:5].set(0.2), "tail_G": st["tail_G"].at[3:5].set(1.0)}
+        stop, got, _ = iv.decide({**st, "step": jnp.int32(4)}, jnp.float32(1.2), jnp.float32(1.0))
+        assert float(got) == eps
+        assert bool(stop) == (tail == "nan")     # threshold 0.5 * eps: the survivors' median stops Qhat 1.2
+
+
 def test_fifo_window_and_per_seed_tables():
     iv, st = scripted(K_init=3, K_max=5, min_rows=1)
     script = []
@@ -362,6 +388,7 @@ def test_t_start_resolves_once_and_agent_defaults():
                                                    "td3, sac"),
     (["--agent", "dqn", "--intervention", "least"], "it supports: td3, sac"),
     (["--intervention", "least", "--least.factor_max", "-1"], "least.factor_max"),
+    (["--intervention", "least", "--least.stopped_tail", "zero"], "least.stopped_tail"),
     (["--intervention", "least", "--least.omega_form", "add"],
      "least.omega_form='add' is not valid; choose one of: multiply_threshold, power, mix"),
     (["--intervention", "least", "--least.q_head", "q2"], "choose one of: min, q1, ensemble_mean"),
