@@ -111,7 +111,8 @@ def run_peers(scale: str, root: Path, sweep_: dict) -> None:
             python, script, peer = _python(REJAX_PYTHON_VAR, REJAX_PYTHON_DEFAULT, REJAX_SETUP), PEER_SCRIPT, \
                 "rejax 0.1.3"
             spec = rejax_spec(pair, block["steps"], evals, sweep_["seeds"], PEER_EXTRA.get(scale, {}).get(pair))
-        extra = [str(out / ".cleanrl-seeds")] if pair in CLEANRL_PAIRS else []   # finished seeds survive a stop
+        # finished seeds survive a stop (absolute: the peer runs in `out`)
+        extra = [str((out / ".cleanrl-seeds").resolve())] if pair in CLEANRL_PAIRS else []
         res = subprocess.run([python, str(script), json.dumps(spec), *extra], capture_output=True, text=True,
                              env=env, cwd=out)
         if res.returncode != 0:
