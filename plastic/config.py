@@ -310,7 +310,7 @@ def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
         nonstationary.validate(cfg.env, r.env)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    check_claims({n: iv_registry.REGISTRY[n](c, cfg.agent).claims() for n, c in cfg.interventions.items()})
+    check_claims({n: make_intervention(n, c, cfg.agent).claims() for n, c in cfg.interventions.items()})
     try:
         agent_options(cfg)
     except ValueError as e:
@@ -321,7 +321,7 @@ def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
             raise ConfigError(f"intervention {name!r} does not apply to agent {cfg.agent!r}; "
                               f"it supports: {', '.join(cls.agents)}")
         try:
-            cls(icfg, cfg.agent).validate(r, a)
+            make_intervention(name, icfg, cfg.agent).validate(r, a)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -336,12 +336,18 @@ def check_devices(devices: int, seeds: int) -> None:
                           f"seed count (or 0: automatic)")
 
 
+def make_intervention(name: str, icfg, agent: str):
+    """The intervention `name` with config `icfg` for `agent`, given the agent's network roles (the only way the
+    intervention layer learns them: it never imports agents/)."""
+    return iv_registry.REGISTRY[name](icfg, agent, getattr(agents.get(agent), "roles", {}))
+
+
 def agent_options(cfg: ExperimentConfig) -> dict:
     """The build options the active interventions need (`Intervention.agent_options`), merged; two of them
     asking for different values of one option is a one-line error."""
     merged, owner = {}, {}
     for name, icfg in cfg.interventions.items():
-        for k, v in iv_registry.REGISTRY[name](icfg, cfg.agent).agent_options().items():
+        for k, v in make_intervention(name, icfg, cfg.agent).agent_options().items():
             if k in merged and merged[k] != v:
                 raise ValueError(f"interventions {owner[k]} and {name} need the agent built with different "
                                  f"{k} ({merged[k]!r} and {v!r}); drop one of them")

@@ -35,10 +35,9 @@ import agents
 from plastic.agent import AgentState, init_counters
 from plastic.checkpoint import Checkpointer
 from plastic.core import maybe
-from plastic.config import ExperimentConfig, agent_options
+from plastic.config import ExperimentConfig, agent_options, make_intervention
 from plastic.envs import HostEnvs, is_jax_native
 from plastic.evaluation import eval_due, make_evaluation
-from plastic.interventions import REGISTRY
 from plastic.logger import RunLogger
 from plastic.monitor import Monitor
 from plastic.nonstationary import phase_info, wrap_host
@@ -412,7 +411,7 @@ METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT),
 
 def build_interventions(cfg: ExperimentConfig, agent) -> tuple:
     """The active interventions in stacking order, then the metrics collector (if any metric is on)."""
-    ivs = tuple(REGISTRY[n](c, cfg.agent) for n, c in cfg.interventions.items())
+    ivs = tuple(make_intervention(n, c, cfg.agent) for n, c in cfg.interventions.items())
     rows = cfg.metrics.batch_size
     if getattr(agent, "on_policy", False):  # a subset of the rollout, or all of it if smaller
         rows = min(rows, cfg.agent_cfg.num_envs * cfg.agent_cfg.num_steps)

@@ -29,7 +29,7 @@ DRIVERS = ("jit", "host")
 def stacks(agent):
     """The census methods that apply to `agent`, grouped into stacks that can run together (claims and build
     options compatible): each stack is one run, and every member's schedule is checked in it."""
-    from plastic.config import ConfigError, check_claims
+    from plastic.config import ConfigError, check_claims, make_intervention
     out = []
     for name, cls in REGISTRY.items():
         if not cls.census or agent not in cls.agents:
@@ -37,7 +37,7 @@ def stacks(agent):
         for stack in out:
             trial = [*stack, name]
             try:
-                check_claims({n: REGISTRY[n](REGISTRY[n].Config(), agent).claims() for n in trial})
+                check_claims({n: make_intervention(n, REGISTRY[n].Config(), agent).claims() for n in trial})
             except ConfigError:
                 continue
             roles = agents.get(agent).roles.values()

@@ -27,7 +27,7 @@ def setup(name, cfg_over=None, iv_over=None, discrete=True):
     cls = agents.get(name)
     cfg = cls.Config(**{"hidden": (8, 8), "learning_starts": 0, **(cfg_over or {})}) if name != "ppo" else \
         cls.Config(**{"hidden": (8, 8), **(cfg_over or {})})
-    iv = Injection(InjectionConfig(**{"at": (10,), **(iv_over or {})}), name)
+    iv = Injection(InjectionConfig(**{"at": (10,), **(iv_over or {})}), name, cls.roles)
     iv.validate(None, cfg)
     kw = {"discrete": discrete, "total_steps": 0} if name == "ppo" else {}
     agent = cls(cfg, OBS, ACT, options=iv.agent_options(), **kw)

@@ -68,9 +68,12 @@ class Intervention:
     # logged per-network counts `NAME/events/NET` against `expected_events`. {}: no scheduled events.
     census: ClassVar[dict] = {}
 
-    def __init__(self, cfg, agent_name: str):
+    def __init__(self, cfg, agent_name: str, roles: dict[str, str] | None = None):
         self.cfg = cfg
         self.agent_name = agent_name
+        # the agent's networks and their roles ("actor", "critic", "temperature"), from the agent class's `roles`:
+        # the config layer passes them (plastic.config.make_intervention), so interventions never import agents/
+        self.roles = dict(roles or {})
 
     def __repr__(self):
         return f"{type(self).__name__}({self.cfg})"

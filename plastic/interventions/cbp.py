@@ -138,10 +138,10 @@ class CBP(Intervention):
     Config = CBPConfig
     resources = {"weight_writes": "share"}   # re-initialises units outside the optimizer
 
-    def __init__(self, cfg, agent_name):
+    def __init__(self, cfg, agent_name, roles=None):
         if isinstance(cfg.next_bias_correction, bool):   # a YAML preset's unquoted off / on
             cfg.next_bias_correction = "on" if cfg.next_bias_correction else "off"
-        super().__init__(cfg, agent_name)
+        super().__init__(cfg, agent_name, roles)
 
     # ---- setup -----------------------------------------------------------------------------------
     def validate(self, run_cfg, agent_cfg):

@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import agents
 from plastic.core import NetState, maybe
 from plastic.fields import num
 from plastic.interventions.base import Intervention, choice as _choice
@@ -88,8 +87,7 @@ class Injection(Intervention):
 
     def net_names(self) -> tuple[str, ...]:
         """The agent's networks whose heads are injected."""
-        roles = getattr(agents.get(self.agent_name), "roles", {})
-        return tuple(n for n, r in roles.items() if r in self.cfg.networks)
+        return tuple(n for n, r in self.roles.items() if r in self.cfg.networks)
 
     def agent_options(self) -> dict:
         return {"inject": self.net_names()}

@@ -219,8 +219,8 @@ class NE(Intervention):
         which the census's short runs never reach)."""
         return {n: counters[n] // self.cfg.period for n, p in self._plans.items() if p is not None and p.mode == "grow"}
 
-    def __init__(self, cfg, agent_name):
-        super().__init__(cfg, agent_name)
+    def __init__(self, cfg, agent_name, roles=None):
+        super().__init__(cfg, agent_name, roles)
         self._plans: dict[str, Plan] = {}
         self._fau_net: str | None = None
         self._activation = "relu"

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import agents
 from plastic.core import NetState, maybe
 from plastic.fields import nonneg, num
 from plastic.interventions.base import Intervention, choice as _choice
@@ -88,7 +87,7 @@ class Reset(Intervention):
             raise ValueError(f"reset.k must be >= 1 layer, got {c.k}")
         if not c.keep_buffer:
             raise ValueError("reset.keep_buffer=false is not supported; resets always keep the replay buffer")
-        nets = tuple(getattr(agents.get(self.agent_name), "roles", {}))
+        nets = tuple(self.roles)
         if c.update_net and nets and c.update_net not in nets:
             raise ValueError(f"reset.update_net={c.update_net!r} is not a network of this agent; "
                              f"choose one of: {', '.join(nets)}")

@@ -55,8 +55,8 @@ class ShrinkPerturb(Intervention):
     resources = {"weight_writes": "share"}
     census = {"period": 5}
 
-    def __init__(self, cfg, agent_name):
-        super().__init__(cfg, agent_name)
+    def __init__(self, cfg, agent_name, roles=None):
+        super().__init__(cfg, agent_name, roles)
         self._fresh = {}   # net name -> key -> freshly initialised params (set by `init`; static Python)
 
     # ---- resolved settings -----------------------------------------------------------------------
