@@ -40,6 +40,12 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if "tree structures do not match" in str(e) or "tree structure" in msg:
+                # every checkpoint of the run has this layout: deleting one to fall back on another cannot help
+                raise CheckpointError(f"checkpoint {self.directory / str(step)} holds a training state of another "
+                                      f"layout than this code builds (the run was saved by another version of "
+                                      f"plastic: an agent or intervention gained or lost state); resume it with "
+                                      f"the version that wrote it, or start a new run") from None
             raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable or does not match "
                                   f"this config ({msg}); delete it to resume from an earlier one") from None
         # orbax hands back arrays committed to a device; fresh state is uncommitted, and jit compiles a

@@ -1,5 +1,6 @@
 """Determinism, resume equivalence, vmapped seeds = separate runs, checkpoint errors."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -152,6 +153,17 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="unreadable"):
         run_once(tmp_path, "c", steps=400, intervention="none", resume=True)
     assert (tmp_path / "c" / "metrics.jsonl").read_text() == before  # nothing already written is lost
+
+
+def test_checkpoint_of_another_state_layout_is_a_clear_error(tmp_path):
+    """A run saved by a version whose state had other fields: one line that says so (deleting the checkpoint
+    to fall back on an earlier one cannot help: they all share the layout)."""
+    from plastic.checkpoint import Checkpointer
+    old = {"a": jnp.zeros(3, jnp.float32)}
+    Checkpointer(tmp_path / "ck").save(10, old, {"step": 10})
+    with pytest.raises(CheckpointError, match="another layout than this code builds") as e:
+        Checkpointer(tmp_path / "ck").restore({**old, "tail": jnp.zeros(2, jnp.float32)})
+    assert "\n" not in str(e.value) and "start a new run" in str(e.value)
 
 
 @pytest.mark.parametrize("agent,intervention,env", [
