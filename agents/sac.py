@@ -1,5 +1,6 @@
 """SAC (Haarnoja et al. 2018) with CleanRL defaults: twin critics (fused), tanh-squashed Gaussian
-actor with log-std squashed into [-5, 2], automatic temperature tuning with target entropy -|A|.
+actor with log-std squashed into [-5, 2], automatic temperature tuning with target entropy -|A| from
+α = 1 (`alpha_init`; `alpha` is the temperature when `autotune` is off).
 
 One call of `update` is one critic step and a Polyak update of the critic target; every `policy_delay`
 critic steps it also runs `policy_delay` actor (and temperature) steps on the same batch, as CleanRL
@@ -38,7 +39,9 @@ class SACConfig:
     tau: float = unit_pos(0.005)
     policy_delay: int = positive(2)
     autotune: bool = True
-    alpha: float = nonneg(0.2)        # initial (or fixed, if autotune is off) temperature
+    alpha: float = nonneg(0.2)        # the fixed temperature when autotune is off
+    # autotune's initial temperature: 1, as CleanRL (log_alpha = 0), SB3 ("auto_1.0") and softlearning start it
+    alpha_init: float = positive(1.0)
     train_frequency: int = positive(1)  # env steps between update rounds
     utd: int = positive(1)
     buffer_size: int = positive(1_000_000)
@@ -61,7 +64,8 @@ class SAC(ContinuousActions):
         self.actor = Net.of("actor", actor, with_injection(opt(cfg.actor_lr), actor), cfg.actor_lr)
         self.critic = Net.of("critic", critic, with_injection(opt(cfg.critic_lr), critic), cfg.critic_lr)
         self.alpha = Net("alpha", opt(cfg.alpha_lr),
-                         init_fn=lambda key: {"log_alpha": jnp.log(jnp.asarray(cfg.alpha, jnp.float32))})
+                         init_fn=lambda key: {"log_alpha": jnp.log(jnp.asarray(
+                             cfg.alpha_init if cfg.autotune else cfg.alpha, jnp.float32))})
         self.nets = {"actor": self.actor, "critic": self.critic, "alpha": self.alpha}
         self.target_entropy = -float(action_size)
 

@@ -401,8 +401,17 @@ def _validate_metrics(m: MetricsConfig) -> None:
         raise ConfigError("metrics.networks is empty; give network names or all")
 
 
+# Fields added after runs were saved with the code before them: (section, field) -> the value, from the saved
+# section, that reproduces what such a run did. A saved config lacking the field gets it, so resuming the run or
+# checking a sweep against it compares the behaviour it had, not today's default.
+LEGACY = {("sac", "alpha_init"): lambda sec: sec.get("alpha", 0.2)}   # until 2026-12-05 autotune started at alpha
+
+
 def from_dict(d: dict) -> ExperimentConfig:
     """Rebuild a config saved by `to_dict` (config.yaml of a run)."""
     d = dict(d)
     agent, spec = d.pop("agent"), d.pop("intervention", "none")
+    for (ns, fld), value in LEGACY.items():
+        if isinstance(d.get(ns), dict) and fld not in d[ns]:
+            d[ns] = {**d[ns], fld: value(d[ns])}
     return build(agent, spec, preset=d)

@@ -58,3 +58,23 @@ def test_actor_finds_best_action_td3(tmp_path):
     ts, _ = t.final_state
     a = t.agent.act(jax_tree_first(ts.agent), jnp.zeros((1,)), None, explore=False)
     assert abs(float(a[0]) - 0.5) < 0.1
+
+
+def test_sac_temperature_starts_where_cleanrl_starts_it():
+    """Autotuned α starts at 1 (CleanRL's log_alpha = 0); `alpha` is the fixed temperature without autotune. A
+    run saved before `alpha_init` existed started its autotune at `alpha`, and reloads that way."""
+    import jax
+    import jax.numpy as jnp
+    from plastic.config import build, from_dict
+    from plastic.trainer import make_trainer
+
+    def alpha0(cfg):
+        st = make_trainer(cfg).agent.init(jax.random.PRNGKey(0))
+        return float(jnp.exp(st.nets["alpha"].params["log_alpha"]))
+    assert alpha0(build("sac", "none", env="probe:obs")) == 1.0
+    assert alpha0(build("sac", "none", env="probe:obs", overrides={"sac.autotune": False})) == pytest.approx(0.2)
+    saved = build("sac", "none", env="probe:obs").to_dict()
+    del saved["sac"]["alpha_init"]                              # a config.yaml written before the field existed
+    old = from_dict(saved)
+    assert old.agent_cfg.alpha_init == pytest.approx(0.2) and alpha0(old) == pytest.approx(0.2)
+    assert from_dict(build("sac", "none", env="probe:obs").to_dict()).agent_cfg.alpha_init == 1.0

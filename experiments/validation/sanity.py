@@ -52,7 +52,7 @@ TD3 = {"td3.hidden": [256, 256], "td3.actor_lr": 3e-4, "td3.critic_lr": 3e-4, "t
        "td3.target_noise": 0.2, "td3.noise_clip": 0.5, "td3.learning_starts": 25_000, "td3.buffer_size": 1_000_000}
 SAC = {"sac.hidden": [256, 256], "sac.actor_lr": 3e-4, "sac.critic_lr": 1e-3, "sac.alpha_lr": 1e-3,
        "sac.batch_size": 256, "sac.gamma": 0.99, "sac.tau": 0.005, "sac.policy_delay": 2, "sac.autotune": True,
-       "sac.alpha": 0.2, "sac.learning_starts": 5_000, "sac.buffer_size": 1_000_000}
+       "sac.alpha_init": 1.0, "sac.learning_starts": 5_000, "sac.buffer_size": 1_000_000}
 TD3_CLEANRL = {"learning-starts": 25_000}
 SAC_CLEANRL = {"learning-starts": 5_000}
 
