@@ -319,9 +319,9 @@ class _Wants(Intervention):
 
 def test_build_options_merge_and_conflicts(monkeypatch):
     from plastic import config  # agent_options lives in plastic.config (checked when a config is built)
-    a = lambda c, agent: _Wants("a", {"adam_count": "per_element"})  # noqa: E731
-    b = lambda c, agent: _Wants("b", {"adam_count": "per_element", "inject": ("q",)})  # noqa: E731
-    c = lambda c, agent: _Wants("c", {"adam_count": "global"})  # noqa: E731
+    a = lambda c, agent, roles: _Wants("a", {"adam_count": "per_element"})  # noqa: E731
+    b = lambda c, agent, roles: _Wants("b", {"adam_count": "per_element", "inject": ("q",)})  # noqa: E731
+    c = lambda c, agent, roles: _Wants("c", {"adam_count": "global"})  # noqa: E731
     monkeypatch.setattr(config.iv_registry, "REGISTRY", {"a": a, "b": b, "c": c})
     cfg = SimpleNamespace(agent="dqn", interventions={"a": None, "b": None})
     assert config.agent_options(cfg) == {"adam_count": "per_element", "inject": ("q",)}
