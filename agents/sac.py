@@ -1,6 +1,7 @@
 """SAC (Haarnoja et al. 2018) with CleanRL defaults: twin critics (fused), tanh-squashed Gaussian
 actor with log-std squashed into [-5, 2], automatic temperature tuning with target entropy -|A| from
-α = 1 (`alpha_init`; `alpha` is the temperature when `autotune` is off).
+α = 1 (`alpha_init`; `alpha` is the temperature when `autotune` is off), weights drawn as PyTorch's
+nn.Linear default, which CleanRL's SAC inherits (`init: torch_default`; biases start at zero).
 
 One call of `update` is one critic step and a Polyak update of the critic target; every `policy_delay`
 critic steps it also runs `policy_delay` actor (and temperature) steps on the same batch, as CleanRL
@@ -28,7 +29,9 @@ class SACConfig:
     network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
     blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = "relu"
-    init: str = "lecun_normal"
+    # CleanRL's SAC is PyTorch: U(±1/sqrt(fan_in)) weights. lecun_normal (3x the variance, what flax draws) learns
+    # HalfCheetah ~5k steps later (docs/validation/sanity.md)
+    init: str = "torch_default"
     actor_lr: float = positive(3e-4)
     critic_lr: float = positive(1e-3)
     alpha_lr: float = positive(1e-3)

@@ -44,7 +44,8 @@ _INITS = {
     "xavier_uniform": (1.0, "fan_avg", "uniform"),
     "kaiming_uniform": (2.0, "fan_in", "uniform"),
     "kaiming_normal": (2.0, "fan_in", "truncated_normal"),
-    # PyTorch nn.Linear default (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    # PyTorch nn.Linear's default weights (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)); biases
+    # start at zero here for every initializer (PyTorch draws them from the same uniform)
     "torch_default": (1.0 / 3.0, "fan_in", "uniform"),
 }
 INITIALIZERS = tuple(_INITS) + ("orthogonal",)

@@ -77,11 +77,12 @@ FINDING = Finding(
                 "256-256 networks runs at ~70 env steps/s per seed with 5 vmapped seeds on this 2-core CPU",
                 "5 seeds instead of 4",
                 "this project's SAC (CleanRL's settings: 256-256, actor lr 3e-4, critic lr 1e-3, batch 256, "
-                "policy delay 2, autotuned α), 5000 steps before learning; α autotuned from 0.2 (sac.alpha_init), where "
-                "CleanRL starts it at 1 (this project's default until 2026-12-05)",
+                "policy delay 2, autotuned α), 5000 steps before learning; α autotuned from 0.2 (sac.alpha_init) and "
+                "lecun-normal weights (sac.init), where CleanRL starts α at 1 and draws PyTorch's U(±1/sqrt(fan_in)) "
+                "(this project's defaults since 2026-12-05)",
                 "ReDo and ReGraMa at their defaults (τ 0.025 / 0; every 1000 updates of each network)"),
     sweeps={"laptop": sweep("validation-activations-laptop", steps=25_000, seeds=5, log_every=1000,
-                            eval_every=2500, extra={"sac.alpha_init": 0.2}),
+                            eval_every=2500, extra={"sac.alpha_init": 0.2, "sac.init": "lecun_normal"}),
             "paper": {**sweep("validation-activations-paper", steps=3_000_000, seeds=4, log_every=10_000,
                               eval_every=50_000, env="Ant-v5",
                               extra={"metrics.rank_every": 10_000, "run.checkpoint_every": 250_000}),

@@ -106,11 +106,12 @@ FINDING = Finding(
                 "T = 8 % of the budget (1,600 env steps), as the authors' 80,000 is of their 1M; T = 80,000 would "
                 "weight a 20k-step buffer almost uniformly (w >= 0.75); w_min 0.1 as the authors",
                 "this project's SAC with its MLP critic (256-256, CleanRL's settings, but α autotuned from 0.2 "
-                "(sac.alpha_init), where CleanRL starts it at 1: this project's default until 2026-12-05), not SimBa; "
+                "(sac.alpha_init) and lecun-normal weights (sac.init), where CleanRL starts α at 1 and draws "
+                "PyTorch's U(±1/sqrt(fan_in)): this project's defaults since 2026-12-05), not SimBa; "
                 "UTD 2 only "
                 "(the paper: 1, 2, 5)", "5 seeds (the paper's seed count is unknown)"),
     sweeps={"laptop": sweep("validation-swd-laptop", steps=20_000, seeds=5, log_every=1000, eval_every=1000,
-                            agent_extra={"sac.alpha_init": 0.2}),
+                            agent_extra={"sac.alpha_init": 0.2, "sac.init": "lecun_normal"}),
             "paper": {**sweep("validation-swd-paper", steps=1_000_000, seeds=5, log_every=10_000, eval_every=20_000,
                               utd=(1, 2, 5), env="dmc:humanoid-run", T=80_000,
                               agent_extra={"sac.network": "simba"},
