@@ -310,20 +310,19 @@ def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
         nonstationary.validate(cfg.env, r.env)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    check_claims({n: make_intervention(n, c, cfg.agent).claims() for n, c in cfg.interventions.items()})
+    for name in cfg.interventions:
+        supported = iv_registry.REGISTRY[name].agents
+        if cfg.agent not in supported:
+            raise ConfigError(f"intervention {name!r} does not apply to agent {cfg.agent!r}; "
+                              f"it supports: {', '.join(supported)}")
+    ivs = {n: make_intervention(n, c, cfg.agent) for n, c in cfg.interventions.items()}  # built once, here
+    check_claims({n: iv.claims() for n, iv in ivs.items()})
     try:
-        agent_options(cfg)
+        merge_options(ivs)
+        for iv in ivs.values():
+            iv.validate(r, a)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for name, icfg in cfg.interventions.items():
-        cls = iv_registry.REGISTRY[name]
-        if cfg.agent not in cls.agents:
-            raise ConfigError(f"intervention {name!r} does not apply to agent {cfg.agent!r}; "
-                              f"it supports: {', '.join(cls.agents)}")
-        try:
-            make_intervention(name, icfg, cfg.agent).validate(r, a)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
 
 
 def check_devices(devices: int, seeds: int) -> None:
@@ -343,11 +342,16 @@ def make_intervention(name: str, icfg, agent: str):
 
 
 def agent_options(cfg: ExperimentConfig) -> dict:
-    """The build options the active interventions need (`Intervention.agent_options`), merged; two of them
-    asking for different values of one option is a one-line error."""
+    """The build options the active interventions need (`Intervention.agent_options`), merged."""
+    return merge_options({n: make_intervention(n, c, cfg.agent) for n, c in cfg.interventions.items()})
+
+
+def merge_options(ivs: dict) -> dict:
+    """The build options of the interventions `ivs` (name -> intervention), merged; two of them asking for
+    different values of one option is a one-line error."""
     merged, owner = {}, {}
-    for name, icfg in cfg.interventions.items():
-        for k, v in make_intervention(name, icfg, cfg.agent).agent_options().items():
+    for name, iv in ivs.items():
+        for k, v in iv.agent_options().items():
             if k in merged and merged[k] != v:
                 raise ValueError(f"interventions {owner[k]} and {name} need the agent built with different "
                                  f"{k} ({merged[k]!r} and {v!r}); drop one of them")
