@@ -1,5 +1,5 @@
 """Cost of drawing one SWD batch from a full 1M-slot replay: the `exact` sampler before and after it was
-made exact per slot, and `bucketed` for reference (docs/interventions.md, SWD section).
+made exact per slot, and `bucketed` for reference (docs/interventions.md, SWD / SWA).
 
   old       jax.random.choice(p=w / Σw): one float32 cumulative sum over all N slots (the former `exact`)
   exact     the two-level double-float inverse CDF of plastic/interventions/swd.py

@@ -1,6 +1,6 @@
 """Plasticity metrics: pure functions returning arrays or flat `dict[str, Array]`.
 
-Definitions follow ../shared/specs/metrics.md; every function has a reference test in tests/.
+Definitions: docs/metrics.md; every function has a reference test in tests/.
 """
 from metrics.activity import (
     ACTIVE_TESTS, active_mask, fau_logs, linearised_fraction, linearised_logs, positive_preactivation,

@@ -1,4 +1,4 @@
-"""Fraction of active units (FAU) and linearised units (metrics.md §4).
+"""Fraction of active units (FAU) and linearised units (docs/metrics.md §4).
 
 Activation tensors are post-activations `[E?, B, (spatial...), H]` (leading ensemble axis `E` for twin
 critics, as in `metrics.units`). FAU pools over every entry; the linearised ratio is per unit (per member).
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 _DFF_LIMIT = math.sqrt(2.0) - 0.01
 
-# "active" tests on the post-activation h (metrics.md §4 FAU table, the complement of "saturated")
+# "active" tests on the post-activation h (docs/metrics.md §4 FAU table, the complement of "saturated")
 ACTIVE_TESTS = {
     "relu": lambda h: h > 0,
     "swish": lambda h: h > 0,
@@ -33,7 +33,7 @@ POSITIVE_TESTS = {
 
 @partial(jax.jit, static_argnames=("activation",))
 def active_mask(h, activation: str):
-    """Boolean mask of active entries of the post-activation `h` (metrics.md §4 FAU table): relu and
+    """Boolean mask of active entries of the post-activation `h` (docs/metrics.md §4 FAU table): relu and
     swish `h > 0`; tanh `|h| <= 0.99`; sigmoid `0.01 <= h <= 0.99`; dff `|h| <= sqrt(2) − 0.01`. Same shape
     as `h`. Unknown activation: ValueError listing `ACTIVE_TESTS`."""
     if activation not in ACTIVE_TESTS:
@@ -43,7 +43,7 @@ def active_mask(h, activation: str):
 
 @partial(jax.jit, static_argnames=("network", "activation"))
 def fau_logs(network: str, acts: dict, activation: str) -> dict:
-    """FAU (metrics.md §4): `fau/<network>/<layer>` is the mean of `active_mask` over every entry of the
+    """FAU (docs/metrics.md §4): `fau/<network>/<layer>` is the mean of `active_mask` over every entry of the
     layer's tensor (ensemble, batch, spatial and unit axes all pooled); `fau/<network>` pools all entries of
     all layers (sum active / sum entries, so wider layers weigh more). float32."""
     logs, active, total = {}, 0.0, 0
@@ -58,7 +58,7 @@ def fau_logs(network: str, acts: dict, activation: str) -> dict:
 
 @partial(jax.jit, static_argnames=("activation",))
 def positive_preactivation(h, activation: str):
-    """Whether the pre-activation z > 0, recovered from the post-activation `h` (metrics.md §4): relu, swish,
+    """Whether the pre-activation z > 0, recovered from the post-activation `h` (docs/metrics.md §4): relu, swish,
     tanh `h > 0`; sigmoid `h > 0.5`. A dead ReLU's z <= 0 gives False. dff is not invertible: ValueError."""
     if activation not in POSITIVE_TESTS:
         raise ValueError(f"pre-activation sign not recoverable from {activation!r} outputs; "
@@ -83,7 +83,7 @@ def linearised_fraction(h, activation: str, ensemble: int = 0):
 
 
 def linearised_logs(network: str, acts: dict, layers, activation: str, frac: float = 0.9) -> dict:
-    """`linearised_ratio` (metrics.md §4; LucMc/continual-learning): a unit (per member for ensembles) is
+    """`linearised_ratio` (docs/metrics.md §4; LucMc/continual-learning): a unit (per member for ensembles) is
     linearised if its pre-activation is positive on a fraction >= `frac` of the samples (and spatial
     positions). Keys `linearised_ratio/<network>/<layer>` (fraction of the layer's units) and
     `linearised_ratio/<network>` pooled over the units of all layers and members. `layers` are LayerSpecs

@@ -1,4 +1,4 @@
-"""Policy churn (metrics.md §8): how much one gradient step changes the policy on a held-out batch.
+"""Policy churn (docs/metrics.md §8): how much one gradient step changes the policy on a held-out batch.
 
 Rows are all axes but the last (the action / logit axis); every function averages over rows.
 """
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 @jax.jit
 def greedy_churn(values_old, values_new):
-    """Discrete `policy_churn` (metrics.md §8, Schaul et al. 2022): fraction of rows whose greedy action
+    """Discrete `policy_churn` (docs/metrics.md §8, Schaul et al. 2022): fraction of rows whose greedy action
     (argmax over the last axis of Q-values or logits; ties to the first index) changes. float32."""
     changed = jnp.argmax(values_old, axis=-1) != jnp.argmax(values_new, axis=-1)
     return jnp.mean(changed.astype(jnp.float32))
@@ -20,7 +20,7 @@ def greedy_churn(values_old, values_new):
 
 @jax.jit
 def action_change(a_old, a_new):
-    """Continuous `policy_churn` proxy (metrics.md §8): mean over rows of ||a_new − a_old||² (squared L2
+    """Continuous `policy_churn` proxy (docs/metrics.md §8): mean over rows of ||a_new − a_old||² (squared L2
     over the last axis), e.g. deterministic actions mu(s) before and after the step. float32."""
     d = jnp.asarray(a_new, jnp.float32) - jnp.asarray(a_old, jnp.float32)
     return jnp.mean(jnp.sum(jnp.square(d), axis=-1))
@@ -28,7 +28,7 @@ def action_change(a_old, a_new):
 
 @jax.jit
 def gaussian_kl(mean_old, log_std_old, mean_new, log_std_new):
-    """Stochastic-policy churn (metrics.md §8): mean over rows of KL(pi_old || pi_new) for diagonal
+    """Stochastic-policy churn (docs/metrics.md §8): mean over rows of KL(pi_old || pi_new) for diagonal
     Gaussians, summed over action dims: log(s_new/s_old) + (s_old² + (m_old − m_new)²) / (2 s_new²) − 1/2.
     KL is invariant under a bijection applied to both distributions, so this is also the KL of the
     tanh-squashed policies. float32."""
@@ -40,7 +40,7 @@ def gaussian_kl(mean_old, log_std_old, mean_new, log_std_new):
 
 @jax.jit
 def categorical_kl(logits_old, logits_new):
-    """Discrete stochastic churn (metrics.md §8): mean over rows of KL(softmax(old) || softmax(new)) =
+    """Discrete stochastic churn (docs/metrics.md §8): mean over rows of KL(softmax(old) || softmax(new)) =
     sum_a p_old (log p_old − log p_new), computed with `log_softmax` for stability. float32."""
     lp0 = jax.nn.log_softmax(jnp.asarray(logits_old, jnp.float32), axis=-1)
     lp1 = jax.nn.log_softmax(jnp.asarray(logits_new, jnp.float32), axis=-1)
@@ -50,7 +50,7 @@ def categorical_kl(logits_old, logits_new):
 @partial(jax.jit, static_argnames=("network",))
 def churn_logs(network: str, old: dict, new: dict) -> dict:
     """`policy_churn/<network>` (and `policy_churn_kl/<network>`) from before/after views of the policy on
-    the same batch (metrics.md §8). Key sets: {"q"}: greedy churn; {"logits"}: greedy churn and categorical
+    the same batch (docs/metrics.md §8). Key sets: {"q"}: greedy churn; {"logits"}: greedy churn and categorical
     KL; {"action"}: action change; {"action", "mean", "log_std"}: action change and Gaussian KL. Any other
     key set, or differing key sets: ValueError."""
     keys = set(old)

@@ -1,4 +1,4 @@
-"""Gradient statistics (metrics.md §3) and weight, feature and update magnitudes (metrics.md §7).
+"""Gradient statistics (docs/metrics.md §3) and weight, feature and update magnitudes (docs/metrics.md §7).
 
 All functions reduce over whole pytrees of float arrays and return float32 scalars.
 """
@@ -28,7 +28,7 @@ def _sq(leaves):
 
 @jax.jit
 def grad_stats(grads, threshold: float = 1e-8) -> dict:
-    """Gradient statistics over the whole pytree (metrics.md §3, CleanRL-JAX `GradientMonitor`):
+    """Gradient statistics over the whole pytree (docs/metrics.md §3, CleanRL-JAX `GradientMonitor`):
     `sparsity` = #{j : |g_j| < threshold} / #entries (higher is worse; never called "GraMa"),
     `l1` = sum_j |g_j|, `l2` = sqrt(sum_j g_j²). Pass the raw gradient (before clipping / optimizer)."""
     leaves = _leaves(grads)
@@ -39,14 +39,14 @@ def grad_stats(grads, threshold: float = 1e-8) -> dict:
 
 @jax.jit
 def param_rms(params):
-    """`param_rms` (metrics.md §7): sqrt(sum_j θ_j² / N) over all N parameters of the pytree."""
+    """`param_rms` (docs/metrics.md §7): sqrt(sum_j θ_j² / N) over all N parameters of the pytree."""
     leaves = _leaves(params)
     return jnp.sqrt(_sq(leaves) / max(_count(leaves), 1))
 
 
 @jax.jit
 def param_dist_init_rms(params, ref):
-    """`param_dist_init_rms` (metrics.md §7, Plasticine `compute_l2_norm_difference`): sqrt(sum_j (θ_j −
+    """`param_dist_init_rms` (docs/metrics.md §7, Plasticine `compute_l2_norm_difference`): sqrt(sum_j (θ_j −
     θ_ref_j)² / N), with `ref` the parameters at initialisation (same structure)."""
     diff = jax.tree.map(lambda a, b: jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32), params, ref)
     return param_rms(diff)
@@ -54,7 +54,7 @@ def param_dist_init_rms(params, ref):
 
 @jax.jit
 def feature_norm(phi):
-    """`feature_norm` (metrics.md §7): mean over samples (and ensemble members, for `[E, n, d]`) of the L2
+    """`feature_norm` (docs/metrics.md §7): mean over samples (and ensemble members, for `[E, n, d]`) of the L2
     norm of each feature row `Phi_b` (last axis)."""
     return jnp.mean(jnp.linalg.norm(jnp.asarray(phi, jnp.float32), axis=-1))
 
@@ -72,7 +72,7 @@ def layer_groups(tree) -> list[list[int]]:
 
 @jax.jit
 def grad_to_param_ratio(grads, params, eps: float = 1e-12):
-    """`grad_to_param_ratio` (metrics.md §7, modelled on SimbaV2 `get_effective_lr`): the parameter-count-
+    """`grad_to_param_ratio` (docs/metrics.md §7, modelled on SimbaV2 `get_effective_lr`): the parameter-count-
     weighted mean over layers of ||g_l|| / (||θ_l|| + eps). A layer is one innermost dict of array leaves
     (kernel and bias together, see `layer_groups`; ensemble members are pooled), not one leaf: a bias-only
     leaf is 0 at initialisation, so per-leaf ratios would blow up. `grads` and `params` share a structure;
@@ -91,7 +91,7 @@ def grad_to_param_ratio(grads, params, eps: float = 1e-12):
 
 @jax.jit
 def update_to_param_ratio(updates, params_before, eps: float = 1e-12):
-    """`update_to_param_ratio` (metrics.md §7): ||Δθ|| / (||θ_before|| + eps), global norms over the pytree,
+    """`update_to_param_ratio` (docs/metrics.md §7): ||Δθ|| / (||θ_before|| + eps), global norms over the pytree,
     with Δθ the update actually applied (after the optimizer and learning rate)."""
     return jnp.sqrt(_sq(_leaves(updates))) / (jnp.sqrt(_sq(_leaves(params_before))) + eps)
 
@@ -103,7 +103,7 @@ def norm_logs(network: str, grads, updates, params_before, params, params_init,
     `grad_to_param_ratio` (grads vs `params_before`, the parameters they were taken at),
     `update_to_param_ratio` (`updates` vs `params_before`), `param_rms` and `param_dist_init_rms` (of the
     post-update `params`, the latter against `params_init`), each keyed `<metric>/<network>`. `grads` must
-    be the raw loss gradient (metrics.md §3: before masking, weight decay, clipping or the optimizer)."""
+    be the raw loss gradient (docs/metrics.md §3: before masking, weight decay, clipping or the optimizer)."""
     gs = grad_stats(grads, threshold)
     return {
         f"grad_sparsity/{network}": gs["sparsity"],

@@ -1,4 +1,4 @@
-"""Rank metrics on a feature matrix `Phi` (metrics.md §5).
+"""Rank metrics on a feature matrix `Phi` (docs/metrics.md §5).
 
 `Phi` is `[n, d]` (n samples, d features), or `[E, n, d]` for an ensemble (twin critics). Conv features
 must be flattened by the caller to `[n, h * w * c]` (or `[E, n, h * w * c]`) before calling; nothing here
@@ -22,7 +22,7 @@ F32_EPS = float(np.finfo(np.float32).eps)
 
 
 def _fmt(x: float) -> str:
-    """A threshold as it appears in a metric name (metrics.md §0.2): `:g`, e.g. 0.01 -> "0.01"."""
+    """A threshold as it appears in a metric name (docs/metrics.md §0.2): `:g`, e.g. 0.01 -> "0.01"."""
     return f"{x:g}"
 
 
@@ -34,7 +34,7 @@ def _device_svdvals(phi):
 
 
 def _scipy_svdvals(phi: np.ndarray) -> np.ndarray:
-    """Host SVD with SciPy's `gesvd` driver over any leading axes (the LOP fallback, metrics.md §5).
+    """Host SVD with SciPy's `gesvd` driver over any leading axes (the LOP fallback, docs/metrics.md §5).
 
     `scipy.linalg.svdvals` takes no `lapack_driver` argument, so this calls what it wraps,
     `scipy.linalg.svd(..., compute_uv=False)`, with `lapack_driver='gesvd'`.
@@ -78,7 +78,7 @@ def _fallback_rule(axis_size, in_batched, sv, phi):
 
 @jax.jit
 def singular_values(phi):
-    """Singular values of `Phi` `[n, d]` (or batched `[E, n, d]`) in float32, descending (metrics.md §5).
+    """Singular values of `Phi` `[n, d]` (or batched `[E, n, d]`) in float32, descending (docs/metrics.md §5).
 
     Computed with `jnp.linalg.svd(phi, compute_uv=False)`. If any resulting value is non-finite (GPU SVD
     convergence failure), all are recomputed on the host with SciPy's `gesvd` driver
@@ -101,7 +101,7 @@ def _min_k_reaching(w, level):
 
 @jax.jit
 def srank(sv, delta: float = 0.01):
-    """`srank_delta_δ` (metrics.md §5; Kumar et al. 2021): min{k : sum_{i<=k} σ_i / sum_i σ_i >= 1 − δ}.
+    """`srank_delta_δ` (docs/metrics.md §5; Kumar et al. 2021): min{k : sum_{i<=k} σ_i / sum_i σ_i >= 1 − δ}.
 
     Same quantity as Plasticine's "stable rank" and LOP's `compute_abs_approximate_rank`. `sv` are
     descending singular values on the last axis; returns int32 (0 for all-zero `sv`)."""
@@ -110,7 +110,7 @@ def srank(sv, delta: float = 0.01):
 
 @jax.jit
 def approx_rank(sv, p: float = 0.99):
-    """`approx_rank_p` (metrics.md §5; LOP `compute_approximate_rank`): min{k : sum_{i<=k} σ_i² / sum_i
+    """`approx_rank_p` (docs/metrics.md §5; LOP `compute_approximate_rank`): min{k : sum_{i<=k} σ_i² / sum_i
     σ_i² >= p}, the PCA explained-variance rank of the uncentred `Phi`. Returns int32 (0 for all-zero)."""
     sv = jnp.asarray(sv, jnp.float32)
     return _min_k_reaching(sv * sv, p)
@@ -118,7 +118,7 @@ def approx_rank(sv, p: float = 0.99):
 
 @jax.jit
 def effective_rank(sv):
-    """`effective_rank` (metrics.md §5; Roy & Vetterli 2007): exp(−sum_i p_i ln p_i) with p_i = σ_i /
+    """`effective_rank` (docs/metrics.md §5; Roy & Vetterli 2007): exp(−sum_i p_i ln p_i) with p_i = σ_i /
     sum_j σ_j and 0·ln 0 = 0. Returns float32; 0 for all-zero `sv` (not exp(0) = 1)."""
     sv = jnp.asarray(sv, jnp.float32)
     total = jnp.sum(sv, axis=-1, keepdims=True)
@@ -130,7 +130,7 @@ def effective_rank(sv):
 
 @partial(jax.jit, static_argnames=("n",))
 def feature_rank(sv, n: int, eps: float = 0.01):
-    """`feature_rank_eps_ε` (metrics.md §5; Lyle et al. 2022): #{i : σ_i(Phi / sqrt(n)) > ε} =
+    """`feature_rank_eps_ε` (docs/metrics.md §5; Lyle et al. 2022): #{i : σ_i(Phi / sqrt(n)) > ε} =
     #{i : σ_i / sqrt(n) > ε} with `n` the number of samples (rows). Scale-dependent by design. int32."""
     sv = jnp.asarray(sv, jnp.float32)
     return jnp.sum(sv / jnp.sqrt(jnp.float32(n)) > eps, axis=-1, dtype=jnp.int32)
@@ -138,7 +138,7 @@ def feature_rank(sv, n: int, eps: float = 0.01):
 
 @partial(jax.jit, static_argnames=("n", "d"))
 def matrix_rank(sv, n: int, d: int):
-    """`matrix_rank` (metrics.md §5): #{i : σ_i > σ_max · max(n, d) · eps_float32}, NumPy's (and
+    """`matrix_rank` (docs/metrics.md §5): #{i : σ_i > σ_max · max(n, d) · eps_float32}, NumPy's (and
     `jnp.linalg.matrix_rank`'s) default tolerance for an `[n, d]` float32 matrix. int32 (0 for all-zero)."""
     sv = jnp.asarray(sv, jnp.float32)
     tol = jnp.max(sv, axis=-1, keepdims=True) * (max(n, d) * F32_EPS)
@@ -147,7 +147,7 @@ def matrix_rank(sv, n: int, d: int):
 
 @partial(jax.jit, static_argnames=("network", "delta", "p", "eps"))
 def rank_logs(network: str, phi, delta: float = 0.01, p: float = 0.99, eps: float = 0.01, sv=None) -> dict:
-    """All §5 ranks of `Phi` as flat float32 logs (metrics.md §5): `srank_delta_<δ>/<network>`,
+    """All §5 ranks of `Phi` as flat float32 logs (docs/metrics.md §5): `srank_delta_<δ>/<network>`,
     `approx_rank_<p>/<network>`, `effective_rank/<network>`, `feature_rank_eps_<ε>/<network>`,
     `matrix_rank/<network>` (numbers formatted with `:g`). `phi` is `[n, d]` or `[E, n, d]`; for an
     ensemble each member's rank is computed on its own `[n, d]` and the network value is the mean over

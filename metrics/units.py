@@ -1,4 +1,4 @@
-"""Per-unit scores and the τ-ratio family (metrics.md §1 dormant ratio, §2 GraMa ratio).
+"""Per-unit scores and the τ-ratio family (docs/metrics.md §1 dormant ratio, §2 GraMa ratio).
 
 Unit tensors are `[..., H]`, optionally with a leading ensemble axis `E` (twin critics); every axis
 except the ensemble axis and the unit axis (batch, spatial) is averaged, giving `[E, H]` or `[H]`.
@@ -23,12 +23,12 @@ def normalize_scores(a, eps: float = EPS):
 
 
 def dormant_scores(activations, layers, eps: float = EPS):
-    """τ-dormant scores from post-activations: dict layer-name -> normalised mean |h| (metrics.md §1)."""
+    """τ-dormant scores from post-activations: dict layer-name -> normalised mean |h| (docs/metrics.md §1)."""
     return {l.name: normalize_scores(unit_magnitude(activations[l.name], l.ensemble), eps) for l in layers}
 
 
 def grama_scores(layers, probe_grads, param_grads, target: str = "pre_activation", eps: float = EPS):
-    """GraMa scores (metrics.md §2): dict layer-name -> (G normalised, g raw per-unit magnitude).
+    """GraMa scores (docs/metrics.md §2): dict layer-name -> (G normalised, g raw per-unit magnitude).
 
     `pre_activation` / `post_activation` read the probe gradients (per-sample dL/du, one backward pass);
     `weight_grad` uses mean_j |dL/dW[j, i]| over the unit's incoming kernel column.
@@ -54,7 +54,7 @@ def ratio_logs(metric: str, network: str, scores: dict, taus, aggregation: str =
     """Flat logs `<metric>_tau_<τ>/<network>[/<layer>]`: fraction of units with score <= τ.
 
     `pooled` divides the number of flagged units by the number of units over all layers (and all
-    ensemble members); `mean_of_layers` averages the per-layer ratios (metrics.md §1).
+    ensemble members); `mean_of_layers` averages the per-layer ratios (docs/metrics.md §1).
     """
     logs = {}
     for tau in taus:
@@ -72,14 +72,14 @@ def ratio_logs(metric: str, network: str, scores: dict, taus, aggregation: str =
 
 
 def dormant_masks(scores: dict, tau: float) -> dict:
-    """τ-dormant (or GraMa-inactive) unit masks (metrics.md §1, §2): dict layer -> bool `s <= tau`, same
+    """τ-dormant (or GraMa-inactive) unit masks (docs/metrics.md §1, §2): dict layer -> bool `s <= tau`, same
     shape as the scores (`[H]` or `[E, H]`)."""
     return {name: jnp.asarray(s) <= tau for name, s in scores.items()}
 
 
 @jax.jit
 def set_overlap(prev_mask, mask):
-    """`dormant_overlap` / `grama_persistence` (metrics.md §8): |D_t ∩ D_prev| / max(|D_t|, 1), with D_prev
+    """`dormant_overlap` / `grama_persistence` (docs/metrics.md §8): |D_t ∩ D_prev| / max(|D_t|, 1), with D_prev
     and D_t the units flagged in boolean masks `prev_mask` and `mask` of equal (any) shape; 0 when D_t is
     empty. float32."""
     both = jnp.sum(jnp.logical_and(prev_mask, mask), dtype=jnp.float32)

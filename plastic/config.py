@@ -80,7 +80,7 @@ class MetricsConfig:
     """What the in-training metrics collector (plastic/monitor.py) measures, on which networks, how often.
 
     Periods count the gradient updates of each network (its own counter); 0 turns a group off. Every
-    group is also measured at a network's first update. Definitions: ../shared/specs/metrics.md."""
+    group is also measured at a network's first update. Definitions: docs/metrics.md."""
     networks: tuple[str, ...] = ("all",)  # network names (e.g. critic), or all
     activity_every: int = nonneg(1_000, note="0: off")  # dormant ratios, FAU, linearised ratio, feature norm,
                                                         # dormant overlap

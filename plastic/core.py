@@ -1,6 +1,6 @@
 """The training core: every gradient step of every agent goes through `gradient_step`.
 
-Hook order inside one step of one network (shared-mechanics.md §6):
+Hook order inside one step of one network (docs/mechanics.md §6):
 
     loss_fn(params, probes) + Σ loss_term          # `loss_term` hook (L2-init, GTR); sees loss_fn's aux
     value_and_grad w.r.t. (params, probes)         # probes -> per-unit gradients, same backward pass

@@ -23,7 +23,7 @@ conds inside their scanned step. The `due` flags depend on the update counters a
 same: the drivers keep them with the (unbatched) counters between rounds (`Intervention.shared`), and each
 group's `lax.cond` stays a real branch under the seed vmap. The batch's rows are drawn and gathered inside
 the cond (a `fixed_probe` batch's indices are recorded outside it, at the first collection). Values read NaN
-(null in metrics.jsonl) until first measured. Keys follow metrics.md §0.2: `<metric>/<network>` and
+(null in metrics.jsonl) until first measured. Keys follow docs/metrics.md §0.2: `<metric>/<network>` and
 `<metric>/<network>/<layer>`.
 
 The state is packed: each of its parts (the values, theta0, the unit sets, the NTK capture, the SVD retry,
@@ -133,7 +133,7 @@ class Monitor(Intervention):
         """`(rows of the rank group, draws of the metrics batch per collection)`. A rank of `n x d` features
         is at most min(n, d), so off-policy the rank group measures max(rows, widest feature width) rows:
         the metrics batch (the first draw, all the other groups see) and `draws − 1` further draws of
-        `batch_size` replay rows (metrics.md §5: n >= d). PPO's batch is a subset of its rollout that its
+        `batch_size` replay rows (docs/metrics.md §5: n >= d). PPO's batch is a subset of its rollout that its
         driver draws (a second random subset would repeat rows): there the rank group keeps `rows`."""
         if not self.periods["rank"] or getattr(agent, "on_policy", False):
             return self.rows, 1
@@ -218,7 +218,7 @@ class Monitor(Intervention):
 
         def fire():  # unpacked inside the branch: slices outside it would run on every step
             view = self.view(state, "values", "grama", "theta0")
-            # the raw loss gradient (before every grad_transform: NE's masks, coupled weight decay), metrics.md §3
+            # the raw loss gradient (before every grad_transform: NE's masks, coupled weight decay), docs/metrics.md §3
             vals, grama = self._grad_values(n, ctx.raw_grads, ctx.updates, ctx.params_before, ns.params,
                                             ctx.scores, view)
             return self.pack({"values": {**view["values"], **vals}, "grama": {**view["grama"], n: grama}})
@@ -347,7 +347,7 @@ class Monitor(Intervention):
             if self.periods["rank"]:
                 # the device SVD only: a host callback in the step program would take every training
                 # step off JAX's fast dispatch path. Non-finite values (GPU SVD failures) keep the
-                # features, and at_log_point recomputes them with SciPy's gesvd (metrics.md §5).
+                # features, and at_log_point recomputes them with SciPy's gesvd (docs/metrics.md §5).
                 def ranks():
                     f = phi
                     if rank_batch is not None:  # its own forward pass, only when the group is due
@@ -429,7 +429,7 @@ class Monitor(Intervention):
         return rank_logs(n, phi, c.srank_delta, c.approx_rank_p, c.feature_rank_eps, sv=sv)
 
     def _ntk(self, n, net, params, x, rows):
-        """NTK Gram rank of the critic's scalar output on `ntk_batch` samples (metrics.md §6): `x` its
+        """NTK Gram rank of the critic's scalar output on `ntk_batch` samples (docs/metrics.md §6): `x` its
         inputs, `rows` the batch's (obs, action) rows."""
         c = self.cfg
         ens = net.layers[0].ensemble

@@ -2,7 +2,7 @@
 
 Every hidden layer is described by a static `LayerSpec` (kernel and bias paths, consumers, the
 initializer that built it, optional LayerNorm). Interventions and metrics read only this map; they
-never infer structure from parameter order (see ../shared/specs/shared-mechanics.md §1.2).
+never infer structure from parameter order (see docs/mechanics.md §1.2).
 
 Twin critics are one `MLP` with `ensemble=2`: kernels are `[E, in, out]`, so both critics run as one
 batched matmul per layer (a fused critic) and unit masks are `[E, H]`.
@@ -14,10 +14,10 @@ Architectures (`network` in every agent's config, built by `build_network`):
           -> Dense(out)
 The residual networks' layer maps list only the units inside blocks (SimBa: the 4d expansion units; BroNet:
 each block's first Dense, normalised by its LayerNorm), never the width-d residual stream
-(shared-mechanics §1.2-1.3), so unit resets cannot touch the embedding, the skip path or the head.
+(docs/mechanics.md §1.2-1.3), so unit resets cannot touch the embedding, the skip path or the head.
 
-Plasticity injection (interventions.md §9): with `inject=True` a network also holds `output_new` and
-`output_ref` (copies of the output layer) and a scalar `inject_flag`; its output is
+Plasticity injection (docs/interventions.md, Plasticity injection): with `inject=True` a network also holds
+`output_new` and `output_ref` (copies of the output layer) and a scalar `inject_flag`; its output is
 `output(x) + [flag] (output_new(x) - output_ref(x))` (`InjectSpec` says where these live).
 """
 from __future__ import annotations
@@ -194,8 +194,8 @@ def probed_unit(act, z, name, probes, probe_point, acts):
 def output_head(mdl, x, out, ensemble, init, scale, inject):
     """The output Dense `output`; with `inject`, also `output_new`, `output_ref` and the scalar parameter
     `inject_flag`, and the output is `output(x) + (output_new(x) - output_ref(x))` once the flag is set
-    (interventions.md §9.2). The difference is taken first, so it is exactly 0 while the two copies are
-    equal (right at an injection). The flag counts as set above 0.5, so no gradient reaches it and an
+    (docs/interventions.md, Plasticity injection). The difference is taken first, so it is exactly 0 while the
+    two copies are equal (right at an injection). The flag counts as set above 0.5, so no gradient reaches it and an
     intervention that nudges every parameter (shrink-and-perturb, weight decay) cannot half-set it."""
     y = Dense(out, ensemble, init, scale, name="output")(x)
     if not inject:
@@ -251,7 +251,8 @@ class InjectSpec:
 def freeze_injected(spec: InjectSpec):
     """An optax transformation (chained after the optimizer) that zeroes the updates of the parts of an
     injection head that are frozen now (`InjectSpec.frozen`), whatever other interventions did to the
-    gradients: the frozen head and reference head get exactly zero updates (interventions.md §9.2)."""
+    gradients: the frozen head and reference head get exactly zero updates (docs/interventions.md, Plasticity
+    injection)."""
     import optax
 
     def init(params):
@@ -276,7 +277,7 @@ class MLP(nn.Module):
     """`in -> [Dense -> (LN) -> act] * len(hidden) -> Dense(out)`.
 
     `probes` (optional dict layer-name -> zeros shaped like the unit tensor) are added at
-    `probe_point` so that d loss / d probe is the per-sample gradient at each unit (shared-mechanics §2.2).
+    `probe_point` so that d loss / d probe is the per-sample gradient at each unit (docs/mechanics.md §2.2).
     Returns `(output, activations)` where activations maps layer name -> post-activation values.
     """
     hidden: tuple[int, ...]
@@ -442,8 +443,8 @@ class BroNet(_Residual):
     `act(LN(Dense(d))) -> blocks x [x + LN(Dense(d)(act(LN(Dense(d)(x)))))] -> Dense(out)`.
 
     The LayerNorm `block_{i}_ln` normalises the block units before the activation (the probe sits after it,
-    shared-mechanics §2.2), so resetting one unit changes every unit's normalisation: such resets are not
-    function-preserving (shared-mechanics §1.3)."""
+    docs/mechanics.md §2.2), so resetting one unit changes every unit's normalisation: such resets are not
+    function-preserving (docs/mechanics.md §1.3)."""
     unit_layer_norm: bool = True
 
     @nn.compact

@@ -38,8 +38,8 @@ Kinds (`EnvConfig.nonstationary`), each a pure function of the phase `k = env_st
   carry (a tuple), the active one is selected with `lax.switch` (under vmap every task's step runs and
   one result is kept, so a step costs the sum of the tasks' steps).
 
-Slippery Ant (Dohare et al., Nature 2024; `validation.md` §5.4 "a non-stationary variant with changing
-friction (`cfg/frictions`)", and `shibhansh/loss-of-plasticity` `lop/rl/run_ppo.py`, `lop/envs/slippery_ant.py`,
+Slippery Ant (Dohare et al., Nature 2024: a non-stationary Ant whose friction changes over training,
+`cfg/frictions`; and `shibhansh/loss-of-plasticity` `lop/rl/run_ppo.py`, `lop/envs/slippery_ant.py`,
 `lop/rl/cfg/sant/*.yml`): the friction of every Ant geom (the XML's default geom class, which all Ant
 geoms use, sliding friction 1) is set to a new value every `change_time = 2_000_000` steps, drawn in
 `[0.02, 2]` (the `friction` default of `run_ppo.py`), with a new value already in the first phase and

@@ -1,4 +1,4 @@
-"""Adam with the step count of your choice (shared-mechanics §3.5; interventions.md §10.2).
+"""Adam with the step count of your choice (docs/mechanics.md §3.5; docs/interventions.md, Continual Backprop).
 
 optax's Adam keeps one scalar step count for the whole network, so an entry that a reset re-initialises
 keeps the bias correction of an old parameter. Continual Backprop's reference optimizer counts steps per
@@ -9,10 +9,11 @@ element instead, and restarts the count of every reset entry.
   per_element  standard Adam bias correction with a step count per entry (an int32 tree shaped like the
                parameters, so `plastic.surgery.reset_units` zeroes it at touched entries with the moments)
   adamgnt_released
-               the released `AdamGnT` arithmetic of the loss-of-plasticity code (interventions.md §10.1 step 8):
-               per-entry count t as above, update `lr · (1 − b2^t) · m_t / (sqrt(v_t) + eps)` (its line meant to
-               form Adam's bias correction has no effect, so fresh entries ramp up from ~0). Its coupled weight
-               decay is not part of this transform (the `weight_decay` intervention, coupled, adds it).
+               the released `AdamGnT` arithmetic of the loss-of-plasticity code
+               (docs/interventions.md, Continual Backprop): per-entry count t as above, update
+               `lr · (1 − b2^t) · m_t / (sqrt(v_t) + eps)` (its line meant to form Adam's bias correction has no
+               effect, so fresh entries ramp up from ~0). Its coupled weight decay is not part of this transform
+               (the `weight_decay` intervention, coupled, adds it).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit-level parameter and optimizer surgery shared by every reset method (shared-mechanics §1, §3, §4.5).
+"""Unit-level parameter and optimizer surgery shared by every reset method (docs/mechanics.md §1, §3, §4.5).
 
 `reset_units` re-initialises flagged hidden units through the layer map: incoming columns redrawn from
 the layer's own initializer, bias 0, outgoing rows 0, LayerNorm affine reset, and Adam `mu`/`nu`
@@ -28,7 +28,7 @@ def cap_mask(flagged, score, k):
 
 def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine"):
     """Bool tree shaped like `params`: True at every entry a reset of `masks` touches (incoming column,
-    bias, LayerNorm affine, outgoing rows in every consumer), as in shared-mechanics §3.1."""
+    bias, LayerNorm affine, outgoing rows in every consumer), as in docs/mechanics.md §3.1."""
     touched = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), params)
 
     def mark(path, m):

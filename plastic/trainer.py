@@ -5,7 +5,7 @@ gradient updates (`lax.scan`) for every seed (`vmap`), and return the next actio
 carry `(TrainState, counters)` is held packed (plastic/packing.py: small leaves in one buffer per dtype),
 so each call moves ~30 arrays instead of ~100; `pack` / `unpack` convert. Counters
 (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a scalar
-predicate and stay a real `lax.cond` under `vmap` (shared-mechanics §4.2).
+predicate and stay a real `lax.cond` under `vmap` (docs/mechanics.md §4.2).
 
 The step is compiled with or without the metrics collector's measuring code: the ordinary program has none,
 and each step returns a flag for the next, set when its round marked a metric group due (plastic/monitor.py).

@@ -1,4 +1,6 @@
-"""Continual Backprop (interventions.md §10, test invariants §10.5; AdamGnT arithmetic in plastic.optim)."""
+"""Continual Backprop (docs/interventions.md, Continual Backprop; AdamGnT arithmetic in plastic.optim).
+
+The section comments number the method's test invariants (1) to (8)."""
 from __future__ import annotations
 
 import math
@@ -118,7 +120,7 @@ def assert_untouched_identical(net, before, after, masks):
         np.testing.assert_array_equal(np.asarray(a)[~t], np.asarray(b)[~t])
 
 
-# ---- §10.5 (1): utility arithmetic ---------------------------------------------------------------
+# ---- invariant (1): utility arithmetic -----------------------------------------------------------
 W0 = np.array([[1.0, -1.0, 0.5], [0.5, 2.0, -1.0]], np.float32)
 B0 = np.array([0.0, 0.1, -0.2], np.float32)
 W1 = np.array([[1.0, -2.0], [0.5, 0.5], [-3.0, 1.0]], np.float32)
@@ -187,7 +189,7 @@ def test_outgoing_magnitude_conv_flatten_and_ensemble():
     np.testing.assert_allclose(got, np.abs(k).mean(-1), rtol=1e-6)
 
 
-# ---- §10.5 (2), (3): eligibility and replacement effects ------------------------------------------
+# ---- invariant (2), (3): eligibility and replacement effects --------------------------------------
 def test_units_at_or_below_maturity_are_never_replaced():
     net, x = mlp_net((8, 8)), X16
     iv = cbp(replacement_rate=1.0, maturity=5)       # n = #eligible: every eligible unit goes
@@ -272,7 +274,7 @@ def test_layer_init_uses_the_layers_own_initializer():
     np.testing.assert_array_equal(new.params["hidden_0"]["kernel"], fresh)
 
 
-# ---- §10.5 (4), (5): no-op and ranking --------------------------------------------------------------
+# ---- invariant (4), (5): no-op and ranking ----------------------------------------------------------
 def test_rate_zero_is_a_bit_identical_noop():
     net, x = mlp_net(), X16
     iv = cbp(replacement_rate=0.0)
@@ -332,7 +334,7 @@ def test_random_utility_redraws_and_still_respects_eligibility():
     assert int(st2["critic"]["replaced"]) > 10 and len(set(ages.tolist())) > 2
 
 
-# ---- §10.5 (6), (7): next-layer bias correction ---------------------------------------------------
+# ---- invariant (6), (7): next-layer bias correction -----------------------------------------------
 @pytest.mark.parametrize("correction", ["on", "off"])
 def test_next_bias_correction(correction):
     net = mlp_net()
@@ -406,7 +408,7 @@ def test_twin_critic_members_are_scored_and_replaced_separately():
     assert np.all(np.asarray(new.params["output"]["kernel"][0])[m[0]] == 0)
 
 
-# ---- §10.5 (8): optimizer ---------------------------------------------------------------------------
+# ---- invariant (8): optimizer -----------------------------------------------------------------------
 @pytest.mark.parametrize("mode, count", [("zero_moments_keep_count", "global"),
                                          ("zero_moments_per_element_count", "per_element"),
                                          ("adamgnt_released", "adamgnt_released")])
@@ -458,7 +460,8 @@ def test_optimizer_state_zeroed_at_touched_entries(mode, count):
 
 def test_adamgnt_released_hand_computed_updates():
     """Constant gradient g, betas (0.99, 0.99): update_t = lr (1 - b2^t) m_t / (sqrt(v_t) + eps) with
-    m_t = (1 - b1^t) g, v_t = (1 - b2^t) g^2: about 0.001 lr at t = 1 and 0.5 lr at t = 100 (§10.1 step 8)."""
+    m_t = (1 - b1^t) g, v_t = (1 - b2^t) g^2: about 0.001 lr at t = 1 and 0.5 lr at t = 100
+    (docs/interventions.md, Continual Backprop)."""
     lr, b1, b2, eps = 1e-4, 0.99, 0.99, 1e-8
     g = jnp.array([0.5, -2.0, 3e-3])
     p = {"w": jnp.zeros(3)}

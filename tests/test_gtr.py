@@ -1,4 +1,5 @@
-"""GTR (reconstructed variant) and the PPO KL-penalty baseline (interventions.md §6, test invariants §6.6)."""
+"""GTR (reconstructed variant) and the PPO KL-penalty baseline (docs/interventions.md, GTR;
+the method's test invariants)."""
 from __future__ import annotations
 
 import math

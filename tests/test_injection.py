@@ -1,4 +1,4 @@
-"""Plasticity injection (interventions.md §9, test invariants §9.5)."""
+"""Plasticity injection (docs/interventions.md, Plasticity injection; the method's test invariants)."""
 from __future__ import annotations
 
 from functools import partial
@@ -101,9 +101,9 @@ def assert_changed(a, b):
 
 @pytest.mark.parametrize("targets", ["mirror", pytest.param("keep", marks=pytest.mark.slow)])
 def test_td3_injection_invariants(targets):
-    """§9.5 on TD3's actor and twin critics: outputs (and target outputs) bit-identical across the injection,
-    trainable count unchanged, fresh zero moments for the heads, frozen head and reference head exactly
-    unchanged over later updates while the new head and the encoder train."""
+    """The injection invariants on TD3's actor and twin critics: outputs (and target outputs) bit-identical
+    across the injection, trainable count unchanged, fresh zero moments for the heads, frozen head and
+    reference head exactly unchanged over later updates while the new head and the encoder train."""
     agent, iv, state, s = setup("td3", iv_over={"targets": targets})
     counters = init_counters(agent)
     specs = {n: agent.nets[n].module.inject_spec() for n in ("actor", "critic")}

@@ -92,7 +92,7 @@ def test_vmapped_seeds_match_separate_runs(tmp_path, agent):
 def test_chunks_do_not_retrace_or_leave_the_device(tmp_path):
     """Four equal chunks: the chunk program is traced once, env.step / env.reset run as Python only while
     tracing, and the program holds no host callback but the SciPy SVD that feature ranks fall back on
-    when the device SVD returns non-finite values (metrics.md §5; a branch taken only then)."""
+    when the device SVD returns non-finite values (docs/metrics.md §5; a branch taken only then)."""
     tr = trainer("dqn", 400, metrics=True)
     calls = {"step": 0, "reset": 0}
     env = tr.env

@@ -1,4 +1,4 @@
-"""L2-init and weight decay (interventions.md §11, test invariants §11.4)."""
+"""L2-init and weight decay (docs/interventions.md, L2-init; the method's test invariants)."""
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -1,9 +1,13 @@
 """The import layers, read from the source (no import runs): a lower layer never imports an upper one. The
 intervention layer sits beside the training core, below the drivers: it reads the agent's roles and
-capabilities from what the config layer hands it (plastic.config.make_intervention), never from agents/."""
+capabilities from what the config layer hands it (plastic.config.make_intervention), never from agents/.
+
+Also read from the source: every citation of a document in a comment, docstring or doc names a file of the
+repository (and a section or heading that file has), never a specification outside it."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,99 @@ def test_the_check_sees_an_upward_import(tmp_path):
     f.write_text("import os\n\ndef g():\n    from agents.td3 import TD3\n    import plastic.trainer as t\n")
     found = [m for _, m in imports(f) if hits(m, FORBIDDEN["plastic/interventions"])]
     assert found == ["agents.td3", "plastic.trainer"]
+
+
+# ---- citations: a comment that cites a document names a file of the repository ------------------------------
+# The methods were planned from specification files that are not part of the repository; the definitions the
+# code relies on live in docs/ (docs/metrics.md, docs/mechanics.md, docs/interventions.md). A citation names one
+# of those files with its path, `docs/metrics.md §5` (a section heading of that file: `## 5.` or `### 5.2`) or
+# `docs/interventions.md, ReDo` (a heading of that file starting with that name), or it names nothing.
+CITING = ("plastic", "agents", "metrics", "experiments", "tests", "docs", "benchmarks", "README.md")
+CITING_SUFFIXES = (".py", ".md", ".yaml")
+SPEC_NAMES = r"(?:metrics|interventions|validation|mechanics|shared[-]mechanics)"  # [-]: keeps grep quiet here
+NUM = r"\d+(?:\.\d+)*"
+# a spec folder outside the repository, the shared mechanics spec, or a spec file named without its docs/ path
+# (the separator may run over a line break, a comment marker or a string literal's quotes)
+OUTSIDE = re.compile(r"(?<![\w-])spec[s]/|(?<!docs/)shared[-]mechanics"
+                     rf"|(?<![\w/-]){SPEC_NAMES}\.md`?[\s#\"']*§")
+DOC_SECTION = re.compile(rf"\bdocs/([\w/.-]+?\.md)`?[\s#\"']*§\s*({NUM})(?:[-–]({NUM}))?")
+NEXT_SECTION = re.compile(rf"([^§().;\n]{{0,30}}?)§\s*({NUM})(?:[-–]({NUM}))?")  # `§1, §3` or `§1 x, §2 y`
+DOC_HEADING = re.compile(r"\bdocs/([\w/.-]+?\.md)`?, ([A-Z][^;:,.()`\n]*)")
+
+
+def citing_files():
+    here = Path(__file__).resolve()
+    for name in CITING:
+        path = ROOT / name
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in CITING_SUFFIXES)
+        yield from (f for f in files if f.resolve() != here and "__pycache__" not in f.parts)
+
+
+def headings(doc: Path) -> list[str]:
+    return [line.lstrip("#").strip() for line in doc.read_text().splitlines() if re.match(r"#{1,6}\s", line)]
+
+
+def has_section(heads: list[str], number: str) -> bool:
+    """A heading numbered `number` (`4. Title`, `10.1 Title`) or labelled with it (`Title — §4`)."""
+    return any(re.match(rf"{re.escape(number)}\.?(\s|$)", h) or h.endswith(f"§{number}") for h in heads)
+
+
+def citation_errors(path: Path, root: Path = ROOT) -> list[str]:
+    """`file:line what` for every citation in `path` that points outside the repository, names a docs/ file that
+    does not exist, or a section or heading that file does not have."""
+    text, errors, cache = path.read_text(), [], {}
+    rel = path.relative_to(root) if path.is_relative_to(root) else path
+
+    def where(pos: int) -> str:
+        return f"{rel}:{text.count(chr(10), 0, pos) + 1}"
+
+    def doc(name):
+        if name not in cache:
+            f = root / "docs" / name
+            cache[name] = headings(f) if f.is_file() else None
+        return cache[name]
+
+    for m in OUTSIDE.finditer(text):
+        start = m.start() - len(re.search(r"[^\s(]*$", text[:m.start()]).group(0))
+        cited = text[start:m.end()] + re.match(r"[^\s),;]*", text[m.end():]).group(0)
+        errors.append(f"{where(m.start())} cites {cited!r}, outside the repository (cite docs/...)")
+    for m in DOC_SECTION.finditer(text):
+        heads = doc(m.group(1))
+        if heads is None:
+            errors.append(f"{where(m.start())} cites docs/{m.group(1)}, which does not exist")
+            continue
+        numbers, end = [m.group(2), m.group(3)], m.end()
+        while (n := NEXT_SECTION.match(text, end)) and "docs/" not in n.group(1):
+            numbers, end = numbers + [n.group(2), n.group(3)], n.end()
+        errors += [f"{where(m.start())} cites docs/{m.group(1)} §{num}, which has no heading for it"
+                   for num in numbers if num and not has_section(heads, num)]
+    for m in DOC_HEADING.finditer(text):
+        heads, name = doc(m.group(1)), m.group(2).strip()
+        if heads is None:
+            errors.append(f"{where(m.start())} cites docs/{m.group(1)}, which does not exist")
+        elif not any(h.startswith(name) for h in heads):
+            errors.append(f"{where(m.start())} cites docs/{m.group(1)}, {name!r}: no heading starts so")
+    return errors
+
+
+def test_every_citation_names_a_file_of_the_repository():
+    errors = [e for f in citing_files() for e in citation_errors(f)]
+    assert not errors, "citations that do not resolve in the repository:\n" + "\n".join(errors)
+
+
+def test_the_citation_check_sees_bad_citations(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "metrics.md").write_text("# M\n\n## 4. FAU\n\n### 10.1 Network A\n")
+    (tmp_path / "docs" / "interventions.md").write_text("# I\n\n## ReDo (`--intervention redo`) — §2\n")
+    good = ("docs/metrics.md §4 and §10.1; docs/metrics.md §4-10.1; docs/interventions.md §2; "
+            "(docs/interventions.md, ReDo)\n")
+    bad = ["../shared/" + "spec" + "s/metrics.md", "metrics" + ".md §4", "`interventions" + ".md` §9",
+           "shared" + "-mechanics §3.3", "(interventions" + ".md\n§5.1", "# metrics" + ".md\n# §4",
+           "docs/metrics.md §5", "docs/metrics.md §4, §7", "docs/metrics.md §1.2-4",
+           "docs/nothing.md §1", "docs/interventions.md, GTR", "docs/metrics.md §10"]
+    f = tmp_path / "m.py"
+    f.write_text(good)
+    assert citation_errors(f, tmp_path) == []
+    for text in bad:
+        f.write_text(good + text + "\n")
+        assert len(citation_errors(f, tmp_path)) == 1, text

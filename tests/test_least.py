@@ -1,4 +1,4 @@
-"""LEAST, reconstructed (interventions.md §4, test invariants §4.6)."""
+"""LEAST, reconstructed (docs/interventions.md, LEAST; the method's test invariants)."""
 from __future__ import annotations
 
 from types import SimpleNamespace

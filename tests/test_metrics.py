@@ -1,6 +1,6 @@
-"""Unit-score metrics (metrics.md §1, §2, §10.1, §10.3) on hand-built networks.
+"""Unit-score metrics (docs/metrics.md §1, §2, §10.1, §10.3) on hand-built networks.
 
-Network A (metrics.md §10.1): x = [1, 2], hidden Dense 1->3 kernel [[1, -1, 2]], bias 0, ReLU;
+Network A (docs/metrics.md §10.1): x = [1, 2], hidden Dense 1->3 kernel [[1, -1, 2]], bias 0, ReLU;
 output Dense 3->1 kernel [[1], [1], [0.5]], bias 0; targets 0; L = mean_b 0.5 (y_b - t_b)^2.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Metric library (metrics/activity, rank, ntk, norms, churn; units.set_overlap / dormant_masks) against
-straightforward NumPy references written here (loops, np.linalg), the reference values of metrics.md §10,
+straightforward NumPy references written here (loops, np.linalg), the reference values of docs/metrics.md §10,
 invariances, and jit / vmap agreement with eager calls.
 
-Network A (metrics.md §10.1) is rebuilt with plain jnp functions: x = [1, 2], hidden Dense 1->3 kernel
+Network A (docs/metrics.md §10.1) is rebuilt with plain jnp functions: x = [1, 2], hidden Dense 1->3 kernel
 [[1, -1, 2]], bias 0, ReLU; output Dense 3->1 kernel [[1], [1], [0.5]], bias 0; L = mean_b 0.5 y_b².
 """
 from __future__ import annotations
@@ -201,7 +201,7 @@ def test_active_mask_table_and_errors():
         np.testing.assert_array_equal(m, [np_is_active(v, act) for v in h])
     with pytest.raises(ValueError, match="relu"):
         active_mask(np.zeros(3, F32), "gelu")
-    # metrics.md §10.3: tanh activations [0.995, -0.5, 0.2, -0.999] (one sample, 4 units) -> fau = 0.5
+    # docs/metrics.md §10.3: tanh activations [0.995, -0.5, 0.2, -0.999] (one sample, 4 units) -> fau = 0.5
     logs = fau_logs("actor", {"hidden_0": np.array([[0.995, -0.5, 0.2, -0.999]], F32)}, "tanh")
     np.testing.assert_allclose(logs["fau/actor"], 0.5)
 
@@ -347,7 +347,7 @@ def test_set_overlap():
     prev, now = np.zeros(12, bool), np.zeros(12, bool)
     prev[[1, 4, 7]] = True
     now[[4, 7, 9, 10]] = True
-    np.testing.assert_allclose(set_overlap(prev, now), 0.5)                  # metrics.md §10.3
+    np.testing.assert_allclose(set_overlap(prev, now), 0.5)                  # docs/metrics.md §10.3
     np.testing.assert_allclose(set_overlap(now, prev), 2 / 3, rtol=1e-6)
     np.testing.assert_allclose(set_overlap(prev, np.zeros(12, bool)), 0.0)    # empty D_t -> 0
     rng = np.random.default_rng(3)

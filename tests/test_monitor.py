@@ -193,7 +193,7 @@ def test_fixed_probe_keeps_the_first_indices():
 
 
 def test_gradient_group_inside_the_core_on_network_a():
-    """metrics.md §10.1 Network A through core.gradient_step with plain SGD (lr 0.1): the gradient
+    """docs/metrics.md §10.1 Network A through core.gradient_step with plain SGD (lr 0.1): the gradient
     statistics are the spec's numbers and the update/parameter ratio is lr * |g| / |theta|."""
     params = {"hidden_0": {"kernel": jnp.array([[1.0, -1.0, 2.0]]), "bias": jnp.zeros(3)},
               "output": {"kernel": jnp.array([[1.0], [1.0], [0.5]]), "bias": jnp.zeros(1)}}

@@ -1,6 +1,6 @@
 """What the metrics collector measures on (plastic/monitor.py): the gradient group reads the raw loss
-gradient, not the one after the `grad_transform` hooks (metrics.md §3), and the rank group gets at least as
-many samples as the widest measured feature layer has columns (metrics.md §5: n >= d)."""
+gradient, not the one after the `grad_transform` hooks (docs/metrics.md §3), and the rank group gets at least as
+many samples as the widest measured feature layer has columns (docs/metrics.md §5: n >= d)."""
 from __future__ import annotations
 
 import jax
@@ -49,7 +49,7 @@ class OneNet:
 
 
 def _stats(g):
-    """grad_sparsity, grad_l1, grad_l2 of a gradient pytree, in NumPy (metrics.md §3)."""
+    """grad_sparsity, grad_l1, grad_l2 of a gradient pytree, in NumPy (docs/metrics.md §3)."""
     flat = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(g)])
     return np.mean(np.abs(flat) < 1e-8), np.sum(np.abs(flat)), np.sqrt(np.sum(flat ** 2))
 
@@ -73,7 +73,7 @@ def _one_step(agent, ivs, istate, loss_fn, x):
 
 # ---- gradient group: the raw loss gradient ----------------------------------------------------------
 def test_grad_metrics_read_the_raw_gradient_under_coupled_weight_decay():
-    """metrics.md §10.1 Network A with coupled weight decay (g + λθ before the optimizer): the gradient
+    """docs/metrics.md §10.1 Network A with coupled weight decay (g + λθ before the optimizer): the gradient
     statistics and the gradient/parameter ratio are those of the loss gradient alone (the spec's 0.3, 30,
     sqrt(176.5)); the update/parameter ratio is that of the update actually applied, decay included."""
     params = {"hidden_0": {"kernel": jnp.array([[1.0, -1.0, 2.0]]), "bias": jnp.zeros(3)},

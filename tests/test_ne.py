@@ -1,4 +1,6 @@
-"""Neuroplastic Expansion (interventions.md §5, test invariants §5.7; shared-mechanics §5)."""
+"""Neuroplastic Expansion (docs/interventions.md, Neuroplastic Expansion; docs/mechanics.md §5).
+
+The section comments number the method's test invariants (items 1 to 9)."""
 from __future__ import annotations
 
 import math
@@ -89,7 +91,7 @@ def masks(state, name="critic"):
     return {k: np.asarray(m) for k, m in state["nets"][name]["masks"].items()}
 
 
-# ---- §5.7 item 5: Erdős–Rényi -------------------------------------------------------------------
+# ---- item 5: Erdős–Rényi ------------------------------------------------------------------------
 def test_erdos_renyi_reference_values_and_global_density():
     # raw (in + out) / (in · out): 12/32, 16/64, 10/16; sum raw·N = 38
     shapes = [(4, 8), (8, 8), (8, 2)]
@@ -132,7 +134,7 @@ def test_initial_masks_follow_the_er_counts_and_keep_the_largest_weights():
     assert abs(sum(p.n_init[k] * 2 for k in p.n_init) + dense_n - 0.2 * total) <= 1
 
 
-# ---- §5.7 items 1, 6, 7, 9: masks hold; dense gradient; optimizer; one compilation -------------------
+# ---- items 1, 6, 7, 9: masks hold; dense gradient; optimizer; one compilation ------------------------
 def test_masks_dense_gradient_optimizer_surgery_and_no_recompilation():
     iv = ne(period=4, growth_schedule="constant", growth_rate=0.1, prune_score="weight_magnitude",
             grad_accumulation_n=2)
@@ -197,7 +199,7 @@ def test_static_sparse_keeps_its_mask_and_never_skips():
         assert m.sum() == iv._plans["critic"].n_init[k] and np.all(kernels(iv, net, ns.params)[k][~m] == 0)
 
 
-# ---- §5.7 items 2, 3, 4: function preservation, counts, top-k, cap --------------------------------
+# ---- items 2, 3, 4: function preservation, counts, top-k, cap -------------------------------------
 def hand_built(iv):
     """A 1-hidden-layer net whose hidden_0 kernel (6 x 32) gets a hand-built gradient ramp."""
     net, ns, state = setup(iv, hidden=(32,))
@@ -298,7 +300,7 @@ def test_dst_phase_swaps_at_constant_density_after_growth():
     assert not bool(live)
 
 
-# ---- §5.7 item 8: experience review ---------------------------------------------------------------
+# ---- item 8: experience review --------------------------------------------------------------------
 def filled_replay(n_add=150, capacity=100):
     r = Replay.create(capacity, {"obs": jnp.zeros(2)})
     add = jax.jit(lambda r, t: r.add({"obs": jnp.zeros(2)}, t))

@@ -1,5 +1,5 @@
-"""NE's `dense_layers=first_and_last` keeps the network's first layer and output head dense (interventions.md
-§5.1, after RLx2): the first and output kernels of an MLP; on a residual net (SimBa, BroNet) the input
+"""NE's `dense_layers=first_and_last` keeps the network's first layer and output head dense (docs/interventions.md,
+Neuroplastic Expansion; after RLx2): the first and output kernels of an MLP; on a residual net (SimBa, BroNet) the input
 projection `embed` and the head `output`, so that every block kernel is sparse."""
 from __future__ import annotations
 

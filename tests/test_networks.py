@@ -120,7 +120,7 @@ def test_layer_map_lists_only_block_units_and_points_at_real_params(kind, ensemb
         assert get_path(params, l.bias).shape == (*lead, units)
         assert l.consumers == ((f"block_{i}_out", "kernel"),)
         assert get_path(params, l.consumers[0]).shape == (*lead, units, 4)
-        if kind == "bronet":   # the LayerNorm over the block's units (shared-mechanics §1.2 table)
+        if kind == "bronet":   # the LayerNorm over the block's units (docs/mechanics.md §1.2 table)
             assert l.layer_norm == ((f"block_{i}_ln", "scale"), (f"block_{i}_ln", "bias"))
             assert all(get_path(params, q).shape == (*lead, units) for q in l.layer_norm)
         else:                  # SimBa's LayerNorm normalises the residual stream, not these units

@@ -1,4 +1,5 @@
-"""ReDo (interventions.md §2, test invariants §2.5; shared mechanics via plastic.surgery)."""
+"""ReDo (docs/interventions.md, ReDo; the method's test invariants; shared mechanics via plastic.surgery,
+docs/mechanics.md)."""
 from __future__ import annotations
 
 from functools import partial

@@ -1,4 +1,6 @@
-"""ReGraMa (interventions.md §1, test invariants §1.7 items 2-11; shared-mechanics §3-4)."""
+"""ReGraMa (docs/interventions.md, ReGraMa; docs/mechanics.md §3-4).
+
+The section comments number the method's test invariants (items 2 to 11)."""
 from __future__ import annotations
 
 from functools import partial
@@ -39,7 +41,7 @@ def regrama(**kw):
 
 
 def net_a(kernel=((1.0, -1.0, 2.0),), bias=(0.0, 0.0, 0.0), out=((1.0,), (1.0,), (0.5,))):
-    """Network A of metrics.md §10.1 (optionally with modified parameters), Adam(1e-2)."""
+    """Network A of docs/metrics.md §10.1 (optionally with modified parameters), Adam(1e-2)."""
     params = {"hidden_0": {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)},
               "output": {"kernel": jnp.asarray(out, jnp.float32), "bias": jnp.zeros(1)}}
     return NET_A, NetState(params, NET_A.tx.init(params))
@@ -185,7 +187,7 @@ T_WIDE = jnp.array([[1.0], [0.0], [-1.0], [0.5]])
 
 
 # ---------------------------------------------------------------------------------------------
-# Network A (metrics.md §10.1; items 5 and 7)
+# Network A (docs/metrics.md §10.1; items 5 and 7)
 
 def test_network_a_reset_at_tau0():
     # bias of the dead unit set to -0.5 (still dead on x = [1, 2]) so that "bias -> 0" is observable
@@ -498,7 +500,7 @@ def test_layernorm_affine_reset():
 
 
 # ---------------------------------------------------------------------------------------------
-# reset_unit_step_ratio (metrics.md §8): mean |update| / lr on freshly reset entries
+# reset_unit_step_ratio (docs/metrics.md §8): mean |update| / lr on freshly reset entries
 
 def test_reset_unit_step_ratio_window():
     """After a non-empty reset, each update adds mean |update| over the touched entries / lr; entries
@@ -531,7 +533,7 @@ def test_reset_unit_step_ratio_window():
 def test_reset_unit_step_ratio_shows_adam_scalar_count_effect():
     """Zeroed moments with the scalar count kept: on the first update after a reset at count k-1, an entry
     with gradient g steps lr * (1-b1)/(1-b1^k) / sqrt((1-b2)/(1-b2^k)) whatever g is (3.16 lr when
-    k is large, shared-mechanics §3.3); touched entries that get no gradient step 0."""
+    k is large, docs/mechanics.md §3.3); touched entries that get no gradient step 0."""
     lr = 1e-3
     net = Net.of("critic", MLP((4,), 1), optax.adam(lr), lr)
     iv = regrama(period=50, step_ratio_window=1, step_ratio_every=1)

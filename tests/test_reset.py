@@ -1,4 +1,4 @@
-"""Full and partial resets (interventions.md §7, test invariants §7.4)."""
+"""Full and partial resets (docs/interventions.md, Full and partial resets; the method's test invariants)."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""Shrink & Perturb (interventions.md §8, test invariants §8.4)."""
+"""Shrink & Perturb (docs/interventions.md, Shrink & Perturb; the method's test invariants)."""
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""Sample Weight Decay / SWA replay sampling (interventions.md §3, test invariants §3.6)."""
+"""Sample Weight Decay / SWA replay sampling (docs/interventions.md, SWD / SWA; the method's test invariants)."""
 from __future__ import annotations
 
 from functools import partial
@@ -248,7 +248,7 @@ def test_bucketed_total_variation_full_buffer():
     bucketed = _bucketed_slot_p(swd(T, sampler="bucketed", bucket_size=S), r)
     tv = 0.5 * np.abs(bucketed - exact).sum()
     assert tv < 2e-3, tv
-    assert 8e-4 < tv < 9e-4, tv                           # spec §3.3 project calculation: about 8.5e-4
+    assert 8e-4 < tv < 9e-4, tv                           # about 8.5e-4 by a [project] calculation
 
 
 @pytest.mark.parametrize("t", [1_500_500, 600_500])

@@ -19,7 +19,7 @@ SEARCH = {"PPO-Clip": ("ppo.clip_coef", (0.1, 0.2, 0.3, 0.5, 0.8)),
 INTERVENTION = {"PPO-Clip": "none", "PPO+KL": "kl_penalty", "GTR": "gtr"}
 STREAMS = {"permute_obs": "permuted stream", "none": "stationary"}
 PPO_DEFAULT = 0.2          # PPO's clip ε as shipped (the stationary comparison is against PPO as a user runs it)
-GTR_SPEC_BETA = 1.0        # the spec's recommended β (interventions.md §6.5), the former demo's setting
+GTR_SPEC_BETA = 1.0        # the spec's recommended β (docs/interventions.md, GTR), the former demo's setting
 
 
 def sweep(name: str, steps: int, seeds: int, eval_every: int, period: int = PERIOD, search: dict = SEARCH,
@@ -179,8 +179,8 @@ FINDING = Finding(
            "PPO+GTR scores at least as well as PPO-Clip and PPO with a KL penalty, while on a stationary task it "
            "matches PPO."),
     source="Liu et al., *Local Guidance, Global Impact: Gaussian-Reshaped Trust Region Unlocks Behavior "
-           "Transitions*, arXiv 2606.03382 (2026), abstract only; protocol: ../shared/specs/validation.md §6 "
-           "(reconstructed: no numbers, domains or budgets are available).",
+           "Transitions*, arXiv 2606.03382 (2026), abstract only; protocol: reconstructed "
+           "(no numbers, domains or budgets are available).",
     rule=("Ten seeds per setting. Search: on seeds 0-4, each method's one hyperparameter over five values (PPO-Clip "
           "ε, PPO+KL fixed β, GTR β); each method's chosen value has the best mean over seeds of the mean eval "
           "return over the permuted stream. Test, on seeds 5-9 with the chosen values: (1) P(GTR > PPO-Clip) and "
@@ -202,7 +202,7 @@ FINDING = Finding(
             "smoke": sweep("validation-gtr-smoke", steps=2048, seeds=2, eval_every=512, period=1024,
                            search=_SMOKE_SEARCH, extra={"run.eval_episodes": 1})},
     analyse=analyse,
-    notes=("Every GTR equation is a reconstruction from the abstract (../shared/specs/interventions.md §6); the "
+    notes=("Every GTR equation is a reconstruction from the abstract (docs/interventions.md, GTR); the "
            "results say nothing about the paper's GTR, only about this variant at these settings.",
            "The paper scale cannot be the paper's (unknown): it is the same protocol with 40 phases and 20 seeds.",
            "Why the former demo had GTR at 100 against PPO's 237 (docs/interventions.md, GTR): the spec's σ = 0.2 "

@@ -109,9 +109,9 @@ FINDING = Finding(
            "early experience) keeps the critic's fraction of active units above vanilla TD3's while learning at "
            "least as well; LEAST (stop episodes whose value is low, widen exploration when the data is "
            "uninformative) reaches vanilla TD3's final return in fewer environment steps (30-50 % fewer)."),
-    source="Liu et al., *Neuroplastic Expansion in Deep RL*, ICLR 2025 (TD3 on MuJoCo; FAU kept higher, "
-           "../shared/specs/validation.md §4); Liu et al., *LEAST*, ICML 2025 (TD3/SAC/REDQ on MuJoCo-v4; "
-           "30-50 % fewer steps, §3). All figures secondary and unverified; both methods are reconstructions where "
+    source="Liu et al., *Neuroplastic Expansion in Deep RL*, ICLR 2025 (TD3 on MuJoCo; FAU kept higher); "
+           "Liu et al., *LEAST*, ICML 2025 (TD3/SAC/REDQ on MuJoCo-v4; "
+           "30-50 % fewer steps). All figures secondary and unverified; both methods are reconstructions where "
            "the papers are silent.",
     rule=("Per seed: the final eval return and final critic FAU (means over the last 10 % of evaluations / "
           "measurements); TD3's final return = the IQM over TD3's seeds (per env); a seed's steps-to-target = its first "
@@ -155,11 +155,11 @@ FINDING = Finding(
            "(43-245 stops, 66-95 steps in on average, around where Hopper's young policies fall anyway); the offline "
            "replay predicted about a third. Its stop rate over the last 20 episodes swings between 0 and 1, and its "
            "exploration noise rose to its cap of 0.3 on three seeds. A stopped episode leaves NaN after its stop "
-           "(spec §4.3), so later medians come from the episodes that ran on, which could feed the stops; the "
-           "switch least.stopped_tail=hold counts a stopped episode with its last value instead. Rerun with it (same "
-           "seeds): 27 % stopped against 34 %, and P(LEAST sooner) 0.48 [0.12, 0.84]: within the seed spread, so "
-           "the default stays the spec's (docs/interventions.md, LEAST). TD3 barely leaves the ground in 25k steps "
-           "here (final 193), so the steps-to-target test compares slow starts.",
+           "(docs/interventions.md, LEAST), so later medians come from the episodes that ran on, which could feed "
+           "the stops; the switch least.stopped_tail=hold counts a stopped episode with its last value instead. "
+           "Rerun with it (same seeds): 27 % stopped against 34 %, and P(LEAST sooner) 0.48 [0.12, 0.84]: within the "
+           "seed spread, so the default stays the spec's (docs/interventions.md, LEAST). TD3 barely leaves the "
+           "ground in 25k steps here (final 193), so the steps-to-target test compares slow starts.",
            "NE ran as configured on both tasks: 100 critic and 50 actor topology events, both networks at the "
            "final density 0.75 at the end.",),
 )

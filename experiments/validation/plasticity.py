@@ -133,7 +133,8 @@ FINDING = Finding(
            "CBP, Shrink & Perturb) reduce that decline."),
     source="Dohare et al., *Loss of plasticity in deep continual learning*, Nature 2024 (PPO, slippery Ant; "
            "permuted-input streams); Abbas et al., *Loss of plasticity in continual deep RL*, CoLLAs 2023 (Rainbow "
-           "on sequences of Atari games); ../shared/specs/validation.md §1, §5.",
+           "on sequences of Atari games); the methods' papers: Liu et al., NeurIPS 2025 (ReGraMa), Sokar et al., "
+           "ICML 2023 (ReDo), Nikishin et al., ICML 2022 (resets).",
     rule=("Per seed: the mean eval return in each phase; the decline = the mean of the last 3 phases minus phase "
           "0. Tests: (1) the mean over seeds of vanilla's decline has a 95 % percentile-bootstrap CI below 0; "
           "(2) for each of the five methods, P(its decline > vanilla's decline) has a 95 % bootstrap CI above "

@@ -92,7 +92,7 @@ FINDING = Finding(
     source="Wu et al., *Sample Weight Decay* (ICLR 2026, arXiv 2604.01913): SimBa-SAC on DMC Humanoid-Run at UTD "
            "1/2/5 (IQM +17.3 % at UTD 2), SWA below uniform with a lower gradient L1, App. D Table 2 (buckets); "
            "the authors' defaults T = 80,000, w_min = 0.1. The figures are from a secondary summary "
-           "(../shared/specs/validation.md §2, graded [secondary, unverified]).",
+           "(graded [secondary, unverified]).",
     rule=("Per seed: the mean of all its evaluation returns (the return over the run) and the mean of its last 10 % "
           "of critic gradient-L1 measurements, at the largest UTD of the sweep; 95 % bootstrap CIs (2000 "
           "replications) of probabilities of improvement. Tests: (1) P(SWD > uniform) and (2) P(uniform > SWA), "

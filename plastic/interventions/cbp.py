@@ -1,4 +1,5 @@
-"""Continual Backprop (interventions.md §10; Dohare et al. 2024, the generate-and-test of `lop/algos/gnt.py`).
+"""Continual Backprop (docs/interventions.md, Continual Backprop; Dohare et al. 2024, the generate-and-test of
+`lop/algos/gnt.py`).
 
 After EVERY optimizer step of each covered network (`post_update`), for each hidden layer of its layer map:
 

@@ -1,10 +1,10 @@
 """GTR (reconstructed variant): a Gaussian-reshaped trust region for PPO with a mixture anchor
-(interventions.md §6), and the baseline it argues against, PPO with a KL penalty (Schulman et al. 2017, §4).
+(docs/interventions.md, GTR), and the baseline it argues against, PPO with a KL penalty (Schulman et al. 2017, §4).
 
 Only the abstract of the GTR paper was available, so everything here is the spec's [reconstructed] design;
 call it "GTR (reconstructed variant)" in every result.
 
-GTR, `objective=penalty` (§6.2). With anchors θ_1..θ_M (the M most recent rollout policies, newest first,
+GTR, `objective=penalty`. With anchors θ_1..θ_M (the M most recent rollout policies, newest first,
 θ_1 = θ_old) and weights w_k (sum 1), the PPO policy loss gets the term
 
     β · mean_t Σ_k w_k (1 − K_σ(d_{t,k})),    K_σ(d) = exp(−d² / 2σ²)          (mixture_of_kernels)
@@ -14,7 +14,7 @@ with the deviation d = log π_θ(a|s) − log π_k(a|s) (`log_ratio`), π_θ/π_
 analytic per-state KL(π_k(·|s) ‖ π_θ(·|s)) (`state_kl`). The penalty lies in [0, β); its slope in d,
 β·d/σ²·K_σ(d), peaks at |d| = σ with β/(σ√e) and fades beyond: a bounded, non-monotonic restoring force.
 `clip=none` adds mean(clipped surrogate) − mean(r·A) so the total objective is the unclipped surrogate.
-`objective=reshaped_surrogate` (§6.3) replaces the surrogate by mean(A·r·g),
+`objective=reshaped_surrogate` (an ablation) replaces the surrogate by mean(A·r·g),
 g = sg(K_σ(log r) + (1 − K_σ(log r))·gate).
 
 KL penalty (`kl_penalty`): the loss gets β · mean_t KL_t(π_old ‖ π_θ), with KL_t the analytic per-state KL
@@ -107,9 +107,9 @@ def _slots_last(x):
 # ---- GTR -----------------------------------------------------------------------------------------------
 @dataclass
 class GTRConfig:
-    # every default is [reconstructed] (interventions.md §6.5) unless marked [project]; the feature flag
+    # every default is [reconstructed] (docs/interventions.md, GTR) unless marked [project]; the feature flag
     # `gtr.enabled` of the spec is `--intervention gtr` itself
-    objective: str = "penalty"              # penalty (§6.2) | reshaped_surrogate (§6.3, ablation)
+    objective: str = "penalty"              # penalty | reshaped_surrogate (ablation)
     clip: str = "none"                      # none | ppo_clip (the paper: clipping is not the bottleneck)
     deviation: str = "log_ratio"            # log_ratio | ratio_minus_one | state_kl (KL(anchor ‖ current))
     sigma: float = positive(0.2)            # kernel width, log-ratio units (PPO's 0.2 band)
@@ -185,7 +185,7 @@ class GTR(Intervention):
         anchors = jax.lax.stop_gradient(state["anchors"])
         obs, action, logp_old = data["obs"], data["action"], data["logp"]
         adv = _normalised(data["adv"], getattr(agent.cfg, "norm_adv", True))
-        if c.objective == "reshaped_surrogate":  # §6.3 gates on log r against θ_old: no anchor columns
+        if c.objective == "reshaped_surrogate":  # it gates on log r against θ_old: no anchor columns
             return {}, {**state, **self._sigma(state, adv)}
 
         def dist(p):

@@ -1,4 +1,4 @@
-"""Plasticity injection (Nikishin et al. 2023; interventions.md §9), alias `inject`.
+"""Plasticity injection (Nikishin et al. 2023; docs/interventions.md, Plasticity injection), alias `inject`.
 
 Every selected network is built with two extra copies of its output layer, `output_new` and `output_ref`,
 and a scalar flag (`agent_options() -> {"inject": (network names...)}`, plastic.networks.output_head):
@@ -56,7 +56,7 @@ class InjectionConfig:
     split: str = "last_layer"         # last_layer (Plasticine [third-party code]); the spec's last_k_layers and
                                       # after_encoder are not implemented
     networks: tuple[str, ...] = ("actor", "critic")  # roles whose heads are injected (DQN's q is a critic)
-    targets: str = "mirror"           # mirror | keep ([project], spec §9.4)
+    targets: str = "mirror"           # mirror | keep ([project]; docs/interventions.md, Plasticity injection)
 
 
 class Injection(Intervention):

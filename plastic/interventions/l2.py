@@ -1,4 +1,4 @@
-"""L2-init (regenerative regularisation toward θ₀) and weight decay (interventions.md §11).
+"""L2-init (regenerative regularisation toward θ₀) and weight decay (docs/interventions.md, L2-init).
 
 L2-init adds, to the loss of every selected network (`loss_term` hook, or equivalently `grad_transform`):
   squared         c · ||θ − θ₀||²  with c = λ (gradient 2λ(θ − θ₀)) or λ/2 under `half_lambda` (gradient λ(θ − θ₀))

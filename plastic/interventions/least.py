@@ -1,4 +1,4 @@
-"""LEAST: learning to stop episodes early (interventions.md §4; Liu et al., ICML 2025) — a RECONSTRUCTION.
+"""LEAST: learning to stop episodes early (docs/interventions.md, LEAST; Liu et al., ICML 2025) — a RECONSTRUCTION.
 
 Neither the paper text nor its code was available: every equation below is the spec's reconstruction from
 secondary summaries, and most constants are placeholders. Report results as "LEAST (reconstructed variant)".
@@ -175,7 +175,7 @@ def gaussian_entropy_per_step(table, ok):
 class LEAST(Intervention):
     name = "least"
     Config = LEASTConfig
-    agents = ("td3", "sac")  # DQN is "not validated" and PPO "not applicable" (spec §4.4)
+    agents = ("td3", "sac")  # DQN is "not validated" and PPO "not applicable" (docs/interventions.md, LEAST)
     resources = {"episode_stops": "own"}
     agent_defaults = {"sac": {"noise_cap": 0.2, "noise_base": 0.0}}
 

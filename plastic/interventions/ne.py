@@ -1,10 +1,11 @@
-"""Neuroplastic Expansion: masked growth, dormant pruning, experience review (interventions.md §5).
+"""Neuroplastic Expansion: masked growth, dormant pruning, experience review
+(docs/interventions.md, Neuroplastic Expansion).
 
 Every selected network keeps its full width; a boolean mask per sparsifiable kernel (every Dense / Conv
 kernel of the layer map, the output kernel included) says which connections exist. The weights held in
 `params` ARE the effective weights: inactive entries are exactly 0 and the loss is differentiated w.r.t.
 `params` directly, so `UpdateContext.raw_grads` holds the dense gradient, inactive entries included
-(shared-mechanics §5.1). Never mask inside the loss.
+(docs/mechanics.md §5.1). Never mask inside the loss.
 
 Hooks (all on the network's own update counter, which is unbatched):
 - `grad_transform`: gradients × mask, so inactive entries accumulate no Adam moments and get no update;
@@ -137,7 +138,7 @@ class Plan:
 
 
 def er_densities(shapes, density: float, dense=(), mult=None):
-    """Erdős–Rényi per-layer densities (shared-mechanics §5.2; authors' `sparse_set`): density_l =
+    """Erdős–Rényi per-layer densities (docs/mechanics.md §5.2; authors' `sparse_set`): density_l =
     eps · sum(shape_l) / prod(shape_l) for sparse layers, 1 for the layers in `dense` and for any layer the
     rule would push above 1 (then eps is re-solved), so that sum_l density_l N_l m_l = density · sum_l N_l m_l
     (`m_l`: members sharing the shape, e.g. 2 twin critics). Returns floats in [0, 1]."""

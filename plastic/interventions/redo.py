@@ -1,7 +1,7 @@
-"""ReDo: recycle τ-dormant hidden units (interventions.md §2; Sokar et al. 2023).
+"""ReDo: recycle τ-dormant hidden units (docs/interventions.md, ReDo; Sokar et al. 2023).
 
 Every `period` updates of a network (its own counter), each hidden layer is scored on a statistics batch
-by its normalised mean |post-activation| (`metrics.units.dormant_scores`, the metrics.md §1 dormant score)
+by its normalised mean |post-activation| (`metrics.units.dormant_scores`, the docs/metrics.md §1 dormant score)
 and the flagged units go through the shared reset pipeline `plastic.surgery.reset_units` (incoming column
 redrawn, bias 0, outgoing rows 0, LayerNorm affine reset, Adam moments zeroed at touched entries with the
 count kept). Targets are left alone (Polyak averaging / the next hard sync picks the change up).

@@ -1,4 +1,4 @@
-"""ReGraMa: reset hidden units whose normalised gradient magnitude is <= τ (interventions.md §1).
+"""ReGraMa: reset hidden units whose normalised gradient magnitude is <= τ (docs/interventions.md, ReGraMa).
 
 Scores come from the probe gradients of the very update that just happened (same minibatch, same
 loss; no extra backward pass). Every `period` updates of a network — its own counter — each hidden
@@ -7,13 +7,13 @@ layer is scored independently and flagged units are reset by `plastic.surgery.re
 Diagnostics in the intervention state (logged with the run's metrics):
 - `reset_fraction/NET/LAYER`: fraction of the layer's units reset at the last event;
 - `grama/output_jump/NET`: mean |output change| on the update's batch caused by the last event (0 on a
-  plain ReLU MLP with τ=0; non-zero with LayerNorm over the reset units, shared-mechanics §1.3);
+  plain ReLU MLP with τ=0; non-zero with LayerNorm over the reset units, docs/mechanics.md §1.3);
 - `grama/zero_grad_layer/NET/LAYER`: 1 if the layer's gradient was all zero at the last event, so the
   guard skipped it (for twin critics: the fraction of members);
 - `reset_unit_step_ratio/NET`: mean |update| on the entries touched by the last non-empty reset,
   divided by the learning rate, averaged over the first `step_ratio_window` updates after it, sampled
-  every `step_ratio_every`-th update (metrics.md §8; shows the larger-than-lr Adam steps of the
-  scalar-count convention, shared-mechanics §3.3).
+  every `step_ratio_every`-th update (docs/metrics.md §8; shows the larger-than-lr Adam steps of the
+  scalar-count convention, docs/mechanics.md §3.3).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class ReGraMa(Intervention):
     name = "grama"
     Config = ReGraMaConfig
     resources = {"weight_writes": "share"}
-    # PPO: every 100 minibatch updates (interventions.md §1.4, by analogy with LOP's ReDo-for-PPO setting)
+    # PPO: every 100 minibatch updates (docs/interventions.md, ReGraMa: by analogy with LOP's ReDo-for-PPO setting)
     agent_defaults = {"ppo": {"period": 100}}
 
     @classmethod

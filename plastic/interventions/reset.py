@@ -1,4 +1,5 @@
-"""Full and partial resets (interventions.md §7): primacy bias (Nikishin et al. 2022) and SR-SAC.
+"""Full and partial resets: primacy bias (Nikishin et al. 2022) and SR-SAC
+(docs/interventions.md, Full and partial resets).
 
 At scheduled points (`scheduled_event` hook, between update rounds) the selected networks are replaced by
 a freshly initialised copy — all of them (`scope=all`) or only their last layers — while the replay buffer
@@ -12,7 +13,7 @@ point (exactly at the multiple for env steps; for updates, at the round boundary
 
 Optimizer: `fresh` gives a fully reset network the optimizer state `tx.init(new params)` (count 0); a network
 reset only in part has one Adam count for all its leaves, so there `fresh` zeroes the moments of the reset
-leaves and keeps the count (shared-mechanics §3.4; per-group optimizer states are not available without
+leaves and keeps the count (docs/mechanics.md §3.4; per-group optimizer states are not available without
 changing the agents). `zero_moments_keep_count` always does the latter.
 
 Logs: `reset/count` (resets so far), `reset/last_env_step` (env step of the last reset), and
@@ -59,7 +60,7 @@ class Reset(Intervention):
     shared = ("seen",)  # the reset points passed: follows the shared counters
     Config = ResetConfig
     resources = {"weight_writes": "share"}
-    # PPO has no buffer to relearn from in the single-task setting (interventions.md §7.2)
+    # PPO has no buffer to relearn from in the single-task setting (docs/interventions.md, Full and partial resets)
     agents = ("td3", "sac", "dqn")
     census = {"interval": 40}
 

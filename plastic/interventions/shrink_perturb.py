@@ -1,4 +1,5 @@
-"""Shrink & Perturb (interventions.md §8): θ ← λ·θ + μ·ξ on the selected parameters of the selected networks.
+"""Shrink & Perturb (docs/interventions.md, Shrink & Perturb): θ ← λ·θ + μ·ξ on the selected parameters of the
+selected networks.
 
   toward_init  ξ = θ₀, the network's parameters at initialisation (kept per seed in the state); with
                μ = 1 − λ this interpolates toward θ₀ with no randomness (Plasticine: λ = 1 − 1e-6 every step)
@@ -29,7 +30,7 @@ from plastic.networks import kernel_initializer
 MODES = ("toward_init", "fresh_noise")
 PARAMS = ("auto", "all", "kernels")
 NOISE_INITS = ("layer_init", "he_uniform")
-# mode -> (shrink λ, perturb μ, period in updates, params); interventions.md §8.3
+# mode -> (shrink λ, perturb μ, period in updates, params); docs/interventions.md, Shrink & Perturb
 DEFAULTS = {"toward_init": (0.999999, 1e-6, 1, "all"),
             "fresh_noise": (0.8, 0.01, 1000, "kernels")}
 

@@ -1,4 +1,4 @@
-"""Sample Weight Decay (and its reverse control SWA): age-weighted replay sampling (interventions.md §3).
+"""Sample Weight Decay (and its reverse control SWA): age-weighted replay sampling (docs/interventions.md, SWD / SWA).
 
 `age_j = t - t_add[j]` in add() calls (env steps per seed); the newest transition has age 0.
   T > 0  SWD  w = max(w_min, 1 - age / T)
