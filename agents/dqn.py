@@ -62,6 +62,7 @@ class DQNConfig:
 
 class DQN(DiscreteActions):
     name = "dqn"
+    capabilities = frozenset({"replay"})  # what interventions may require (Intervention.requires)
     Config = DQNConfig
     roles = {"q": "critic"}
 

@@ -95,6 +95,7 @@ def gae(reward, value, next_value, terminated, truncated, gamma: float, lam: flo
 
 class PPO:
     name = "ppo"
+    capabilities = frozenset({"policy_objective"})  # what interventions may require (Intervention.requires)
     Config = PPOConfig
     on_policy = True
     discrete = None                   # either kind: the trainer passes the env's as `discrete=`

@@ -53,6 +53,7 @@ class SACConfig:
 
 class SAC(ContinuousActions):
     name = "sac"
+    capabilities = frozenset({"replay", "td_target"})  # what interventions may require (Intervention.requires)
     Config = SACConfig
     roles = {"actor": "actor", "critic": "critic", "alpha": "temperature"}
 

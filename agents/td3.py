@@ -43,6 +43,7 @@ class TD3Config:
 
 class TD3(ContinuousActions):
     name = "td3"
+    capabilities = frozenset({"replay", "td_target"})  # what interventions may require (Intervention.requires)
     Config = TD3Config
     roles = {"actor": "actor", "critic": "critic"}
 

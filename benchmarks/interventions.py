@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.offpolicy import ENV, TrainTimer, UpdateTimer, trainer_for  # noqa: E402
-from plastic.config import build  # noqa: E402
+from plastic.config import build, supported_agents  # noqa: E402
 from plastic.interventions import REGISTRY  # noqa: E402
 from plastic.trainer import make_trainer  # noqa: E402
 
@@ -91,18 +91,18 @@ def main():
     plain_off = None
     for name in names:
         cls = REGISTRY[name]
-        if args.agent in cls.agents:
+        if args.agent in supported_agents(cls):
             if plain_off is None:
                 plain_off = UpdateTimer(trainer_for(args.agent, 1, overrides=OFF), 10_000)
             with_it = UpdateTimer(trainer_for(args.agent, 1, name, overrides={**OFF, **BENCH.get(name, {})}),
                                   10_000)
             line(name, "update", *paired({"plain": plain_off, "method": with_it}, args.updates, args.rounds))
-        elif "ppo" in cls.agents:
+        elif "ppo" in supported_agents(cls):
             timers = {"plain": ChunkTimer(ppo_trainer("none")), "method": ChunkTimer(ppo_trainer(name))}
             line(name, "ppo iter", *paired(timers, args.iterations, args.rounds))
         else:
-            print(f"{name:15s} skipped: supports {', '.join(cls.agents)}", flush=True)
-        if name == "least" and args.agent in cls.agents:
+            print(f"{name:15s} skipped: supports {', '.join(supported_agents(cls))}", flush=True)
+        if name == "least" and args.agent in supported_agents(cls):
             ov = {**OFF, f"{args.agent}.learning_starts": 0}
             timers = {"plain": TrainTimer(trainer_for(args.agent, 1, overrides=ov)),
                       "method": TrainTimer(trainer_for(args.agent, 1, name, overrides={**ov, **BENCH[name]}))}

@@ -311,7 +311,7 @@ def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     for name in cfg.interventions:
-        supported = iv_registry.REGISTRY[name].agents
+        supported = supported_agents(iv_registry.REGISTRY[name])
         if cfg.agent not in supported:
             raise ConfigError(f"intervention {name!r} does not apply to agent {cfg.agent!r}; "
                               f"it supports: {', '.join(supported)}")
@@ -333,6 +333,12 @@ def check_devices(devices: int, seeds: int) -> None:
     if devices and seeds % devices:
         raise ConfigError(f"run.devices={devices} does not divide run.seeds={seeds}; use a divisor of the "
                           f"seed count (or 0: automatic)")
+
+
+def supported_agents(iv_cls) -> tuple[str, ...]:
+    """The registered agents the intervention class applies to: those offering what it `requires`."""
+    return tuple(name for name, cls in agents.REGISTRY.items()
+                 if iv_cls.requires <= getattr(cls, "capabilities", frozenset()))
 
 
 def make_intervention(name: str, icfg, agent: str):

@@ -19,6 +19,7 @@ import pytest
 
 import agents
 from helpers import TINY, rows, tiny_trainer
+from plastic.config import supported_agents
 from plastic.interventions import REGISTRY
 from plastic.trainer import SHARED
 
@@ -32,7 +33,7 @@ def stacks(agent):
     from plastic.config import ConfigError, check_claims, make_intervention
     out = []
     for name, cls in REGISTRY.items():
-        if not cls.census or agent not in cls.agents:
+        if not cls.census or agent not in supported_agents(cls):
             continue
         for stack in out:
             trial = [*stack, name]

@@ -50,7 +50,7 @@ def test_bad_input_is_one_line_error_and_writes_nothing(argv, needle, tmp_path, 
 
 def test_intervention_not_applicable_to_agent(monkeypatch):
     class PPOOnly(Intervention):
-        name, agents = "ppo_only", ("ppo",)
+        name, requires = "ppo_only", frozenset({"policy_objective"})
 
         class Config:
             pass

@@ -12,7 +12,7 @@ from helpers import METRICS_OFF, assert_cli_error, rows, strip_timing
 from plastic import fields
 from plastic import interventions as ivs
 from plastic.cli import main
-from plastic.config import ConfigError, MetricsConfig, RunConfig, build
+from plastic.config import ConfigError, MetricsConfig, RunConfig, build, supported_agents
 from plastic.envs import unknown_env
 from plastic.nonstationary import EnvConfig
 
@@ -176,7 +176,7 @@ def _sections():
     out = [("sac", "none", ns, cls) for ns, cls in (("run", RunConfig), ("metrics", MetricsConfig),
                                                    ("env", EnvConfig))]
     out += [(name, "none", name, cls.Config) for name, cls in agents.REGISTRY.items()]
-    out += [(cls.agents[0], name, name, cls.Config) for name, cls in ivs.REGISTRY.items()]
+    out += [(supported_agents(cls)[0], name, name, cls.Config) for name, cls in ivs.REGISTRY.items()]
     return out
 
 

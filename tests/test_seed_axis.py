@@ -22,6 +22,7 @@ import pytest
 
 import agents
 from helpers import TINY, make, tiny_trainer
+from plastic.config import supported_agents
 from plastic.interventions import REGISTRY
 from test_census import stacks
 
@@ -63,7 +64,7 @@ def cases():
     out = []
     for agent in sorted(agents.REGISTRY):
         sets = [("metrics",)] + [tuple(s) for s in stacks(agent)]
-        sets += [(n,) for n in ("cbp", "reset") if agent in REGISTRY[n].agents]
+        sets += [(n,) for n in ("cbp", "reset") if agent in supported_agents(REGISTRY[n])]
         for ivs in dict.fromkeys(sets):
             for driver in ("jit", "host") if agent != "ppo" else ("jit",):
                 # the host driver's update rounds are the jitted driver's; what is its own is the measuring

@@ -36,9 +36,6 @@ from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
-ALL_AGENTS = ("td3", "sac", "dqn", "ppo")
-
-
 def choice(name, value, valid):
     """A switch's value must be one of `valid`: else a one-line error naming them."""
     if value not in valid:
@@ -54,7 +51,11 @@ def nets_with_roles(agent, roles, with_units: bool = False):
 class Intervention:
     name: ClassVar[str]
     Config: ClassVar[type]
-    agents: ClassVar[tuple[str, ...]] = ALL_AGENTS
+    # What the agent must offer (its `capabilities`): "replay" (an off-policy agent with a replay buffer),
+    # "td_target" (a critic whose TD target `agent.td_target` recomputes), "policy_objective" (PPO's clipped
+    # policy loss, which the intervention rewrites). The config layer applies it to every registered agent
+    # that has them (plastic.config.supported_agents), so a new agent needs no edit here.
+    requires: ClassVar[frozenset[str]] = frozenset()
     samples_replay: ClassVar[bool] = False   # True if it overrides `sample` (replay_sampler hook)
     resources: ClassVar[dict] = {}           # claims() of every configuration (see `claims`)
     agent_defaults: ClassVar[dict] = {}      # agent -> {field: default} replacing the Config defaults

@@ -131,7 +131,7 @@ class GTRConfig:
 class GTR(Intervention):
     name = "gtr"
     Config = GTRConfig
-    agents = ("ppo",)
+    requires = frozenset({"policy_objective"})
     resources = {"policy_objective": "own"}
 
     def validate(self, run_cfg, agent_cfg):
@@ -298,7 +298,7 @@ class KLPenaltyConfig:
 class KLPenalty(Intervention):
     name = "kl_penalty"
     Config = KLPenaltyConfig
-    agents = ("ppo",)
+    requires = frozenset({"policy_objective"})
     resources = {"policy_objective": "own"}
 
     def validate(self, run_cfg, agent_cfg):

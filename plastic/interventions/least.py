@@ -175,7 +175,8 @@ def gaussian_entropy_per_step(table, ok):
 class LEAST(Intervention):
     name = "least"
     Config = LEASTConfig
-    agents = ("td3", "sac")  # DQN is "not validated" and PPO "not applicable" (docs/interventions.md, LEAST)
+    # actor-critics with a replay buffer: DQN is "not validated" and PPO "not applicable" (docs/interventions.md, LEAST)
+    requires = frozenset({"replay", "td_target"})
     resources = {"episode_stops": "own"}
     agent_defaults = {"sac": {"noise_cap": 0.2, "noise_base": 0.0}}
 

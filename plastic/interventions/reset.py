@@ -61,7 +61,7 @@ class Reset(Intervention):
     Config = ResetConfig
     resources = {"weight_writes": "share"}
     # PPO has no buffer to relearn from in the single-task setting (docs/interventions.md, Full and partial resets)
-    agents = ("td3", "sac", "dqn")
+    requires = frozenset({"replay"})
     census = {"interval": 40}
 
     def validate(self, run_cfg, agent_cfg):

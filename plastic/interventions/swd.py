@@ -239,7 +239,7 @@ def sample_exact(w, key, batch_size: int, block: int = EXACT_BLOCK):
 class SWD(Intervention):
     name = "swd"
     Config = SWDConfig
-    agents = ("td3", "sac", "dqn")
+    requires = frozenset({"replay"})
     samples_replay = True
 
     def validate(self, run_cfg, agent_cfg):
