@@ -255,15 +255,15 @@ def canonical_sections(cfg: ExperimentConfig) -> list:
 
 
 def check_fields(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
-    """The declared ranges of every numeric field of every section (plastic/fields.py): floats finite unless
-    declared otherwise, values (each entry of a tuple) in range. The message names the field as it is typed
+    """The declared constraints of every field of every section (plastic/fields.py): switches one of their
+    choices, floats finite unless declared otherwise, values (each entry of a tuple) in range. The message names the field as it is typed
     (`spelled`: (namespace, field) -> the alias the value was set through)."""
     for ns, obj in canonical_sections(cfg):
         if not dataclasses.is_dataclass(obj):
             continue
         for f in dataclasses.fields(obj):
             where = f"{(spelled or {}).get((ns, f.name), ns)}.{f.name}"
-            msg = fields.problem(where, getattr(obj, f.name), fields.range_of(f))
+            msg = fields.field_problem(where, getattr(obj, f.name), f)
             if msg:
                 raise ConfigError(msg)
 

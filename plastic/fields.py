@@ -12,14 +12,17 @@ below (each returns a `dataclasses.field` whose metadata holds a `Range`):
     shrink: float = unit(-1.0, special=(-1.0,), note="-1: the mode's default")   # a sentinel outside the range
     hidden: tuple[int, ...] = positive((256, 256))    # a tuple: every entry
     period: int = count(1000, "updates")              # >= 1: "must be a positive number of updates"
+    mode: str = one_of("toward_init", MODES)          # a switch: one of the names in MODES
+
 
 `plastic.config.validate` walks every section of a run's config before anything is built and checks each
-field with `problem`: a float (each float of a tuple) must be finite, unless its range says `allow_inf`
+field with `problem`: a switch declared with `one_of` must be one of its choices; a float (each float of a tuple) must be finite, unless its range says `allow_inf`
 (NaN is never valid); a number must lie in its declared range unless it is one of the range's `special`
 values. A float field without a declared range is still checked for finiteness. Ranges that depend on
 another field (`least.min_rows <= least.K_max`) stay in the config's `validate` method.
 
-Messages name the field as the user types it: `sac.actor_lr must be > 0, got -1.0`.
+Messages name the field as the user types it: `sac.actor_lr must be > 0, got -1.0`,
+`reset.scope='everything' is not valid; choose one of: all, last_k_layers, heads_only, all_but_encoder`.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import dataclasses
 import math
 
 KEY = "plastic.range"  # dataclasses.Field.metadata key of a field's Range
+CHOICES = "plastic.choices"  # ... and of a switch's valid values
 
 
 def _num(x) -> str:
@@ -78,6 +82,23 @@ def range_of(f: dataclasses.Field) -> Range:
 
 def _show(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def one_of(default, choices):
+    """A switch with `default` whose value must be one of `choices` (a tuple of names)."""
+    if default not in choices:
+        raise TypeError(f"default {default!r} is not one of {choices}")
+    return dataclasses.field(default=default, metadata={CHOICES: tuple(choices)})
+
+
+def field_problem(where: str, value, f: dataclasses.Field) -> str | None:
+    """The one-line error for `value` of the declared field `f` (named `where`), or None if it is valid."""
+    choices = f.metadata.get(CHOICES)
+    if choices is not None:
+        if value not in choices:
+            return f"{where}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}"
+        return None
+    return problem(where, value, range_of(f))
 
 
 def problem(where: str, value, rng: Range = ANY) -> str | None:

@@ -274,7 +274,7 @@ def test_resume_is_bit_identical_across_an_injection(tmp_path):
     (["--injection.targets", "copy"], "injection.targets='copy' is not valid; choose one of: mirror, keep"),
     (["--injection.at", "500,200"], "injection.at must be a non-empty increasing list of positive env steps"),
     (["--injection.networks", "temperature"], "injection.networks=temperature is not valid; choose among"),
-    (["--inject.targets", "none"], "injection.targets='none' is not valid"),
+    (["--inject.targets", "none"], "inject.targets='none' is not valid"),  # named as typed
 ])
 def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
     assert_cli_error(["--agent", "dqn", "--intervention", "injection", *argv], needle, tmp_path, capsys)

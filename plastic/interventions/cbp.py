@@ -52,8 +52,8 @@ import optax
 
 from metrics.units import unit_magnitude
 from plastic.core import seed_cond
-from plastic.fields import nonneg, unit, unit_lt1
-from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
+from plastic.fields import nonneg, unit, unit_lt1, one_of
+from plastic.interventions.base import Intervention, nets_with_roles
 from plastic.networks import get_path, set_path
 from plastic.optim import AdamGnTState, ElementwiseAdamState
 from plastic.surgery import LAYERNORM, cap_mask, reset_units
@@ -78,16 +78,21 @@ class CBPConfig:
     maturity: int = nonneg(10_000)    # updates a unit is protected after (re)birth; LOP cfg/ant/cbp.yml
                                       # (gnt.py class default 20, cbp_linear.py 100)
     decay: float = unit_lt1(0.99)     # eta, for the utility and the running mean [authors' code]
-    utility: str = "contribution"     # contribution | instantaneous_contribution | weight | adaptation | random
-    fractional: str = "bernoulli"     # bernoulli (gnt.py accumulate=False) | accumulate
-    init_bound: str = "lecun_uniform"  # lecun_uniform b = sqrt(3/fan_in) (LOP PPO learner default) |
-                                       # kaiming_uniform b = gain·sqrt(3/fan_in) (gnt.py class default) | layer_init
-    next_bias_correction: str = "off"  # off (released code's effective behaviour) | on (intended correction)
-    layernorm: str = "reset_unit_affine"  # reset_unit_affine (cbp_linear.py) | keep
-    optimizer: str = "zero_moments_keep_count"  # | zero_moments_per_element_count | adamgnt_released (LOP)
+    # contribution | instantaneous_contribution | weight | adaptation | random
+    utility: str = one_of("contribution", UTILITIES)
+    fractional: str = one_of("bernoulli", FRACTIONAL)  # bernoulli (gnt.py accumulate=False) | accumulate
+    # lecun_uniform b = sqrt(3/fan_in) (LOP PPO learner default) |
+    # kaiming_uniform b = gain·sqrt(3/fan_in) (gnt.py class default) | layer_init
+    init_bound: str = one_of("lecun_uniform", INIT_BOUNDS)
+    # off (released code's effective behaviour) | on (intended correction)
+    next_bias_correction: str = one_of("off", BIAS_CORRECTION)
+    layernorm: str = one_of("reset_unit_affine", LAYERNORM)  # reset_unit_affine (cbp_linear.py) | keep
+    # zero_moments_keep_count | zero_moments_per_element_count | adamgnt_released (LOP)
+    optimizer: str = one_of("zero_moments_keep_count", OPTIMIZERS)
     networks: tuple[str, ...] = ("actor", "critic")  # roles: policy(-mean) and value networks in LOP
-    activations: str = "before_step"  # [project] before_step: h from the parameters the update started from
-                                      # (the loss's forward pass, as LOP logs features) | after_step
+    # [project] before_step: h from the parameters the update started from
+    # (the loss's forward pass, as LOP logs features) | after_step
+    activations: str = one_of("before_step", ACTIVATIONS)
 
 
 def _uniform_init(bound_sq_scale: float, ensemble: int):
@@ -153,13 +158,6 @@ class CBP(Intervention):
             raise ValueError(f"cbp.maturity must be >= 0 updates, got {c.maturity}")
         if not 0.0 <= c.decay < 1.0:
             raise ValueError(f"cbp.decay must be in [0, 1), got {c.decay}")
-        _choice("cbp.utility", c.utility, UTILITIES)
-        _choice("cbp.fractional", c.fractional, FRACTIONAL)
-        _choice("cbp.init_bound", c.init_bound, INIT_BOUNDS)
-        _choice("cbp.next_bias_correction", c.next_bias_correction, BIAS_CORRECTION)
-        _choice("cbp.layernorm", c.layernorm, LAYERNORM)
-        _choice("cbp.optimizer", c.optimizer, OPTIMIZERS)
-        _choice("cbp.activations", c.activations, ACTIVATIONS)
         bad = [n for n in c.networks if n not in ROLES]
         if bad or not c.networks:
             raise ValueError(f"cbp.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(ROLES)}")

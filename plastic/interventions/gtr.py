@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from plastic.fields import nonneg, num, positive, unit_lt1
-from plastic.interventions.base import Intervention, choice
+from plastic.fields import nonneg, num, positive, unit_lt1, one_of
+from plastic.interventions.base import Intervention
 
 OBJECTIVES = ("penalty", "reshaped_surrogate")
 CLIPS = ("none", "ppo_clip")
@@ -109,23 +109,24 @@ def _slots_last(x):
 class GTRConfig:
     # every default is [reconstructed] (docs/interventions.md, GTR) unless marked [project]; the feature flag
     # `gtr.enabled` of the spec is `--intervention gtr` itself
-    objective: str = "penalty"              # penalty | reshaped_surrogate (ablation)
-    clip: str = "none"                      # none | ppo_clip (the paper: clipping is not the bottleneck)
-    deviation: str = "log_ratio"            # log_ratio | ratio_minus_one | state_kl (KL(anchor ‖ current))
+    objective: str = one_of("penalty", OBJECTIVES)  # penalty | reshaped_surrogate (ablation)
+    clip: str = one_of("none", CLIPS)  # none | ppo_clip (the paper: clipping is not the bottleneck)
+    deviation: str = one_of("log_ratio", DEVIATIONS)  # log_ratio | ratio_minus_one | state_kl (KL(anchor ‖ current))
     sigma: float = positive(0.2)            # kernel width, log-ratio units (PPO's 0.2 band)
     # penalty scale [project]: 0.03, chosen by validation finding 5's search (docs/validation/gtr.md); the spec's
     # 1.0 (sweep {0.3, 1, 3}) is a spring of stiffness 25β per sample at σ 0.2 and holds PPO's policy in place
     beta: float = nonneg(0.03)
     num_anchors: int = num(4, ge=1)         # M, one snapshot per PPO iteration
-    anchor_weights: str = "geometric"       # uniform | geometric (rho) | advantage_softmax (eta)
+    anchor_weights: str = one_of("geometric", ANCHOR_WEIGHTS)  # uniform | geometric (rho) | advantage_softmax (eta)
     rho: float = positive(0.5)              # geometric ratio: 0.533 / 0.267 / 0.133 / 0.067 for M = 4
     eta: float = nonneg(10.0)               # advantage_softmax temperature [project placeholder]
-    mixture_form: str = "mixture_of_kernels"  # mixture_of_kernels | kernel_of_mixture_density
-    sigma_schedule: str = "fixed"           # fixed | advantage_ema: σ_t = σ·(1 + kappa·EMA(frac |A| > tau_adv))
+    mixture_form: str = one_of("mixture_of_kernels", MIXTURE_FORMS)  # mixture_of_kernels | kernel_of_mixture_density
+    # fixed | advantage_ema: σ_t = σ·(1 + kappa·EMA(frac |A| > tau_adv))
+    sigma_schedule: str = one_of("fixed", SIGMA_SCHEDULES)
     kappa: float = nonneg(1.0)              # advantage_ema gain [project placeholder]
     tau_adv: float = nonneg(1.0)            # τ_A, in units of normalised advantage (ema and gate) [project]
     ema_decay: float = unit_lt1(0.9)        # advantage_ema decay per iteration [project placeholder]
-    gate: str = "sample_advantage"          # reshaped_surrogate gate: sample_advantage (1[A_t > tau_adv]) | none
+    gate: str = one_of("sample_advantage", GATES)  # reshaped_surrogate gate: sample_advantage (1[A_t > tau_adv]) | none
 
 
 class GTR(Intervention):
@@ -136,13 +137,6 @@ class GTR(Intervention):
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        choice("gtr.objective", c.objective, OBJECTIVES)
-        choice("gtr.clip", c.clip, CLIPS)
-        choice("gtr.deviation", c.deviation, DEVIATIONS)
-        choice("gtr.anchor_weights", c.anchor_weights, ANCHOR_WEIGHTS)
-        choice("gtr.mixture_form", c.mixture_form, MIXTURE_FORMS)
-        choice("gtr.sigma_schedule", c.sigma_schedule, SIGMA_SCHEDULES)
-        choice("gtr.gate", c.gate, GATES)
         for k in ("sigma", "rho"):
             if getattr(c, k) <= 0:
                 raise ValueError(f"gtr.{k} must be > 0, got {getattr(c, k)}")
@@ -286,13 +280,15 @@ class GTR(Intervention):
 @dataclass
 class KLPenaltyConfig:
     beta: float = nonneg(1.0)       # β (the initial β when adaptive); PPO paper Table 1 sweeps {0.3, 1, 3, 10}
-    beta_schedule: str = "fixed"    # fixed | adaptive (PPO paper §4: after each iteration, d < d_targ/1.5: β/2,
-                                    # d > 1.5·d_targ: 2β, d = mean KL(π_old ‖ π_new) on the rollout)
+    # fixed | adaptive (PPO paper §4: after each iteration, d < d_targ/1.5: β/2,
+    # d > 1.5·d_targ: 2β, d = mean KL(π_old ‖ π_new) on the rollout)
+    beta_schedule: str = one_of("fixed", KL_SCHEDULES)
     kl_target: float = positive(0.01)  # d_targ (PPO paper's best adaptive setting, Table 1: 0.003 / 0.01 / 0.03)
     adapt_tolerance: float = num(1.5, gt=1)  # the paper's 1.5
     adapt_factor: float = num(2.0, gt=1)  # the paper's 2
-    estimator: str = "analytic"     # analytic (per-state KL of the distributions, the paper's L^KLPEN) | k3 | k1
-    clip: str = "none"              # none (the paper's L^KLPEN has no clipping) | ppo_clip (clip + penalty)
+    # analytic (per-state KL of the distributions, the paper's L^KLPEN) | k3 | k1
+    estimator: str = one_of("analytic", KL_ESTIMATORS)
+    clip: str = one_of("none", CLIPS)  # none (the paper's L^KLPEN has no clipping) | ppo_clip (clip + penalty)
 
 
 class KLPenalty(Intervention):
@@ -303,9 +299,6 @@ class KLPenalty(Intervention):
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        choice("kl_penalty.beta_schedule", c.beta_schedule, KL_SCHEDULES)
-        choice("kl_penalty.estimator", c.estimator, KL_ESTIMATORS)
-        choice("kl_penalty.clip", c.clip, CLIPS)
         if c.beta < 0:
             raise ValueError(f"kl_penalty.beta must be >= 0, got {c.beta}")
         if c.beta_schedule == "adaptive" and c.beta <= 0:

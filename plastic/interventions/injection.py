@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import optax
 
 from plastic.core import NetState, maybe
-from plastic.fields import num
-from plastic.interventions.base import Intervention, choice as _choice
+from plastic.fields import num, one_of
+from plastic.interventions.base import Intervention, choice
 from plastic.networks import get_path, set_path
 
 SPLITS = ("last_layer",)
@@ -54,9 +54,9 @@ class InjectionConfig:
     at: tuple[int, ...] = num((), ge=1)  # env steps; () = [run.steps // 2] (spec placeholder [project]), set when
                                       # the config is built and saved with it (points past the run never fire)
     split: str = "last_layer"         # last_layer (Plasticine [third-party code]); the spec's last_k_layers and
-                                      # after_encoder are not implemented
+                                      # after_encoder are not implemented (validate says so before the choices)
     networks: tuple[str, ...] = ("actor", "critic")  # roles whose heads are injected (DQN's q is a critic)
-    targets: str = "mirror"           # mirror | keep ([project]; docs/interventions.md, Plasticity injection)
+    targets: str = one_of("mirror", TARGETS)  # mirror | keep ([project]; docs/interventions.md, Plasticity injection)
 
 
 class Injection(Intervention):
@@ -70,8 +70,7 @@ class Injection(Intervention):
         if c.split in UNSUPPORTED_SPLITS:
             raise ValueError(f"injection.split={c.split} is not implemented (its head copies would hold hidden "
                              f"units of their own); choose one of: {', '.join(SPLITS)}")
-        _choice("injection.split", c.split, SPLITS)
-        _choice("injection.targets", c.targets, TARGETS)
+        choice("injection.split", c.split, SPLITS)
         if not c.networks or any(n not in ROLES for n in c.networks):
             raise ValueError(f"injection.networks={','.join(c.networks) or 'nothing'} is not valid; choose among: "
                              f"{', '.join(ROLES)}")

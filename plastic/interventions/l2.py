@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from plastic.fields import nonneg
+from plastic.fields import nonneg, one_of
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 
 L2_FORMS = ("squared", "unsquared_norm")
@@ -53,10 +53,11 @@ def _sq_dist(params, anchor, mask):
 @dataclass
 class L2InitConfig:
     lam: float = nonneg(1e-2)           # the spec's `l2init.lambda` (GraMa Table 9)
-    form: str = "squared"               # squared | unsquared_norm
-    scale_convention: str = "lambda"    # lambda (gradient 2λΔ) | half_lambda (gradient λΔ); squared form only
-    params: str = "all"                 # all | kernels
-    hook: str = "loss_term"             # loss_term | grad_transform (same gradient; the spec allows either)
+    form: str = one_of("squared", L2_FORMS)  # squared | unsquared_norm
+    # lambda (gradient 2λΔ) | half_lambda (gradient λΔ); squared form only
+    scale_convention: str = one_of("lambda", SCALE_CONVENTIONS)
+    params: str = one_of("all", L2_PARAMS)  # all | kernels
+    hook: str = one_of("loss_term", L2_HOOKS)  # loss_term | grad_transform (same gradient; the spec allows either)
     anchor_refresh_on_reset: bool = False  # move θ₀ to the new value of entries reset by earlier post_update hooks
     networks: tuple[str, ...] = ("actor", "critic")  # roles; targets are never regularised
 
@@ -69,10 +70,6 @@ class L2Init(Intervention):
         c = self.cfg
         if c.lam < 0:
             raise ValueError(f"l2init.lam must be >= 0, got {c.lam}")
-        _choice("l2init.form", c.form, L2_FORMS)
-        _choice("l2init.scale_convention", c.scale_convention, SCALE_CONVENTIONS)
-        _choice("l2init.params", c.params, L2_PARAMS)
-        _choice("l2init.hook", c.hook, L2_HOOKS)
         _networks("l2init", c.networks)
 
     def init(self, key, agent, agent_state=None):
@@ -130,8 +127,8 @@ class L2Init(Intervention):
 @dataclass
 class WeightDecayConfig:
     lam: float = nonneg(1e-2)           # the spec's `wd.lambda` (GraMa, SWD-SAC 1e-2; LOP 1e-3 / 1e-4)
-    kind: str = "decoupled"             # decoupled (AdamW) | coupled (L2 in the gradient, PyTorch Adam)
-    mask: str = "all"                   # all | kernels_only
+    kind: str = one_of("decoupled", WD_KINDS)  # decoupled (AdamW) | coupled (L2 in the gradient, PyTorch Adam)
+    mask: str = one_of("all", WD_MASKS)  # all | kernels_only
     networks: tuple[str, ...] = ("actor", "critic")  # roles; targets are never decayed
 
 
@@ -143,8 +140,6 @@ class WeightDecay(Intervention):
         c = self.cfg
         if c.lam < 0:
             raise ValueError(f"weight_decay.lam must be >= 0, got {c.lam}")
-        _choice("weight_decay.kind", c.kind, WD_KINDS)
-        _choice("weight_decay.mask", c.mask, WD_MASKS)
         _networks("weight_decay", c.networks)
 
     def init(self, key, agent, agent_state=None):

@@ -63,8 +63,8 @@ import jax
 import jax.numpy as jnp
 
 from plastic.core import maybe
-from plastic.fields import count, nonneg, num, positive, unit
-from plastic.interventions.base import Intervention, choice as _choice
+from plastic.fields import count, nonneg, num, positive, unit, one_of
+from plastic.interventions.base import Intervention
 
 OMEGA_FORMS = ("multiply_threshold", "power", "mix")
 AGGREGATES = ("median", "mean")
@@ -85,11 +85,11 @@ class LEASTConfig:
     K_step: int = nonneg(25, note="0: fixed window")  # h, episodes per window change [project placeholder]
     K_can_shrink: bool = False        # summaries disagree (grow only / grow or shrink) [secondary]
     entropy_period: int = count(10_000, "env steps")  # c, between entropy checks [project placeholder]
-    entropy_estimator: str = "histogram"  # histogram | gaussian_per_step [project]
+    entropy_estimator: str = one_of("histogram", ENTROPY_ESTIMATORS)  # histogram | gaussian_per_step [project]
     entropy_bins: int = num(32, ge=2)  # histogram: equal-width bins over the finite active values [project]
     gamma_H: float = nonneg(0.05)     # range [0, 0.1] [secondary, unverified]
     omega_coef: float = positive(0.5)  # kappa, range [0.3, 0.6] [secondary]; how it enters [reconstructed]
-    omega_form: str = "multiply_threshold"  # multiply_threshold | power | mix [reconstructed]
+    omega_form: str = one_of("multiply_threshold", OMEGA_FORMS)  # multiply_threshold | power | mix [reconstructed]
     # cap on the factor [project]: 1 keeps the threshold at or below the step's median (a trajectory doing better
     # than recent episodes is never stopped); 0: no cap, the spec's rule as written (an offline replay on Hopper
     # stops 90-94 % of the episodes ~5 steps in, where they cannot differ yet: docs/interventions.md)
@@ -97,11 +97,12 @@ class LEASTConfig:
     # what a LEAST-stopped episode's row holds at the steps after its end: nan = nothing (the spec's table, so
     # later steps' medians come from the episodes that were not stopped); hold = its last (Qhat, G) [project].
     # Measured live on Hopper: 27 % of the episodes stopped with hold against 34 % with nan (docs/interventions.md)
-    stopped_tail: str = "nan"
-    aggregate: str = "median"         # median | mean (ablation) [secondary, unverified]
-    q_head: str = "min"               # min | q1 | ensemble_mean over the twin critics [project]
-    g_signal: str = "td_sq"           # td_sq | grad_norm [secondary, unverified]
-    td_target: str = "agent_target"   # agent_target (learner's own, with its noise) | deterministic [project]
+    stopped_tail: str = one_of("nan", STOPPED_TAILS)
+    aggregate: str = one_of("median", AGGREGATES)  # median | mean (ablation) [secondary, unverified]
+    q_head: str = one_of("min", Q_HEADS)  # min | q1 | ensemble_mean over the twin critics [project]
+    g_signal: str = one_of("td_sq", G_SIGNALS)  # td_sq | grad_norm [secondary, unverified]
+    # agent_target (learner's own, with its noise) | deterministic [project]
+    td_target: str = one_of("agent_target", TD_TARGETS)
     t_start_frac: float = unit(0.10)  # fraction of run.steps before LEAST acts [secondary] (10-20% MuJoCo)
     # env steps; -1: t_start_frac x run.steps, resolved once by validate and saved in config.yaml (a resume
     # that extends --steps keeps it)
@@ -183,13 +184,6 @@ class LEAST(Intervention):
     # ---- setup -------------------------------------------------------------------------------
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        _choice("least.omega_form", c.omega_form, OMEGA_FORMS)
-        _choice("least.aggregate", c.aggregate, AGGREGATES)
-        _choice("least.q_head", c.q_head, Q_HEADS)
-        _choice("least.g_signal", c.g_signal, G_SIGNALS)
-        _choice("least.td_target", c.td_target, TD_TARGETS)
-        _choice("least.entropy_estimator", c.entropy_estimator, ENTROPY_ESTIMATORS)
-        _choice("least.stopped_tail", c.stopped_tail, STOPPED_TAILS)
         if c.stop_as_terminal:
             raise ValueError("least.stop_as_terminal=true is not supported: the env stores a LEAST stop as a "
                              "truncation (terminated=0), the recommended default; use false")

@@ -59,8 +59,8 @@ import optax
 from metrics.activity import active_mask
 from metrics.units import unit_magnitude
 from plastic.core import NetState, maybe
-from plastic.fields import count, num, positive, unit, unit_lt1, unit_pos
-from plastic.interventions.base import Intervention, choice as _choice
+from plastic.fields import count, num, positive, unit, unit_lt1, unit_pos, one_of
+from plastic.interventions.base import Intervention
 from plastic.networks import get_path, kernel_initializer, set_path
 
 MODES = ("grow", "static_sparse", "dense")
@@ -82,30 +82,33 @@ AUTO_BATCH_FRACTION = 0.9            # halve the batch when FAU < 0.9 · awaken 
 @dataclass
 class NEConfig:
     # defaults = the `ne_paper` preset (experiments/configs/ne_paper.yaml); `ne_code.yaml` = released code
-    actor_mode: str = "grow"               # grow | static_sparse | dense; paper grow [reconstructed], code static_sparse
-    critic_mode: str = "grow"              # grow | static_sparse | dense (DQN's Q-net has the role critic)
+    # grow | static_sparse | dense; paper grow [reconstructed], code static_sparse
+    actor_mode: str = one_of("grow", MODES)
+    critic_mode: str = one_of("grow", MODES)  # grow | static_sparse | dense (DQN's Q-net has the role critic)
     initial_sparsity: float = unit_lt1(0.8)  # [authors' code] initial_stl_sparsity
     final_sparsity: float = unit(0.25)     # [authors' code train.py] actor/critic_sparsity
     period: int = count(10_000, "updates")  # Delta, updates of the network; code (TD3/MuJoCo argparse) 100
     t_end: int = count(1_000_000, "updates")  # T_end in updates of the network (code: max_timesteps −
                                               # start_timesteps)
-    growth_schedule: str = "cosine"        # cosine (paper via third party) | constant (code, rate 0.008)
+    growth_schedule: str = one_of("cosine", SCHEDULES)  # cosine (paper via third party) | constant (code, rate 0.008)
     growth_rate: float = unit_pos(0.008)   # constant schedule: fraction of n_init_space per event [authors' code]
     zeta: float = unit(0.5)                # cosine schedule amplitude [authors' code argparse default]
-    grow_score: str = "dense_grad_abs"     # dense_grad_abs | random
-    grown_init: str = "zero"               # zero (function-preserving; code) | layer_init
-    prune_score: str = "dormant_activation"  # dormant_activation (tau = 0, paper) | weight_magnitude (code)
-    prune_connections: str = "incoming"    # incoming [reconstructed] | incoming_and_outgoing (dormant pruning)
+    grow_score: str = one_of("dense_grad_abs", GROW_SCORES)  # dense_grad_abs | random
+    grown_init: str = one_of("zero", GROWN_INITS)  # zero (function-preserving; code) | layer_init
+    # dormant_activation (tau = 0, paper) | weight_magnitude (code)
+    prune_score: str = one_of("dormant_activation", PRUNE_SCORES)
+    # incoming [reconstructed] | incoming_and_outgoing (dormant pruning)
+    prune_connections: str = one_of("incoming", PRUNE_CONNECTIONS)
     prune_cap: float = unit_lt1(0.4)       # omega: n_prune <= floor(omega · n_grow) [authors' code]
-    prune_truncation: str = "random"       # random (paper) | lowest_score (lowest |w|; code)
-    dense_layers: str = "first_and_last"   # first_and_last (paper, after RLx2) | none (code)
-    init_mask: str = "magnitude"           # magnitude (largest |w| kept; code weight_sparsify) | random
+    prune_truncation: str = one_of("random", TRUNCATIONS)  # random (paper) | lowest_score (lowest |w|; code)
+    dense_layers: str = one_of("first_and_last", DENSE_LAYERS)  # first_and_last (paper, after RLx2) | none (code)
+    init_mask: str = one_of("magnitude", INIT_MASKS)  # magnitude (largest |w| kept; code weight_sparsify) | random
     skip_update_on_topology_step: bool = True  # [authors' code]
-    optimizer_on_topology_change: str = "zero_moments_keep_count"  # | none  [project]
+    optimizer_on_topology_change: str = one_of("zero_moments_keep_count", OPTIMIZER)  # | none  [project]
     remask_targets: bool = True            # [authors' code]
     dst_after_growth: bool = True          # [authors' code]: RigL-style swaps at constant density after growth
     dst_zeta: float = unit(0.2)            # [authors' code] zeta after the switch (cosine)
-    experience_review: str = "fau_gated_oldest"  # | off (code default: --recall off)
+    experience_review: str = one_of("fau_gated_oldest", REVIEWS)  # | off (code default: --recall off)
     review_awaken: float = unit_pos(0.4)   # [authors' code] awaken
     review_tamp: float = positive(0.9)     # [authors' code] Tamp
     review_oldest_frac: float = unit_pos(0.3)  # [authors' code] hist_size
@@ -229,8 +232,6 @@ class NE(Intervention):
     # ---- setup -------------------------------------------------------------------------------
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        _choice("ne.actor_mode", c.actor_mode, MODES)
-        _choice("ne.critic_mode", c.critic_mode, MODES)
         if not 0.0 <= c.initial_sparsity < 1.0:
             raise ValueError(f"ne.initial_sparsity must be in [0, 1), got {c.initial_sparsity}")
         if not 0.0 <= c.final_sparsity <= c.initial_sparsity:
@@ -240,23 +241,13 @@ class NE(Intervention):
             raise ValueError(f"ne.period must be a positive number of updates, got {c.period}")
         if c.t_end < 1:
             raise ValueError(f"ne.t_end must be a positive number of updates, got {c.t_end}")
-        _choice("ne.growth_schedule", c.growth_schedule, SCHEDULES)
         if not 0.0 < c.growth_rate <= 1.0:
             raise ValueError(f"ne.growth_rate must be in (0, 1], got {c.growth_rate}")
         for k in ("zeta", "dst_zeta"):
             if not 0.0 <= getattr(c, k) <= 1.0:
                 raise ValueError(f"ne.{k} must be in [0, 1], got {getattr(c, k)}")
-        _choice("ne.grow_score", c.grow_score, GROW_SCORES)
-        _choice("ne.grown_init", c.grown_init, GROWN_INITS)
-        _choice("ne.prune_score", c.prune_score, PRUNE_SCORES)
-        _choice("ne.prune_connections", c.prune_connections, PRUNE_CONNECTIONS)
         if not 0.0 <= c.prune_cap < 1.0:
             raise ValueError(f"ne.prune_cap must be in [0, 1) so that the network grows on net, got {c.prune_cap}")
-        _choice("ne.prune_truncation", c.prune_truncation, TRUNCATIONS)
-        _choice("ne.dense_layers", c.dense_layers, DENSE_LAYERS)
-        _choice("ne.init_mask", c.init_mask, INIT_MASKS)
-        _choice("ne.optimizer_on_topology_change", c.optimizer_on_topology_change, OPTIMIZER)
-        _choice("ne.experience_review", c.experience_review, REVIEWS)
         if not 0.0 < c.review_awaken <= 1.0:
             raise ValueError(f"ne.review_awaken must be in (0, 1], got {c.review_awaken}")
         if c.review_tamp <= 0:

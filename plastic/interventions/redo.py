@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from metrics.units import normalize_scores, unit_magnitude
 from plastic.core import maybe
-from plastic.fields import count, nonneg, num, positive, unit
-from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
+from plastic.fields import count, nonneg, num, positive, unit, one_of
+from plastic.interventions.base import Intervention, nets_with_roles
 from plastic.networks import get_path, set_path
 from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units
 
@@ -45,27 +45,30 @@ class ReDoConfig:
     tau: float = nonneg(0.025)        # 0.1 at high replay ratio (>= 4); GraMa's baseline uses 0.02
     period: int = count(1000, "updates")  # in updates of the network being recycled (PPO: 100 minibatch updates)
     networks: tuple[str, ...] = ("actor", "critic")  # roles (DQN's q network has role critic)
-    mode: str = "threshold"           # threshold | scheduled_fraction (Dopamine NeuronRecyclerScheduled)
+    mode: str = one_of("threshold", MODES)  # threshold | scheduled_fraction (Dopamine NeuronRecyclerScheduled)
     recycle_rate: float = unit(0.3)   # scheduled_fraction: fraction(count) = rate * cos(pi/2 * count / end)
     reset_end_step: int = num(100_000_000, ge=1)  # scheduled_fraction: in updates of the network
-    score_type: str = "activation"    # activation | random (random: scheduled_fraction only)
-    score_norm: str = "mean"          # mean | sum (divide by the layer mean or the layer sum of mean |h|)
-    zero_threshold_test: str = "le_zero"  # le_zero (s <= tau) | isclose_zero (also s ~ 0, Plasticine)
-    stats_batch: str = "separate_replay"  # separate_replay (a fresh uniform replay draw; PPO: rows of the
-                                          # current rollout) | train_batch (the update's own minibatch)
+    score_type: str = one_of("activation", SCORE_TYPES)  # activation | random (random: scheduled_fraction only)
+    score_norm: str = one_of("mean", SCORE_NORMS)  # mean | sum (divide by the layer mean or the layer sum of mean |h|)
+    # le_zero (s <= tau) | isclose_zero (also s ~ 0, Plasticine)
+    zero_threshold_test: str = one_of("le_zero", ZERO_TESTS)
+    # separate_replay (a fresh uniform replay draw; PPO: rows of the
+    # current rollout) | train_batch (the update's own minibatch)
+    stats_batch: str = one_of("separate_replay", STATS_BATCHES)
     stats_batch_size: int = 256       # separate_replay: transitions scored (Dopamine batch_size_statistics)
-    reinit: str = "layer_init"        # layer_init | xavier_uniform (Dopamine JAX) | kaiming_uniform | lecun_normal
+    # layer_init | xavier_uniform (Dopamine JAX) | kaiming_uniform | lecun_normal
+    reinit: str = one_of("layer_init", REINIT)
     weight_scaling: bool = False      # rescale new incoming columns to weight_scale x mean norm of kept units
     weight_scale: float = positive(1.0)
-    outgoing: str = "zero"            # zero | keep
-    layernorm: str = "reset_unit_affine"  # reset_unit_affine | keep
-    optimizer: str = "zero_moments_keep_count"  # zero_moments_keep_count | none
-    targets: str = "keep"             # keep (reset_target_models=False)
+    outgoing: str = one_of("zero", OUTGOING)  # zero | keep
+    layernorm: str = one_of("reset_unit_affine", LAYERNORM)  # reset_unit_affine | keep
+    optimizer: str = one_of("zero_moments_keep_count", OPTIMIZER)  # zero_moments_keep_count | none
+    targets: str = one_of("keep", TARGETS)  # keep (reset_target_models=False)
     include_output_layer: bool = False  # only false: output layers are never recycled
     # 0 = no cap; else at most floor(p * H) units per layer, lowest score first
     max_reset_fraction: float = unit(0.0, note="0 = no cap")
     eps: float = positive(1e-9)
-    ratio_aggregation: str = "pooled"  # pooled | mean_of_layers (logged redo/dormant_ratio)
+    ratio_aggregation: str = one_of("pooled", AGGREGATIONS)  # pooled | mean_of_layers (logged redo/dormant_ratio)
 
 
 class ReDo(Intervention):
@@ -102,20 +105,9 @@ class ReDo(Intervention):
         bad = [n for n in c.networks if n not in roles]
         if bad or not c.networks:
             raise ValueError(f"redo.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(roles)}")
-        _choice("redo.mode", c.mode, MODES)
-        _choice("redo.score_type", c.score_type, SCORE_TYPES)
         if c.score_type == "random" and c.mode != "scheduled_fraction":
             raise ValueError("redo.score_type=random needs redo.mode=scheduled_fraction (a threshold on random "
                              "scores is meaningless)")
-        _choice("redo.score_norm", c.score_norm, SCORE_NORMS)
-        _choice("redo.zero_threshold_test", c.zero_threshold_test, ZERO_TESTS)
-        _choice("redo.stats_batch", c.stats_batch, STATS_BATCHES)
-        _choice("redo.reinit", c.reinit, REINIT)
-        _choice("redo.outgoing", c.outgoing, OUTGOING)
-        _choice("redo.layernorm", c.layernorm, LAYERNORM)
-        _choice("redo.optimizer", c.optimizer, OPTIMIZER)
-        _choice("redo.targets", c.targets, TARGETS)
-        _choice("redo.ratio_aggregation", c.ratio_aggregation, AGGREGATIONS)
 
     @property
     def needs_batches(self):

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from metrics.units import normalize_scores
 from plastic.core import maybe
-from plastic.fields import count, nonneg, num, positive, unit
-from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
+from plastic.fields import count, nonneg, num, positive, unit, one_of
+from plastic.interventions.base import Intervention, nets_with_roles
 from plastic.networks import PROBE_POINTS
 from plastic.surgery import (LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units,
                              touched_entries)
@@ -38,12 +38,12 @@ class ReGraMaConfig:
                                       # residual nets (--AGENT.network simba|bronet: Tables 3, 5)
     period: int = count(1000, "updates")  # in updates of the network being reset (PPO default: 100)
     max_reset_fraction: float = unit(0.0, note="0 = no cap")  # 0 = no cap; paper uses 0.05 for SAC on Humanoid
-    score_target: str = "pre_activation"  # pre_activation | post_activation | weight_grad
+    score_target: str = one_of("pre_activation", PROBE_POINTS)  # pre_activation | post_activation | weight_grad
     networks: tuple[str, ...] = ("actor", "critic")
-    outgoing: str = "zero"            # zero | keep
-    reinit: str = "layer_init"        # layer_init | xavier_uniform | kaiming_uniform | lecun_normal
-    layernorm: str = "reset_unit_affine"  # reset_unit_affine | keep
-    optimizer: str = "zero_moments_keep_count"  # zero_moments_keep_count | none
+    outgoing: str = one_of("zero", OUTGOING)  # zero | keep
+    reinit: str = one_of("layer_init", REINIT)  # layer_init | xavier_uniform | kaiming_uniform | lecun_normal
+    layernorm: str = one_of("reset_unit_affine", LAYERNORM)  # reset_unit_affine | keep
+    optimizer: str = one_of("zero_moments_keep_count", OPTIMIZER)  # zero_moments_keep_count | none
     eps: float = positive(1e-9)
     skip_zero_grad_layers: bool = True
     # updates after a reset over which reset_unit_step_ratio is averaged (0: off)
@@ -84,11 +84,6 @@ class ReGraMa(Intervention):
             raise ValueError(f"grama.step_ratio_window must be >= 0 (0 = off), got {c.step_ratio_window}")
         if c.step_ratio_every < 1:
             raise ValueError(f"grama.step_ratio_every must be >= 1, got {c.step_ratio_every}")
-        _choice("grama.score_target", c.score_target, PROBE_POINTS)
-        _choice("grama.outgoing", c.outgoing, OUTGOING)
-        _choice("grama.reinit", c.reinit, REINIT)
-        _choice("grama.layernorm", c.layernorm, LAYERNORM)
-        _choice("grama.optimizer", c.optimizer, OPTIMIZER)
 
     def _nets(self, agent):
         return nets_with_roles(agent, self.cfg.networks, with_units=True)

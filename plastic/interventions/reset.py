@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import optax
 
 from plastic.core import NetState, maybe
-from plastic.fields import nonneg, num
-from plastic.interventions.base import Intervention, choice as _choice
+from plastic.fields import nonneg, num, one_of
+from plastic.interventions.base import Intervention
 
 SCHEDULES = ("every_env_steps", "every_updates", "at_env_steps")
 SCOPES = ("all", "last_k_layers", "heads_only", "all_but_encoder")
@@ -40,17 +40,17 @@ TEMPERATURE = ("reset", "keep")
 
 @dataclass
 class ResetConfig:
-    schedule: str = "every_env_steps"  # every_env_steps | every_updates (SR-SAC) | at_env_steps
+    schedule: str = one_of("every_env_steps", SCHEDULES)  # every_env_steps | every_updates (SR-SAC) | at_env_steps
     interval: int = 200_000           # env steps (Nikishin SAC) or updates (SR-SAC: 2_560_000)
     at_env_steps: tuple[int, ...] = num((), ge=1)  # schedule=at_env_steps (e.g. BRO 15001,50001,250001,...)
     update_net: str = ""              # schedule=every_updates: the counter used; "" = the critic (DQN: q)
     max_resets: int = nonneg(0, note="0 = unlimited")  # 0 = unlimited (SPR: total_resets=4)
-    scope: str = "all"                # all | last_k_layers | heads_only (= last 1) | all_but_encoder
+    scope: str = one_of("all", SCOPES)  # all | last_k_layers | heads_only (= last 1) | all_but_encoder
     k: int = num(1, ge=1)             # scope=last_k_layers: number of Dense layers counted from the output
     networks: tuple[str, ...] = ("actor", "critic")  # roles reset (SAC's temperature: see `temperature`)
-    optimizer: str = "fresh"          # fresh | zero_moments_keep_count
-    targets: str = "copy_new_online"  # copy_new_online | keep
-    temperature: str = "reset"        # SAC: reset | keep (SBX keeps it)
+    optimizer: str = one_of("fresh", OPTIMIZERS)  # fresh | zero_moments_keep_count
+    targets: str = one_of("copy_new_online", TARGETS)  # copy_new_online | keep
+    temperature: str = one_of("reset", TEMPERATURE)  # SAC: reset | keep (SBX keeps it)
     copy_encoder_opt_state: bool = True  # scope=all_but_encoder: keep the encoder's optimizer state
     keep_buffer: bool = True          # defining property; only true
 
@@ -66,15 +66,10 @@ class Reset(Intervention):
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        _choice("reset.schedule", c.schedule, SCHEDULES)
-        _choice("reset.scope", c.scope, SCOPES)
         network = getattr(agent_cfg, "network", "mlp")
         if c.scope != "all" and network != "mlp":
             raise ValueError(f"reset.scope={c.scope} counts layers of a plain chain; {self.agent_name}.network="
                              f"{network} is residual: use reset.scope=all")
-        _choice("reset.optimizer", c.optimizer, OPTIMIZERS)
-        _choice("reset.targets", c.targets, TARGETS)
-        _choice("reset.temperature", c.temperature, TEMPERATURE)
         if c.schedule != "at_env_steps" and c.interval < 1:
             raise ValueError(f"reset.interval must be a positive number of "
                              f"{'updates' if c.schedule == 'every_updates' else 'env steps'}, got {c.interval}")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from plastic.core import maybe
-from plastic.fields import count, nonneg, unit
+from plastic.fields import count, nonneg, unit, one_of
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.interventions.l2 import ROLES, kernel_mask
 from plastic.networks import kernel_initializer
@@ -37,15 +37,15 @@ DEFAULTS = {"toward_init": (0.999999, 1e-6, 1, "all"),
 
 @dataclass
 class ShrinkPerturbConfig:
-    mode: str = "toward_init"         # toward_init | fresh_noise
+    mode: str = one_of("toward_init", MODES)  # toward_init | fresh_noise
     # λ; -1: the mode's default (0.999999 | 0.8)
     shrink: float = unit(-1.0, special=(-1.0,), note="-1: the mode's default")
     # μ; -1: the mode's default (1e-6 | 0.01)
     perturb: float = nonneg(-1.0, special=(-1.0,), note="-1: the mode's default")
     # updates of the network; 0: the mode's default (1 | 1000)
     period: int = count(0, "updates", special=(0,), note="0: the mode's default")
-    params: str = "auto"              # all | kernels; auto: the mode's default (all | kernels)
-    noise_init: str = "layer_init"    # layer_init | he_uniform (fresh_noise only)
+    params: str = one_of("auto", PARAMS)  # all | kernels; auto: the mode's default (all | kernels)
+    noise_init: str = one_of("layer_init", NOISE_INITS)  # layer_init | he_uniform (fresh_noise only)
     networks: tuple[str, ...] = ("actor", "critic")  # roles; SAC's temperature only if listed
     reset_optimizer: bool = False     # zero Adam moments of the changed entries (count kept)
 
@@ -71,9 +71,6 @@ class ShrinkPerturb(Intervention):
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        _choice("shrink_perturb.mode", c.mode, MODES)
-        _choice("shrink_perturb.params", c.params, PARAMS)
-        _choice("shrink_perturb.noise_init", c.noise_init, NOISE_INITS)
         lam, mu, period, _ = self.resolved
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"shrink_perturb.shrink must be in [0, 1] (-1: the mode's default), got {c.shrink}")
