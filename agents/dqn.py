@@ -21,8 +21,8 @@ import optax
 
 from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
 from plastic.core import Net, gradient_step, maybe, soft_update
-from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos
-from plastic.networks import TORSOS, ConvNet, build_network, check_options, validate_network, with_injection
+from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
+from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, TORSOS, ConvNet, build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
 
 LOSSES = ("huber", "mse")
@@ -32,11 +32,11 @@ LOSSES = ("huber", "mse")
 class DQNConfig:
     hidden: tuple[int, ...] = positive((120, 84))  # Dense layers (after the convolutions with an image torso);
                                                    # simba/bronet: the first is the width d
-    torso: str = "mlp"                # mlp | nature (Nature-CNN, Atari) | minatar (one 16x3x3 conv)
-    network: str = "mlp"              # mlp | simba | bronet (residual nets; torso=mlp only)
+    torso: str = one_of("mlp", tuple(TORSOS))  # mlp | nature (Nature-CNN, Atari) | minatar (one 16x3x3 conv)
+    network: str = one_of("mlp", NETWORKS)  # mlp | simba | bronet (residual nets; torso=mlp only)
     blocks: int = num(2, ge=1)        # simba/bronet residual blocks (the papers' critic setting)
-    activation: str = "relu"
-    init: str = "lecun_normal"
+    activation: str = one_of("relu", ACTIVATIONS)
+    init: str = one_of("lecun_normal", INITIALIZERS)
     lr: float = positive(2.5e-4)
     adam_eps: float = positive(1e-8)  # Dopamine's Atari setting: 1.5e-4
     b1: float = unit_lt1(0.9)         # Adam β1 (CBP's LOP setting: 0.99)
@@ -47,7 +47,7 @@ class DQNConfig:
     n_step: int = positive(1)         # n-step returns (windows stop at episode ends and at the newest slot)
     reward_clip: float = nonneg(0.0, note="0 = off")  # > 0: rewards clipped to [-c, c] per step for learning
                                                      # (Atari: 1)
-    loss: str = "mse"                 # mse (0.5 err², CleanRL) | huber (δ = 1, Dopamine's Atari setting)
+    loss: str = one_of("mse", LOSSES)  # mse (0.5 err², CleanRL) | huber (δ = 1, Dopamine's Atari setting)
     tau: float = unit_pos(1.0)        # target update rate at each target update (1.0: hard copy)
     target_update_period: int = positive(50)  # in gradient updates (CleanRL: 500 env steps / train_frequency 10)
     epsilon_start: float = unit(1.0)
@@ -162,11 +162,7 @@ class DQN(DiscreteActions):
 
     @staticmethod
     def validate(cfg: DQNConfig) -> None:
-        if cfg.torso not in TORSOS:
-            raise ValueError(f"dqn.torso={cfg.torso!r}; valid: {', '.join(TORSOS)}")
         validate_network(cfg, "dqn")
         if cfg.network != "mlp" and cfg.torso != "mlp":
             raise ValueError(f"dqn.network={cfg.network} has no image torso; use dqn.network=mlp with "
                              f"dqn.torso={cfg.torso}, or dqn.torso=mlp")
-        if cfg.loss not in LOSSES:
-            raise ValueError(f"dqn.loss={cfg.loss!r}; valid: {', '.join(LOSSES)}")

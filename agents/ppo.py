@@ -35,8 +35,8 @@ import optax
 
 from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
 from plastic.core import Net, gradient_step
-from plastic.fields import nonneg, num, positive, unit, unit_lt1
-from plastic.networks import GaussianHead, build_network, check_options, validate_network, with_injection
+from plastic.fields import nonneg, num, positive, unit, unit_lt1, one_of
+from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, GaussianHead, build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
 from plastic.normalize import RunningStats
 
@@ -46,10 +46,10 @@ LOG_2PI_E = float(jnp.log(2 * jnp.pi) + 1.0)
 @dataclass
 class PPOConfig:
     hidden: tuple[int, ...] = positive((64, 64))  # mlp: layer widths; simba/bronet: the first is the width d
-    network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
+    network: str = one_of("mlp", NETWORKS)  # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
     blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
-    activation: str = "tanh"
-    init: str = "orthogonal"          # CleanRL layer_init: gain sqrt(2); heads 0.01 (policy), 1 (value)
+    activation: str = one_of("tanh", ACTIVATIONS)
+    init: str = one_of("orthogonal", INITIALIZERS)  # CleanRL layer_init: gain sqrt(2); heads 0.01 (policy), 1 (value)
     lr: float = positive(2.5e-4)
     b1: float = unit_lt1(0.9)         # Adam β1 (CBP's LOP setting: 0.99)
     b2: float = unit_lt1(0.999)       # Adam β2 (CBP's LOP setting: 0.99)

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
-from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos
-from plastic.networks import build_network, check_options, validate_network, with_injection
+from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
+from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -26,12 +26,12 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 @dataclass
 class SACConfig:
     hidden: tuple[int, ...] = positive((256, 256))  # mlp: layer widths; simba/bronet: the first is the width d
-    network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
+    network: str = one_of("mlp", NETWORKS)  # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
     blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
-    activation: str = "relu"
+    activation: str = one_of("relu", ACTIVATIONS)
     # CleanRL's SAC is PyTorch: U(±1/sqrt(fan_in)) weights. lecun_normal (3x the variance, what flax draws) learns
     # HalfCheetah ~5k steps later (docs/validation/sanity.md)
-    init: str = "torch_default"
+    init: str = one_of("torch_default", INITIALIZERS)
     actor_lr: float = positive(3e-4)
     critic_lr: float = positive(1e-3)
     alpha_lr: float = positive(1e-3)

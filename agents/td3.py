@@ -12,18 +12,18 @@ import jax.numpy as jnp
 
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Net, gradient_step, maybe, soft_update
-from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos
-from plastic.networks import build_network, check_options, ensemble_member, validate_network, with_injection
+from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
+from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, ensemble_member, validate_network, with_injection
 from plastic.optim import adam
 
 
 @dataclass
 class TD3Config:
     hidden: tuple[int, ...] = positive((256, 256))  # mlp: layer widths; simba/bronet: the first is the width d
-    network: str = "mlp"              # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
+    network: str = one_of("mlp", NETWORKS)  # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
     blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
-    activation: str = "relu"
-    init: str = "lecun_normal"
+    activation: str = one_of("relu", ACTIVATIONS)
+    init: str = one_of("lecun_normal", INITIALIZERS)
     actor_lr: float = positive(3e-4)
     critic_lr: float = positive(3e-4)
     b1: float = unit_lt1(0.9)         # Adam β1 (CBP's LOP setting: 0.99)

@@ -20,9 +20,9 @@ import yaml
 import agents
 from plastic import interventions as iv_registry
 from plastic import envs, fields, nonstationary
-from plastic.fields import nonneg, num, positive, unit_pos
+from plastic.fields import nonneg, num, one_of, positive, unit_pos
 from plastic.nonstationary import EnvConfig
-from plastic.networks import INITIALIZERS, PROBE_POINTS, ACTIVATIONS
+from plastic.networks import PROBE_POINTS
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
@@ -30,6 +30,9 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 DRIVERS = ("auto", "host", "jit")
 PROGRESS = ("auto", "on", "off")
 WANDB_MODES = ("online", "offline", "disabled")
+METRIC_BATCHES = ("fresh_replay", "fixed_probe")
+NTK_BRANCHES = ("critic1", "critic2", "min")
+RATIO_AGGREGATIONS = ("pooled", "mean_of_layers")
 
 
 class ConfigError(ValueError):
@@ -40,7 +43,7 @@ class ConfigError(ValueError):
 class RunConfig:
     env: str = ""                      # "": the agent's default (HalfCheetah-v5; CartPole-v1 for dqn;
                                        # gymnax:CartPole-v1 for ppo)
-    driver: str = "auto"               # auto | host | jit  (auto: jit for gymnax:/brax:/probe: envs, else host)
+    driver: str = one_of("auto", DRIVERS)  # auto | host | jit  (auto: jit for gymnax:/brax:/probe: envs, else host)
     seeds: int = positive(1)           # independent seeds, vmapped in one process
     seed: int = nonneg(0)              # base seed; vmapped seed i behaves as a run with seed + i
     steps: int = positive(30_000)      # env steps per seed (presets set paper budgets)
@@ -55,7 +58,7 @@ class RunConfig:
     eval_every: int = nonneg(50_000, note="0: off")
     eval_episodes: int = positive(10)
     eval_seed: int = nonneg(0)
-    progress: str = "auto"             # auto | on | off
+    progress: str = one_of("auto", PROGRESS)  # auto | on | off
     tensorboard: bool = True
     # Act with the parameters of one update earlier, so the next update runs while the host steps the
     # envs (Cleanba-style pipelining). Off: CleanRL order (act with the parameters after the last update).
@@ -71,8 +74,8 @@ class RunConfig:
     wandb_project: str = "plastic"
     wandb_entity: str = ""             # "": the default entity of the logged-in user
     wandb_group: str = ""              # groups runs in the W&B UI (sweeps set the sweep name)
-    wandb_mode: str = "offline"        # online | offline (no network; `wandb sync RUN_DIR/wandb/offline-run-*`
-                                       # uploads later) | disabled
+    # online | offline (no network; `wandb sync RUN_DIR/wandb/offline-run-*` uploads later) | disabled
+    wandb_mode: str = one_of("offline", WANDB_MODES)
 
 
 @dataclass
@@ -90,11 +93,12 @@ class MetricsConfig:
     rank_every: int = nonneg(10_000, note="0: off")     # srank, approximate, effective, feature and matrix rank
     churn_every: int = nonneg(10_000, note="0: off")    # policy churn over one update round, on the metrics batch
     ntk_every: int = nonneg(50_000, note="0: off")      # NTK Gram rank of the critic (per-example gradients)
-    batch: str = "fresh_replay"        # fresh_replay | fixed_probe (indices drawn once, at the first update)
+    # fresh_replay | fixed_probe (indices drawn once, at the first update)
+    batch: str = one_of("fresh_replay", METRIC_BATCHES)
     batch_size: int = positive(256)    # replay batch (off-policy) or rollout subset (PPO) the metrics use
     dormant_taus: tuple[float, ...] = nonneg((0.0, 0.025, 0.1))
-    ratio_aggregation: str = "pooled"  # pooled | mean_of_layers
-    grama_target: str = "pre_activation"  # pre_activation | post_activation | weight_grad
+    ratio_aggregation: str = one_of("pooled", RATIO_AGGREGATIONS)  # pooled | mean_of_layers
+    grama_target: str = one_of("pre_activation", PROBE_POINTS)  # pre_activation | post_activation | weight_grad
     linearised_frac: float = unit_pos(0.9)  # a unit is linearised if its pre-activation is > 0 on this fraction
     srank_delta: float = unit_pos(0.01)
     approx_rank_p: float = unit_pos(0.99)
@@ -102,7 +106,7 @@ class MetricsConfig:
     grad_zero_threshold: float = positive(1e-8)  # |g| below this counts as a zero gradient entry (grad_sparsity)
     ntk_batch: int = num(64, ge=1)     # state-action pairs for the NTK Gram matrix (at most 64)
     ntk_tol: float = positive(1e-6)    # absolute tolerance on the Gram matrix's singular values
-    ntk_branch: str = "critic1"        # twin critics: critic1 | critic2 | min
+    ntk_branch: str = one_of("critic1", NTK_BRANCHES)  # twin critics: critic1 | critic2 | min
 
 
 @dataclass
@@ -278,12 +282,6 @@ def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_devices(r.devices, r.seeds)
-    if r.driver not in DRIVERS:
-        raise ConfigError(f"run.driver={r.driver!r}; valid: {', '.join(DRIVERS)}")
-    if r.progress not in PROGRESS:
-        raise ConfigError(f"run.progress={r.progress!r}; valid: {', '.join(PROGRESS)}")
-    if r.wandb_mode not in WANDB_MODES:
-        raise ConfigError(f"run.wandb_mode={r.wandb_mode!r}; valid: {', '.join(WANDB_MODES)}")
     if r.wandb and importlib.util.find_spec("wandb") is None:
         raise ConfigError("--run.wandb true needs the wandb package: pip install wandb")
     agent_validate = getattr(agents.get(cfg.agent), "validate", None)
@@ -292,16 +290,8 @@ def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
             agent_validate(a)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if a.activation not in ACTIVATIONS:
-        raise ConfigError(f"{cfg.agent}.activation={a.activation!r}; valid: {', '.join(ACTIVATIONS)}")
-    if a.init not in INITIALIZERS:
-        raise ConfigError(f"{cfg.agent}.init={a.init!r}; valid: {', '.join(INITIALIZERS)}")
     if not a.hidden:  # the widths' range is declared on the field
         raise ConfigError(f"{cfg.agent}.hidden must be a non-empty list of positive widths, got nothing")
-    if m.ratio_aggregation not in ("pooled", "mean_of_layers"):
-        raise ConfigError(f"metrics.ratio_aggregation={m.ratio_aggregation!r}; valid: pooled, mean_of_layers")
-    if m.grama_target not in PROBE_POINTS:
-        raise ConfigError(f"metrics.grama_target={m.grama_target!r}; valid: {', '.join(PROBE_POINTS)}")
     _validate_metrics(m)
     if m.batch == "fixed_probe" and getattr(agents.get(cfg.agent), "on_policy", False):
         raise ConfigError(f"metrics.batch=fixed_probe needs a replay buffer; {cfg.agent} measures on its current "
@@ -396,15 +386,8 @@ def check_claims(claims: dict) -> None:
                               f"drop one of them")
 
 
-METRIC_BATCHES = ("fresh_replay", "fixed_probe")
-NTK_BRANCHES = ("critic1", "critic2", "min")
-
 
 def _validate_metrics(m: MetricsConfig) -> None:
-    if m.batch not in METRIC_BATCHES:
-        raise ConfigError(f"metrics.batch={m.batch!r}; valid: {', '.join(METRIC_BATCHES)}")
-    if m.ntk_branch not in NTK_BRANCHES:
-        raise ConfigError(f"metrics.ntk_branch={m.ntk_branch!r}; valid: {', '.join(NTK_BRANCHES)}")
     if not 1 <= m.ntk_batch <= min(64, m.batch_size):
         raise ConfigError(f"metrics.ntk_batch must be in [1, min(64, metrics.batch_size)], got {m.ntk_batch}")
     if not m.networks:

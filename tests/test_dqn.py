@@ -121,7 +121,7 @@ def test_agent_and_env_action_kinds_must_match():
 
 
 def test_bad_dqn_values():
-    with pytest.raises(ConfigError, match="dqn.loss='l1'; valid: huber, mse"):
+    with pytest.raises(ConfigError, match="dqn.loss='l1' is not valid; choose one of: huber, mse"):
         build("dqn", "none", overrides={"dqn.loss": "l1"})
     with pytest.raises(ConfigError, match="dqn.train_frequency must be > 0"):
         build("dqn", "none", overrides={"dqn.train_frequency": 0})

@@ -144,5 +144,5 @@ def test_missing_wandb_package_is_one_line_error(tmp_path, capsys, monkeypatch):
 
 
 def test_bad_wandb_mode_is_one_line_error(tmp_path, capsys):
-    assert_cli_error([*TINY, "--run.wandb_mode", "cloud"], "run.wandb_mode='cloud'; valid: online, offline, disabled",
+    assert_cli_error([*TINY, "--run.wandb_mode", "cloud"], "run.wandb_mode='cloud' is not valid; choose one of: online, offline, disabled",
                      tmp_path, capsys)
