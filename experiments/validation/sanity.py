@@ -261,7 +261,10 @@ FINDING = Finding(
                 "0.29.1, which has no HalfCheetah-v5: it runs HalfCheetah-v4, which in gymnasium 1.x gives the same "
                 "observations and rewards as v5 over 1000 random-action steps from one seed (checked). Its "
                 "environment has jax 0.4.13 (CleanRL pins 0.4.8, whose jaxlib has no wheel here) and torch 2.4.1; "
-                "CleanRL's torch SAC initialises layers with PyTorch's default, this project with LeCun normal"),
+                "both SAC sides draw weights as PyTorch's nn.Linear default, U(±1/sqrt(fan_in)) (CleanRL's SAC is PyTorch; "
+                "this project's `sac.init: torch_default`, its default since 2026-12-05), but this project's biases "
+                "start at zero where PyTorch draws them from the same uniform; both TD3 sides draw flax's LeCun "
+                "normal with zero biases"),
     sweeps={"laptop": sweep("validation-sanity-laptop", LAPTOP, seeds=5, evals=20),
             "paper": {**sweep("validation-sanity-paper", {"dqn-cartpole": 500_000, "ppo-cartpole": 500_000,
                                                           "ppo-breakout": 10_000_000}, seeds=10, evals=50),
@@ -280,5 +283,11 @@ FINDING = Finding(
            "`experiments/validate.py sanity` runs them after this project's runs and stores their returns under the "
            "runs' root (peers/PAIR.json). The peer is not a Slurm task: at paper scale run both sides on one GPU "
            "machine with `python experiments/validate.py sanity --scale paper --launcher local` (the emitted "
-           "array runs this project's side only, and a report without the peer is inconclusive).",),
+           "array runs this project's side only, and a report without the peer is inconclusive).",
+           "SAC's early gap was the initializer. With LeCun-normal weights (3x PyTorch's variance; this project's "
+           "SAC default until 2026-12-05) SAC learned HalfCheetah about 5k steps later than CleanRL's; drawing "
+           "them as PyTorch does closed it. Mean training return over 5 seeds per 5k-step window (10-15k / "
+           "15-20k / 20-25k / 25-30k): LeCun normal with α₀ 1: -92 / 273 / 797 / 1217; PyTorch's draw: "
+           "242 / 1271 / 2430 / 3129 (this run); CleanRL: 210 / 1391 / 2271 / 2993. The LeCun-normal run, "
+           "stopped at 50k, is kept in runs/measurements/ (not part of this report).",),
 )
