@@ -289,5 +289,11 @@ FINDING = Finding(
            "them as PyTorch does closed it. Mean training return over 5 seeds per 5k-step window (10-15k / "
            "15-20k / 20-25k / 25-30k): LeCun normal with α₀ 1: -92 / 273 / 797 / 1217; PyTorch's draw: "
            "242 / 1271 / 2430 / 3129 (this run); CleanRL: 210 / 1391 / 2271 / 2993. The LeCun-normal run, "
-           "stopped at 50k, is kept in runs/measurements/ (not part of this report).",),
+           "stopped at 50k, is kept in runs/measurements/ (not part of this report).",
+           "The TD3 pair fails the rule at 5 seeds, but the curves agree until late: mean training return per "
+           "window (25-40k / 40-55k / 55-70k / 70-85k / 85-100k), plastic -426 / 753 / 2016 / 2682 / 3221, "
+           "CleanRL -393 / 868 / 1960 / 2958 / 3534. A line-by-line reading of CleanRL's TD3-JAX script against "
+           "agents/td3.py found no difference (hyperparameters, delayed actor and target updates, the Q1 actor "
+           "loss, clipped target noise, the initializer). Ten seeds a side are the next step: CleanRL's seeds 5-9 "
+           "are kept in peers/.cleanrl-seeds as they finish, so a 10-seed run reuses them.",),
 )
