@@ -129,7 +129,7 @@ def test_bad_torsos_are_clear_errors():
         make("dqn", "CartPole-v1", 100, overrides={"dqn.torso": "nature"})
     with pytest.raises(ValueError, match="too small for the convolutions"):
         make("dqn", "gymnax:Breakout-MinAtar", 100, overrides={"dqn.torso": "nature", "run.driver": "host"})
-    with pytest.raises(ValueError, match="valid: mlp, nature, minatar"):
+    with pytest.raises(ValueError, match="choose one of: mlp, nature, minatar"):
         make("dqn", "CartPole-v1", 100, overrides={"dqn.torso": "resnet"})
 
 

@@ -328,9 +328,9 @@ def test_all_groups_off_removes_the_collector(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--metrics.networks", "policy"], "this agent's networks with layers: actor, critic"),
     (["--metrics.rank_every", "-1"], "metrics.rank_every must be >= 0"),
-    (["--metrics.batch", "replay"], "valid: fresh_replay, fixed_probe"),
+    (["--metrics.batch", "replay"], "choose one of: fresh_replay, fixed_probe"),
     (["--metrics.ntk_batch", "65"], "metrics.ntk_batch must be in [1, min(64"),
-    (["--metrics.ntk_branch", "q3"], "valid: critic1, critic2, min"),
+    (["--metrics.ntk_branch", "q3"], "choose one of: critic1, critic2, min"),
     (["--agent", "ppo", "--env", "gymnax:CartPole-v1", "--metrics.batch", "fixed_probe"], "needs a replay buffer"),
 ])
 def test_bad_metrics_config_is_one_clear_line(tmp_path, capsys, args, needle):
