@@ -101,6 +101,15 @@ def field_problem(where: str, value, f: dataclasses.Field) -> str | None:
     return problem(where, value, range_of(f))
 
 
+def check(obj, ns: str) -> None:
+    """Every declared constraint of the config dataclass `obj` (its fields named `ns.FIELD`): a ValueError with
+    the first problem's one-line message (plastic.config.check_fields does this for every section of a run)."""
+    for f in dataclasses.fields(obj):
+        msg = field_problem(f"{ns}.{f.name}", getattr(obj, f.name), f)
+        if msg:
+            raise ValueError(msg)
+
+
 def problem(where: str, value, rng: Range = ANY) -> str | None:
     """The one-line error for `value` (a number or a tuple; anything else is not checked) of the field named
     `where` with range `rng`, or None if it is valid."""

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from metrics.units import grama_scores
+from plastic import fields
 from plastic.core import Net, NetState, UpdateContext, gradient_step
 from plastic.interventions.regrama import ReGraMa, ReGraMaConfig
 from plastic.networks import MLP
@@ -35,6 +36,7 @@ class StubAgent:
 
 def regrama(**kw):
     cfg = ReGraMaConfig(**{"tau": 0.0, "period": 1, **kw})
+    fields.check(cfg, "grama")   # the declared ranges and switches (plastic.config checks them for a run)
     iv = ReGraMa(cfg, "sac")
     iv.validate(None, None)
     return iv
