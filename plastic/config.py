@@ -260,16 +260,14 @@ def canonical_sections(cfg: ExperimentConfig) -> list:
 
 def check_fields(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
     """The declared constraints of every field of every section (plastic/fields.py): switches one of their
-    choices, floats finite unless declared otherwise, values (each entry of a tuple) in range. The message names the field as it is typed
-    (`spelled`: (namespace, field) -> the alias the value was set through)."""
+    choices, floats finite unless declared otherwise, values (each entry of a tuple) in range. The message names
+    the field as it is typed (`spelled`: (namespace, field) -> the alias the value was set through)."""
     for ns, obj in canonical_sections(cfg):
         if not dataclasses.is_dataclass(obj):
             continue
-        for f in dataclasses.fields(obj):
-            where = f"{(spelled or {}).get((ns, f.name), ns)}.{f.name}"
-            msg = fields.field_problem(where, getattr(obj, f.name), f)
-            if msg:
-                raise ConfigError(msg)
+        msg = fields.first_problem(obj, lambda n, ns=ns: f"{(spelled or {}).get((ns, n), ns)}.{n}")
+        if msg:
+            raise ConfigError(msg)
 
 
 def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
@@ -384,7 +382,6 @@ def check_claims(claims: dict) -> None:
                    f"{owner} must {RESOURCE_WORDS[resource]} and {other} would {RESOURCE_WORDS[theirs]}")
             raise ConfigError(f"interventions {owner} and {other} cannot be stacked: {why} ({resource}); "
                               f"drop one of them")
-
 
 
 def _validate_metrics(m: MetricsConfig) -> None:

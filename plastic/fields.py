@@ -14,12 +14,11 @@ below (each returns a `dataclasses.field` whose metadata holds a `Range`):
     period: int = count(1000, "updates")              # >= 1: "must be a positive number of updates"
     mode: str = one_of("toward_init", MODES)          # a switch: one of the names in MODES
 
-
 `plastic.config.validate` walks every section of a run's config before anything is built and checks each
-field with `problem`: a switch declared with `one_of` must be one of its choices; a float (each float of a tuple) must be finite, unless its range says `allow_inf`
-(NaN is never valid); a number must lie in its declared range unless it is one of the range's `special`
-values. A float field without a declared range is still checked for finiteness. Ranges that depend on
-another field (`least.min_rows <= least.K_max`) stay in the config's `validate` method.
+field with `field_problem`: a switch declared with `one_of` must be one of its choices; a float (each float of
+a tuple) must be finite, unless its range says `allow_inf` (NaN is never valid); a number must lie in its
+declared range unless it is one of the range's `special` values. A float field without a declared range is still
+checked for finiteness. Ranges that depend on another field (`least.min_rows <= least.K_max`) stay in the config's `validate` method.
 
 Messages name the field as the user types it: `sac.actor_lr must be > 0, got -1.0`,
 `reset.scope='everything' is not valid; choose one of: all, last_k_layers, heads_only, all_but_encoder`.
@@ -101,13 +100,22 @@ def field_problem(where: str, value, f: dataclasses.Field) -> str | None:
     return problem(where, value, range_of(f))
 
 
+def first_problem(obj, name) -> str | None:
+    """The one-line error of the first field of the config dataclass `obj` that breaks its declared constraint
+    (`name(field)`: how the message names it), or None."""
+    for f in dataclasses.fields(obj):
+        msg = field_problem(name(f.name), getattr(obj, f.name), f)
+        if msg:
+            return msg
+    return None
+
+
 def check(obj, ns: str) -> None:
     """Every declared constraint of the config dataclass `obj` (its fields named `ns.FIELD`): a ValueError with
     the first problem's one-line message (plastic.config.check_fields does this for every section of a run)."""
-    for f in dataclasses.fields(obj):
-        msg = field_problem(f"{ns}.{f.name}", getattr(obj, f.name), f)
-        if msg:
-            raise ValueError(msg)
+    msg = first_problem(obj, lambda n: f"{ns}.{n}")
+    if msg:
+        raise ValueError(msg)
 
 
 def problem(where: str, value, rng: Range = ANY) -> str | None:
