@@ -90,19 +90,19 @@ def main():
           f"median of {args.rounds} paired rounds", flush=True)
     plain_off = None
     for name in names:
-        cls = REGISTRY[name]
-        if args.agent in supported_agents(cls):
+        supported = supported_agents(REGISTRY[name])
+        if args.agent in supported:
             if plain_off is None:
                 plain_off = UpdateTimer(trainer_for(args.agent, 1, overrides=OFF), 10_000)
             with_it = UpdateTimer(trainer_for(args.agent, 1, name, overrides={**OFF, **BENCH.get(name, {})}),
                                   10_000)
             line(name, "update", *paired({"plain": plain_off, "method": with_it}, args.updates, args.rounds))
-        elif "ppo" in supported_agents(cls):
+        elif "ppo" in supported:
             timers = {"plain": ChunkTimer(ppo_trainer("none")), "method": ChunkTimer(ppo_trainer(name))}
             line(name, "ppo iter", *paired(timers, args.iterations, args.rounds))
         else:
-            print(f"{name:15s} skipped: supports {', '.join(supported_agents(cls))}", flush=True)
-        if name == "least" and args.agent in supported_agents(cls):
+            print(f"{name:15s} skipped: supports {', '.join(supported)}", flush=True)
+        if name == "least" and args.agent in supported:
             ov = {**OFF, f"{args.agent}.learning_starts": 0}
             timers = {"plain": TrainTimer(trainer_for(args.agent, 1, overrides=ov)),
                       "method": TrainTimer(trainer_for(args.agent, 1, name, overrides={**ov, **BENCH[name]}))}

@@ -18,7 +18,8 @@ below (each returns a `dataclasses.field` whose metadata holds a `Range`):
 field with `field_problem`: a switch declared with `one_of` must be one of its choices; a float (each float of
 a tuple) must be finite, unless its range says `allow_inf` (NaN is never valid); a number must lie in its
 declared range unless it is one of the range's `special` values. A float field without a declared range is still
-checked for finiteness. Ranges that depend on another field (`least.min_rows <= least.K_max`) stay in the config's `validate` method.
+checked for finiteness. Ranges that depend on another field (`least.min_rows <= least.K_max`) stay in the config's
+`validate` method.
 
 Messages name the field as the user types it: `sac.actor_lr must be > 0, got -1.0`,
 `reset.scope='everything' is not valid; choose one of: all, last_k_layers, heads_only, all_but_encoder`.
