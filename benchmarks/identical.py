@@ -51,7 +51,7 @@ def overrides_of(agent, driver, extra):
 
 def write(out: Path, only=None, seeds=2):
     from plastic.config import build
-    from plastic.trainer import make_trainer
+    from plastic.drivers import make_trainer
     for name, (agent, iv, env, steps, driver, extra) in RUNS.items():
         if only and name not in only:
             continue

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from benchmarks.offpolicy import ENV, TrainTimer, UpdateTimer, trainer_for  # noqa: E402
 from plastic.config import build, supported_agents  # noqa: E402
 from plastic.interventions import REGISTRY  # noqa: E402
-from plastic.trainer import make_trainer  # noqa: E402
+from plastic.drivers import make_trainer  # noqa: E402
 
 OFF = {f"metrics.{g}_every": 0 for g in ("activity", "grad", "rank", "churn", "ntk")}
 # Settings that make a method do its work inside a short benchmark (everything else at its default):

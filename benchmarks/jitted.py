@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 
 from plastic.config import build  # noqa: E402
-from plastic.trainer import make_trainer  # noqa: E402
+from plastic.drivers import make_trainer  # noqa: E402
 
 QUIET = {"run.progress": "off", "run.tensorboard": "false"}
 

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from benchmarks.offpolicy import UpdateTimer, trainer_for  # noqa: E402
 from plastic.config import MetricsConfig  # noqa: E402
 from plastic.monitor import BATCH_GROUPS  # noqa: E402
-from plastic.trainer import SHARED  # noqa: E402
+from plastic.programs import SHARED  # noqa: E402
 
 GROUPS = ("activity", "grad", "rank", "churn", "ntk")
 OFF = {f"metrics.{g}_every": 0 for g in GROUPS}

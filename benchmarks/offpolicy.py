@@ -31,7 +31,7 @@ import optax  # noqa: E402
 
 from plastic.config import build  # noqa: E402
 from plastic.envs import make_env  # noqa: E402
-from plastic.trainer import Trainer  # noqa: E402
+from plastic.drivers.host import HostOffPolicy  # noqa: E402
 
 ENV = "HalfCheetah-v5"
 
@@ -50,24 +50,24 @@ def env_rate(n):
 def trainer_for(agent, seeds, intervention="none", overrides=None, buffer=100_000):
     ov = {f"{agent}.learning_starts": 0, f"{agent}.buffer_size": buffer, "run.progress": "off"}
     ov.update(overrides or {})
-    return Trainer(build(agent, intervention, overrides=ov, env=ENV, seeds=seeds, steps=10**7))
+    return HostOffPolicy(build(agent, intervention, overrides=ov, env=ENV, seeds=seeds, steps=10**7))
 
 
 def filled_state(tr, n_fill):
     """A train state whose replay holds n_fill random transitions per seed (as if after warm-up)."""
     ts, counters = tr.init_state()
     S, O, A = tr.n_seeds, tr.envs.observation_size, tr.envs.action_size
-    n = min(n_fill, tr.capacity)
+    n = min(n_fill, tr.program.capacity)
     rng = np.random.default_rng(0)
-    data = {"obs": rng.normal(size=(S, tr.capacity, O)), "action": rng.uniform(-1, 1, (S, tr.capacity, A)),
-            "reward": rng.normal(size=(S, tr.capacity)), "next_obs": rng.normal(size=(S, tr.capacity, O)),
-            "terminated": np.zeros((S, tr.capacity)), "done": np.zeros((S, tr.capacity))}
+    data = {"obs": rng.normal(size=(S, tr.program.capacity, O)), "action": rng.uniform(-1, 1, (S, tr.program.capacity, A)),
+            "reward": rng.normal(size=(S, tr.program.capacity)), "next_obs": rng.normal(size=(S, tr.program.capacity, O)),
+            "terminated": np.zeros((S, tr.program.capacity)), "done": np.zeros((S, tr.program.capacity))}
     data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
-    t_add = jnp.broadcast_to(jnp.arange(tr.capacity, dtype=jnp.int32), (S, tr.capacity))
+    t_add = jnp.broadcast_to(jnp.arange(tr.program.capacity, dtype=jnp.int32), (S, tr.program.capacity))
     replay = ts.replay.replace(data=data, t_add=t_add, size=jnp.full((S,), n, jnp.int32),
-                               ptr=jnp.full((S,), n % tr.capacity, jnp.int32), t=jnp.full((S,), n, jnp.int32))
-    if tr.bucket_size:
-        means = t_add[:, :: tr.bucket_size] + (tr.bucket_size - 1) / 2.0
+                               ptr=jnp.full((S,), n % tr.program.capacity, jnp.int32), t=jnp.full((S,), n, jnp.int32))
+    if tr.program.bucket_size:
+        means = t_add[:, :: tr.program.bucket_size] + (tr.program.bucket_size - 1) / 2.0
         replay = replay.replace(bucket_tmean=means.astype(jnp.float32))
     # the replay's add() counter is the env-step counter: continue after the filled slots
     return ts.replace(replay=replay), {**counters, "env_steps": jnp.asarray(n, jnp.int32)}

@@ -35,7 +35,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from plastic.config import build  # noqa: E402
-from plastic.trainer import make_trainer  # noqa: E402
+from plastic.drivers import make_trainer  # noqa: E402
 
 QUIET = {"run.progress": "off", "run.tensorboard": "false", "run.eval_every": 0, "run.checkpoint_every": 0}
 OFF = {f"metrics.{g}_every": 0 for g in ("activity", "grad", "rank", "churn", "ntk")}

@@ -61,3 +61,10 @@ class Checkpointer:
 
 def _on_one_device(x) -> bool:
     return isinstance(x, jax.Array) and len(x.sharding.device_set) == 1
+
+
+def latest_checkpoint(run_dir) -> int | None:
+    """The step of the newest complete orbax checkpoint in RUN_DIR/checkpoints (None if there is none)."""
+    d = Path(run_dir) / "checkpoints"
+    steps = [int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
+    return max(steps) if steps else None

@@ -201,9 +201,9 @@ def execute(argv: list[str]) -> dict:
     ConfigError (one line) before anything is written; an unusable checkpoint raises CheckpointError.
     --resume of a run killed before its first checkpoint starts it over in its directory, with its config."""
     cfg, run_dir, resume = resolve(argv)
-    from plastic.sweep import latest_checkpoint
+    from plastic.checkpoint import latest_checkpoint
     restart = resume and latest_checkpoint(run_dir) is None
-    from plastic.trainer import make_trainer
+    from plastic.drivers import make_trainer
     try:
         trainer = make_trainer(cfg)  # builds envs and networks: fails here, before any directory is written
     except ValueError as e:

@@ -9,7 +9,7 @@ Hook order inside one step of one network (docs/mechanics.md §6):
     post_update(...) for each, in order            # `post_update` / `periodic` hooks (CBP, ReGraMa, ...)
 
 Targets go through `soft_update` (the `target_update` hook). Replay sampling (`replay_sampler`) and
-acting (`acting_loop`, `scheduled_event`) are driven by the trainer (plastic/trainer.py).
+acting (`acting_loop`, `scheduled_event`) are driven by the drivers (plastic/programs.py, plastic/drivers/).
 """
 from __future__ import annotations
 

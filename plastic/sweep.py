@@ -50,6 +50,7 @@ from pathlib import Path
 
 import yaml
 
+from plastic.checkpoint import latest_checkpoint
 from plastic.config import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,13 +210,6 @@ def _expand(block: dict, where: str, sweep_name: str) -> list:
 
 
 # ---- status of a task's run directory -----------------------------------------------------------
-def latest_checkpoint(run_dir) -> int | None:
-    """The step of the newest complete orbax checkpoint in RUN_DIR/checkpoints (None if there is none)."""
-    d = Path(run_dir) / "checkpoints"
-    steps = [int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
-    return max(steps) if steps else None
-
-
 def config_diff(task: Task, run_dir) -> list:
     """Fields (NS.FIELD) where the config saved in RUN_DIR differs from the task's (step budget aside)."""
     from plastic.cli import config_of
@@ -283,7 +277,7 @@ def run_task(table_path, index: int, early_signals: list | None = None) -> int:
     signal stopped it elsewhere, 2 on bad input."""
     from plastic import cli
     from plastic.checkpoint import CheckpointError
-    from plastic.trainer import catch_stop_signals
+    from plastic.loop import catch_stop_signals
     table, tasks = read_table(table_path)
     if not 0 <= index < len(tasks):
         raise ConfigError(f"task index {index} out of range: {table_path} has {len(tasks)} tasks")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from plastic.config import build
-from plastic.trainer import Trainer
+from plastic.drivers.host import HostOffPolicy
 
 SMALL = {"hidden": "32,32", "batch_size": 32, "buffer_size": 5000}
 # Every metric group off: tests that are not about the metrics skip compiling them (each group adds 1.5-2.5 s
@@ -23,7 +23,7 @@ def make(agent, env, steps, intervention="none", tmp=None, overrides=None, metri
         ov.update(METRICS_OFF)
     ov.update(overrides or {})
     cfg = build(agent, intervention, overrides=ov, env=env, steps=steps, **run)
-    return cfg, Trainer(cfg)
+    return cfg, HostOffPolicy(cfg)
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -47,7 +47,7 @@ NETS = {"td3": ("actor", "critic"), "sac": ("actor", "critic"), "dqn": ("q",), "
 def tiny_trainer(agent, intervention, steps, extra=None, seeds=2, env=None, small=None):
     """A jitted-driver trainer of `agent` with `intervention` on a probe env (TINY sizes, metrics off,
     a log row and a checkpoint every 100 env steps); `extra` overrides anything."""
-    from plastic.trainer import make_trainer
+    from plastic.drivers import make_trainer
     ov = {f"{agent}.{k}": v for k, v in (TINY[agent] if small is None else small).items()}
     ov.update(METRICS_OFF)
     ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,

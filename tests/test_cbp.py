@@ -552,7 +552,7 @@ def test_adam_betas_are_agent_settings(agent):
     update with gradient g, mu = (1 - b1) g and nu = (1 - b2) g²."""
     import agents
     from plastic.config import build
-    from plastic.trainer import build_agent
+    from plastic.setup import build_agent
     from plastic.jaxenvs import make_jax_env
     clip = {"ppo.max_grad_norm": 0} if agent == "ppo" else {}  # no global-norm clipping before Adam
     cfg = build(agent, "none", overrides={f"{agent}.b1": 0.5, f"{agent}.b2": 0.75, f"{agent}.hidden": "4", **clip},

@@ -21,7 +21,7 @@ import agents
 from helpers import TINY, rows, tiny_trainer
 from plastic.config import supported_agents
 from plastic.interventions import REGISTRY
-from plastic.trainer import SHARED
+from plastic.programs import SHARED
 
 STEPS = 240            # off-policy: 140 learning steps after learning_starts 100; PPO: 5 iterations of 50 env steps
 DRIVERS = ("jit", "host")

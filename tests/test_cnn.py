@@ -14,9 +14,9 @@ from plastic.core import Net, NetState, gradient_step
 from plastic.interventions.regrama import ReGraMa, ReGraMaConfig
 from plastic.networks import ConvNet, get_path, set_path
 from plastic.replay import Replay
-from plastic.jit_trainer import JitTrainer
+from plastic.drivers import JitOffPolicy
 from plastic.surgery import reset_units, touched_entries
-from plastic.trainer import make_trainer
+from plastic.drivers import make_trainer
 from tests.helpers import make, rows
 
 SHAPE = (12, 12, 3)
@@ -171,7 +171,7 @@ def test_dqn_minatar_cnn_on_the_jitted_driver(tmp_path):
           "dqn.learning_starts": 100, "dqn.train_frequency": 4, "grama.period": 10, "run.log_every": 150,
           "run.progress": "off", "run.tensorboard": "false"}
     trainer = make_trainer(build("dqn", "grama", overrides=ov, env="gymnax:Breakout-MinAtar", steps=300))
-    assert isinstance(trainer, JitTrainer)
+    assert isinstance(trainer, JitOffPolicy)
     assert trainer.agent.q.layers[0].consumer_tiles == (64,)  # 10x10 -> 8x8 positions of 16 channels
     trainer.run(tmp_path)
     last = rows(tmp_path)[-1]

@@ -88,7 +88,7 @@ def test_episode_seeds_are_shared_by_every_training_seed(cls):
     the training seed), and another `run.seed` changes nothing; `eval_seed` picks another set of episodes."""
     cfg = build("dqn", "none", env="probe:d_obs", seeds=2, seed=5,
                 overrides={"dqn.hidden": "8", "dqn.eval_epsilon": 0.5, "run.eval_episodes": 8})
-    from plastic.trainer import build_agent
+    from plastic.setup import build_agent
     from plastic.jaxenvs import make_jax_env
     agent = build_agent(cfg, make_jax_env(cfg.run.env))
     one = agent.init(jax.random.PRNGKey(1))
@@ -109,7 +109,7 @@ def test_episode_seeds_are_shared_by_every_training_seed(cls):
 def test_dqn_eval_epsilon_and_ppo_mode():
     """DQN acts ε-greedily with `eval_epsilon` (1: uniformly random, 0: greedy); PPO plays the mode unless
     `ppo.eval_sample`."""
-    from plastic.trainer import build_agent
+    from plastic.setup import build_agent
     from plastic.jaxenvs import make_jax_env
     for eps, lo, hi in ((0.0, None, None), (1.0, 0.2, 0.8)):
         cfg = build("dqn", "none", env="probe:d_action", overrides={"dqn.hidden": "8", "dqn.eval_epsilon": eps,

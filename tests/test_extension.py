@@ -21,7 +21,8 @@ from plastic.fields import count, positive, unit
 from plastic.interventions.base import Intervention
 from plastic.networks import build_network, check_options
 from plastic.optim import adam
-from plastic.trainer import SHARED, make_trainer
+from plastic.drivers import make_trainer
+from plastic.programs import SHARED
 
 
 # ---- a new agent: fitted Q-iteration on one network, the bootstrap from its own frozen copy --------------------

@@ -6,8 +6,7 @@ import pytest
 
 from helpers import EVAL_OFF, METRICS_OFF, rows, strip_timing
 from plastic.config import build
-from plastic.jit_trainer import HostOnPolicyTrainer, JitTrainer, OnPolicyTrainer
-from plastic.trainer import Trainer, make_trainer
+from plastic.drivers import HostOffPolicy, HostOnPolicy, JitOffPolicy, JitOnPolicy, make_trainer
 
 SMALL = {"td3": {"hidden": "32,32", "batch_size": 32, "buffer_size": 2000, "learning_starts": 100},
          "sac": {"hidden": "32,32", "batch_size": 32, "buffer_size": 2000, "learning_starts": 100},
@@ -39,13 +38,13 @@ def assert_trees_equal(a, b):
 
 
 def test_driver_choice():
-    assert type(trainer("dqn")) is JitTrainer
-    assert type(trainer("ppo")) is OnPolicyTrainer
-    assert type(trainer("dqn", extra={"run.driver": "host"})) is Trainer  # gymnax env on the host driver
+    assert type(trainer("dqn")) is JitOffPolicy
+    assert type(trainer("ppo")) is JitOnPolicy
+    assert type(trainer("dqn", extra={"run.driver": "host"})) is HostOffPolicy  # gymnax env on the host driver
     with pytest.raises(ValueError, match="jitted driver needs a JAX-native env"):
         make_trainer(build("td3", overrides={"run.driver": "jit"}, env="Pendulum-v1"))
-    assert type(make_trainer(build("ppo", env="CartPole-v1"))) is HostOnPolicyTrainer
-    assert type(trainer("ppo", extra={"run.driver": "host"})) is HostOnPolicyTrainer
+    assert type(make_trainer(build("ppo", env="CartPole-v1"))) is HostOnPolicy
+    assert type(trainer("ppo", extra={"run.driver": "host"})) is HostOnPolicy
     with pytest.raises(ValueError, match="jitted driver needs a JAX-native env"):
         make_trainer(build("ppo", overrides={"run.driver": "jit"}, env="CartPole-v1"))
 
@@ -117,7 +116,7 @@ def test_chunks_do_not_retrace_or_leave_the_device(tmp_path):
     for _ in range(3):
         with jax.transfer_guard("disallow"):
             carry, sums, _ = tr._chunk_jit(carry, 100)
-    assert calls == traced and tr.traces == 1
+    assert calls == traced and tr.chunks.traces == 1
     assert int(carry[1]["env_steps"]) == 400 and int(sums["count"][0]) > 0
 
 

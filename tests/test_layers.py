@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVERS = ("plastic.trainer", "plastic.jit_trainer", "plastic.cli", "plastic.config", "experiments")
+DRIVERS = ("plastic.drivers", "plastic.loop", "plastic.setup", "plastic.programs", "plastic.cli", "plastic.config", "experiments")
 # package (a folder of the repository) -> modules it must not import (a prefix forbids its submodules too)
 FORBIDDEN = {
     "plastic/interventions": ("agents", *DRIVERS),
@@ -44,11 +44,97 @@ def test_no_upward_imports(package):
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 
+# The layers of the package, bottom to top (docs/architecture.md, Layers): a module imports from its own layer
+# or below, also inside a function. Agents and interventions share a layer and never import each other
+# (FORBIDDEN above). A module of plastic/, agents/ or metrics/ that no entry names fails the test: place it.
+LAYERS = (
+    ("base", ("metrics", "plastic", "plastic.fields", "plastic.seed_axis", "plastic.networks", "plastic.optim",
+              "plastic.normalize", "plastic.replay", "plastic.packing", "plastic.checkpoint", "plastic.logger",
+              "plastic.jaxenvs", "plastic.envs", "plastic.nonstationary")),
+    ("core", ("plastic.core", "plastic.agent", "plastic.surgery")),
+    ("agents and interventions", ("agents", "plastic.interventions", "plastic.monitor")),
+    ("config", ("plastic.config", "plastic.sharding", "plastic.slurm")),
+    ("drivers", ("plastic.setup", "plastic.programs", "plastic.loop", "plastic.evaluation", "plastic.drivers")),
+    ("cli", ("plastic.cli", "plastic.sweep")),
+)
+
+
+def module_graph(root: Path = ROOT) -> dict:
+    """module -> the package's modules it imports (`from plastic import loop` counts as plastic.loop)."""
+    files = {}
+    for pkg in ("plastic", "agents", "metrics"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            name = ".".join(f.relative_to(root).with_suffix("").parts)
+            files[name.removesuffix(".__init__")] = f
+    graph = {}
+    for name, f in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = sorted(m for m in found if m in files and m != name)
+    return graph
+
+
+def layer_of(module: str):
+    """The index of the layer whose entry is the longest prefix of `module` (None: no layer names it)."""
+    best = max(((len(p), i) for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes
+                if module == p or module.startswith(p + ".")), default=None)
+    return None if best is None else best[1]
+
+
+def test_every_module_imports_from_its_layer_or_below():
+    graph = module_graph()
+    unplaced = sorted(m for m in graph if layer_of(m) is None)
+    assert not unplaced, f"modules in no layer (add them to LAYERS): {unplaced}"
+    up = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+          for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m)]
+    assert not up, "upward imports:\n" + "\n".join(up)
+
+
+def import_circles(graph: dict) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    assert import_circles(module_graph()) == []
+    assert import_circles({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c"]]
+
+
 def test_the_check_sees_an_upward_import(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import os\n\ndef g():\n    from agents.td3 import TD3\n    import plastic.trainer as t\n")
+    f.write_text("import os\n\ndef g():\n    from agents.td3 import TD3\n    import plastic.drivers as t\n")
     found = [m for _, m in imports(f) if hits(m, FORBIDDEN["plastic/interventions"])]
-    assert found == ["agents.td3", "plastic.trainer"]
+    assert found == ["agents.td3", "plastic.drivers"]
 
 
 # ---- citations: a comment that cites a document names a file of the repository ------------------------------

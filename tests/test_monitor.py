@@ -16,7 +16,8 @@ from plastic.config import MetricsConfig, build
 from plastic.core import Net, NetState, gradient_step
 from plastic.monitor import Monitor, crossed
 from plastic.networks import MLP
-from plastic.trainer import build_agent, make_trainer
+from plastic.drivers import make_trainer
+from plastic.setup import build_agent
 
 KEY = jax.random.PRNGKey(0)
 SMALL = {"hidden": "16,16", "batch_size": 16, "buffer_size": 1000, "learning_starts": 50}

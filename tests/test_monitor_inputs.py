@@ -16,7 +16,7 @@ from plastic.interventions.l2 import WeightDecay, WeightDecayConfig
 from plastic.interventions.ne import NE, NEConfig
 from plastic.monitor import Monitor, _features, _feature_width
 from plastic.networks import MLP
-from plastic.trainer import build_agent
+from plastic.setup import build_agent
 
 KEY = jax.random.PRNGKey(0)
 GRAD_ONLY = dict(activity_every=0, rank_every=0, churn_every=0, ntk_every=0, grad_every=1)
@@ -169,7 +169,7 @@ def test_conv_feature_width_counts_every_position():
 
 def _replay_fn(mon, n_rows=100_000, obs=16):
     """A stand-in for the off-policy drivers' batch function: `batch_size` uniform rows of a large table,
-    through the monitor's `probe_indices` (as plastic/trainer.py draws them)."""
+    through the monitor's `probe_indices` (as plastic/programs.py draws them)."""
     table = {"obs": jax.random.normal(jax.random.PRNGKey(7), (n_rows, obs)),
              "action": jax.random.uniform(jax.random.PRNGKey(8), (n_rows, 2), minval=-1, maxval=1)}
 

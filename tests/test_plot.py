@@ -282,7 +282,7 @@ def test_errors_exit_2_with_one_line_and_keep_out(runs, tmp_path, capsys, case):
 # --------------------------------------------------------------------------------------------------
 
 # eval/episode_return per seed at the evaluation steps only (the first log point past each 200 env steps and
-# the last one); rows at other steps hold no eval/ key, as plastic/trainer.py writes them
+# the last one); rows at other steps hold no eval/ key, as plastic/loop.py writes them
 EVALS_A = {0: {200: 10.0, 400: 20.0, 600: 30.0}, 1: {200: 12.0, 400: 22.0, 600: 32.0},
            2: {200: 14.0, 400: 24.0, 600: 35.0}}
 EVALS_B = {0: {200: 1.0, 400: 2.0, 600: 3.0}, 1: {200: 1.0, 400: 4.0, 600: 5.0}, 2: {200: 0.0, 400: 0.0, 500: 7.0}}

@@ -11,7 +11,7 @@ from scipy import stats
 
 from agents.ppo import PPO, PPOConfig, gae
 from plastic.config import ConfigError, build
-from plastic.trainer import make_trainer
+from plastic.drivers import make_trainer
 from tests.helpers import METRICS_OFF, rows, strip_timing
 
 
@@ -165,7 +165,7 @@ def test_value_probes(tmp_path, probe, obs, expected):
 def test_value_probes_on_the_host_driver(tmp_path, probe, obs, expected):
     trainer = run_ppo(tmp_path, probe, 6_400, gamma=0.5, lr=3e-3, anneal_lr="false", ent_coef=0.0,
                       num_envs=8, num_steps=16, **{"run.driver": "host"})
-    assert type(trainer).__name__ == "HostOnPolicyTrainer"
+    assert type(trainer).__name__ == "HostOnPolicy"
     np.testing.assert_allclose(values(trainer, obs), expected, atol=0.1)
 
 

@@ -66,7 +66,7 @@ def test_sac_temperature_starts_where_cleanrl_starts_it():
     import jax
     import jax.numpy as jnp
     from plastic.config import build, from_dict
-    from plastic.trainer import make_trainer
+    from plastic.drivers import make_trainer
 
     def alpha0(cfg):
         st = make_trainer(cfg).agent.init(jax.random.PRNGKey(0))

@@ -44,7 +44,7 @@ def worker(case: str, out: Path) -> None:
     import jax
     from plastic.checkpoint import Checkpointer
     from plastic.config import build
-    from plastic.trainer import make_trainer
+    from plastic.drivers import make_trainer
 
     assert jax.local_device_count() == N_DEVICES, jax.local_devices()
     spec = CASES[case]

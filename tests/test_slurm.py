@@ -175,7 +175,7 @@ def _log(root: Path, sweep: str, job_task: str) -> str:
 
 
 def test_sweep_runs_as_an_array_job(slurm_cluster, tmp_path, capsys):
-    from plastic.sweep import latest_checkpoint
+    from plastic.checkpoint import latest_checkpoint
     spec = _sweep_file(tmp_path, "arr", 300, 100, 100, interventions=["none", "grama"], seeds=2)
     root = tmp_path / "root"
     job = _submit(slurm_cluster, spec, root)
@@ -241,7 +241,7 @@ def interrupted(slurm_cluster, tmp_path_factory):
 
 
 def _assert_resumed(cluster, case, signal_name):
-    from plastic.sweep import latest_checkpoint
+    from plastic.checkpoint import latest_checkpoint
     run_dir, task, log, reference = case
     info = cluster.info(task)
     assert info["Restarts"] == "1" and info["ExitCode"] == "0:0", info

@@ -6,6 +6,8 @@ import pytest
 
 from helpers import make, rows, strip_timing
 from plastic.checkpoint import CheckpointError
+from plastic.config import build
+from plastic.loop import checkpoint_due
 
 ENV = "Pendulum-v1"  # deterministic given its reset seed; episodes of 200 steps
 
@@ -191,7 +193,10 @@ def test_env_step_never_copies_the_replay(agent, intervention, env):
 
 
 def test_checkpoints_land_on_the_first_log_point_after_each_multiple():
-    _, tr = make("td3", ENV, 1000, "none", overrides={"run.log_every": 100, "run.checkpoint_every": 250})
-    assert [d for d in range(1, 1001) if tr._checkpoint_due(d)] == [300, 500, 800, 1000]
-    _, tr = make("td3", ENV, 950, "none", overrides={"run.log_every": 100, "run.checkpoint_every": 0})
-    assert [d for d in range(1, 951) if tr._checkpoint_due(d)] == [950]
+    cfg = build("td3", env=ENV, steps=1000, overrides={"run.log_every": 100, "run.checkpoint_every": 250})
+    assert [d for d in range(100, 1001, 100) if checkpoint_due(cfg.run, d - 100, d)] == [300, 500, 800, 1000]
+    cfg = build("td3", env=ENV, steps=950, overrides={"run.log_every": 100, "run.checkpoint_every": 0})
+    assert [d for d in [*range(100, 901, 100), 950] if checkpoint_due(cfg.run, d - 100, d)] == [950]
+    # after a resume from a checkpoint written between log points (a signal), the next chunk is (270, 300]
+    cfg = build("td3", env=ENV, steps=1000, overrides={"run.log_every": 100, "run.checkpoint_every": 250})
+    assert not checkpoint_due(cfg.run, 270, 300) and checkpoint_due(cfg.run, 240, 300)

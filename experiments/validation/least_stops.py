@@ -31,7 +31,7 @@ def collect(agent: str, env: str, steps: int, seeds: int, learning_starts: int, 
     from experiments.validation import METRICS_OFF
     from plastic.cli import cap_buffer
     from plastic.config import build
-    from plastic.trainer import make_trainer
+    from plastic.drivers import make_trainer
     cfg = cap_buffer(build(agent, "least", overrides={"least.enabled": False, f"{agent}.learning_starts": learning_starts,
                                                       "run.eval_every": 0, "run.log_every": 1000, **METRICS_OFF},
                            env=env, seeds=seeds, steps=steps, run_dir=str(out / "run")))

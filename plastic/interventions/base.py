@@ -1,7 +1,7 @@
 """The intervention interface: one class, one default no-op method per named hook.
 
 An intervention never edits an agent. It overrides the hooks it needs; the training core
-(plastic/core.py) and the trainer (plastic/trainer.py) call every hook of every active
+(plastic/core.py) and the drivers (plastic/programs.py) call every hook of every active
 intervention, in the order given on the command line (`--intervention grama+swd`).
 
 | hook              | method            | called by                        |
@@ -11,13 +11,13 @@ intervention, in the order given on the command line (`--intervention grama+swd`
 | post_update       | `post_update`     | core.gradient_step, after optax  |
 | periodic          | `post_update` + `core.maybe(count % period == 0, ...)` |
 | target_update     | `target_update`   | core.soft_update                 |
-| replay_sampler    | `sample`          | trainer, once per update         |
-| acting_loop       | `on_env_step`     | trainer, once per env step       |
-|                   | `on_act`          | trainer, on each policy action   |
-| scheduled_event   | `scheduled_event` | trainer, at env-step boundaries  |
+| replay_sampler    | `sample`          | programs.OffPolicy, per update   |
+| acting_loop       | `on_env_step`     | programs.OffPolicy, per env step |
+|                   | `on_act`          | programs.OffPolicy, per action   |
+| scheduled_event   | `scheduled_event` | programs, before an update round |
 | rollout_columns   | `rollout_columns` | PPO.update, once per rollout     |
 | post_iteration    | `post_iteration`  | PPO.update, after the epochs     |
-| agent build       | `agent_options`   | trainer.build_agent, merged once |
+| agent build       | `agent_options`   | setup.make_setup, merged once    |
 
 A periodic event's cond costs something on every update: XLA:CPU copies every array a `lax.cond` returns,
 on every call, taken or not (seen in the HLO), so a cond over a whole `NetState` copies all parameters and

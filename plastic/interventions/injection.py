@@ -101,7 +101,7 @@ class Injection(Intervention):
         for name in self.net_names():
             if self.spec(agent.nets[name]) is None:
                 raise ValueError(f"injection: network {name} of {agent.name} has no injection heads; build the "
-                                 f"agent with plastic.trainer.build_agent (options={{'inject': ...}})")
+                                 f"agent with plastic.setup.build_agent (options={{'inject': ...}})")
         return {"key": key, "count": jnp.zeros((), jnp.int32), "last_env_step": jnp.zeros((), jnp.int32)}
 
     def _calls(self, agent):

@@ -1,0 +1,312 @@
+"""The per-seed programs every driver runs, whatever steps the envs.
+
+`OffPolicy` (TD3, SAC, DQN) and `OnPolicy` (PPO) hold the pure functions of one seed (init, act, store,
+the update round with its scheduled events and metrics) and their seed-vmapped forms. The drivers
+(plastic/drivers/) decide where the envs run and how calls are batched; they compose one of these.
+
+Counters (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a
+scalar predicate and stay a real `lax.cond` under the seed vmap (docs/mechanics.md §4.2). The parts of
+intervention states that every seed shares (`Intervention.shared`) travel with the counters between update
+rounds (`share_schedule` / `unshare_schedule`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from plastic.agent import AgentState, init_counters
+from plastic.core import maybe
+from plastic.replay import Replay
+
+METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT), outside the training stream
+SHARED = "shared"  # counters[SHARED][name]: the parts of intervention states that are the same for every seed
+
+
+@struct.dataclass
+class TrainState:
+    agent: AgentState
+    replay: Replay
+    interventions: dict
+    key: jax.Array          # consumed by updates
+    act_key: jax.Array      # folded with the env step for acting
+
+
+@struct.dataclass
+class OnPolicyState:
+    agent: AgentState
+    interventions: dict
+    key: jax.Array          # consumed by updates
+    act_key: jax.Array      # folded with the env step for acting
+
+
+class OffPolicy:
+    """The off-policy agents' per-seed functions: replay, acting hooks, update rounds of `utd` updates."""
+
+    def __init__(self, setup):
+        self.setup, self.cfg, self.agent = setup, setup.cfg, setup.agent
+        self.interventions, self.monitor, self.placement = setup.interventions, setup.monitor, setup.placement
+        self.sampler = next((iv for iv in self.interventions if iv.samples_replay), None)
+        opts = {}
+        for iv in self.interventions:
+            opts.update(iv.replay_options())
+        self.bucket_size = opts.get("bucket_size", 0)
+        capacity = self.cfg.agent_cfg.buffer_size  # independent of run.steps: a resumed run may extend its budget
+        if self.bucket_size:
+            capacity = -(-capacity // self.bucket_size) * self.bucket_size
+        self.capacity = capacity
+        self.acting_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)  # on_act hooks
+        self.seed_actions = self.placement.vmap(self.action, in_axes=(0, None, 0))
+        self.seed_updates = self.seed_updates_of(True)
+        self.seed_stats = seed_log_point(self.placement, self.interventions, self.monitor)
+
+    def init_state(self):
+        """`(ts, counters)` of all seeds: seed i of a vmapped run is exactly the single-seed run with
+        --seed base+i."""
+        keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.setup.n_seeds))
+        envs = self.setup.envs
+        obs = jnp.zeros(envs.observation_size, envs.observation_dtype)  # uint8 Atari frames stay uint8
+        example = {"obs": obs, "action": self.agent.action_example(),
+                   "reward": jnp.zeros(()), "next_obs": obs,
+                   "terminated": jnp.zeros(()), "done": jnp.zeros(())}
+
+        def one(key):
+            k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
+            agent_state = self.agent.init(k_agent)
+            istate = init_interventions(self.interventions, self.agent, agent_state, k_iv)
+            replay = Replay.create(self.capacity, example, self.bucket_size)
+            return TrainState(agent_state, replay, istate, k_loop, k_act)
+
+        ts = self.placement.jit_batched(jax.vmap(one))(keys)
+        istate, counters = unshare_schedule(self.interventions, ts.interventions, init_counters(self.agent),
+                                           seed_axis=True)
+        return ts.replace(interventions=istate), self.placement.place(counters, False)
+
+    def action(self, ts: TrainState, counters, obs):
+        """Action for env step `counters['env_steps']`: uniform random during warm-up, else the policy. The
+        key is `fold_in(act_key, step)`, so acting does not depend on how a run was split by checkpoints."""
+        step = counters["env_steps"]
+        key = jax.random.fold_in(ts.act_key, step)
+        k_rand, k_pol = jax.random.split(key)
+        random = self.agent.random_action(k_rand)
+        policy = self.agent.act(ts.agent, obs, k_pol, explore=True, step=step)
+        for j, iv in enumerate(self.acting_ivs):
+            policy = iv.on_act(ts.interventions[iv.name], policy, jax.random.fold_in(key, 1 + j), counters)
+        return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
+
+    def store(self, ts: TrainState, counters, transition):
+        """Replay write on the seed-stacked buffers (shared slot, in place), then the acting hooks
+        (vmapped over seeds) and the env-step counter."""
+        ts = ts.replace(replay=ts.replay.add(transition, counters["env_steps"]))
+        ts, stop = jax.vmap(self._acting_hooks, in_axes=(0, 0, None))(ts, transition, counters)
+        return ts, {**counters, "env_steps": counters["env_steps"] + 1}, stop
+
+    def _acting_hooks(self, ts: TrainState, transition, counters):
+        stop, istate = jnp.zeros((), bool), ts.interventions
+        for iv in self.interventions:
+            s, flag = iv.on_env_step(istate[iv.name], transition, self.agent, ts.agent, counters)
+            istate, stop = {**istate, iv.name: s}, stop | flag
+        return ts.replace(interventions=istate), stop
+
+    def sample_batch(self, ts: TrainState, key):
+        B = self.cfg.agent_cfg.batch_size
+        if self.sampler is not None:
+            idx = self.sampler.sample(ts.replay, ts.interventions[self.sampler.name], key, B)
+        else:
+            idx = ts.replay.sample_uniform(key, B)
+        n = getattr(self.cfg.agent_cfg, "n_step", 1)
+        clip = getattr(self.cfg.agent_cfg, "reward_clip", 0.0)  # per step, before any n-step sum
+        if n > 1:
+            return ts.replay.gather_nstep(idx, n, self.cfg.agent_cfg.gamma, clip)
+        batch = ts.replay.gather(idx)
+        return {**batch, "reward": jnp.clip(batch["reward"], -clip, clip)} if clip else batch
+
+    def seed_updates_of(self, measure: bool):
+        """The update rounds of all seeds (counters unbatched); with sharded seeds each device runs them on
+        its own seeds. `measure=False`: without the metrics collector's measuring code."""
+        fn = lambda ts, c: self.updates(ts, c, measure=measure)  # noqa: E731
+        return self.placement.per_device(self.placement.vmap(fn, in_axes=(0, None), out_axes=(0, None)),
+                                         (True, False), (True, False))
+
+    def updates(self, ts: TrainState, counters, measure: bool = True):
+        """Scheduled events, then `utd` gradient updates of one seed. `measure=False`: without the metrics
+        collector's measurements (it only marks the groups this round made due)."""
+        stats = lambda name, k, n: self.agent.net_inputs(  # noqa: E731  (statistics batches: with_batches)
+            ts.agent, ts.replay.gather(ts.replay.sample_uniform(k, n)))[name]
+        ivs = tuple(iv.with_batches(stats) for iv in self.interventions if measure or iv is not self.monitor)
+        ts = ts.replace(interventions=share_schedule(ts.interventions, counters))
+        agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
+                                               counters, jax.random.fold_in(ts.key, 1_000_003))
+        ts = ts.replace(agent=agent_state, interventions=istate)
+
+        before = ts.agent
+        # Pre-sample all UTD batches, then scan over them: the replay never enters the loop (inside an
+        # HLO while loop it would become loop state and XLA would copy the whole buffer every env step).
+        key, k_sample = jax.random.split(ts.key)
+        sample_keys = jax.random.split(k_sample, self.cfg.agent_cfg.utd)
+        batches = jax.vmap(lambda k: self.sample_batch(ts, k))(sample_keys)
+
+        def body(carry, batch):
+            agent_state, istate, key, counters = carry
+            key, k_update = jax.random.split(key)
+            agent_state, istate, counters = self.agent.update(agent_state, batch, counters, k_update, ivs, istate)
+            return (agent_state, istate, key, counters), None
+
+        def round_(carry):
+            return jax.lax.scan(body, carry, batches)[0]
+
+        carry = (ts.agent, ts.interventions, key, counters)
+        every = self.cfg.agent_cfg.train_frequency
+        if every == 1:
+            agent_state, istate, key, counters = round_(carry)
+        else:  # an update round after every `train_frequency`-th env step (the batches are drawn regardless)
+            agent_state, istate, key, counters = maybe(counters["env_steps"] % every == 0, round_, carry)
+        if self.monitor is not None and not measure:
+            istate = {**istate, self.monitor.name: self.monitor.schedule(istate[self.monitor.name], carry[3],
+                                                                         counters)}
+        elif self.monitor is not None:
+            def batch_fn(k, mstate):  # fresh rows: drawn and gathered only when measured (inside the cond)
+                draw = lambda: ts.replay.sample_uniform(k, self.cfg.metrics.batch_size)  # noqa: E731
+                if self.cfg.metrics.batch != "fixed_probe":
+                    return (lambda: ts.replay.gather(draw())), mstate
+                idx, mstate = self.monitor.probe_indices(mstate, draw())  # recorded at the first collection
+                return (lambda: ts.replay.gather(idx)), mstate
+
+            istate = collect_metrics(self.monitor, before, agent_state, istate, carry[3], counters, batch_fn,
+                                     jax.random.fold_in(ts.key, METRICS_SALT))
+        istate, counters = unshare_schedule(self.interventions, istate, counters)
+        return ts.replace(agent=agent_state, interventions=istate, key=key), counters
+
+
+class OnPolicy:
+    """PPO's per-seed functions: one update per rollout of `num_envs` x `num_steps` env steps."""
+
+    def __init__(self, setup):
+        self.setup, self.cfg, self.agent = setup, setup.cfg, setup.agent
+        self.interventions, self.monitor, self.placement = setup.interventions, setup.monitor, setup.placement
+        a = self.cfg.agent_cfg
+        self.n_envs, self.unit = a.num_envs, a.num_envs * a.num_steps   # envs per seed, env steps per update
+        vmap = self.placement.vmap
+        self.seed_update = self.placement.per_device(
+            vmap(self.update, in_axes=(0, None, 0), out_axes=(0, None)), (True, False, True), (True, False))
+        self.seed_stats = seed_log_point(self.placement, self.interventions, self.monitor)
+
+    def init_state(self):
+        """`(ts, counters)` of all seeds (counters not yet placed)."""
+        keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.setup.n_seeds))
+
+        def one(key):
+            k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
+            agent_state = self.agent.init(k_agent)
+            return OnPolicyState(agent_state, init_interventions(self.interventions, self.agent, agent_state, k_iv),
+                                 k_loop, k_act)
+
+        ts = self.placement.jit_batched(jax.vmap(one))(keys)
+        istate, counters = unshare_schedule(self.interventions, ts.interventions, init_counters(self.agent),
+                                           seed_axis=True)
+        return ts.replace(interventions=istate), counters
+
+    def act(self, agent_state, obs, key, t):
+        """Actions of one seed's `num_envs` envs at env step `t` (`obs`: [E, ...])."""
+        keys = jax.random.split(key, self.n_envs)
+        return jax.vmap(lambda o, k: self.agent.act(agent_state, o, k, True, t))(obs, keys)
+
+    def update(self, ts: OnPolicyState, counters, rollout):
+        """Scheduled events, then one update on a rollout ([T, E, ...]) of one seed."""
+        key, k_event, k_update = jax.random.split(ts.key, 3)
+        ts = ts.replace(interventions=share_schedule(ts.interventions, counters))
+        agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
+                                               counters, k_event)
+        before, counters_before = agent_state, counters
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rollout)  # [T * E, ...]
+
+        def rows(k, size):  # a random subset of the rollout (all of it if it is smaller)
+            n = self.unit
+            idx = jax.random.permutation(k, n)[:size] if n > size else jnp.arange(n)
+            return jax.tree.map(lambda x: x[idx], flat)
+
+        stats = lambda name, k, n: self.agent.net_inputs(before, rows(k, n))[name]  # noqa: E731
+        agent_state, istate, counters = self.agent.update(agent_state, rollout, counters, k_update,
+                                                          tuple(iv.with_batches(stats) for iv in self.interventions),
+                                                          istate)
+        if self.monitor is not None:
+            def batch_fn(k, mstate):
+                return (lambda: rows(k, self.cfg.metrics.batch_size)), mstate
+
+            istate = collect_metrics(self.monitor, before, agent_state, istate, counters_before, counters,
+                                     batch_fn, jax.random.fold_in(ts.key, METRICS_SALT))
+        istate, counters = unshare_schedule(self.interventions, istate, counters)
+        return ts.replace(agent=agent_state, interventions=istate, key=key), counters
+
+
+def share_schedule(istate, counters) -> dict:
+    """One seed's intervention states, with the parts every seed shares (`Intervention.shared`) put back
+    from the counters, where the drivers keep them between update rounds (`unshare_schedule`)."""
+    held = counters.get(SHARED, {})
+    return {**istate, **{n: {**istate[n], **held[n]} for n in held}}
+
+
+def unshare_schedule(interventions, istate, counters, seed_axis: bool = False):
+    """`(istate, counters)` with the `Intervention.shared` parts of the intervention states (schedule flags
+    that depend on the update counters alone, such as the metrics collector's `due`) moved into
+    `counters[SHARED]`. Kept with the counters (unbatched, `in_axes=None`), every `lax.cond` on them stays
+    a real branch under the seed vmap; in the seed-batched state each would become a `select` that runs the
+    measurement or event on every step. `seed_axis`: `istate` is seed-batched (the vmapped init), take seed
+    0's (equal for all seeds)."""
+    held = {}
+    for iv in interventions:
+        if iv.shared:
+            state = dict(istate[iv.name])
+            part = {k: state.pop(k) for k in iv.shared}
+            istate, held[iv.name] = {**istate, iv.name: state}, jax.tree.map(lambda x: x[0], part) if seed_axis else part
+    return istate, ({**counters, SHARED: held} if held else counters)
+
+
+def init_interventions(interventions, agent, agent_state, key) -> dict:
+    """Every intervention's state for one seed."""
+    return {iv.name: iv.init(jax.random.fold_in(key, j), agent, agent_state=agent_state)
+            for j, iv in enumerate(interventions)}
+
+
+def collect_metrics(monitor, before, agent_state, istate, counters_before, counters, batch_fn, key) -> dict:
+    """The monitor's batch metrics after one update round of one seed (`before`: the agent state the
+    round started from, for policy churn)."""
+    policy = monitor.policy_net
+    mstate = monitor.collect(agent_state, istate[monitor.name], counters_before, counters, batch_fn, key,
+                             None if policy is None else before.nets[policy].params)
+    return {**istate, monitor.name: mstate}
+
+
+def scheduled_events(agent, interventions, agent_state, istate, counters, key):
+    """The `scheduled_event` hook of every intervention, in order (one seed)."""
+    for iv in interventions:
+        agent_state, s = iv.scheduled_event(agent, agent_state, istate[iv.name], counters, key)
+        istate = {**istate, iv.name: s}
+    return agent_state, istate
+
+
+def seed_log_point(placement, interventions, mon):
+    """The log-point program of all seeds, `ts -> (ts, logs)`: the metrics collector's (`mon`) measurements
+    deferred to log time (`Monitor.at_log_point`: the NTK rank, ranks whose device SVD failed), then every seed's
+    logged values. The deferred work runs under one `lax.cond` on whether any seed holds some: outside the
+    seed vmap, so it is a real branch (inside, each seed's flag would make it a `select` that measures on
+    every call); seeds without deferred work keep their values (per-seed `select` inside the branch)."""
+    vmap = placement.vmap
+
+    def fn(ts):
+        if mon is not None:
+            m = ts.interventions[mon.name]
+            m = maybe(jnp.any(vmap(mon.deferred)(m)), vmap(mon.at_log_point), m)
+            ts = ts.replace(interventions={**ts.interventions, mon.name: m})
+        return ts, vmap(lambda t: logged_values(interventions, t.agent, t.interventions))(ts)
+
+    return placement.per_device(fn, True, (True, True))
+
+
+def logged_values(interventions, agent_state, istate) -> dict:
+    """Logged values of one seed: the last update's logs, then every intervention's and the metrics
+    collector's (the latest value of each metric)."""
+    logs = dict(agent_state.logs)
+    for iv in interventions:
+        logs.update(iv.logs(istate[iv.name]))
+    return logs
