@@ -47,7 +47,7 @@ def group_cost(tr, group, repeats=5):
     before = {k: jnp.asarray(v, jnp.int32) for k, v in {**nets, "env_steps": 0}.items()}
     due_net = agent.policy_net if group == "churn" else agent.critic_net
     after = {**before, due_net: jnp.asarray(1, jnp.int32)}
-    m = {**one.interventions["metrics"], **counters[SHARED]["metrics"]}  # the schedule is kept with the counters
+    m = {**one.monitor, **counters[SHARED]["metrics"]}  # the schedule is kept with the counters
     flags = mon.view(m, "due")["due"]  # only this group marked, for its network
     flags = {g: {n: jnp.asarray(g == group and n == due_net) for n in fs} for g, fs in flags.items()}
     m = {**m, **mon.pack({"due": flags})}

@@ -1,8 +1,9 @@
 """The in-training metrics collector: the metrics library (metrics/) measured inside the jitted step.
 
-`Monitor` joins the training core like an intervention (it is appended after the user's interventions, so
-it sees every update after them) and keeps its results in its own pytree state, `interventions["metrics"]`:
-vmapped over seeds, checkpointed, and of fixed size (the latest value of every key; nothing is stacked).
+`Monitor` is an observer, not one of the run's interventions: its state has its own slot in the training
+state (`TrainState.monitor`: vmapped over seeds, checkpointed, and of fixed size: the latest value of every
+key; nothing is stacked). It observes updates through the training core's `post_update` hook, called after
+every intervention's (an update round passes it last: plastic/setup.py `Setup.hooks`).
 When a network's update counter passes a multiple of a group's period (or makes its first update), the
 round marks that group due (`schedule`); it is measured in the next round in which that network updates:
 
@@ -10,7 +11,7 @@ round marks that group due (`schedule`); it is measured in the next round in whi
   update itself knows: gradient sparsity/L1/L2 and the gradient-to-parameter ratio (of the raw loss
   gradient, before any `grad_transform`), the update-to-parameter ratio (of the applied update), parameter
   RMS and distance from initialisation, and the persistence of GraMa-inactive units.
-- `collect` (called by every trainer after a seed's update round, or PPO's update): the metrics of a
+- `collect` (called by the per-seed programs after a seed's update round, or PPO's update): the metrics of a
   fixed-size batch, a replay sample (off-policy) or a subset of the current rollout (PPO), each group
   under its own `lax.cond`: activity (dormant ratios, FAU, linearised ratio, feature norm, dormant
   overlap), ranks of the penultimate features, policy churn over the round, and the NTK Gram rank of the

@@ -8,6 +8,10 @@ Counters (env steps, update counts per network) are unbatched (`in_axes=None`), 
 scalar predicate and stay a real `lax.cond` under the seed vmap (docs/mechanics.md §4.2). The parts of
 intervention states that every seed shares (`Intervention.shared`) travel with the counters between update
 rounds (`share_schedule` / `unshare_schedule`).
+
+The metrics collector is an observer with its own state slot (`TrainState.monitor`). For an update round
+its state joins the interventions' (`joined`, under its name), because its gradient group reads every
+update through the `post_update` hook; the round's end parts them again (`parted`).
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ SHARED = "shared"  # counters[SHARED][name]: the parts of intervention states th
 class TrainState:
     agent: AgentState
     replay: Replay
-    interventions: dict
+    interventions: dict     # each active intervention's state, under its name
+    monitor: dict           # the metrics collector's state ({} when every metric is off)
     key: jax.Array          # consumed by updates
     act_key: jax.Array      # folded with the env step for acting
 
@@ -36,6 +41,7 @@ class TrainState:
 class OnPolicyState:
     agent: AgentState
     interventions: dict
+    monitor: dict
     key: jax.Array          # consumed by updates
     act_key: jax.Array      # folded with the env step for acting
 
@@ -46,6 +52,7 @@ class OffPolicy:
     def __init__(self, setup):
         self.setup, self.cfg, self.agent = setup, setup.cfg, setup.agent
         self.interventions, self.monitor, self.placement = setup.interventions, setup.monitor, setup.placement
+        self.hooks = setup.hooks
         self.sampler = next((iv for iv in self.interventions if iv.samples_replay), None)
         opts = {}
         for iv in self.interventions:
@@ -55,7 +62,6 @@ class OffPolicy:
         if self.bucket_size:
             capacity = -(-capacity // self.bucket_size) * self.bucket_size
         self.capacity = capacity
-        self.acting_ivs = tuple(iv for iv in self.interventions if iv is not self.monitor)  # on_act hooks
         self.seed_actions = self.placement.vmap(self.action, in_axes=(0, None, 0))
         self.seed_updates = self.seed_updates_of(True)
         self.seed_stats = seed_log_point(self.placement, self.interventions, self.monitor)
@@ -73,14 +79,15 @@ class OffPolicy:
         def one(key):
             k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
             agent_state = self.agent.init(k_agent)
-            istate = init_interventions(self.interventions, self.agent, agent_state, k_iv)
+            istate, mstate = parted(self.monitor, init_hooks(self.hooks, self.agent, agent_state, k_iv))
             replay = Replay.create(self.capacity, example, self.bucket_size)
-            return TrainState(agent_state, replay, istate, k_loop, k_act)
+            return TrainState(agent_state, replay, istate, mstate, k_loop, k_act)
 
         ts = self.placement.jit_batched(jax.vmap(one))(keys)
-        istate, counters = unshare_schedule(self.interventions, ts.interventions, init_counters(self.agent),
+        hstate, counters = unshare_schedule(self.hooks, joined(self.monitor, ts), init_counters(self.agent),
                                            seed_axis=True)
-        return ts.replace(interventions=istate), self.placement.place(counters, False)
+        istate, mstate = parted(self.monitor, hstate)
+        return ts.replace(interventions=istate, monitor=mstate), self.placement.place(counters, False)
 
     def action(self, ts: TrainState, counters, obs):
         """Action for env step `counters['env_steps']`: uniform random during warm-up, else the policy. The
@@ -90,7 +97,7 @@ class OffPolicy:
         k_rand, k_pol = jax.random.split(key)
         random = self.agent.random_action(k_rand)
         policy = self.agent.act(ts.agent, obs, k_pol, explore=True, step=step)
-        for j, iv in enumerate(self.acting_ivs):
+        for j, iv in enumerate(self.interventions):
             policy = iv.on_act(ts.interventions[iv.name], policy, jax.random.fold_in(key, 1 + j), counters)
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
@@ -108,17 +115,18 @@ class OffPolicy:
             istate, stop = {**istate, iv.name: s}, stop | flag
         return ts.replace(interventions=istate), stop
 
-    def sample_batch(self, ts: TrainState, key):
+    def sample_batch(self, replay: Replay, istate: dict, key):
+        """One training batch: the replay sampler's draw (`istate`: the interventions' states) or uniform."""
         B = self.cfg.agent_cfg.batch_size
         if self.sampler is not None:
-            idx = self.sampler.sample(ts.replay, ts.interventions[self.sampler.name], key, B)
+            idx = self.sampler.sample(replay, istate[self.sampler.name], key, B)
         else:
-            idx = ts.replay.sample_uniform(key, B)
+            idx = replay.sample_uniform(key, B)
         n = getattr(self.cfg.agent_cfg, "n_step", 1)
         clip = getattr(self.cfg.agent_cfg, "reward_clip", 0.0)  # per step, before any n-step sum
         if n > 1:
-            return ts.replay.gather_nstep(idx, n, self.cfg.agent_cfg.gamma, clip)
-        batch = ts.replay.gather(idx)
+            return replay.gather_nstep(idx, n, self.cfg.agent_cfg.gamma, clip)
+        batch = replay.gather(idx)
         return {**batch, "reward": jnp.clip(batch["reward"], -clip, clip)} if clip else batch
 
     def seed_updates_of(self, measure: bool):
@@ -131,38 +139,35 @@ class OffPolicy:
     def updates(self, ts: TrainState, counters, measure: bool = True):
         """Scheduled events, then `utd` gradient updates of one seed. `measure=False`: without the metrics
         collector's measurements (it only marks the groups this round made due)."""
+        hstate = share_schedule(joined(self.monitor, ts), counters)
+        before, hstate = scheduled_events(self.agent, self.interventions, ts.agent, hstate, counters,
+                                          jax.random.fold_in(ts.key, 1_000_003))
         stats = lambda name, k, n: self.agent.net_inputs(  # noqa: E731  (statistics batches: with_batches)
-            ts.agent, ts.replay.gather(ts.replay.sample_uniform(k, n)))[name]
-        ivs = tuple(iv.with_batches(stats) for iv in self.interventions if measure or iv is not self.monitor)
-        ts = ts.replace(interventions=share_schedule(ts.interventions, counters))
-        agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
-                                               counters, jax.random.fold_in(ts.key, 1_000_003))
-        ts = ts.replace(agent=agent_state, interventions=istate)
-
-        before = ts.agent
+            before, ts.replay.gather(ts.replay.sample_uniform(k, n)))[name]
+        hooks = tuple(iv.with_batches(stats) for iv in self.hooks if measure or iv is not self.monitor)
         # Pre-sample all UTD batches, then scan over them: the replay never enters the loop (inside an
         # HLO while loop it would become loop state and XLA would copy the whole buffer every env step).
         key, k_sample = jax.random.split(ts.key)
         sample_keys = jax.random.split(k_sample, self.cfg.agent_cfg.utd)
-        batches = jax.vmap(lambda k: self.sample_batch(ts, k))(sample_keys)
+        batches = jax.vmap(lambda k: self.sample_batch(ts.replay, hstate, k))(sample_keys)
 
         def body(carry, batch):
             agent_state, istate, key, counters = carry
             key, k_update = jax.random.split(key)
-            agent_state, istate, counters = self.agent.update(agent_state, batch, counters, k_update, ivs, istate)
+            agent_state, istate, counters = self.agent.update(agent_state, batch, counters, k_update, hooks, istate)
             return (agent_state, istate, key, counters), None
 
         def round_(carry):
             return jax.lax.scan(body, carry, batches)[0]
 
-        carry = (ts.agent, ts.interventions, key, counters)
+        carry = (before, hstate, key, counters)
         every = self.cfg.agent_cfg.train_frequency
         if every == 1:
-            agent_state, istate, key, counters = round_(carry)
+            agent_state, hstate, key, counters = round_(carry)
         else:  # an update round after every `train_frequency`-th env step (the batches are drawn regardless)
-            agent_state, istate, key, counters = maybe(counters["env_steps"] % every == 0, round_, carry)
+            agent_state, hstate, key, counters = maybe(counters["env_steps"] % every == 0, round_, carry)
         if self.monitor is not None and not measure:
-            istate = {**istate, self.monitor.name: self.monitor.schedule(istate[self.monitor.name], carry[3],
+            hstate = {**hstate, self.monitor.name: self.monitor.schedule(hstate[self.monitor.name], carry[3],
                                                                          counters)}
         elif self.monitor is not None:
             def batch_fn(k, mstate):  # fresh rows: drawn and gathered only when measured (inside the cond)
@@ -172,10 +177,11 @@ class OffPolicy:
                 idx, mstate = self.monitor.probe_indices(mstate, draw())  # recorded at the first collection
                 return (lambda: ts.replay.gather(idx)), mstate
 
-            istate = collect_metrics(self.monitor, before, agent_state, istate, carry[3], counters, batch_fn,
+            hstate = collect_metrics(self.monitor, before, agent_state, hstate, carry[3], counters, batch_fn,
                                      jax.random.fold_in(ts.key, METRICS_SALT))
-        istate, counters = unshare_schedule(self.interventions, istate, counters)
-        return ts.replace(agent=agent_state, interventions=istate, key=key), counters
+        hstate, counters = unshare_schedule(self.hooks, hstate, counters)
+        istate, mstate = parted(self.monitor, hstate)
+        return ts.replace(agent=agent_state, interventions=istate, monitor=mstate, key=key), counters
 
 
 class OnPolicy:
@@ -184,6 +190,7 @@ class OnPolicy:
     def __init__(self, setup):
         self.setup, self.cfg, self.agent = setup, setup.cfg, setup.agent
         self.interventions, self.monitor, self.placement = setup.interventions, setup.monitor, setup.placement
+        self.hooks = setup.hooks
         a = self.cfg.agent_cfg
         self.n_envs, self.unit = a.num_envs, a.num_envs * a.num_steps   # envs per seed, env steps per update
         vmap = self.placement.vmap
@@ -198,13 +205,14 @@ class OnPolicy:
         def one(key):
             k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
             agent_state = self.agent.init(k_agent)
-            return OnPolicyState(agent_state, init_interventions(self.interventions, self.agent, agent_state, k_iv),
-                                 k_loop, k_act)
+            istate, mstate = parted(self.monitor, init_hooks(self.hooks, self.agent, agent_state, k_iv))
+            return OnPolicyState(agent_state, istate, mstate, k_loop, k_act)
 
         ts = self.placement.jit_batched(jax.vmap(one))(keys)
-        istate, counters = unshare_schedule(self.interventions, ts.interventions, init_counters(self.agent),
+        hstate, counters = unshare_schedule(self.hooks, joined(self.monitor, ts), init_counters(self.agent),
                                            seed_axis=True)
-        return ts.replace(interventions=istate), counters
+        istate, mstate = parted(self.monitor, hstate)
+        return ts.replace(interventions=istate, monitor=mstate), counters
 
     def act(self, agent_state, obs, key, t):
         """Actions of one seed's `num_envs` envs at env step `t` (`obs`: [E, ...])."""
@@ -214,9 +222,8 @@ class OnPolicy:
     def update(self, ts: OnPolicyState, counters, rollout):
         """Scheduled events, then one update on a rollout ([T, E, ...]) of one seed."""
         key, k_event, k_update = jax.random.split(ts.key, 3)
-        ts = ts.replace(interventions=share_schedule(ts.interventions, counters))
-        agent_state, istate = scheduled_events(self.agent, self.interventions, ts.agent, ts.interventions,
-                                               counters, k_event)
+        hstate = share_schedule(joined(self.monitor, ts), counters)
+        agent_state, hstate = scheduled_events(self.agent, self.interventions, ts.agent, hstate, counters, k_event)
         before, counters_before = agent_state, counters
         flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rollout)  # [T * E, ...]
 
@@ -226,17 +233,17 @@ class OnPolicy:
             return jax.tree.map(lambda x: x[idx], flat)
 
         stats = lambda name, k, n: self.agent.net_inputs(before, rows(k, n))[name]  # noqa: E731
-        agent_state, istate, counters = self.agent.update(agent_state, rollout, counters, k_update,
-                                                          tuple(iv.with_batches(stats) for iv in self.interventions),
-                                                          istate)
+        agent_state, hstate, counters = self.agent.update(agent_state, rollout, counters, k_update,
+                                                          tuple(iv.with_batches(stats) for iv in self.hooks), hstate)
         if self.monitor is not None:
             def batch_fn(k, mstate):
                 return (lambda: rows(k, self.cfg.metrics.batch_size)), mstate
 
-            istate = collect_metrics(self.monitor, before, agent_state, istate, counters_before, counters,
+            hstate = collect_metrics(self.monitor, before, agent_state, hstate, counters_before, counters,
                                      batch_fn, jax.random.fold_in(ts.key, METRICS_SALT))
-        istate, counters = unshare_schedule(self.interventions, istate, counters)
-        return ts.replace(agent=agent_state, interventions=istate, key=key), counters
+        hstate, counters = unshare_schedule(self.hooks, hstate, counters)
+        istate, mstate = parted(self.monitor, hstate)
+        return ts.replace(agent=agent_state, interventions=istate, monitor=mstate, key=key), counters
 
 
 def share_schedule(istate, counters) -> dict:
@@ -262,10 +269,23 @@ def unshare_schedule(interventions, istate, counters, seed_axis: bool = False):
     return istate, ({**counters, SHARED: held} if held else counters)
 
 
-def init_interventions(interventions, agent, agent_state, key) -> dict:
-    """Every intervention's state for one seed."""
+def init_hooks(hooks, agent, agent_state, key) -> dict:
+    """The state of every intervention, then of the metrics collector (`Setup.hooks`), for one seed."""
     return {iv.name: iv.init(jax.random.fold_in(key, j), agent, agent_state=agent_state)
-            for j, iv in enumerate(interventions)}
+            for j, iv in enumerate(hooks)}
+
+
+def joined(monitor, ts) -> dict:
+    """The interventions' states of `ts` with the metrics collector's under its name: an update round's."""
+    return ts.interventions if monitor is None else {**ts.interventions, monitor.name: ts.monitor}
+
+
+def parted(monitor, hstate: dict):
+    """`(interventions' states, the metrics collector's)` of an update round's states (`joined`)."""
+    if monitor is None:
+        return hstate, {}
+    hstate = dict(hstate)
+    return hstate, hstate.pop(monitor.name)
 
 
 def collect_metrics(monitor, before, agent_state, istate, counters_before, counters, batch_fn, key) -> dict:
@@ -295,18 +315,19 @@ def seed_log_point(placement, interventions, mon):
 
     def fn(ts):
         if mon is not None:
-            m = ts.interventions[mon.name]
-            m = maybe(jnp.any(vmap(mon.deferred)(m)), vmap(mon.at_log_point), m)
-            ts = ts.replace(interventions={**ts.interventions, mon.name: m})
-        return ts, vmap(lambda t: logged_values(interventions, t.agent, t.interventions))(ts)
+            ts = ts.replace(monitor=maybe(jnp.any(vmap(mon.deferred)(ts.monitor)), vmap(mon.at_log_point),
+                                          ts.monitor))
+        return ts, vmap(lambda t: logged_values(interventions, mon, t))(ts)
 
     return placement.per_device(fn, True, (True, True))
 
 
-def logged_values(interventions, agent_state, istate) -> dict:
+def logged_values(interventions, mon, ts) -> dict:
     """Logged values of one seed: the last update's logs, then every intervention's and the metrics
     collector's (the latest value of each metric)."""
-    logs = dict(agent_state.logs)
+    logs = dict(ts.agent.logs)
     for iv in interventions:
-        logs.update(iv.logs(istate[iv.name]))
+        logs.update(iv.logs(ts.interventions[iv.name]))
+    if mon is not None:
+        logs.update(mon.logs(ts.monitor))
     return logs

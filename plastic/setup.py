@@ -1,10 +1,10 @@
 """One set-up per run: what every driver builds from the resolved config, once.
 
 `make_setup(cfg, envs)` constructs each active intervention once, builds the agent with the options those
-interventions ask for (`Intervention.agent_options`, merged), then the metrics collector, and places the
-seed axis across the local devices. A driver makes its envs (`host_envs` / `jax_envs`: how many per seed,
-host-stepped or JAX-native) and keeps the `Setup`; nothing after this reads the config to build something
-again.
+interventions ask for (`Intervention.agent_options`, merged), then the metrics collector (an observer with
+its own state slot, not one of the interventions), and places the seed axis across the local devices. A
+driver makes its envs (`host_envs` / `jax_envs`: how many per seed, host-stepped or JAX-native) and keeps
+the `Setup`; nothing after this reads the config to build something again.
 """
 from __future__ import annotations
 
@@ -27,8 +27,14 @@ class Setup:
     placement: SeedPlacement   # the seed axis across local devices
     envs: object               # HostEnvs (host drivers) or a JaxEnv (jitted drivers)
     agent: object
-    interventions: tuple       # the active ones in stacking order, then the metrics collector if it is on
+    interventions: tuple       # the active ones, in stacking order
     monitor: Monitor | None    # the metrics collector (None when every metric is off)
+
+    @property
+    def hooks(self) -> tuple:
+        """Who takes part in an update round: the interventions, then the metrics collector (its gradient
+        group reads each update through the `post_update` hook)."""
+        return self.interventions + ((self.monitor,) if self.monitor else ())
 
     @property
     def n_seeds(self) -> int:
@@ -43,8 +49,7 @@ def make_setup(cfg: ExperimentConfig, envs) -> Setup:
         rows = min(rows, cfg.agent_cfg.num_envs * cfg.agent_cfg.num_steps)
     monitor = Monitor(cfg.metrics, agent, rows)
     monitor = monitor if monitor.active else None
-    return Setup(cfg, SeedPlacement(cfg.run.devices, cfg.run.seeds), envs, agent,
-                 tuple(ivs.values()) + ((monitor,) if monitor else ()), monitor)
+    return Setup(cfg, SeedPlacement(cfg.run.devices, cfg.run.seeds), envs, agent, tuple(ivs.values()), monitor)
 
 
 def host_envs(cfg: ExperimentConfig, per_seed: int = 1) -> HostEnvs:

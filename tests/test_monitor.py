@@ -323,7 +323,7 @@ def test_all_groups_off_removes_the_collector(tmp_path):
     ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
                **{f"metrics.{g}_every": 0 for g in ("activity", "grad", "rank", "churn", "ntk")}})
     t = make_trainer(build("dqn", "none", overrides=ov, env="probe:d_obs", steps=100))
-    assert t.monitor is None and "metrics" not in t.init_state()[0].interventions
+    assert t.monitor is None and t.init_state()[0].monitor == {}
 
 
 @pytest.mark.parametrize("args,needle", [

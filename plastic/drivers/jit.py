@@ -126,13 +126,14 @@ class JitOffPolicy(loop.Driver):
         """The update rounds under `lax.cond`; the replay is read from the closure, never a cond output,
         so the untaken branch does not copy it."""
         def learn(c):
-            agent, istate, key, counters = c
-            out, counters = self.program.seed_updates(ts.replace(agent=agent, interventions=istate, key=key),
-                                                      counters)
-            return out.agent, out.interventions, out.key, counters
+            agent, istate, mstate, key, counters = c
+            out, counters = self.program.seed_updates(
+                ts.replace(agent=agent, interventions=istate, monitor=mstate, key=key), counters)
+            return out.agent, out.interventions, out.monitor, out.key, counters
 
-        agent, istate, key, counters = maybe(pred, learn, (ts.agent, ts.interventions, ts.key, counters))
-        return ts.replace(agent=agent, interventions=istate, key=key), counters
+        agent, istate, mstate, key, counters = maybe(pred, learn, (ts.agent, ts.interventions, ts.monitor, ts.key,
+                                                                   counters))
+        return ts.replace(agent=agent, interventions=istate, monitor=mstate, key=key), counters
 
 
 class JitOnPolicy(loop.Driver):
