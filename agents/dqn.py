@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
-from plastic.core import Net, gradient_step, maybe, soft_update
+from plastic.core import Hooks, Net, gradient_step, maybe, soft_update
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
 from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, TORSOS, ConvNet, build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
@@ -114,7 +114,7 @@ class DQN(DiscreteActions):
         greedy = self.act(state, obs, key, explore=False)
         return jnp.where(jax.random.uniform(k_coin) < self.cfg.eval_epsilon, self.random_action(k_rand), greedy)
 
-    def update(self, state: AgentState, batch, counters, key, interventions=(), istate=None):
+    def update(self, state: AgentState, batch, counters, key, hooks=Hooks()):
         c = self.cfg
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
         B = obs.shape[0]
@@ -134,16 +134,15 @@ class DQN(DiscreteActions):
             loss = optax.huber_loss(err, delta=1.0) if c.loss == "huber" else 0.5 * jnp.square(err)
             return jnp.mean(loss), q_a.mean()
 
-        ns, istate, n, q_mean, logs = gradient_step(
-            self.q, state.nets["q"], loss_fn, batch_size=B, count=counters["q"], key=key,
-            interventions=interventions, istate=istate, inputs=obs)
+        ns, hooks, n, q_mean, logs = gradient_step(
+            self.q, state.nets["q"], loss_fn, batch_size=B, count=counters["q"], key=key, hooks=hooks, inputs=obs)
 
         def sync(target):
-            return soft_update(self.q, target, ns.params, c.tau, interventions, istate)
+            return soft_update(self.q, target, ns.params, c.tau, hooks)
 
         target = maybe(n % c.target_update_period == 0, sync, state.targets["q"])
         state = merge_logs(state.replace(nets={"q": ns}, targets={"q": target}), {**logs, "q_mean": q_mean})
-        return state, istate, {**counters, "q": n}
+        return state, hooks, {**counters, "q": n}
 
     def q_values(self, state: AgentState, obs):
         return self.q.apply(state.nets["q"].params, obs)[0]

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
-from plastic.core import Net, gradient_step
+from plastic.core import Hooks, Net, gradient_step
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, one_of
 from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, GaussianHead, build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
@@ -178,7 +178,7 @@ class PPO:
         return out[..., 0]
 
     # ---- update ---------------------------------------------------------------------------------
-    def update(self, state: AgentState, rollout, counters, key, interventions=(), istate=None):
+    def update(self, state: AgentState, rollout, counters, key, hooks=Hooks()):
         c = self.cfg
         obs = self.normalize(state, rollout["obs"])
         next_obs = self.normalize(state, rollout["next_obs"])
@@ -195,27 +195,22 @@ class PPO:
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731
         data = {"obs": flat(obs), "action": flat(rollout["action"]), "logp": flat(logp_old),
                 "adv": flat(adv), "ret": flat(ret), "value": flat(value)}
-        columns = {}  # `rollout_columns` hook: per-sample columns computed once per rollout (GTR's anchors)
-        for iv in interventions:
-            cols, s = iv.rollout_columns(self, state, istate[iv.name], data)
-            istate = {**istate, iv.name: s}
-            if cols:
-                columns[iv.name] = cols
+        columns, hooks = hooks.rollout_columns(self, state, data)  # per-sample columns (GTR's anchors)
         if columns:
             data["columns"] = columns
 
         def minibatch(carry, mb):
-            nets, istate, counters, key = carry
+            nets, hooks, counters, key = carry
             key, k_pi, k_v = jax.random.split(key, 3)
-            actor, istate, n_pi, aux_pi, logs_pi = gradient_step(
+            actor, hooks, n_pi, aux_pi, logs_pi = gradient_step(
                 self.actor, nets["actor"], lambda p, pr: self._policy_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
-                count=counters["actor"], key=k_pi, interventions=interventions, istate=istate, inputs=mb["obs"])
-            critic, istate, n_v, value_mean, logs_v = gradient_step(
+                count=counters["actor"], key=k_pi, hooks=hooks, inputs=mb["obs"])
+            critic, hooks, n_v, value_mean, logs_v = gradient_step(
                 self.critic, nets["critic"], lambda p, pr: self._value_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
-                count=counters["critic"], key=k_v, interventions=interventions, istate=istate, inputs=mb["obs"])
+                count=counters["critic"], key=k_v, hooks=hooks, inputs=mb["obs"])
             stats = {"entropy": aux_pi["entropy"], "approx_kl": aux_pi["approx_kl"],
                      "clip_fraction": aux_pi["clip_fraction"], "value_mean": value_mean, **logs_pi, **logs_v}
-            return ({"actor": actor, "critic": critic}, istate, {**counters, "actor": n_pi, "critic": n_v},
+            return ({"actor": actor, "critic": critic}, hooks, {**counters, "actor": n_pi, "critic": n_v},
                     key), stats
 
         def epoch(carry, _):
@@ -225,15 +220,13 @@ class PPO:
                                data)
             return jax.lax.scan(minibatch, (*carry[:3], key), mbs)
 
-        (nets, istate, counters, _), stats = jax.lax.scan(epoch, (state.nets, istate, counters, key), None,
-                                                          length=c.epochs)
+        (nets, hooks, counters, _), stats = jax.lax.scan(epoch, (state.nets, hooks, counters, key), None,
+                                                         length=c.epochs)
         if c.norm_obs:
             extra["obs_rms"] = state.extra["obs_rms"].update(rollout["obs"])
         logs = {**state.logs, **jax.tree.map(lambda x: x[-1, -1], stats)}
         state = state.replace(nets=nets, logs=logs, extra=extra)
-        for iv in interventions:  # `post_iteration` hook (e.g. the adaptive KL-penalty coefficient)
-            istate = {**istate, iv.name: iv.post_iteration(self, state, istate[iv.name], data)}
-        return state, istate, counters
+        return state, hooks.post_iteration(self, state, data), counters  # e.g. the adaptive KL coefficient
 
     def _policy_loss(self, params, probes, mb):
         c = self.cfg

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
-from plastic.core import Net, gradient_step, maybe, soft_update
+from plastic.core import Hooks, Net, gradient_step, maybe, soft_update
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
 from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, validate_network, with_injection
 from plastic.optim import adam
@@ -111,7 +111,7 @@ class SAC(ContinuousActions):
         a, _, _, greedy = self.policy(state.nets["actor"].params, obs, key)
         return a if explore else greedy
 
-    def update(self, state: AgentState, batch, counters, key, interventions=(), istate=None):
+    def update(self, state: AgentState, batch, counters, key, hooks=Hooks()):
         c = self.cfg
         k_next, k_critic, k_actor = jax.random.split(key, 3)
         obs, action = batch["obs"], batch["action"]
@@ -122,16 +122,16 @@ class SAC(ContinuousActions):
             q = self.critic.apply(params, squash_obs_action(obs, action), probes)[0][..., 0]
             return jnp.sum(jnp.mean(jnp.square(q - y), axis=-1)), q.mean()
 
-        ns, istate, n, q_mean, logs = gradient_step(
+        ns, hooks, n, q_mean, logs = gradient_step(
             self.critic, state.nets["critic"], critic_loss, batch_size=B, count=counters["critic"],
-            key=k_critic, interventions=interventions, istate=istate, inputs=squash_obs_action(obs, action))
-        target = soft_update(self.critic, state.targets["critic"], ns.params, c.tau, interventions, istate)
+            key=k_critic, hooks=hooks, inputs=squash_obs_action(obs, action))
+        target = soft_update(self.critic, state.targets["critic"], ns.params, c.tau, hooks)
         state = state.replace(nets={**state.nets, "critic": ns}, targets={"critic": target})
         state = merge_logs(state, {**logs, "q_mean": q_mean})
         counters = {**counters, "critic": n}
 
         def actor_step(i, operand):
-            state, istate, counters = operand
+            state, hooks, counters = operand
             k_pi, k_a, k_t = jax.random.split(jax.random.fold_in(k_actor, i), 3)
             critic_params = state.nets["critic"].params
             alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
@@ -141,9 +141,9 @@ class SAC(ContinuousActions):
                 q = jnp.min(self.critic.apply(critic_params, squash_obs_action(obs, a))[0][..., 0], axis=0)
                 return jnp.mean(alpha * logp - q), logp
 
-            ns, istate, n, logp, logs = gradient_step(
+            ns, hooks, n, logp, logs = gradient_step(
                 self.actor, state.nets["actor"], actor_loss, batch_size=B, count=counters["actor"],
-                key=k_a, interventions=interventions, istate=istate, inputs=obs)
+                key=k_a, hooks=hooks, inputs=obs)
             state = merge_logs(state.replace(nets={**state.nets, "actor": ns}), logs)
             counters = {**counters, "actor": n}
             if c.autotune:
@@ -152,18 +152,18 @@ class SAC(ContinuousActions):
                 def alpha_loss(params, probes):
                     return -jnp.mean(jnp.exp(params["log_alpha"]) * (logp + self.target_entropy)), None
 
-                ns, istate, n, _, logs = gradient_step(
+                ns, hooks, n, _, logs = gradient_step(
                     self.alpha, state.nets["alpha"], alpha_loss, batch_size=B, count=counters["alpha"],
-                    key=k_t, interventions=interventions, istate=istate)
+                    key=k_t, hooks=hooks)
                 state = merge_logs(state.replace(nets={**state.nets, "alpha": ns}), logs)
                 counters = {**counters, "alpha": n}
             new_alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
-            return merge_logs(state, {"alpha": new_alpha, "entropy": -jnp.mean(logp)}), istate, counters
+            return merge_logs(state, {"alpha": new_alpha, "entropy": -jnp.mean(logp)}), hooks, counters
 
         def actor_phase(operand):
             return jax.lax.fori_loop(0, c.policy_delay, actor_step, operand, unroll=True)
 
-        return maybe(counters["critic"] % c.policy_delay == 0, actor_phase, (state, istate, counters))
+        return maybe(counters["critic"] % c.policy_delay == 0, actor_phase, (state, hooks, counters))
 
     # ---- what the metrics collector (plastic/monitor.py) reads ----------------------------------
     policy_net, critic_net = "actor", "critic"

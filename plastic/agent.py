@@ -1,11 +1,13 @@
-"""What every agent provides to the trainer, and the pytree state it keeps.
+"""What every agent provides to the drivers, and the pytree state it keeps.
 
 An agent is a static Python object (config + `Net`s); all of its methods are pure functions of pytrees:
   init(key) -> AgentState
-  act(state, obs, key, explore, step) -> action          (one seed; the trainer vmaps; step = env step)
+  act(state, obs, key, explore, step) -> action          (one seed; the drivers vmap; step = env step)
   eval_act(state, obs, key) -> action                    (the evaluation policy: plastic/evaluation.py)
   random_action(key), action_example()                   (from ContinuousActions / DiscreteActions)
-  update(state, batch, counters, key, interventions, istate) -> (state, istate, counters)
+  update(state, batch, counters, key, hooks) -> (state, hooks, counters)
+                                                         (`hooks`: plastic.core.Hooks, handed to every
+                                                          gradient_step / soft_update and back)
 For the metrics collector (plastic/monitor.py):
   net_inputs(state, batch) -> {net name: the input that network sees on `batch` (obs, action)}
   policy_net, policy_view(output) -> {"q"} | {"logits"} | {"action"} | {"action", "mean", "log_std"}

@@ -84,16 +84,45 @@ class UpdateContext:
     opt_state_before: Any = None  # the optimizer state this update started from (to undo or skip a step)
 
 
-def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, key,
-                  interventions=(), istate=None, inputs=None):
-    """One optimizer step of `net`.
+@struct.dataclass
+class Hooks:
+    """The update carry's hook side: the interventions an update passes through, in order (static: the
+    metrics collector comes last when it is on), and their states (one seed), under their names. An agent's
+    `update` takes it and hands it to each `gradient_step` / `soft_update` and back; every hook call is made
+    here, in the core (plastic/programs.py builds it for each update round)."""
+    state: dict = struct.field(default_factory=dict)
+    interventions: tuple = struct.field(pytree_node=False, default=())
+
+    def rollout_columns(self, agent, agent_state, data):
+        """The `rollout_columns` hook of every intervention (PPO, once per rollout): `(columns, hooks)`,
+        columns under the intervention's name (only those that return some)."""
+        columns, state = {}, self.state
+        for iv in self.interventions:
+            cols, s = iv.rollout_columns(agent, agent_state, state[iv.name], data)
+            state = {**state, iv.name: s}
+            if cols:
+                columns[iv.name] = cols
+        return columns, self.replace(state=state)
+
+    def post_iteration(self, agent, agent_state, data):
+        """The `post_iteration` hook of every intervention (PPO, after the epochs of one iteration)."""
+        state = self.state
+        for iv in self.interventions:
+            state = {**state, iv.name: iv.post_iteration(agent, agent_state, state[iv.name], data)}
+        return self.replace(state=state)
+
+
+def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, key, hooks: Hooks = Hooks(),
+                  inputs=None):
+    """One optimizer step of `net`, through the `loss_term`, `grad_transform` and `post_update` hooks of
+    `hooks` (in order).
 
     `loss_fn(params, probes) -> (loss, aux)`; `inputs` is the network's main input on this batch, passed
-    on to the `post_update` hooks. Returns `(ns, istate, count + 1, aux, logs)` where logs
+    on to the `post_update` hooks. Returns `(ns, hooks, count + 1, aux, logs)` where logs
     holds the loss and the GraMa ratios of this update (free: the probe gradients come from the same
     backward pass).
     """
-    istate = {} if istate is None else istate
+    interventions, istate = hooks.interventions, hooks.state
     probes = net.zero_probes(batch_size)
 
     def objective(params, probes):
@@ -123,14 +152,14 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
 
     logs = {f"loss/{net.name}": loss}
     logs.update(ratio_logs("grama_ratio", net.name, {k: v[0] for k, v in scores.items()}, GRAMA_LOG_TAUS))
-    return ns, istate, count, aux, logs
+    return ns, hooks.replace(state=istate), count, aux, logs
 
 
-def soft_update(net: Net, target, online, tau: float, interventions=(), istate=None):
-    """Polyak averaging followed by the `target_update` hook."""
+def soft_update(net: Net, target, online, tau: float, hooks: Hooks = Hooks()):
+    """Polyak averaging followed by the `target_update` hooks of `hooks`."""
     new = optax.incremental_update(online, target, tau)
-    for iv in interventions:
-        new = iv.target_update(net, new, istate[iv.name])
+    for iv in hooks.interventions:
+        new = iv.target_update(net, new, hooks.state[iv.name])
     return new
 
 

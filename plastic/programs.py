@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from plastic.agent import AgentState, init_counters
-from plastic.core import maybe
+from plastic.core import Hooks, maybe
 from plastic.replay import Replay
 
 METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT), outside the training stream
@@ -144,7 +144,7 @@ class OffPolicy:
                                           jax.random.fold_in(ts.key, 1_000_003))
         stats = lambda name, k, n: self.agent.net_inputs(  # noqa: E731  (statistics batches: with_batches)
             before, ts.replay.gather(ts.replay.sample_uniform(k, n)))[name]
-        hooks = tuple(iv.with_batches(stats) for iv in self.hooks if measure or iv is not self.monitor)
+        ivs = tuple(iv.with_batches(stats) for iv in self.hooks if measure or iv is not self.monitor)
         # Pre-sample all UTD batches, then scan over them: the replay never enters the loop (inside an
         # HLO while loop it would become loop state and XLA would copy the whole buffer every env step).
         key, k_sample = jax.random.split(ts.key)
@@ -154,8 +154,8 @@ class OffPolicy:
         def body(carry, batch):
             agent_state, istate, key, counters = carry
             key, k_update = jax.random.split(key)
-            agent_state, istate, counters = self.agent.update(agent_state, batch, counters, k_update, hooks, istate)
-            return (agent_state, istate, key, counters), None
+            agent_state, hooks, counters = self.agent.update(agent_state, batch, counters, k_update, Hooks(istate, ivs))
+            return (agent_state, hooks.state, key, counters), None
 
         def round_(carry):
             return jax.lax.scan(body, carry, batches)[0]
@@ -233,8 +233,9 @@ class OnPolicy:
             return jax.tree.map(lambda x: x[idx], flat)
 
         stats = lambda name, k, n: self.agent.net_inputs(before, rows(k, n))[name]  # noqa: E731
-        agent_state, hstate, counters = self.agent.update(agent_state, rollout, counters, k_update,
-                                                          tuple(iv.with_batches(stats) for iv in self.hooks), hstate)
+        hooks = Hooks(hstate, tuple(iv.with_batches(stats) for iv in self.hooks))
+        agent_state, hooks, counters = self.agent.update(agent_state, rollout, counters, k_update, hooks)
+        hstate = hooks.state
         if self.monitor is not None:
             def batch_fn(k, mstate):
                 return (lambda: rows(k, self.cfg.metrics.batch_size)), mstate

@@ -10,7 +10,7 @@ import pytest
 
 from metrics.units import grama_scores
 from plastic.config import build
-from plastic.core import Net, NetState, gradient_step
+from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.regrama import ReGraMa, ReGraMaConfig
 from plastic.networks import ConvNet, get_path, set_path
 from plastic.replay import Replay
@@ -92,9 +92,9 @@ def test_dead_channels_are_reset_without_changing_the_function(target):
         y, acts = net.apply(p, x, probes)
         return jnp.mean(jnp.square(y - target_y)), acts
 
-    new, istate, _, _, logs = jax.jit(lambda ns, s: gradient_step(
-        net, ns, loss_fn, batch_size=8, count=0, key=KEY, interventions=(iv,), istate=s, inputs=x))(ns, istate)
-    s = istate["grama"]["q"]
+    new, hooks, _, _, logs = jax.jit(lambda ns, s: gradient_step(
+        net, ns, loss_fn, batch_size=8, count=0, key=KEY, hooks=Hooks(s, (iv,)), inputs=x))(ns, istate)
+    s = hooks.state["grama"]["q"]
     assert float(s["reset_fraction"]["conv_1"]) == pytest.approx(2 / 5)
     assert float(s["output_jump"]) < 1e-5
     np.testing.assert_array_equal(s["fresh"]["conv_1"], dead)  # (a hidden_0 unit may be dead at init too)

@@ -16,7 +16,7 @@ from helpers import METRICS_OFF, EVAL_OFF, assert_resume_identical, rows
 from plastic import interventions as ivs
 from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
 from plastic.config import build, supported_agents
-from plastic.core import Net, gradient_step, maybe
+from plastic.core import Hooks, Net, gradient_step, maybe
 from plastic.fields import count, positive, unit
 from plastic.interventions.base import Intervention
 from plastic.networks import build_network, check_options
@@ -71,7 +71,7 @@ class ToyQ(DiscreteActions):
         k_coin, k_rand = jax.random.split(key)
         return jnp.where(jax.random.uniform(k_coin) < self.cfg.epsilon, self.random_action(k_rand), greedy)
 
-    def update(self, state, batch, counters, key, interventions=(), istate=None):
+    def update(self, state, batch, counters, key, hooks=Hooks()):
         frozen = state.nets["q"].params
         y = batch["reward"] + self.cfg.gamma * (1.0 - batch["terminated"]) * jnp.max(
             self.q.apply(frozen, batch["next_obs"])[0], axis=-1)
@@ -81,10 +81,9 @@ class ToyQ(DiscreteActions):
             q_a = jnp.take_along_axis(q, batch["action"][:, None].astype(jnp.int32), axis=-1)[:, 0]
             return jnp.mean(jnp.square(q_a - jax.lax.stop_gradient(y))), None
 
-        ns, istate, n, _, logs = gradient_step(self.q, state.nets["q"], loss_fn, batch_size=batch["obs"].shape[0],
-                                               count=counters["q"], key=key, interventions=interventions,
-                                               istate=istate, inputs=batch["obs"])
-        return merge_logs(state.replace(nets={"q": ns}), logs), istate, {**counters, "q": n}
+        ns, hooks, n, _, logs = gradient_step(self.q, state.nets["q"], loss_fn, batch_size=batch["obs"].shape[0],
+                                              count=counters["q"], key=key, hooks=hooks, inputs=batch["obs"])
+        return merge_logs(state.replace(nets={"q": ns}), logs), hooks, {**counters, "q": n}
 
     def net_inputs(self, state, batch):
         return {"q": batch["obs"]}

@@ -12,7 +12,7 @@ import pytest
 from agents.ppo import PPO, PPOConfig
 from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
 from plastic.agent import init_counters
-from plastic.core import gradient_step
+from plastic.core import Hooks, gradient_step
 from plastic.interventions.gtr import GTR, GTRConfig, KLPenalty, anchor_weights
 
 OBS, ACTIONS = 3, 2
@@ -66,8 +66,12 @@ def fake_rollout(agent, seed=0):
 
 def run_update(agent, state, rollout, ivs):
     istate = {iv.name: iv.init(jax.random.PRNGKey(1), agent, state) for iv in ivs}
-    fn = jax.jit(lambda s, r, i: agent.update(s, r, init_counters(agent), jax.random.PRNGKey(2), ivs, i)[:2])
-    return fn(state, rollout, istate)
+
+    def fn(s, r, i):
+        s, hooks, _ = agent.update(s, r, init_counters(agent), jax.random.PRNGKey(2), Hooks(i, tuple(ivs)))
+        return s, hooks.state
+
+    return jax.jit(fn)(state, rollout, istate)
 
 
 def columns_state(iv, agent, state, data, pushes=1, params=None):
@@ -116,7 +120,7 @@ def test_beta_zero_with_ppo_clip_is_exactly_ppo(discrete):
     def step(ivs, ist):
         return jax.jit(lambda ist: gradient_step(
             agent.actor, ns, lambda p, pr: agent._policy_loss(p, pr, mb), batch_size=32,
-            count=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(3), interventions=ivs, istate=ist))(ist)
+            count=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(3), hooks=Hooks(ist, tuple(ivs))))(ist)
 
     a, b = step((), {}), step(ivs, ist)
     assert_trees_equal(a[0], b[0])
@@ -277,9 +281,7 @@ def test_rollout_columns_run_once_per_update():
     agent = make_agent(True, epochs=3, minibatches=4)
     state = agent.init(jax.random.PRNGKey(0))
     iv = Spy(GTRConfig(), "ppo")
-    istate = {"gtr": iv.init(jax.random.PRNGKey(1), agent, state)}
-    update = jax.jit(lambda s, r, i: agent.update(s, r, init_counters(agent), jax.random.PRNGKey(2), (iv,), i))
-    new, istate, _ = update(state, fake_rollout(agent), istate)
+    new, istate = run_update(agent, state, fake_rollout(agent), (iv,))
     assert len(calls) == 1
     assert int(istate["gtr"]["filled"]) == 1  # one snapshot (the rollout policy) per iteration
     assert_trees_equal(jax.tree.map(lambda a: a[0], istate["gtr"]["anchors"]), state.nets["actor"].params)

@@ -12,6 +12,7 @@ import pytest
 import agents
 from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
 from plastic.agent import init_counters
+from plastic.core import Hooks
 from plastic.config import build
 from plastic.core import Net
 from plastic.interventions.injection import Injection, InjectionConfig
@@ -51,7 +52,11 @@ def jitted(kind, agent, iv):
     key = (kind, id(agent), id(iv))
     if key not in _JITTED:
         if kind == "update":
-            fn = jax.jit(lambda st, s, b, c, k: agent.update(st, b, c, k, (iv,), {iv.name: s}))
+            def fn(st, s, b, c, k):
+                st, hooks, c = agent.update(st, b, c, k, Hooks({iv.name: s}, (iv,)))
+                return st, hooks.state, c
+
+            fn = jax.jit(fn)
         else:
             fn = jax.jit(lambda st, s, c, e: iv.scheduled_event(agent, st, s, {**c, "env_steps": e}, KEY))
         _JITTED[key] = (fn, agent, iv)  # keep agent and iv alive so their ids stay theirs

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from helpers import NETS, assert_cli_error, assert_resume_identical, rows, tiny_trainer
-from plastic.core import Net, NetState, gradient_step
+from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.l2 import L2Init, L2InitConfig, WeightDecay, WeightDecayConfig, kernel_mask
 from plastic.networks import MLP
 
@@ -49,8 +49,8 @@ def setup(iv_cls, cfg, tx, lr=None, shift=0.0):
 
 def step(net, ns, loss, ivs, istate):
     out = gradient_step(net, ns, loss, batch_size=16, count=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(9),
-                        interventions=ivs, istate=istate)
-    return out[0], out[1]
+                        hooks=Hooks(istate, tuple(ivs)))
+    return out[0], out[1].state
 
 
 def close(a, b, **kw):

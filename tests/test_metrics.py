@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from metrics.units import dormant_scores, grama_scores, normalize_scores, ratio_logs, unit_magnitude
-from plastic.core import Net, NetState, gradient_step
+from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.base import Intervention
 from plastic.networks import MLP
 
@@ -71,10 +71,10 @@ def step_network_a(target, params=None, scale=1.0):
         y, acts = net.apply(p, X, probes)
         return scale * jnp.mean(0.5 * jnp.square(y - TGT)), acts
 
-    _, istate, count, aux, logs = gradient_step(net, ns, loss_fn, batch_size=2, count=jnp.zeros((), jnp.int32),
-                                                key=jax.random.PRNGKey(0), interventions=(Recorder(None, "sac"),),
-                                                istate={"rec": {}})
-    return istate["rec"], count, aux, logs
+    hooks = Hooks({"rec": {}}, (Recorder(None, "sac"),))
+    _, hooks, count, aux, logs = gradient_step(net, ns, loss_fn, batch_size=2, count=jnp.zeros((), jnp.int32),
+                                               key=jax.random.PRNGKey(0), hooks=hooks)
+    return hooks.state["rec"], count, aux, logs
 
 
 def test_network_a_params_match_module_structure():

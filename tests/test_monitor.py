@@ -13,7 +13,7 @@ from helpers import make, rows
 from plastic.agent import AgentState, init_counters
 from plastic.cli import main
 from plastic.config import MetricsConfig, build
-from plastic.core import Net, NetState, gradient_step
+from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.monitor import Monitor, crossed
 from plastic.networks import MLP
 from plastic.drivers import make_trainer
@@ -227,8 +227,9 @@ def test_gradient_group_inside_the_core_on_network_a():
         y = net.apply(p, x, probes)[0]
         return jnp.mean(0.5 * jnp.square(y)), None
 
-    new, istate, *_ = gradient_step(net, ns, loss_fn, batch_size=2, count=jnp.zeros((), jnp.int32), key=KEY,
-                                    interventions=(mon,), istate=istate)
+    new, hooks, *_ = gradient_step(net, ns, loss_fn, batch_size=2, count=jnp.zeros((), jnp.int32), key=KEY,
+                                   hooks=Hooks(istate, (mon,)))
+    istate = hooks.state
     v = mon.logs(istate["metrics"])
     np.testing.assert_allclose(v["grad_sparsity/q"], 0.3)
     np.testing.assert_allclose(v["grad_l1/q"], 30.0, rtol=1e-6)
@@ -258,7 +259,7 @@ def _check_rows(rs, nets, first_update_step):
     assert not any("stable_rank" in k for k in rs[-1])
 
 
-def test_host_td3_run_logs_the_full_metric_set(tmp_path):
+def test_jitted_td3_run_logs_the_full_metric_set(tmp_path):  # probe:obs is JAX-native: the jitted driver
     ov = {f"td3.{k}": v for k, v in SMALL.items()}
     ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 50,
                "metrics.activity_every": 20, "metrics.grad_every": 20, "metrics.rank_every": 50,
@@ -323,7 +324,7 @@ def test_all_groups_off_removes_the_collector(tmp_path):
     ov.update({"run.progress": "off", "run.tensorboard": "false", "run.log_every": 100,
                **{f"metrics.{g}_every": 0 for g in ("activity", "grad", "rank", "churn", "ntk")}})
     t = make_trainer(build("dqn", "none", overrides=ov, env="probe:d_obs", steps=100))
-    assert t.monitor is None and t.init_state()[0].monitor == {}
+    assert t.monitor is None and t.init_carry()[0].monitor == {}
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -11,7 +11,7 @@ import pytest
 
 from plastic.agent import AgentState, init_counters
 from plastic.config import MetricsConfig, build
-from plastic.core import Net, NetState, gradient_step
+from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.l2 import WeightDecay, WeightDecayConfig
 from plastic.interventions.ne import NE, NEConfig
 from plastic.monitor import Monitor, _features, _feature_width
@@ -67,8 +67,9 @@ def _ratio(g, p):
 def _one_step(agent, ivs, istate, loss_fn, x):
     net = agent.nets["q"]
     ns = agent.init(KEY).nets["q"]
-    return gradient_step(net, ns, loss_fn, batch_size=x.shape[0], count=jnp.zeros((), jnp.int32), key=KEY,
-                         interventions=ivs, istate=istate, inputs=x)
+    ns, hooks, *rest = gradient_step(net, ns, loss_fn, batch_size=x.shape[0], count=jnp.zeros((), jnp.int32),
+                                     key=KEY, hooks=Hooks(istate, tuple(ivs)), inputs=x)
+    return (ns, hooks.state, *rest)
 
 
 # ---- gradient group: the raw loss gradient ----------------------------------------------------------

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from helpers import assert_cli_error, assert_resume_identical, tiny_trainer
-from plastic.core import Net, NetState, gradient_step
+from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.base import Intervention
 from plastic.interventions.ne import NE, NEConfig, er_counts, er_densities
 from plastic.networks import MLP, get_path
@@ -77,9 +77,9 @@ def stepper(net, ivs):
     @jax.jit
     def step(ns, istate, count):
         traces.append(1)
-        ns, istate, count, _, _ = gradient_step(net, ns, loss_of(net), batch_size=64, count=count, key=KEY,
-                                                interventions=ivs, istate=istate, inputs=X)
-        return ns, istate, count
+        ns, hooks, count, _, _ = gradient_step(net, ns, loss_of(net), batch_size=64, count=count, key=KEY,
+                                               hooks=Hooks(istate, tuple(ivs)), inputs=X)
+        return ns, hooks.state, count
     return step, traces
 
 

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from helpers import assert_cli_error, assert_resume_identical, tiny_trainer
-from plastic.core import Net, NetState, gradient_step
+from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.redo import ReDo, ReDoConfig
 from plastic.networks import MLP, ConvNet
 from plastic.surgery import touched_entries
@@ -180,9 +180,9 @@ def test_events_fire_on_multiples_of_the_period_and_compile_once():
 
         def loss(p, probes):
             return jnp.mean(jnp.square(net.apply(p, x, probes)[0])), None
-        ns, istate, count, _, _ = gradient_step(net, ns, loss, batch_size=32, count=count, key=KEY,
-                                                interventions=(iv,), istate=istate, inputs=x)
-        return ns, istate, count
+        ns, hooks, count, _, _ = gradient_step(net, ns, loss, batch_size=32, count=count, key=KEY,
+                                               hooks=Hooks(istate, (iv,)), inputs=x)
+        return ns, hooks.state, count
 
     count, events = jnp.zeros((), jnp.int32), []
     for _ in range(7):
@@ -217,8 +217,9 @@ def test_separate_statistics_batch_is_drawn_at_the_event():
         state = {"redo": iv.init(KEY, agent)}
         count, cur = jnp.zeros((), jnp.int32), ns
         for _ in range(2):  # the event at the second update
-            cur, state, count, _, _ = gradient_step(net, cur, loss, batch_size=32, count=count, key=KEY,
-                                                    interventions=(iv,), istate=state, inputs=x_train)
+            cur, hooks, count, _, _ = gradient_step(net, cur, loss, batch_size=32, count=count, key=KEY,
+                                                    hooks=Hooks(state, (iv,)), inputs=x_train)
+            state = hooks.state
         assert int(state["redo"]["critic"]["events"]) == 1
         old = np.asarray(ns.params["hidden_0"]["kernel"][:, 2])
         assert set(drawn) == ({("critic", 256)} if stats == "separate_replay" else set())  # Dopamine's 256

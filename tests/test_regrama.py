@@ -13,7 +13,7 @@ import pytest
 
 from metrics.units import grama_scores
 from plastic import fields
-from plastic.core import Net, NetState, UpdateContext, gradient_step
+from plastic.core import Hooks, Net, NetState, UpdateContext, gradient_step
 from plastic.interventions.regrama import ReGraMa, ReGraMaConfig
 from plastic.networks import MLP
 from plastic.surgery import cap_mask
@@ -441,10 +441,9 @@ def test_schedule_under_jit_compiles_once():
     @jax.jit
     def step(ns, istate, count):
         traces.append(1)                                 # Python side effect: runs only while tracing
-        ns, istate, count, _, _ = gradient_step(NET_S, ns, loss_fn, batch_size=16, count=count,
-                                                key=jax.random.fold_in(KEY, count), interventions=(iv,),
-                                                istate=istate)
-        return ns, istate, count
+        ns, hooks, count, _, _ = gradient_step(NET_S, ns, loss_fn, batch_size=16, count=count,
+                                               key=jax.random.fold_in(KEY, count), hooks=Hooks(istate, (iv,)))
+        return ns, hooks.state, count
 
     count = jnp.zeros((), jnp.int32)
     events, reset_at, bias2 = [], [], []
@@ -548,9 +547,9 @@ def test_reset_unit_step_ratio_shows_adam_scalar_count_effect():
 
     @jax.jit
     def step(ns, istate, count):
-        ns, istate, count, _, _ = gradient_step(net, ns, mse_loss(net, x, t), batch_size=64, count=count,
-                                                key=KEY, interventions=(iv,), istate=istate, inputs=x)
-        return ns, istate, count
+        ns, hooks, count, _, _ = gradient_step(net, ns, mse_loss(net, x, t), batch_size=64, count=count,
+                                               key=KEY, hooks=Hooks(istate, (iv,)), inputs=x)
+        return ns, hooks.state, count
 
     count = jnp.zeros((), jnp.int32)
     for _ in range(51):                      # reset at update 50, then one update inside the window

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from helpers import NETS, assert_cli_error, assert_resume_identical, rows, tiny_trainer
-from plastic.core import Net, NetState, UpdateContext, gradient_step
+from plastic.core import Hooks, Net, NetState, UpdateContext, gradient_step
 from plastic.interventions.shrink_perturb import ShrinkPerturb, ShrinkPerturbConfig
 from plastic.networks import MLP
 
@@ -92,8 +92,8 @@ def test_schedule_through_gradient_step_and_optimizer_reset():
     @jax.jit
     def one(ns, istate, count):
         out = gradient_step(net, ns, loss, batch_size=4, count=count, key=jax.random.PRNGKey(0),
-                            interventions=[iv], istate=istate)
-        return out[0], out[1], out[2]
+                            hooks=Hooks(istate, (iv,)))
+        return out[0], out[1].state, out[2]
 
     cur, istate, count = ns, {"shrink_perturb": st}, jnp.zeros((), jnp.int32)
     for i in range(7):

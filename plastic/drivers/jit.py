@@ -123,17 +123,16 @@ class JitOffPolicy(loop.Driver):
         return (ts, counters, ec), sums, stats
 
     def _maybe_learn(self, ts, counters, pred):
-        """The update rounds under `lax.cond`; the replay is read from the closure, never a cond output,
-        so the untaken branch does not copy it."""
+        """The update rounds under `lax.cond`: everything of the state passes through the cond but the replay
+        (update rounds only read it), which the branch reads from the closure, so the untaken branch does not
+        copy it."""
         def learn(c):
-            agent, istate, mstate, key, counters = c
-            out, counters = self.program.seed_updates(
-                ts.replace(agent=agent, interventions=istate, monitor=mstate, key=key), counters)
-            return out.agent, out.interventions, out.monitor, out.key, counters
+            rest, counters = c
+            out, counters = self.program.seed_updates(rest.replace(replay=ts.replay), counters)
+            return out.replace(replay=None), counters
 
-        agent, istate, mstate, key, counters = maybe(pred, learn, (ts.agent, ts.interventions, ts.monitor, ts.key,
-                                                                   counters))
-        return ts.replace(agent=agent, interventions=istate, monitor=mstate, key=key), counters
+        rest, counters = maybe(pred, learn, (ts.replace(replay=None), counters))
+        return rest.replace(replay=ts.replay), counters
 
 
 class JitOnPolicy(loop.Driver):

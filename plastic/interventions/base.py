@@ -15,8 +15,8 @@ intervention, in the order given on the command line (`--intervention grama+swd`
 | acting_loop       | `on_env_step`     | programs.OffPolicy, per env step |
 |                   | `on_act`          | programs.OffPolicy, per action   |
 | scheduled_event   | `scheduled_event` | programs, before an update round |
-| rollout_columns   | `rollout_columns` | PPO.update, once per rollout     |
-| post_iteration    | `post_iteration`  | PPO.update, after the epochs     |
+| rollout_columns   | `rollout_columns` | core.Hooks, once per PPO rollout |
+| post_iteration    | `post_iteration`  | core.Hooks, after PPO's epochs   |
 | agent build       | `agent_options`   | setup.make_setup, merged once    |
 
 A periodic event's cond costs something on every update: XLA:CPU copies every array a `lax.cond` returns,
