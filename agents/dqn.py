@@ -22,7 +22,7 @@ import optax
 from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
 from plastic.core import Hooks, Net, gradient_step, maybe, soft_update
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
-from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, TORSOS, ConvNet, build_network, check_options, validate_network, with_injection
+from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, TORSOS, ConvNet, build_network, check_options, with_injection
 from plastic.optim import adam
 
 LOSSES = ("huber", "mse")
@@ -161,7 +161,6 @@ class DQN(DiscreteActions):
 
     @staticmethod
     def validate(cfg: DQNConfig) -> None:
-        validate_network(cfg, "dqn")
         if cfg.network != "mlp" and cfg.torso != "mlp":
             raise ValueError(f"dqn.network={cfg.network} has no image torso; use dqn.network=mlp with "
                              f"dqn.torso={cfg.torso}, or dqn.torso=mlp")

@@ -36,7 +36,7 @@ import optax
 from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
 from plastic.core import Hooks, Net, gradient_step
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, one_of
-from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, GaussianHead, build_network, check_options, validate_network, with_injection
+from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, GaussianHead, build_network, check_options, with_injection
 from plastic.optim import adam
 from plastic.normalize import RunningStats
 
@@ -272,7 +272,6 @@ class PPO:
 
     @staticmethod
     def validate(cfg: PPOConfig) -> None:
-        validate_network(cfg, "ppo")  # the numeric fields' ranges are declared on PPOConfig
         if (cfg.num_envs * cfg.num_steps) % cfg.minibatches:
             raise ValueError(f"ppo.minibatches={cfg.minibatches} must divide the rollout batch "
                              f"num_envs * num_steps = {cfg.num_envs * cfg.num_steps}")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Hooks, Net, gradient_step, maybe, soft_update
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
-from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, validate_network, with_injection
+from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, with_injection
 from plastic.optim import adam
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -72,10 +72,6 @@ class SAC(ContinuousActions):
                              cfg.alpha_init if cfg.autotune else cfg.alpha, jnp.float32))})
         self.nets = {"actor": self.actor, "critic": self.critic, "alpha": self.alpha}
         self.target_entropy = -float(action_size)
-
-    @staticmethod
-    def validate(cfg: SACConfig) -> None:
-        validate_network(cfg, "sac")
 
     def role(self, net_name: str) -> str:
         return self.roles[net_name]

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
 from plastic.core import Hooks, Net, gradient_step, maybe, soft_update
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
-from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, ensemble_member, validate_network, with_injection
+from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, ensemble_member, with_injection
 from plastic.optim import adam
 
 
@@ -59,10 +59,6 @@ class TD3(ContinuousActions):
         self.critic = Net.of("critic", critic, with_injection(opt(cfg.critic_lr), critic), cfg.critic_lr)
         self.nets = {"actor": self.actor, "critic": self.critic}
         self.q1 = critic.clone(ensemble=1)  # Q1 alone, for the actor loss (networks.ensemble_member)
-
-    @staticmethod
-    def validate(cfg: TD3Config) -> None:
-        validate_network(cfg, "td3")
 
     def role(self, net_name: str) -> str:
         return self.roles[net_name]

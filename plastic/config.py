@@ -385,7 +385,7 @@ def check_claims(claims: dict) -> None:
 
 
 def _validate_metrics(m: MetricsConfig) -> None:
-    if not 1 <= m.ntk_batch <= min(64, m.batch_size):
+    if m.ntk_batch > min(64, m.batch_size):  # >= 1 is declared on the field
         raise ConfigError(f"metrics.ntk_batch must be in [1, min(64, metrics.batch_size)], got {m.ntk_batch}")
     if not m.networks:
         raise ConfigError("metrics.networks is empty; give network names or all")

@@ -470,12 +470,6 @@ def build_network(cfg, out: int, *, ensemble: int = 0, out_init_scale: float = 1
                inject)
 
 
-def validate_network(cfg, agent: str) -> None:
-    """One-line error for an agent config's `blocks` (its `network` is a declared switch, plastic/fields.py)."""
-    if cfg.network != "mlp" and cfg.blocks < 1:
-        raise ValueError(f"{agent}.blocks must be >= 1 residual block for network={cfg.network}, got {cfg.blocks}")
-
-
 AGENT_OPTIONS = ("adam_count", "inject")  # build options interventions may ask for (Intervention.agent_options)
 
 

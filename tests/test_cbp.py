@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from helpers import NETS, assert_cli_error, assert_resume_identical, tiny_trainer
-from plastic import optim
+from plastic import fields, optim
 from plastic.core import Net, NetState, UpdateContext
 from plastic.interventions.cbp import CBP, CBPConfig, outgoing_magnitude
 from plastic.networks import MLP, ConvNet, GaussianHead
@@ -35,6 +35,7 @@ class Jitted(CBP):
 
 def cbp(**kw):
     iv = Jitted(CBPConfig(**{"maturity": 0, **kw}), "td3")
+    fields.check(iv.cfg, "cbp")  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, None)
     return iv
 

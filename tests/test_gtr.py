@@ -11,6 +11,7 @@ import pytest
 
 from agents.ppo import PPO, PPOConfig
 from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
+from plastic import fields
 from plastic.agent import init_counters
 from plastic.core import Hooks, gradient_step
 from plastic.interventions.gtr import GTR, GTRConfig, KLPenalty, anchor_weights
@@ -26,6 +27,7 @@ def make_agent(discrete=True, **cfg):
 def make_iv(cls, validate=True, **cfg):
     iv = cls(cls.Config(**cfg), "ppo")
     if validate:
+        fields.check(iv.cfg, iv.name)  # the declared ranges and switches (plastic.config checks them)
         iv.validate(None, None)
     return iv
 

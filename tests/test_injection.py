@@ -11,6 +11,7 @@ import pytest
 
 import agents
 from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
+from plastic import fields
 from plastic.agent import init_counters
 from plastic.core import Hooks
 from plastic.config import build
@@ -29,6 +30,7 @@ def setup(name, cfg_over=None, iv_over=None, discrete=True):
     cfg = cls.Config(**{"hidden": (8, 8), "learning_starts": 0, **(cfg_over or {})}) if name != "ppo" else \
         cls.Config(**{"hidden": (8, 8), **(cfg_over or {})})
     iv = Injection(InjectionConfig(**{"at": (10,), **(iv_over or {})}), name, cls.roles)
+    fields.check(iv.cfg, "injection")  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, cfg)
     kw = {"discrete": discrete, "total_steps": 0} if name == "ppo" else {}
     agent = cls(cfg, OBS, ACT, options=iv.agent_options(), **kw)

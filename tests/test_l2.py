@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from helpers import NETS, assert_cli_error, assert_resume_identical, rows, tiny_trainer
+from plastic import fields
 from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.l2 import L2Init, L2InitConfig, WeightDecay, WeightDecayConfig, kernel_mask
 from plastic.networks import MLP
@@ -37,6 +38,7 @@ def setup(iv_cls, cfg, tx, lr=None, shift=0.0):
     """A network, its intervention state built by `init` from θ₀, and θ = θ₀ + shift·noise."""
     net = net_of(tx, lr)
     iv = iv_cls(cfg, "td3")
+    fields.check(iv.cfg, iv.name)  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, None)
     ns0 = net.init(jax.random.PRNGKey(0), X)
     agent = SimpleNamespace(nets={"critic": net}, role=lambda n: "critic")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
+from plastic import fields
 from plastic.config import build, from_dict
 from plastic.interventions.least import LEAST, LEASTConfig, aggregate, gaussian_entropy_per_step, stop_rule
 from plastic.interventions.least import histogram_entropy as _histogram_entropy
@@ -18,6 +19,7 @@ KEY = jax.random.PRNGKey(0)
 
 def least(agent="sac", **kw):
     iv = LEAST(LEASTConfig(**{"t_start": 0, **kw}), agent)
+    fields.check(iv.cfg, "least")  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, None)
     return iv
 
@@ -35,6 +37,7 @@ FAKE_AGENT = SimpleNamespace(obs_size=2, cfg=SimpleNamespace(exploration_noise=0
 def scripted(**kw):
     c = {"t_start": 0, "max_episode_steps": 6, "K_init": 4, "K_max": 8, "min_rows": 3, "entropy_period": 10**6, **kw}
     iv = Scripted(LEASTConfig(**c), "sac")
+    fields.check(iv.cfg, "least")  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, None)
     return iv, iv.init(KEY, FAKE_AGENT)
 

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from helpers import assert_cli_error, assert_resume_identical, tiny_trainer
+from plastic import fields
 from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.base import Intervention
 from plastic.interventions.ne import NE, NEConfig, er_counts, er_densities
@@ -36,6 +37,7 @@ class Jitted(NE):
 
 def ne(**kw):
     iv = Jitted(NEConfig(**{"experience_review": "off", "dense_layers": "none", "t_end": 10_000, **kw}), "td3")
+    fields.check(iv.cfg, "ne")  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, None)
     return iv
 

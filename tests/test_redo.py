@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from helpers import assert_cli_error, assert_resume_identical, tiny_trainer
+from plastic import fields
 from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.redo import ReDo, ReDoConfig
 from plastic.networks import MLP, ConvNet
@@ -30,6 +31,7 @@ class Jitted(ReDo):
 
 def redo(**kw):
     iv = Jitted(ReDoConfig(**{"period": 1, "stats_batch": "train_batch", **kw}), "td3")
+    fields.check(iv.cfg, "redo")  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, None)
     return iv
 

@@ -9,6 +9,7 @@ import pytest
 
 import agents
 from helpers import assert_cli_error, assert_resume_identical, tiny_trainer
+from plastic import fields
 from plastic.core import Net
 from plastic.interventions.reset import Reset, ResetConfig
 from plastic.networks import ConvNet
@@ -23,6 +24,7 @@ def agent_of(name, **cfg):
 
 def reset_iv(agent="td3", **kw):
     iv = Reset(ResetConfig(**kw), agent)
+    fields.check(iv.cfg, "reset")  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, None)
     return iv
 

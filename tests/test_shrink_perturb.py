@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from helpers import NETS, assert_cli_error, assert_resume_identical, rows, tiny_trainer
+from plastic import fields
 from plastic.core import Hooks, Net, NetState, UpdateContext, gradient_step
 from plastic.interventions.shrink_perturb import ShrinkPerturb, ShrinkPerturbConfig
 from plastic.networks import MLP
@@ -23,6 +24,7 @@ def setup(width=8, tx=None, shift=0.1, **cfg):
     agent = SimpleNamespace(nets={"critic": net}, role=lambda n: "critic",
                             init=lambda k: SimpleNamespace(nets={"critic": net.init(k, X)}))
     iv = ShrinkPerturb(ShrinkPerturbConfig(**cfg), "td3")
+    fields.check(iv.cfg, "shrink_perturb")  # the declared ranges and switches (plastic.config checks them)
     iv.validate(None, None)
     ns0 = net.init(jax.random.PRNGKey(0), X)
     state = iv.init(jax.random.PRNGKey(1), agent, SimpleNamespace(nets={"critic": ns0}))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
+from plastic import fields
 from plastic.interventions import swd as swd_mod
 from plastic.interventions.swd import SWD, SWDConfig, age_weights
 from plastic.replay import Replay
@@ -16,6 +17,7 @@ from plastic.replay import Replay
 
 def swd(T, w_min=0.1, sampler="exact", bucket_size=1000):
     s = SWD(SWDConfig(T=T, w_min=w_min, sampler=sampler, bucket_size=bucket_size), "sac")
+    fields.check(s.cfg, "swd")  # the declared ranges and switches (plastic.config checks them)
     s.validate(None, None)
     return s
 

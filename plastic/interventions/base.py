@@ -81,7 +81,9 @@ class Intervention:
 
     # ---- setup -------------------------------------------------------------------------------
     def validate(self, run_cfg, agent_cfg) -> None:
-        """Raise ValueError (one line, naming valid options) for bad values or combinations."""
+        """Raise ValueError (one line, naming valid options) for bad combinations: rules that relate several
+        fields, or a field to the run or agent config. A single field's range or choices are declared on the
+        field (plastic/fields.py) and checked before this runs."""
 
     def claims(self) -> dict:
         """Shared resources this intervention takes, resource -> "own" (no other intervention may take it)

@@ -152,12 +152,6 @@ class CBP(Intervention):
     # ---- setup -----------------------------------------------------------------------------------
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        if not 0.0 <= c.replacement_rate <= 1.0:
-            raise ValueError(f"cbp.replacement_rate must be in [0, 1], got {c.replacement_rate}")
-        if c.maturity < 0:
-            raise ValueError(f"cbp.maturity must be >= 0 updates, got {c.maturity}")
-        if not 0.0 <= c.decay < 1.0:
-            raise ValueError(f"cbp.decay must be in [0, 1), got {c.decay}")
         bad = [n for n in c.networks if n not in ROLES]
         if bad or not c.networks:
             raise ValueError(f"cbp.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(ROLES)}")

@@ -135,19 +135,6 @@ class GTR(Intervention):
     requires = frozenset({"policy_objective"})
     resources = {"policy_objective": "own"}
 
-    def validate(self, run_cfg, agent_cfg):
-        c = self.cfg
-        for k in ("sigma", "rho"):
-            if getattr(c, k) <= 0:
-                raise ValueError(f"gtr.{k} must be > 0, got {getattr(c, k)}")
-        for k in ("beta", "eta", "kappa", "tau_adv"):
-            if getattr(c, k) < 0:
-                raise ValueError(f"gtr.{k} must be >= 0, got {getattr(c, k)}")
-        if c.num_anchors < 1:
-            raise ValueError(f"gtr.num_anchors must be >= 1, got {c.num_anchors}")
-        if not 0.0 <= c.ema_decay < 1.0:
-            raise ValueError(f"gtr.ema_decay must be in [0, 1), got {c.ema_decay}")
-
     # -- state ------------------------------------------------------------------------------------------
     def init(self, key, agent, agent_state=None):
         if agent_state is None:
@@ -299,16 +286,9 @@ class KLPenalty(Intervention):
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        if c.beta < 0:
-            raise ValueError(f"kl_penalty.beta must be >= 0, got {c.beta}")
         if c.beta_schedule == "adaptive" and c.beta <= 0:
             raise ValueError("kl_penalty.beta must be > 0 with beta_schedule=adaptive (β is only ever halved "
                              "or doubled)")
-        if c.kl_target <= 0:
-            raise ValueError(f"kl_penalty.kl_target must be > 0, got {c.kl_target}")
-        for k in ("adapt_tolerance", "adapt_factor"):
-            if getattr(c, k) <= 1:
-                raise ValueError(f"kl_penalty.{k} must be > 1, got {getattr(c, k)}")
 
     def init(self, key, agent, agent_state=None):
         return {"beta": jnp.asarray(self.cfg.beta, jnp.float32), "kl": jnp.zeros(())}

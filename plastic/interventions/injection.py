@@ -80,7 +80,7 @@ class Injection(Intervention):
         steps = getattr(run_cfg, "steps", None)
         if not c.at and steps is not None:
             c.at = (max(1, steps // 2),)  # resolved once; config.yaml keeps it, so a resumed run keeps it
-        if not c.at or any(s < 1 for s in c.at) or list(c.at) != sorted(set(c.at)):
+        if not c.at or list(c.at) != sorted(set(c.at)):
             raise ValueError(f"injection.at must be a non-empty increasing list of positive env steps, "
                              f"got {','.join(map(str, c.at)) or 'nothing'}")
 

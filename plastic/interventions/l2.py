@@ -67,10 +67,7 @@ class L2Init(Intervention):
     Config = L2InitConfig
 
     def validate(self, run_cfg, agent_cfg):
-        c = self.cfg
-        if c.lam < 0:
-            raise ValueError(f"l2init.lam must be >= 0, got {c.lam}")
-        _networks("l2init", c.networks)
+        _networks("l2init", self.cfg.networks)
 
     def init(self, key, agent, agent_state=None):
         if agent_state is None:
@@ -137,10 +134,7 @@ class WeightDecay(Intervention):
     Config = WeightDecayConfig
 
     def validate(self, run_cfg, agent_cfg):
-        c = self.cfg
-        if c.lam < 0:
-            raise ValueError(f"weight_decay.lam must be >= 0, got {c.lam}")
-        _networks("weight_decay", c.networks)
+        _networks("weight_decay", self.cfg.networks)
 
     def init(self, key, agent, agent_state=None):
         return {n.name: {"param_norm": jnp.zeros(())} for n in nets_with_roles(agent, self.cfg.networks)}

@@ -85,20 +85,6 @@ class ReDo(Intervention):
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        if c.tau < 0:
-            raise ValueError(f"redo.tau must be >= 0, got {c.tau}")
-        if c.period < 1:
-            raise ValueError(f"redo.period must be a positive number of updates, got {c.period}")
-        if not 0.0 <= c.recycle_rate <= 1.0:
-            raise ValueError(f"redo.recycle_rate must be in [0, 1], got {c.recycle_rate}")
-        if c.reset_end_step < 1:
-            raise ValueError(f"redo.reset_end_step must be >= 1 update, got {c.reset_end_step}")
-        if not 0.0 <= c.max_reset_fraction <= 1.0:
-            raise ValueError(f"redo.max_reset_fraction must be in [0, 1] (0 = no cap), got {c.max_reset_fraction}")
-        if c.weight_scale <= 0:
-            raise ValueError(f"redo.weight_scale must be > 0, got {c.weight_scale}")
-        if c.eps <= 0:
-            raise ValueError(f"redo.eps must be > 0, got {c.eps}")
         if c.include_output_layer:
             raise ValueError("redo.include_output_layer=true is not supported; output layers are never recycled")
         roles = ("actor", "critic")

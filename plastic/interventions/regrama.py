@@ -72,19 +72,6 @@ class ReGraMa(Intervention):
         """An event at every positive multiple of `period` of each selected network's own update counter."""
         return {n.name: counters[n.name] // self.cfg.period for n in self._nets(agent)}
 
-    def validate(self, run_cfg, agent_cfg):
-        c = self.cfg
-        if c.tau < 0:
-            raise ValueError(f"grama.tau must be >= 0, got {c.tau}")
-        if c.period < 1:
-            raise ValueError(f"grama.period must be a positive number of updates, got {c.period}")
-        if not 0.0 <= c.max_reset_fraction <= 1.0:
-            raise ValueError(f"grama.max_reset_fraction must be in [0, 1] (0 = no cap), got {c.max_reset_fraction}")
-        if c.step_ratio_window < 0:
-            raise ValueError(f"grama.step_ratio_window must be >= 0 (0 = off), got {c.step_ratio_window}")
-        if c.step_ratio_every < 1:
-            raise ValueError(f"grama.step_ratio_every must be >= 1, got {c.step_ratio_every}")
-
     def _nets(self, agent):
         return nets_with_roles(agent, self.cfg.networks, with_units=True)
 

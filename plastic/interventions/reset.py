@@ -73,14 +73,9 @@ class Reset(Intervention):
         if c.schedule != "at_env_steps" and c.interval < 1:
             raise ValueError(f"reset.interval must be a positive number of "
                              f"{'updates' if c.schedule == 'every_updates' else 'env steps'}, got {c.interval}")
-        if c.schedule == "at_env_steps" and (not c.at_env_steps or any(s < 1 for s in c.at_env_steps)
-                                             or list(c.at_env_steps) != sorted(set(c.at_env_steps))):
+        if c.schedule == "at_env_steps" and (not c.at_env_steps or list(c.at_env_steps) != sorted(set(c.at_env_steps))):
             raise ValueError(f"reset.at_env_steps must be a non-empty increasing list of positive env steps, "
                              f"got {','.join(map(str, c.at_env_steps)) or 'nothing'}")
-        if c.max_resets < 0:
-            raise ValueError(f"reset.max_resets must be >= 0 (0 = unlimited), got {c.max_resets}")
-        if c.k < 1:
-            raise ValueError(f"reset.k must be >= 1 layer, got {c.k}")
         if not c.keep_buffer:
             raise ValueError("reset.keep_buffer=false is not supported; resets always keep the replay buffer")
         nets = tuple(self.roles)

@@ -71,14 +71,6 @@ class ShrinkPerturb(Intervention):
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        lam, mu, period, _ = self.resolved
-        if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"shrink_perturb.shrink must be in [0, 1] (-1: the mode's default), got {c.shrink}")
-        if mu < 0:
-            raise ValueError(f"shrink_perturb.perturb must be >= 0 (-1: the mode's default), got {c.perturb}")
-        if period < 1:
-            raise ValueError(f"shrink_perturb.period must be a positive number of updates (0: the mode's default), "
-                             f"got {c.period}")
         if not c.networks:
             raise ValueError(f"shrink_perturb.networks must name at least one role; choose from: {', '.join(ROLES)}")
         for n in c.networks:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from plastic.fields import num, unit
+from plastic.fields import num, one_of, unit
 from plastic.interventions.base import Intervention
 
 SAMPLERS = ("exact", "bucketed")
@@ -40,7 +40,7 @@ SAMPLERS = ("exact", "bucketed")
 class SWDConfig:
     T: int = 80_000             # > 0: SWD, < 0: SWA (reverse control), 0: uniform (module doc)
     w_min: float = unit(0.1)
-    sampler: str = "exact"      # exact | bucketed
+    sampler: str = one_of("exact", SAMPLERS)  # exact | bucketed
     bucket_size: int = num(1000, ge=1)
 
 
@@ -241,15 +241,6 @@ class SWD(Intervention):
     Config = SWDConfig
     requires = frozenset({"replay"})
     samples_replay = True
-
-    def validate(self, run_cfg, agent_cfg):
-        c = self.cfg
-        if not 0.0 <= c.w_min <= 1.0:
-            raise ValueError(f"swd.w_min must be in [0, 1], got {c.w_min}")
-        if c.sampler not in SAMPLERS:
-            raise ValueError(f"swd.sampler={c.sampler!r} is not valid; choose one of: {', '.join(SAMPLERS)}")
-        if c.bucket_size < 1:
-            raise ValueError(f"swd.bucket_size must be >= 1, got {c.bucket_size}")
 
     def replay_options(self):
         return {"bucket_size": self.cfg.bucket_size} if self.cfg.sampler == "bucketed" else {}
