@@ -69,25 +69,18 @@ class OffPolicy:
     def init_state(self):
         """`(ts, counters)` of all seeds: seed i of a vmapped run is exactly the single-seed run with
         --seed base+i."""
-        keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.setup.n_seeds))
         envs = self.setup.envs
         obs = jnp.zeros(envs.observation_size, envs.observation_dtype)  # uint8 Atari frames stay uint8
         example = {"obs": obs, "action": self.agent.action_example(),
                    "reward": jnp.zeros(()), "next_obs": obs,
                    "terminated": jnp.zeros(()), "done": jnp.zeros(())}
 
-        def one(key):
-            k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
-            agent_state = self.agent.init(k_agent)
-            istate, mstate = parted(self.monitor, init_hooks(self.hooks, self.agent, agent_state, k_iv))
+        def one(agent_state, istate, mstate, k_loop, k_act):
             replay = Replay.create(self.capacity, example, self.bucket_size)
             return TrainState(agent_state, replay, istate, mstate, k_loop, k_act)
 
-        ts = self.placement.jit_batched(jax.vmap(one))(keys)
-        hstate, counters = unshare_schedule(self.hooks, joined(self.monitor, ts), init_counters(self.agent),
-                                           seed_axis=True)
-        istate, mstate = parted(self.monitor, hstate)
-        return ts.replace(interventions=istate, monitor=mstate), self.placement.place(counters, False)
+        ts, counters = init_seeds(self, one)
+        return ts, self.placement.place(counters, False)
 
     def action(self, ts: TrainState, counters, obs):
         """Action for env step `counters['env_steps']`: uniform random during warm-up, else the policy. The
@@ -200,19 +193,7 @@ class OnPolicy:
 
     def init_state(self):
         """`(ts, counters)` of all seeds (counters not yet placed)."""
-        keys = jax.vmap(jax.random.PRNGKey)(self.cfg.run.seed + jnp.arange(self.setup.n_seeds))
-
-        def one(key):
-            k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
-            agent_state = self.agent.init(k_agent)
-            istate, mstate = parted(self.monitor, init_hooks(self.hooks, self.agent, agent_state, k_iv))
-            return OnPolicyState(agent_state, istate, mstate, k_loop, k_act)
-
-        ts = self.placement.jit_batched(jax.vmap(one))(keys)
-        hstate, counters = unshare_schedule(self.hooks, joined(self.monitor, ts), init_counters(self.agent),
-                                           seed_axis=True)
-        istate, mstate = parted(self.monitor, hstate)
-        return ts.replace(interventions=istate, monitor=mstate), counters
+        return init_seeds(self, OnPolicyState)
 
     def act(self, agent_state, obs, key, t):
         """Actions of one seed's `num_envs` envs at env step `t` (`obs`: [E, ...])."""
@@ -268,6 +249,24 @@ def unshare_schedule(interventions, istate, counters, seed_axis: bool = False):
             part = {k: state.pop(k) for k in iv.shared}
             istate, held[iv.name] = {**istate, iv.name: state}, jax.tree.map(lambda x: x[0], part) if seed_axis else part
     return istate, ({**counters, SHARED: held} if held else counters)
+
+
+def init_seeds(program, make):
+    """`(ts, counters)` of all seeds of `program` (seed i from `PRNGKey(run.seed + i)`): each seed's agent and
+    hook states, then `make(agent_state, istate, mstate, key, act_key)` builds its state; the hooks' shared
+    parts go to the counters (`unshare_schedule`)."""
+    def one(key):
+        k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
+        agent_state = program.agent.init(k_agent)
+        istate, mstate = parted(program.monitor, init_hooks(program.hooks, program.agent, agent_state, k_iv))
+        return make(agent_state, istate, mstate, k_loop, k_act)
+
+    keys = jax.vmap(jax.random.PRNGKey)(program.cfg.run.seed + jnp.arange(program.setup.n_seeds))
+    ts = program.placement.jit_batched(jax.vmap(one))(keys)
+    hstate, counters = unshare_schedule(program.hooks, joined(program.monitor, ts), init_counters(program.agent),
+                                       seed_axis=True)
+    istate, mstate = parted(program.monitor, hstate)
+    return ts.replace(interventions=istate, monitor=mstate), counters
 
 
 def init_hooks(hooks, agent, agent_state, key) -> dict:
