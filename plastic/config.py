@@ -235,8 +235,13 @@ def build(agent: str | None = None, intervention: str | None = None, preset: dic
                 setattr(icfg, k, v)
     tasks = cfg.env.tasks if cfg.env.nonstationary == "tasks" else ()
     cfg.run.env = cfg.run.env or (tasks[0] if tasks else agent_cls.default_env)
-    if "grama" in cfg.interventions:
-        cfg.metrics.grama_target = cfg.interventions["grama"].score_target
+    for n, icfg in cfg.interventions.items():
+        for k, src in iv_registry.REGISTRY[n].metrics_fields.items():
+            v = getattr(icfg, src)
+            if ("metrics", k) in given and getattr(cfg.metrics, k) != v:
+                raise ConfigError(f"metrics.{k}={getattr(cfg.metrics, k)!r} contradicts {n}.{src}={v!r}, which sets "
+                                  f"it (the metric measures what {n} acts on); set one of them")
+            setattr(cfg.metrics, k, v)
     validate(cfg, spelled)
     return cfg
 

@@ -431,6 +431,17 @@ def test_init_only_selected_networks_and_validation():
             regrama(**bad)
 
 
+def test_the_grama_metric_measures_where_regrama_acts():
+    """metrics.grama_target follows grama.score_target when ReGraMa is on; an explicit contradiction is a
+    one-line config error, an explicit agreement is fine, and without ReGraMa the metric is the user's."""
+    from plastic.config import ConfigError, build
+    assert build("sac", "grama", overrides={"grama.score_target": "post_activation"}).metrics.grama_target == "post_activation"
+    assert build("sac", "grama", overrides={"metrics.grama_target": "pre_activation"}).metrics.grama_target == "pre_activation"
+    assert build("sac", "none", overrides={"metrics.grama_target": "weight_grad"}).metrics.grama_target == "weight_grad"
+    with pytest.raises(ConfigError, match=r"^metrics.grama_target='post_activation' contradicts grama.score_target="):
+        build("sac", "grama", overrides={"metrics.grama_target": "post_activation"})
+
+
 def test_schedule_under_jit_compiles_once():
     ns, x, t = setup(NET_S, 3, 11, 16, {"hidden_0": [2]})
     iv = regrama(period=3)

@@ -59,6 +59,10 @@ class Intervention:
     samples_replay: ClassVar[bool] = False   # True if it overrides `sample` (replay_sampler hook)
     resources: ClassVar[dict] = {}           # claims() of every configuration (see `claims`)
     agent_defaults: ClassVar[dict] = {}      # agent -> {field: default} replacing the Config defaults
+    # metrics field -> this intervention's config field it is set from, so that a metric measures what the
+    # method acts on (ReGraMa: metrics.grama_target from grama.score_target); plastic.config applies it, and an
+    # explicit different value of the metrics field is a config error
+    metrics_fields: ClassVar[dict] = {}
     # Keys of the state dict that depend on the (unbatched) update counters alone, hence are the same for every
     # seed (schedule flags): the drivers keep them with the counters between update rounds, so the
     # `lax.cond`s that read them stay real branches under the seed vmap (trainer.unshare_schedule)

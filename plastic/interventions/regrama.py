@@ -57,6 +57,7 @@ class ReGraMa(Intervention):
     resources = {"weight_writes": "share"}
     # PPO: every 100 minibatch updates (docs/interventions.md, ReGraMa: by analogy with LOP's ReDo-for-PPO setting)
     agent_defaults = {"ppo": {"period": 100}}
+    metrics_fields = {"grama_target": "score_target"}   # the GraMa ratio the metrics report is the one it thresholds
 
     @classmethod
     def defaults_for(cls, agent, agent_cfg):
