@@ -187,7 +187,7 @@ class PPO:
         if c.norm_reward:
             reward, extra["returns"], extra["ret_rms"] = self._scale_rewards(state, rollout)
         pi_params, v_params = state.nets["actor"].params, state.nets["critic"].params
-        logp_old = self._log_prob(self.dist(pi_params, obs)[0], rollout["action"])[0]
+        logp_old = self.log_prob(self.dist(pi_params, obs)[0], rollout["action"])[0]
         value = self.critic.apply(v_params, obs)[0][..., 0]
         next_value = self.critic.apply(v_params, next_obs)[0][..., 0]
         adv, ret = gae(reward, value, next_value, rollout["terminated"], rollout["truncated"], c.gamma,
@@ -203,10 +203,10 @@ class PPO:
             nets, hooks, counters, key = carry
             key, k_pi, k_v = jax.random.split(key, 3)
             actor, hooks, n_pi, aux_pi, logs_pi = gradient_step(
-                self.actor, nets["actor"], lambda p, pr: self._policy_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
+                self.actor, nets["actor"], lambda p, pr: self.policy_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
                 count=counters["actor"], key=k_pi, hooks=hooks, inputs=mb["obs"])
             critic, hooks, n_v, value_mean, logs_v = gradient_step(
-                self.critic, nets["critic"], lambda p, pr: self._value_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
+                self.critic, nets["critic"], lambda p, pr: self.value_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
                 count=counters["critic"], key=k_v, hooks=hooks, inputs=mb["obs"])
             stats = {"entropy": aux_pi["entropy"], "approx_kl": aux_pi["approx_kl"],
                      "clip_fraction": aux_pi["clip_fraction"], "value_mean": value_mean, **logs_pi, **logs_v}
@@ -228,10 +228,10 @@ class PPO:
         state = state.replace(nets=nets, logs=logs, extra=extra)
         return state, hooks.post_iteration(self, state, data), counters  # e.g. the adaptive KL coefficient
 
-    def _policy_loss(self, params, probes, mb):
+    def policy_loss(self, params, probes, mb):
         c = self.cfg
         out, _ = self.dist(params, mb["obs"], probes)
-        logp, entropy = self._log_prob(out, mb["action"])
+        logp, entropy = self.log_prob(out, mb["action"])
         adv = mb["adv"]
         if c.norm_adv:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -245,7 +245,7 @@ class PPO:
                "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > c.clip_coef)}
         return loss, aux
 
-    def _value_loss(self, params, probes, mb):
+    def value_loss(self, params, probes, mb):
         c = self.cfg
         v = self.critic.apply(params, mb["obs"], probes)[0][..., 0]
         err = jnp.square(v - mb["ret"])
@@ -291,7 +291,7 @@ class PPO:
         mean, log_std = out
         return (mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape) if explore else mean)[0]
 
-    def _log_prob(self, out, action):
+    def log_prob(self, out, action):
         """(log pi(action), entropy) per sample."""
         if self.discrete:
             logp_all = jax.nn.log_softmax(out)

@@ -61,7 +61,7 @@ class ChunkTimer:
 
     def __call__(self, n):
         t = time.perf_counter()
-        self.carry, sums, _ = self.tr._chunk_jit(self.carry, n)
+        self.carry, sums, _ = self.tr.chunk_program(self.carry, n)
         jax.block_until_ready(sums)
         return n / (time.perf_counter() - t)
 

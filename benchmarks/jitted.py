@@ -44,7 +44,7 @@ def chunk_rate(tr, units, rounds):
 def timed_chunk(tr, carry, units):
     """(carry, seconds) of one chunk of `units` scan iterations, waited for."""
     t = time.perf_counter()
-    carry, sums, _ = tr._chunk_jit(carry, units)
+    carry, sums, _ = tr.chunk_program(carry, units)
     jax.block_until_ready(sums)
     return carry, time.perf_counter() - t
 

@@ -103,7 +103,7 @@ class TrainTimer:
         self.tr, self.pipelined = tr, pipelined
         ts, counters = tr.init_state()
         self.obs = tr.envs.reset()
-        self.action = np.asarray(tr._first_action(ts, counters, self.obs))
+        self.action = np.asarray(tr.first_actions(ts, counters, self.obs))
         self.carry = tr.pack(ts, counters)
         self(5)
 

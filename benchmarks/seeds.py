@@ -74,7 +74,7 @@ class Window:
 
     def __call__(self):
         t = time.perf_counter()
-        self.carry, sums, _ = self.tr._chunk_jit(self.carry, self.n)
+        self.carry, sums, _ = self.tr.chunk_program(self.carry, self.n)
         jax.block_until_ready(sums)
         return self.n * self.tr.unit * self.tr.n_seeds / (time.perf_counter() - t)
 

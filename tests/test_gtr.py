@@ -50,7 +50,7 @@ def rollout_data(agent, state, n=32, seed=0):
     else:
         action = out[0] + jnp.exp(out[1]) * jax.random.normal(key, out[0].shape)
     f = lambda: jnp.asarray(rng.normal(size=n), jnp.float32)  # noqa: E731
-    return {"obs": obs, "action": action, "logp": agent._log_prob(out, action)[0], "adv": f(), "ret": f(),
+    return {"obs": obs, "action": action, "logp": agent.log_prob(out, action)[0], "adv": f(), "ret": f(),
             "value": f()}
 
 
@@ -87,7 +87,7 @@ def columns_state(iv, agent, state, data, pushes=1, params=None):
 
 
 def policy_aux(agent, params, mb):
-    return agent._policy_loss(params, None, mb)
+    return agent.policy_loss(params, None, mb)
 
 
 def assert_trees_equal(a, b):
@@ -121,7 +121,7 @@ def test_beta_zero_with_ppo_clip_is_exactly_ppo(discrete):
 
     def step(ivs, ist):
         return jax.jit(lambda ist: gradient_step(
-            agent.actor, ns, lambda p, pr: agent._policy_loss(p, pr, mb), batch_size=32,
+            agent.actor, ns, lambda p, pr: agent.policy_loss(p, pr, mb), batch_size=32,
             count=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(3), hooks=Hooks(ist, tuple(ivs))))(ist)
 
     a, b = step((), {}), step(ivs, ist)

@@ -105,17 +105,17 @@ def test_chunks_do_not_retrace_or_leave_the_device(tmp_path):
 
     env.step, env.reset = counting("step", step), counting("reset", reset)
     carry = tr.init_carry()
-    jaxpr = jax.make_jaxpr(tr._chunk, static_argnums=(1,))(carry, 100)
+    jaxpr = jax.make_jaxpr(tr.chunk, static_argnums=(1,))(carry, 100)
     callbacks = [e for e in _eqns(jaxpr.jaxpr) if "callback" in e.primitive.name]
     assert all("_scipy_svdvals" in str(e.params.get("callback")) for e in callbacks)
     after_init = dict(calls)
     with jax.transfer_guard("disallow"):
-        carry, sums, _ = tr._chunk_jit(carry, 100)
+        carry, sums, _ = tr.chunk_program(carry, 100)
     traced = dict(calls)
     assert traced["step"] > after_init["step"]
     for _ in range(3):
         with jax.transfer_guard("disallow"):
-            carry, sums, _ = tr._chunk_jit(carry, 100)
+            carry, sums, _ = tr.chunk_program(carry, 100)
     assert calls == traced and tr.chunks.traces == 1
     assert int(carry[1]["env_steps"]) == 400 and int(sums["count"][0]) > 0
 

@@ -290,12 +290,12 @@ def test_host_steps_run_measuring_code_only_after_a_boundary(tmp_path):
           "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
 
     def conds(t):
-        return t._step_program("learn", False).lower(t.pack(*t.init_state()), tr, np.zeros((S, O))).compile().as_text() \
+        return t.step_program("learn", False).lower(t.pack(*t.init_state()), tr, np.zeros((S, O))).compile().as_text() \
             .count(" conditional(")
 
     assert conds(on) == conds(off)
-    calls, due = [], on._due  # learning steps that run the measuring program
-    on._due = lambda c: (measure := due(c)) and calls.append(1) or measure
+    calls, due = [], on.measure_due  # learning steps that run the measuring program
+    on.measure_due = lambda c: (measure := due(c)) and calls.append(1) or measure
     on.run(tmp_path / "r")
     # 200 update rounds: critic boundaries at 1, 50, 100, 150, 200; actor (every 2nd round) at 1, 50, 100
     assert 4 <= len(calls) <= 12

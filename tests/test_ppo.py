@@ -60,7 +60,7 @@ def test_continuous_log_prob_and_entropy_match_scipy():
     agent = make_agent(False)
     mean, log_std = jnp.array([[0.3, -1.0]]), jnp.array([[-0.5, 0.2]])
     a = jnp.array([[0.1, 0.4]])
-    logp, ent = agent._log_prob((mean, log_std), a)
+    logp, ent = agent.log_prob((mean, log_std), a)
     ref = stats.norm(np.asarray(mean), np.exp(np.asarray(log_std)))
     np.testing.assert_allclose(logp, ref.logpdf(np.asarray(a)).sum(-1), rtol=1e-5)
     np.testing.assert_allclose(ent, ref.entropy().sum(-1), rtol=1e-5)
@@ -69,7 +69,7 @@ def test_continuous_log_prob_and_entropy_match_scipy():
 def test_discrete_log_prob_and_entropy():
     agent = make_agent(True)
     logits = jnp.array([[0.0, math.log(3.0)]])  # p = (0.25, 0.75)
-    logp, ent = agent._log_prob(logits, jnp.array([1]))
+    logp, ent = agent.log_prob(logits, jnp.array([1]))
     np.testing.assert_allclose(logp, [math.log(0.75)], rtol=1e-6)
     np.testing.assert_allclose(ent, [-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))], rtol=1e-6)
 
@@ -80,7 +80,7 @@ def _minibatch(agent, state, n=32, seed=0):
     params = state.nets["actor"].params
     logits = agent.dist(params, obs)[0]
     action = jax.random.categorical(jax.random.PRNGKey(seed), logits)
-    logp = agent._log_prob(logits, action)[0]
+    logp = agent.log_prob(logits, action)[0]
     return {"obs": obs, "action": action, "logp": logp, "adv": jnp.asarray(rng.normal(size=n), jnp.float32),
             "ret": jnp.asarray(rng.normal(size=n), jnp.float32),
             "value": jnp.asarray(rng.normal(size=n), jnp.float32)}
@@ -92,8 +92,8 @@ def test_policy_loss_at_the_rollout_policy_is_the_plain_policy_gradient():
     state = agent.init(jax.random.PRNGKey(0))
     mb = _minibatch(agent, state)
     params = state.nets["actor"].params
-    g, aux = jax.grad(lambda p: agent._policy_loss(p, None, mb), has_aux=True)(params)
-    g_ref = jax.grad(lambda p: -jnp.mean(mb["adv"] * agent._log_prob(agent.dist(p, mb["obs"])[0], mb["action"])[0]))(params)
+    g, aux = jax.grad(lambda p: agent.policy_loss(p, None, mb), has_aux=True)(params)
+    g_ref = jax.grad(lambda p: -jnp.mean(mb["adv"] * agent.log_prob(agent.dist(p, mb["obs"])[0], mb["action"])[0]))(params)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     assert float(aux["clip_fraction"]) == 0.0 and abs(float(aux["approx_kl"])) < 1e-6
@@ -104,7 +104,7 @@ def test_clipped_ratio_has_no_gradient_in_the_clipped_direction():
     state = agent.init(jax.random.PRNGKey(0))
     mb = _minibatch(agent, state)
     mb = {**mb, "adv": jnp.ones_like(mb["adv"]), "logp": mb["logp"] - 1.0}  # ratio = e > 1.2, adv > 0
-    g, aux = jax.grad(lambda p: agent._policy_loss(p, None, mb), has_aux=True)(state.nets["actor"].params)
+    g, aux = jax.grad(lambda p: agent.policy_loss(p, None, mb), has_aux=True)(state.nets["actor"].params)
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g))
     assert float(aux["clip_fraction"]) == 1.0
 
@@ -117,7 +117,7 @@ def test_value_loss_clipping_switch(clip_vloss):
     params = state.nets["critic"].params
     v = agent.critic.apply(params, mb["obs"])[0][..., 0]
     mb = {**mb, "value": v - 1.0, "ret": v + 2.0}  # the clipped prediction is further from the return
-    loss, _ = agent._value_loss(params, None, mb)
+    loss, _ = agent.value_loss(params, None, mb)
     expected = 0.5 * (3.0 - 0.2) ** 2 if clip_vloss else 0.5 * 2.0 ** 2
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 

@@ -45,7 +45,7 @@ def count(jaxpr, out=None) -> collections.Counter:
 
 def step_conds(tr) -> int:
     """`cond`s in the scanned step of a jitted-driver chunk."""
-    jaxpr = jax.make_jaxpr(lambda c: tr._chunk(c, 2))(tr.init_carry()).jaxpr
+    jaxpr = jax.make_jaxpr(lambda c: tr.chunk(c, 2))(tr.init_carry()).jaxpr
     return sum(count(e.params["jaxpr"].jaxpr)["cond"] for e in jaxpr.eqns if e.primitive.name == "scan")
 
 
@@ -56,7 +56,7 @@ def host_conds(tr) -> int:
     tr_ = {"obs": ex(np.zeros(tr.envs.observation_size, np.float32)), "action": ex(tr.agent.action_example()),
            "reward": np.zeros(S, np.float32), "next_obs": ex(np.zeros(tr.envs.observation_size, np.float32)),
            "terminated": np.zeros(S, np.float32), "done": np.zeros(S, np.float32)}
-    prog = tr._step_program("learn", True)
+    prog = tr.step_program("learn", True)
     return count(jax.make_jaxpr(prog)(tr.pack(*tr.init_state()), tr_, tr_["next_obs"]).jaxpr)["cond"]
 
 

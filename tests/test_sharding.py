@@ -89,11 +89,11 @@ def worker(case: str, out: Path) -> None:
     report["initial"] = leaves_report(four, fresh_carry(four))
     if spec["driver"] == "jit":  # the chunk program consumes its (sharded) input: donation works
         carry, n = fresh_carry(four), 100 // four.unit
-        hlo = four._chunk_jit.lower(carry, n).compile().as_text()
+        hlo = four.chunk_program.lower(carry, n).compile().as_text()
         report["collectives"] = sorted(set(re.findall(r" (all-gather|all-reduce|all-to-all|collective-permute|"
                                                       r"reduce-scatter)(?:-start)?\(", hlo)))
         donated = jax.tree.leaves(carry)
-        jax.block_until_ready(four._chunk_jit(carry, n))
+        jax.block_until_ready(four.chunk_program(carry, n))
         report["chunk_donated"] = all(x.is_deleted() for x in donated)
     report["final"] = leaves_report(four, run(four, "d4").final_state)
     run(trainer(N_DEVICES, spec["split"]), "r4")

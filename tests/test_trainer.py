@@ -106,9 +106,9 @@ def test_pipelined_acting_uses_the_parameters_of_one_update_earlier(tmp_path):
                           "done": np.zeros(S)}
             nobs = rng.normal(size=(S, O)).astype(np.float32)
             ts, counters = tr.unpack(carry)
-            before = np.asarray(tr._first_action(ts, {**counters, "env_steps": counters["env_steps"] + 1}, nobs))
+            before = np.asarray(tr.first_actions(ts, {**counters, "env_steps": counters["env_steps"] + 1}, nobs))
             carry, action, _ = tr.host_step(carry, transition, nobs, learn=True, pipelined=pipelined)
-            after = np.asarray(tr._first_action(*tr.unpack(carry), nobs))
+            after = np.asarray(tr.first_actions(*tr.unpack(carry), nobs))
             # the same policy on the same parameters, computed by another program: equal up to rounding
             np.testing.assert_allclose(action, before if pipelined else after, rtol=0, atol=1e-6)
             assert np.max(np.abs(before - after)) > 1e-4  # the update did move the policy
@@ -183,9 +183,9 @@ def test_env_step_never_copies_the_replay(agent, intervention, env):
     action = np.zeros(S, np.int32) if tr.agent.discrete else np.zeros((S, A))
     transition = {"obs": np.zeros((S, O)), "action": action, "reward": np.zeros(S),
                   "next_obs": np.zeros((S, O)), "terminated": np.zeros(S), "done": np.zeros(S)}
-    learn = [tr._step_program("learn", measure) for measure in (False, True)] + [tr._warm]
+    learn = [tr.step_program("learn", measure) for measure in (False, True)] + [tr.warm_program]
     programs = [fn.lower(carry, transition, np.zeros((S, O))) for fn in learn]
-    updates = [tr._step_program("update", measure).lower(carry) for measure in (False, True)]
+    updates = [tr.step_program("update", measure).lower(carry) for measure in (False, True)]
     for lowered in programs + updates:
         hlo = lowered.compile().as_text()
         copies = [l.strip()[:120] for l in hlo.splitlines() if f"{capacity}" in l and " copy(" in l]

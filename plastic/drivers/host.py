@@ -45,11 +45,11 @@ class HostOffPolicy(loop.Driver):
         # Programs per kind of step, by one flag: `measure` (the metrics collector's measuring code; without
         # it the collector only marks what is due). The ordinary program has none; each step returns the flag
         # the next one needs (`self._pending`, resolved on the host at the next step). Each program is
-        # compiled when first needed (`_step_program`).
+        # compiled when first needed (`step_program`).
         self._programs = {}
-        self._warm = self._packed_program(lambda *a: self._env_step(*a, learn=False))
+        self.warm_program = self._packed_program(lambda *a: self._env_step(*a, learn=False))
         self._pending = None  # None: read it from the state at the next step (after init or restore)
-        self._first_action = jax.jit(p.seed_actions)
+        self.first_actions = jax.jit(p.seed_actions)
         self._stats = self._packed_program(self._stats_of)
         self._pending_of = jax.jit(lambda carry: self._with_pending(*self._unpack_traced(carry))[2])
         self._packers = None  # built from the first carry `pack` sees
@@ -68,7 +68,7 @@ class HostOffPolicy(loop.Driver):
     def start(self, carry, step: int):
         ts, counters = carry
         self._obs = self.envs.reset()
-        self._action, self._stop = np.asarray(self._first_action(ts, counters, self._obs)), None
+        self._action, self._stop = np.asarray(self.first_actions(ts, counters, self._obs)), None
         self._ep_ret, self._ep_len, self._step = np.zeros(self.n_seeds), np.zeros(self.n_seeds, np.int64), step
         return self.pack(ts, counters)
 
@@ -131,7 +131,7 @@ class HostOffPolicy(loop.Driver):
     def _unpack_traced(self, carry):
         return self._packers[0].unpack(carry[0]), self._packers[1].unpack(carry[1])
 
-    def _step_program(self, kind: str, measure: bool):
+    def step_program(self, kind: str, measure: bool):
         """The packed program of a learning step ("learn": store, updates, act) or of its updates alone
         ("update", pipelined acting) with or without the measuring code."""
         key = (kind, measure)
@@ -159,19 +159,19 @@ class HostOffPolicy(loop.Driver):
 
         `pipelined` (learning steps only): act before this step's updates and dispatch the updates without
         waiting for them; the action comes back while they run. A learning step runs the program with the
-        measuring code when the previous step's flag says so (`_due`)."""
-        measure = self._due(carry) if learn else False
+        measuring code when the previous step's flag says so (`measure_due`)."""
+        measure = self.measure_due(carry) if learn else False
         if learn and pipelined:
-            carry, action, stop, _ = self._warm(carry, transition, next_obs)
-            carry, self._pending = self._step_program("update", measure)(carry)
+            carry, action, stop, _ = self.warm_program(carry, transition, next_obs)
+            carry, self._pending = self.step_program("update", measure)(carry)
             action, stop = jax.device_get((action, stop))  # the flag is read at the next step
         else:
-            fn = self._step_program("learn", measure) if learn else self._warm
+            fn = self.step_program("learn", measure) if learn else self.warm_program
             carry, action, stop, pending = fn(carry, transition, next_obs)
             action, stop, self._pending = jax.device_get((action, stop, pending))  # one transfer
         return carry, action, stop
 
-    def _due(self, carry) -> bool:
+    def measure_due(self, carry) -> bool:
         """Whether this learning step runs the measuring code, from the flag the previous step returned."""
         if self.monitor is None:
             return False

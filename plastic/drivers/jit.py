@@ -92,14 +92,14 @@ class JitOffPolicy(loop.Driver):
         super().__init__(make_setup(cfg, jax_envs(cfg)))
         self.env = self.envs
         self.program = OffPolicy(self.setup)
-        self.chunks = Chunks(self.setup, self.env, self._chunk)
-        self._chunk_jit, self.advance = self.chunks.program, self.chunks.advance
+        self.chunks = Chunks(self.setup, self.env, self.chunk)
+        self.chunk_program, self.advance = self.chunks.program, self.chunks.advance
 
     def init_carry(self):
         ts, counters = self.program.init_state()
         return ts, counters, self.placement.place(self.chunks.env_carry((self.n_seeds,)), True)
 
-    def _chunk(self, carry, n):
+    def chunk(self, carry, n):
         ts, counters, ec = carry
         ls, p = self.cfg.agent_cfg.learning_starts, self.program
 
@@ -145,15 +145,15 @@ class JitOnPolicy(loop.Driver):
         self.env = self.envs
         self.program = p = OnPolicy(self.setup)
         self.n_envs, self.unit = p.n_envs, p.unit
-        self.chunks = Chunks(self.setup, self.env, self._chunk)
-        self._chunk_jit, self.advance = self.chunks.program, self.chunks.advance
+        self.chunks = Chunks(self.setup, self.env, self.chunk)
+        self.chunk_program, self.advance = self.chunks.program, self.chunks.advance
 
     def init_carry(self):
         ts, counters = self.program.init_state()
         return self.placement.place((ts, counters, self.chunks.env_carry((self.n_seeds, self.n_envs))),
                                     self.SEED_BATCHED)
 
-    def _chunk(self, carry, n):
+    def chunk(self, carry, n):
         ts, counters, ec = carry
         E, p = self.n_envs, self.program
 

@@ -175,11 +175,11 @@ class GTR(Intervention):
         cols = {}
         if c.deviation == "state_kl":  # the anchors' distributions, θ_1 included
             outs = jax.vmap(dist)(anchors)
-            logp_k = jax.vmap(lambda o: agent._log_prob(o, action)[0])(outs)
+            logp_k = jax.vmap(lambda o: agent.log_prob(o, action)[0])(outs)
             cols["dist"] = jax.tree.map(_slots_last, outs)
         else:                          # θ_1 = θ_old: the rollout's log-probs; M − 1 forward passes
             older = jax.tree.map(lambda x: x[1:], anchors)
-            rest = jax.vmap(lambda p: agent._log_prob(dist(p), action)[0])(older)
+            rest = jax.vmap(lambda p: agent.log_prob(dist(p), action)[0])(older)
             logp_k = jnp.concatenate([logp_old[None], rest])
         cols["logp"] = _slots_last(logp_k)   # [B, M]
         cols = jax.lax.stop_gradient(cols)
@@ -320,7 +320,7 @@ class KLPenalty(Intervention):
         """d = mean KL(π_old ‖ π_new) over the rollout with the configured estimator; the adaptive rule."""
         c = self.cfg
         out = agent.dist(agent_state.nets[POLICY_NET].params, data["obs"])[0]
-        logp = agent._log_prob(out, data["action"])[0]
+        logp = agent.log_prob(out, data["action"])[0]
         aux = {"logp": logp, "logp_old": data["logp"], "dist": out, "columns": data.get("columns", {})}
         kl = jnp.mean(self.per_sample_kl(aux))
         beta = state["beta"]
