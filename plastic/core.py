@@ -13,8 +13,9 @@ acting (`acting_loop`, `scheduled_event`) are driven by the drivers (plastic/pro
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -84,10 +85,68 @@ class UpdateContext:
     opt_state_before: Any = None  # the optimizer state this update started from (to undo or skip a step)
 
 
+class Hook:
+    """What takes part in an update round: the hooks the core calls (`gradient_step`, `soft_update`, `Hooks`)
+    with identity defaults, the per-seed state, and the statistics batches. Interventions
+    (plastic/interventions/base.py, which add configuration, claims, acting hooks and schedules) and the
+    metrics collector (plastic/monitor.py, an observer of the updates) are Hooks; the core knows nothing else
+    of either."""
+    name: ClassVar[str]
+    # Keys of the state dict that depend on the (unbatched) update counters alone, hence are the same for every
+    # seed (schedule flags): the drivers keep them with the counters between update rounds, so the
+    # `lax.cond`s that read them stay real branches under the seed vmap (programs.unshare_schedule)
+    shared: ClassVar[tuple[str, ...]] = ()
+    needs_batches: ClassVar[bool] = False  # True (or a property): the driver binds `batches` for each trace
+    batches = None
+
+    def init(self, key, agent, agent_state=None) -> Any:
+        """This hook's state for one seed; `agent_state` is the freshly initialised agent's."""
+        return {}
+
+    def with_batches(self, batches):
+        """This hook for one traced update round, with `self.batches(net_name, key, n)`: the named network's
+        input on `n` fresh samples (a uniform replay draw; PPO: rows of the current rollout), gathered only
+        when called, so an event scores on its own batch inside its `lax.cond`. Itself when it does not need
+        batches."""
+        if not self.needs_batches:
+            return self
+        twin = copy.copy(self)
+        twin.batches = batches
+        return twin
+
+    def loss_term(self, net, params, state, aux):
+        """Extra loss added inside the gradient; `aux` is the agent loss's aux output (PPO's policy loss
+        passes per-sample `logp`, `logp_old` and normalised `adv`)."""
+        return jnp.zeros(())
+
+    def grad_transform(self, net, grads, params, state):
+        return grads
+
+    def post_update(self, net, ns, ctx, state, key):
+        """After the optimizer step: `ctx` (UpdateContext) holds this update's gradients, updates, probe
+        gradients, GraMa scores and inputs. Returns `(ns, state)`."""
+        return ns, state
+
+    def target_update(self, net, target_params, state):
+        return target_params
+
+    def rollout_columns(self, agent, agent_state, state, data):
+        """On-policy agents (PPO), once per rollout before the epochs, outside the gradient: `data` is the
+        flat rollout (obs normalised, action, logp of the rollout policy, raw adv, ...; leading axis the
+        rollout batch). Returns `(columns, state)`; non-empty `columns` (arrays with that leading axis) are
+        permuted into the minibatches with the rollout and reach `loss_term` as `aux["columns"][self.name]`."""
+        return {}, state
+
+    def post_iteration(self, agent, agent_state, state, data):
+        """On-policy agents (PPO), after the epochs of one iteration: `agent_state` holds the updated
+        networks, `data` the flat rollout with the columns. Returns the new state."""
+        return state
+
+
 @struct.dataclass
 class Hooks:
-    """The update carry's hook side: the interventions an update passes through, in order (static: the
-    metrics collector comes last when it is on), and their states (one seed), under their names. An agent's
+    """The update carry's hook side: the `Hook`s an update passes through, in order (static: the
+    interventions, then the metrics collector when it is on), and their states (one seed), under their names. An agent's
     `update` takes it and hands it to each `gradient_step` / `soft_update` and back; every hook call is made
     here, in the core (plastic/programs.py builds it for each update round)."""
     state: dict = struct.field(default_factory=dict)

@@ -21,7 +21,7 @@ The one-round delay lets the host drivers keep all of this out of their ordinary
 a program without any measuring code, and the measuring one only after a round that marked a group
 (`pending`), so metrics cost nothing between firings. The device-loop drivers run the same code with the
 conds inside their scanned step. The `due` flags depend on the update counters alone, so every seed has the
-same: the drivers keep them with the (unbatched) counters between rounds (`Intervention.shared`), and each
+same: the drivers keep them with the (unbatched) counters between rounds (`Hook.shared`), and each
 group's `lax.cond` stays a real branch under the seed vmap. The batch's rows are drawn and gathered inside
 the cond (a `fixed_probe` batch's indices are recorded outside it, at the first collection). Values read NaN
 (null in metrics.jsonl) until first measured. Keys follow docs/metrics.md §0.2: `<metric>/<network>` and
@@ -44,7 +44,7 @@ from metrics.norms import feature_norm, norm_logs
 from metrics.ntk import jacobian, ntk_logs
 from metrics.rank import _device_svdvals, rank_logs
 from metrics.units import dormant_masks, dormant_scores, ratio_logs, set_overlap
-from plastic.interventions.base import Intervention
+from plastic.core import Hook
 
 BATCH_GROUPS = ("activity", "rank", "churn", "ntk")
 PACKED = ("values", "theta0", "dormant", "grama", "ntk", "svd_retry", "due")  # state parts kept as one flat vector
@@ -107,13 +107,13 @@ def _activation(module) -> str:
     return getattr(module, "activation", None) or getattr(getattr(module, "mlp", None), "activation", "relu")
 
 
-class Monitor(Intervention):
+class Monitor(Hook):
     name = "metrics"
     shared = ("due",)  # the schedule: every seed has the same update counters
 
     def __init__(self, cfg, agent, rows: int | None = None):
         """`rows`: the size of the metrics batch (default `cfg.batch_size`; PPO: at most its rollout)."""
-        super().__init__(cfg, "")
+        self.cfg = cfg
         self.agent = agent
         self.rows = rows or cfg.batch_size
         self.ntk_rows = min(cfg.ntk_batch, self.rows)

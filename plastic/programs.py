@@ -6,7 +6,7 @@ the update round with its scheduled events and metrics) and their seed-vmapped f
 
 Counters (env steps, update counts per network) are unbatched (`in_axes=None`), so periodic events see a
 scalar predicate and stay a real `lax.cond` under the seed vmap (docs/mechanics.md §4.2). The parts of
-intervention states that every seed shares (`Intervention.shared`) travel with the counters between update
+intervention states that every seed shares (`Hook.shared`) travel with the counters between update
 rounds (`share_schedule` / `unshare_schedule`).
 
 The metrics collector is an observer with its own state slot (`TrainState.monitor`). For an update round
@@ -229,14 +229,14 @@ class OnPolicy:
 
 
 def share_schedule(istate, counters) -> dict:
-    """One seed's intervention states, with the parts every seed shares (`Intervention.shared`) put back
+    """One seed's intervention states, with the parts every seed shares (`Hook.shared`) put back
     from the counters, where the drivers keep them between update rounds (`unshare_schedule`)."""
     held = counters.get(SHARED, {})
     return {**istate, **{n: {**istate[n], **held[n]} for n in held}}
 
 
 def unshare_schedule(interventions, istate, counters, seed_axis: bool = False):
-    """`(istate, counters)` with the `Intervention.shared` parts of the intervention states (schedule flags
+    """`(istate, counters)` with the `Hook.shared` parts of the intervention states (schedule flags
     that depend on the update counters alone, such as the metrics collector's `due`) moved into
     `counters[SHARED]`. Kept with the counters (unbatched, `in_axes=None`), every `lax.cond` on them stays
     a real branch under the seed vmap; in the seed-batched state each would become a `select` that runs the

@@ -1,4 +1,5 @@
-"""The intervention interface: one class, one default no-op method per named hook.
+"""The intervention interface: one class, one default no-op method per named hook (the update-round hooks,
+their state and statistics batches are plastic.core.Hook's, shared with the metrics collector).
 
 An intervention never edits an agent. It overrides the hooks it needs; the training core
 (plastic/core.py) and the drivers (plastic/programs.py) call every hook of every active
@@ -31,10 +32,11 @@ State: `init` returns the intervention's own pytree; the trainer keeps it in the
 """
 from __future__ import annotations
 
-import copy
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax.numpy as jnp
+
+from plastic.core import Hook
 
 def choice(name, value, valid):
     """A switch's value must be one of `valid`: else a one-line error naming them."""
@@ -48,7 +50,7 @@ def nets_with_roles(agent, roles, with_units: bool = False):
     return [n for n in agent.nets.values() if agent.role(n.name) in roles and (n.layers or not with_units)]
 
 
-class Intervention:
+class Intervention(Hook):
     name: ClassVar[str]
     Config: ClassVar[type]
     # What the agent must offer (its `capabilities`): "replay" (an off-policy agent with a replay buffer),
@@ -63,10 +65,6 @@ class Intervention:
     # method acts on (ReGraMa: metrics.grama_target from grama.score_target); plastic.config applies it, and an
     # explicit different value of the metrics field is a config error
     metrics_fields: ClassVar[dict] = {}
-    # Keys of the state dict that depend on the (unbatched) update counters alone, hence are the same for every
-    # seed (schedule flags): the drivers keep them with the counters between update rounds, so the
-    # `lax.cond`s that read them stay real branches under the seed vmap (trainer.unshare_schedule)
-    shared: ClassVar[tuple[str, ...]] = ()
     # Scheduled periodic events (resets, recycling, perturbations, injections, topology updates): a configuration
     # under which they fire often in a short run, {field: value}. tests/test_census.py trains every intervention
     # that sets it, on every agent it supports, on both drivers and every network selection, and checks the
@@ -108,10 +106,6 @@ class Intervention:
         merges them over the active interventions; two different values of one key are a config error."""
         return {}
 
-    def init(self, key, agent, agent_state=None) -> Any:
-        """This intervention's state for one seed; `agent_state` is the freshly initialised agent's."""
-        return {}
-
     @classmethod
     def defaults_for(cls, agent: str, agent_cfg) -> dict:
         """{field: default} replacing the Config defaults for this agent and its settings (`agent_defaults`
@@ -127,21 +121,6 @@ class Intervention:
         units = [r for r in ("actor", "critic") if r in set(roles)]
         return [{"networks": (r,)} for r in units] + ([{"networks": tuple(units)}] if len(units) > 1 else [])
 
-    # ---- statistics batches ------------------------------------------------------------------
-    needs_batches: ClassVar[bool] = False  # True (or a property): the driver binds `batches` for each trace
-    batches = None
-
-    def with_batches(self, batches):
-        """This intervention for one traced update round, with `self.batches(net_name, key, n)`: the named
-        network's input on `n` fresh samples (a uniform replay draw; PPO: rows of the current rollout),
-        gathered only when called, so an event scores on its own batch inside its `lax.cond`. Itself when
-        it does not need batches."""
-        if not self.needs_batches:
-            return self
-        twin = copy.copy(self)
-        twin.batches = batches
-        return twin
-
     def expected_events(self, agent, counters) -> dict[str, int]:
         """The schedule: network name -> how many events it has had in a run whose counters (env steps and
         each network's updates, plain ints) now stand at `counters`, computed from the schedule alone. An
@@ -149,20 +128,6 @@ class Intervention:
         return {}
 
     # ---- hooks (defaults are identities) ----------------------------------------------------
-    def loss_term(self, net, params, state, aux):
-        """Extra loss added inside the gradient; `aux` is the agent loss's aux output (PPO's policy loss
-        passes per-sample `logp`, `logp_old` and normalised `adv`)."""
-        return jnp.zeros(())
-
-    def grad_transform(self, net, grads, params, state):
-        return grads
-
-    def post_update(self, net, ns, ctx, state, key):
-        return ns, state
-
-    def target_update(self, net, target_params, state):
-        return target_params
-
     def sample(self, replay, state, key, batch_size):
         raise NotImplementedError
 
@@ -180,18 +145,6 @@ class Intervention:
 
     def scheduled_event(self, agent, agent_state, state, counters, key):
         return agent_state, state
-
-    def rollout_columns(self, agent, agent_state, state, data):
-        """On-policy agents (PPO), once per rollout before the epochs, outside the gradient: `data` is the
-        flat rollout (obs normalised, action, logp of the rollout policy, raw adv, ...; leading axis the
-        rollout batch). Returns `(columns, state)`; non-empty `columns` (arrays with that leading axis) are
-        permuted into the minibatches with the rollout and reach `loss_term` as `aux["columns"][self.name]`."""
-        return {}, state
-
-    def post_iteration(self, agent, agent_state, state, data):
-        """On-policy agents (PPO), after the epochs of one iteration: `agent_state` holds the updated
-        networks, `data` the flat rollout with the columns. Returns the new state."""
-        return state
 
     def logs(self, state) -> dict:
         """Scalars to log from the intervention's state (e.g. last reset fractions)."""
