@@ -1,6 +1,7 @@
 """LEAST, reconstructed (docs/interventions.md, LEAST; the method's test invariants)."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flags import in_default_build
 from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
 from plastic import fields
 from plastic.config import build, from_dict
@@ -470,6 +472,11 @@ def test_host_driver_run_stops_and_truncates(tmp_path):
 @pytest.mark.parametrize("extra", [{"least.t_start": 10**6},
                                    pytest.param({"least.enabled": False}, marks=pytest.mark.slow)])
 def test_disabled_or_before_t_start_is_bit_identical_to_the_base_agent(tmp_path, extra):
+    in_default_build("test_least", "check_disabled_is_base", str(tmp_path), extra)  # two programs: -O2 (flags.py)
+
+
+def check_disabled_is_base(tmp_path, extra):
+    tmp_path = Path(tmp_path)
     base = trainer("sac", 200, "none")
     base.run(tmp_path / "base")
     t = trainer("sac", 200, extra=extra)  # with least.t_start beyond the run: the program of the runs above

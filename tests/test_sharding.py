@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flags import XLA_TEST_FLAGS
+
 HERE = Path(__file__).resolve().parent
 N_DEVICES, SEEDS = 4, 4
 METRIC_GROUPS = ("activity", "grad", "rank", "churn", "ntk")  # all off unless a case turns some on
@@ -110,7 +112,7 @@ def worker(case: str, out: Path) -> None:
 # ---- in pytest ---------------------------------------------------------------------------------------
 def run_worker(case: str, out: Path) -> dict:
     import jax
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={N_DEVICES}",
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={N_DEVICES} {XLA_TEST_FLAGS}",
            "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
            # the suite's compilation cache (conftest.py): the sharded run, its split and its resume share programs
            "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",

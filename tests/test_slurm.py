@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flags import XLA_TEST_FLAGS
 from helpers import METRICS_OFF, rows, strip_timing
 from plastic import slurm
 from plastic.config import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_PY = REPO / "experiments" / "sweep.py"
+pytestmark = pytest.mark.xdist_group("slurm")  # one private cluster, on one pytest-xdist worker
 
 
 # ---- the script and the resources (no cluster) ---------------------------------------------------
@@ -151,7 +153,7 @@ def _env(cluster) -> dict:
     """The cluster's environment plus the suite's JAX compilation cache (exported to the tasks by sbatch),
     so a requeued task and the reference runs read their compiled programs from disk."""
     import jax
-    env = {**cluster.env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**cluster.env, "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {XLA_TEST_FLAGS}"}
     if jax.config.jax_compilation_cache_dir:
         env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
     return env
