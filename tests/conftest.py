@@ -6,9 +6,9 @@ from pathlib import Path
 # compiles them about a third faster (the HLO passes are the same; the numbers agree with a default build to
 # float rounding, not bit for bit, so a test compares runs made under the same flags; a test that trains for
 # long runs a little slower). Processes the tests start inherit the flags.
-from flags import XLA_TEST_FLAGS  # noqa: E402
+from flags import xla_flags  # noqa: E402
 
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=1 {XLA_TEST_FLAGS}")
+os.environ.setdefault("XLA_FLAGS", xla_flags())
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import jax  # noqa: E402

@@ -1,7 +1,7 @@
 """The seed axis sharded across local devices (`run.devices`, plastic/sharding.py).
 
 The pytest process has one device (conftest.py), so the runs on 4 devices happen in a subprocess with
-XLA_FLAGS=--xla_force_host_platform_device_count=4: this file run as a script (`worker` below) trains each
+4 host devices (flags.xla_flags): this file run as a script (`worker` below) trains each
 case with `--run.devices 1` and with `--run.devices 4`, cuts the sharded run and resumes it, and reports
 what it saw on the shardings and donations; the tests compare the runs' rows and final states.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flags import XLA_TEST_FLAGS
+from flags import xla_flags
 
 HERE = Path(__file__).resolve().parent
 N_DEVICES, SEEDS = 4, 4
@@ -111,12 +111,10 @@ def worker(case: str, out: Path) -> None:
 
 # ---- in pytest ---------------------------------------------------------------------------------------
 def run_worker(case: str, out: Path) -> dict:
-    import jax
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={N_DEVICES} {XLA_TEST_FLAGS}",
-           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
-           # the suite's compilation cache (conftest.py): the sharded run, its split and its resume share programs
-           "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    # os.environ carries the suite's compilation cache and its thresholds (conftest.py): the sharded run, its
+    # split and its resume share programs
+    env = {**os.environ, "XLA_FLAGS": xla_flags(N_DEVICES),
+           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, __file__, case, str(out)], env=env, capture_output=True, text=True,
                           timeout=600)

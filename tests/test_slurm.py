@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flags import XLA_TEST_FLAGS
+from flags import xla_flags
 from helpers import METRICS_OFF, rows, strip_timing
 from plastic import slurm
 from plastic.config import ConfigError
@@ -153,7 +153,7 @@ def _env(cluster) -> dict:
     """The cluster's environment plus the suite's JAX compilation cache (exported to the tasks by sbatch),
     so a requeued task and the reference runs read their compiled programs from disk."""
     import jax
-    env = {**cluster.env, "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {XLA_TEST_FLAGS}"}
+    env = {**cluster.env, "XLA_FLAGS": xla_flags()}
     if jax.config.jax_compilation_cache_dir:
         env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
     return env
