@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
-from plastic.core import Hooks, Net, gradient_step, maybe, soft_update
+from plastic.agent import AgentState, DiscreteActions, empty_logs
+from plastic.core import Net, Update, maybe
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
 from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, TORSOS, ConvNet, build_network, check_options, with_injection
 from plastic.optim import adam
@@ -114,10 +114,9 @@ class DQN(DiscreteActions):
         greedy = self.act(state, obs, key, explore=False)
         return jnp.where(jax.random.uniform(k_coin) < self.cfg.eval_epsilon, self.random_action(k_rand), greedy)
 
-    def update(self, state: AgentState, batch, counters, key, hooks=Hooks()):
-        c = self.cfg
+    def update(self, u: Update, batch, key) -> Update:
+        c, state = self.cfg, u.state
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
-        B = obs.shape[0]
         q_next_target = self.q.apply(state.targets["q"], next_obs)[0]                       # [B, A]
         if c.double:
             a_star = jnp.argmax(self.q_values(state, next_obs), axis=-1)
@@ -134,15 +133,9 @@ class DQN(DiscreteActions):
             loss = optax.huber_loss(err, delta=1.0) if c.loss == "huber" else 0.5 * jnp.square(err)
             return jnp.mean(loss), q_a.mean()
 
-        ns, hooks, n, q_mean, logs = gradient_step(
-            self.q, state.nets["q"], loss_fn, batch_size=B, count=counters["q"], key=key, hooks=hooks, inputs=obs)
-
-        def sync(target):
-            return soft_update(self.q, target, ns.params, c.tau, hooks)
-
-        target = maybe(n % c.target_update_period == 0, sync, state.targets["q"])
-        state = merge_logs(state.replace(nets={"q": ns}, targets={"q": target}), {**logs, "q_mean": q_mean})
-        return state, hooks, {**counters, "q": n}
+        u, q_mean = u.step(self.q, loss_fn, key=key, inputs=obs)
+        u = maybe(u.counters["q"] % c.target_update_period == 0, lambda u: u.polyak(self.q, c.tau), u)
+        return u.log(q_mean=q_mean)
 
     def q_values(self, state: AgentState, obs):
         return self.q.apply(state.nets["q"].params, obs)[0]

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
-from plastic.core import Hooks, Net, gradient_step
+from plastic.core import Net, Update
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, one_of
 from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, GaussianHead, build_network, check_options, with_injection
 from plastic.optim import adam
@@ -178,8 +178,8 @@ class PPO:
         return out[..., 0]
 
     # ---- update ---------------------------------------------------------------------------------
-    def update(self, state: AgentState, rollout, counters, key, hooks=Hooks()):
-        c = self.cfg
+    def update(self, u: Update, rollout, key) -> Update:
+        c, state = self.cfg, u.state
         obs = self.normalize(state, rollout["obs"])
         next_obs = self.normalize(state, rollout["next_obs"])
         extra = dict(state.extra)
@@ -195,38 +195,32 @@ class PPO:
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731
         data = {"obs": flat(obs), "action": flat(rollout["action"]), "logp": flat(logp_old),
                 "adv": flat(adv), "ret": flat(ret), "value": flat(value)}
-        columns, hooks = hooks.rollout_columns(self, state, data)  # per-sample columns (GTR's anchors)
+        columns, hooks = u.hooks.rollout_columns(self, state, data)  # per-sample columns (GTR's anchors)
         if columns:
             data["columns"] = columns
 
         def minibatch(carry, mb):
-            nets, hooks, counters, key = carry
+            u, key = carry
             key, k_pi, k_v = jax.random.split(key, 3)
-            actor, hooks, n_pi, aux_pi, logs_pi = gradient_step(
-                self.actor, nets["actor"], lambda p, pr: self.policy_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
-                count=counters["actor"], key=k_pi, hooks=hooks, inputs=mb["obs"])
-            critic, hooks, n_v, value_mean, logs_v = gradient_step(
-                self.critic, nets["critic"], lambda p, pr: self.value_loss(p, pr, mb), batch_size=mb["obs"].shape[0],
-                count=counters["critic"], key=k_v, hooks=hooks, inputs=mb["obs"])
-            stats = {"entropy": aux_pi["entropy"], "approx_kl": aux_pi["approx_kl"],
-                     "clip_fraction": aux_pi["clip_fraction"], "value_mean": value_mean, **logs_pi, **logs_v}
-            return ({"actor": actor, "critic": critic}, hooks, {**counters, "actor": n_pi, "critic": n_v},
-                    key), stats
+            u, aux = u.step(self.actor, lambda p, pr: self.policy_loss(p, pr, mb), key=k_pi, inputs=mb["obs"])
+            u, value_mean = u.step(self.critic, lambda p, pr: self.value_loss(p, pr, mb), key=k_v, inputs=mb["obs"])
+            u = u.log(entropy=aux["entropy"], approx_kl=aux["approx_kl"], clip_fraction=aux["clip_fraction"],
+                      value_mean=value_mean)  # the logs of the last minibatch remain
+            return (u, key), None
 
         def epoch(carry, _):
-            key, k_perm = jax.random.split(carry[3])
+            u, key = carry
+            key, k_perm = jax.random.split(key)
             perm = jax.random.permutation(k_perm, self.batch_size)
             mbs = jax.tree.map(lambda x: x[perm].reshape(c.minibatches, self.minibatch_size, *x.shape[1:]),
                                data)
-            return jax.lax.scan(minibatch, (*carry[:3], key), mbs)
+            return jax.lax.scan(minibatch, (u, key), mbs)
 
-        (nets, hooks, counters, _), stats = jax.lax.scan(epoch, (state.nets, hooks, counters, key), None,
-                                                         length=c.epochs)
+        (u, _), _ = jax.lax.scan(epoch, (u.replace(hooks=hooks), key), None, length=c.epochs)
         if c.norm_obs:
             extra["obs_rms"] = state.extra["obs_rms"].update(rollout["obs"])
-        logs = {**state.logs, **jax.tree.map(lambda x: x[-1, -1], stats)}
-        state = state.replace(nets=nets, logs=logs, extra=extra)
-        return state, hooks.post_iteration(self, state, data), counters  # e.g. the adaptive KL coefficient
+        state = u.state.replace(extra=extra)
+        return u.replace(state=state, hooks=u.hooks.post_iteration(self, state, data))  # e.g. adaptive KL β
 
     def policy_loss(self, params, probes, mb):
         c = self.cfg

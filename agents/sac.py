@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
-from plastic.core import Hooks, Net, gradient_step, maybe, soft_update
+from plastic.agent import AgentState, ContinuousActions, empty_logs, squash_obs_action
+from plastic.core import Net, Update, maybe
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
 from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, with_injection
 from plastic.optim import adam
@@ -107,59 +107,43 @@ class SAC(ContinuousActions):
         a, _, _, greedy = self.policy(state.nets["actor"].params, obs, key)
         return a if explore else greedy
 
-    def update(self, state: AgentState, batch, counters, key, hooks=Hooks()):
+    def update(self, u: Update, batch, key) -> Update:
         c = self.cfg
         k_next, k_critic, k_actor = jax.random.split(key, 3)
         obs, action = batch["obs"], batch["action"]
-        B = obs.shape[0]
-        y = self.td_target(state, batch, k_next)
+        y = self.td_target(u.state, batch, k_next)
 
         def critic_loss(params, probes):
             q = self.critic.apply(params, squash_obs_action(obs, action), probes)[0][..., 0]
             return jnp.sum(jnp.mean(jnp.square(q - y), axis=-1)), q.mean()
 
-        ns, hooks, n, q_mean, logs = gradient_step(
-            self.critic, state.nets["critic"], critic_loss, batch_size=B, count=counters["critic"],
-            key=k_critic, hooks=hooks, inputs=squash_obs_action(obs, action))
-        target = soft_update(self.critic, state.targets["critic"], ns.params, c.tau, hooks)
-        state = state.replace(nets={**state.nets, "critic": ns}, targets={"critic": target})
-        state = merge_logs(state, {**logs, "q_mean": q_mean})
-        counters = {**counters, "critic": n}
+        u, q_mean = u.step(self.critic, critic_loss, key=k_critic, inputs=squash_obs_action(obs, action))
+        u = u.polyak(self.critic, c.tau).log(q_mean=q_mean)
 
-        def actor_step(i, operand):
-            state, hooks, counters = operand
+        def actor_step(i, u):
             k_pi, k_a, k_t = jax.random.split(jax.random.fold_in(k_actor, i), 3)
-            critic_params = state.nets["critic"].params
-            alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
+            critic_params = u.state.nets["critic"].params
+            alpha = jnp.exp(u.state.nets["alpha"].params["log_alpha"])
 
             def actor_loss(params, probes):
                 a, logp, _, _ = self.policy(params, obs, k_pi, probes)
                 q = jnp.min(self.critic.apply(critic_params, squash_obs_action(obs, a))[0][..., 0], axis=0)
                 return jnp.mean(alpha * logp - q), logp
 
-            ns, hooks, n, logp, logs = gradient_step(
-                self.actor, state.nets["actor"], actor_loss, batch_size=B, count=counters["actor"],
-                key=k_a, hooks=hooks, inputs=obs)
-            state = merge_logs(state.replace(nets={**state.nets, "actor": ns}), logs)
-            counters = {**counters, "actor": n}
+            u, logp = u.step(self.actor, actor_loss, key=k_a, inputs=obs)
             if c.autotune:
                 logp = jax.lax.stop_gradient(logp)
 
                 def alpha_loss(params, probes):
                     return -jnp.mean(jnp.exp(params["log_alpha"]) * (logp + self.target_entropy)), None
 
-                ns, hooks, n, _, logs = gradient_step(
-                    self.alpha, state.nets["alpha"], alpha_loss, batch_size=B, count=counters["alpha"],
-                    key=k_t, hooks=hooks)
-                state = merge_logs(state.replace(nets={**state.nets, "alpha": ns}), logs)
-                counters = {**counters, "alpha": n}
-            new_alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
-            return merge_logs(state, {"alpha": new_alpha, "entropy": -jnp.mean(logp)}), hooks, counters
+                u, _ = u.step(self.alpha, alpha_loss, key=k_t)
+            return u.log(alpha=jnp.exp(u.state.nets["alpha"].params["log_alpha"]), entropy=-jnp.mean(logp))
 
-        def actor_phase(operand):
-            return jax.lax.fori_loop(0, c.policy_delay, actor_step, operand, unroll=True)
+        def actor_phase(u):
+            return jax.lax.fori_loop(0, c.policy_delay, actor_step, u, unroll=True)
 
-        return maybe(counters["critic"] % c.policy_delay == 0, actor_phase, (state, hooks, counters))
+        return maybe(u.counters["critic"] % c.policy_delay == 0, actor_phase, u)
 
     # ---- what the metrics collector (plastic/monitor.py) reads ----------------------------------
     policy_net, critic_net = "actor", "critic"

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from plastic.agent import AgentState, ContinuousActions, empty_logs, merge_logs, squash_obs_action
-from plastic.core import Hooks, Net, gradient_step, maybe, soft_update
+from plastic.agent import AgentState, ContinuousActions, empty_logs, squash_obs_action
+from plastic.core import Net, Update, maybe
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
 from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, ensemble_member, with_injection
 from plastic.optim import adam
@@ -82,44 +82,31 @@ class TD3(ContinuousActions):
             a = a + self.cfg.exploration_noise * jax.random.normal(key, a.shape)
         return jnp.clip(a, -1.0, 1.0)
 
-    def update(self, state: AgentState, batch, counters, key, hooks=Hooks()):
+    def update(self, u: Update, batch, key) -> Update:
         c = self.cfg
         k_noise, k_critic, k_actor = jax.random.split(key, 3)
         obs, action = batch["obs"], batch["action"]
-        B = obs.shape[0]
-        y = self.td_target(state, batch, k_noise)
+        y = self.td_target(u.state, batch, k_noise)
 
         def critic_loss(params, probes):
             q = self.critic.apply(params, squash_obs_action(obs, action), probes)[0][..., 0]  # [2, B]
             return jnp.sum(jnp.mean(jnp.square(q - y), axis=-1)), q.mean()
 
-        ns, hooks, n, q_mean, logs = gradient_step(
-            self.critic, state.nets["critic"], critic_loss, batch_size=B, count=counters["critic"],
-            key=k_critic, hooks=hooks, inputs=squash_obs_action(obs, action))
-        state = merge_logs(state.replace(nets={**state.nets, "critic": ns}), {**logs, "q_mean": q_mean})
-        counters = {**counters, "critic": n}
+        u, q_mean = u.step(self.critic, critic_loss, key=k_critic, inputs=squash_obs_action(obs, action))
+        u = u.log(q_mean=q_mean)
 
-        def actor_phase(operand):
-            state, hooks, counters = operand
-            critic_params = state.nets["critic"].params
+        def actor_phase(u):
+            critic_params = u.state.nets["critic"].params
 
             def actor_loss(params, probes):
                 a = self.policy(params, obs, probes)[0]
                 q1 = self.q1.apply({"params": ensemble_member(critic_params, 0)}, squash_obs_action(obs, a))[0][0, :, 0]
                 return -jnp.mean(q1), None
 
-            ns, hooks, n, _, logs = gradient_step(
-                self.actor, state.nets["actor"], actor_loss, batch_size=B, count=counters["actor"],
-                key=k_actor, hooks=hooks, inputs=obs)
-            nets = {**state.nets, "actor": ns}
-            targets = {
-                "actor": soft_update(self.actor, state.targets["actor"], ns.params, c.tau, hooks),
-                "critic": soft_update(self.critic, state.targets["critic"], critic_params, c.tau, hooks),
-            }
-            state = merge_logs(state.replace(nets=nets, targets=targets), logs)
-            return state, hooks, {**counters, "actor": n}
+            u, _ = u.step(self.actor, actor_loss, key=k_actor, inputs=obs)
+            return u.polyak(self.actor, c.tau).polyak(self.critic, c.tau)
 
-        return maybe(counters["critic"] % c.policy_delay == 0, actor_phase, (state, hooks, counters))
+        return maybe(u.counters["critic"] % c.policy_delay == 0, actor_phase, u)
 
     # ---- what the metrics collector (plastic/monitor.py) reads ----------------------------------
     policy_net, critic_net = "actor", "critic"

@@ -5,14 +5,14 @@ An agent is a static Python object (config + `Net`s); all of its methods are pur
   act(state, obs, key, explore, step) -> action          (one seed; the drivers vmap; step = env step)
   eval_act(state, obs, key) -> action                    (the evaluation policy: plastic/evaluation.py)
   random_action(key), action_example()                   (from ContinuousActions / DiscreteActions)
-  update(state, batch, counters, key, hooks) -> (state, hooks, counters)
-                                                         (`hooks`: plastic.core.Hooks, handed to every
-                                                          gradient_step / soft_update and back)
+  update(u, batch, key) -> u                             (`u`: plastic.core.Update, the update carry of the
+                                                         agent state, the hooks and the update counters; its
+                                                         `step` / `polyak` make every optimizer and target step)
 For the metrics collector (plastic/monitor.py):
   net_inputs(state, batch) -> {net name: the input that network sees on `batch` (obs, action)}
   policy_net, policy_view(output) -> {"q"} | {"logits"} | {"action"} | {"action", "mean", "log_std"}
   critic_net, critic_scalar(output, batch) -> [E?, B] the scalar whose per-example gradients give the NTK
-Every optimizer step inside `update` goes through `plastic.core.gradient_step`.
+Every optimizer step inside `update` goes through `plastic.core.gradient_step` (by `Update.step`).
 """
 from __future__ import annotations
 
@@ -77,10 +77,6 @@ class DiscreteActions:
 
     def action_example(self):
         return jnp.zeros((), jnp.int32)
-
-
-def merge_logs(state: AgentState, new: dict) -> AgentState:
-    return state.replace(logs={**state.logs, **new})
 
 
 def squash_obs_action(obs, action):

@@ -8,8 +8,9 @@ Hook order inside one step of one network (docs/mechanics.md §6):
     optimizer update
     post_update(...) for each, in order            # `post_update` / `periodic` hooks (CBP, ReGraMa, ...)
 
-Targets go through `soft_update` (the `target_update` hook). Replay sampling (`replay_sampler`) and
-acting (`acting_loop`, `scheduled_event`) are driven by the drivers (plastic/programs.py, plastic/drivers/).
+Targets go through `soft_update` (the `target_update` hook). Agents call both through the update carry
+`Update` (`u.step`, `u.polyak`). Replay sampling (`replay_sampler`) and acting (`acting_loop`,
+`scheduled_event`) are driven by the drivers (plastic/programs.py, plastic/drivers/).
 """
 from __future__ import annotations
 
@@ -212,6 +213,41 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
     logs = {f"loss/{net.name}": loss}
     logs.update(ratio_logs("grama_ratio", net.name, {k: v[0] for k, v in scores.items()}, GRAMA_LOG_TAUS))
     return ns, hooks.replace(state=istate), count, aux, logs
+
+
+@struct.dataclass
+class Update:
+    """The update carry an agent's `update(u, batch, key) -> u` threads through its steps: the agent state
+    (plastic.agent.AgentState), the `Hooks` and the unbatched update counters (one per network). `step` and
+    `polyak` make every hook call, keep each network's count and merge the logs, so an agent's update holds
+    its losses and its schedule (PureJaxRL-style loss code) and nothing of the interventions."""
+    state: Any
+    hooks: Hooks = struct.field(default_factory=Hooks)
+    counters: dict = struct.field(default_factory=dict)
+
+    def step(self, net: Net, loss_fn, *, key, inputs=None, batch_size: int | None = None):
+        """One optimizer step of `net` on `loss_fn(params, probes) -> (loss, aux)` (`gradient_step`):
+        `state.nets[net.name]` and `counters[net.name]` advance, the step's logs (loss, GraMa ratios) are
+        merged into `state.logs`. `inputs`: the network's main input on this batch (its leading axis is the
+        batch size unless `batch_size` is given). Returns `(update, aux)`."""
+        if batch_size is None:
+            batch_size = 0 if inputs is None else jax.tree.leaves(inputs)[0].shape[0]
+        ns, hooks, count, aux, logs = gradient_step(
+            net, self.state.nets[net.name], loss_fn, batch_size=batch_size, count=self.counters[net.name],
+            key=key, hooks=self.hooks, inputs=inputs)
+        state = self.state.replace(nets={**self.state.nets, net.name: ns}, logs={**self.state.logs, **logs})
+        return self.replace(state=state, hooks=hooks, counters={**self.counters, net.name: count}), aux
+
+    def polyak(self, net: Net, tau: float, online=None):
+        """`state.targets[net.name]` <- `soft_update` towards `online` (default: the network's current
+        parameters)."""
+        online = self.state.nets[net.name].params if online is None else online
+        target = soft_update(net, self.state.targets[net.name], online, tau, self.hooks)
+        return self.replace(state=self.state.replace(targets={**self.state.targets, net.name: target}))
+
+    def log(self, **values):
+        """Merge `values` into `state.logs` (whose key set is fixed at `init`)."""
+        return self.replace(state=self.state.replace(logs={**self.state.logs, **values}))
 
 
 def soft_update(net: Net, target, online, tau: float, hooks: Hooks = Hooks()):

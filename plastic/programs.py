@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from plastic.agent import AgentState, init_counters
-from plastic.core import Hooks, maybe
+from plastic.core import Hooks, Update, maybe
 from plastic.replay import Replay
 
 METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT), outside the training stream
@@ -147,8 +147,8 @@ class OffPolicy:
         def body(carry, batch):
             agent_state, istate, key, counters = carry
             key, k_update = jax.random.split(key)
-            agent_state, hooks, counters = self.agent.update(agent_state, batch, counters, k_update, Hooks(istate, ivs))
-            return (agent_state, hooks.state, key, counters), None
+            u = self.agent.update(Update(agent_state, Hooks(istate, ivs), counters), batch, k_update)
+            return (u.state, u.hooks.state, key, u.counters), None
 
         def round_(carry):
             return jax.lax.scan(body, carry, batches)[0]
@@ -215,8 +215,8 @@ class OnPolicy:
 
         stats = lambda name, k, n: self.agent.net_inputs(before, rows(k, n))[name]  # noqa: E731
         hooks = Hooks(hstate, tuple(iv.with_batches(stats) for iv in self.hooks))
-        agent_state, hooks, counters = self.agent.update(agent_state, rollout, counters, k_update, hooks)
-        hstate = hooks.state
+        u = self.agent.update(Update(agent_state, hooks, counters), rollout, k_update)
+        agent_state, hstate, counters = u.state, u.hooks.state, u.counters
         if self.monitor is not None:
             def batch_fn(k, mstate):
                 return (lambda: rows(k, self.cfg.metrics.batch_size)), mstate

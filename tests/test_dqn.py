@@ -6,6 +6,7 @@ import pytest
 
 from helpers import make, rows
 from plastic.config import ConfigError, build
+from plastic.core import Update
 
 
 def train_probe(env, tmp_path, steps=1500, **ov):
@@ -87,7 +88,7 @@ def test_double_dqn_target_uses_online_argmax(double):
     batch = {"obs": jnp.zeros((4, 1)), "action": jnp.zeros(4, jnp.int32), "reward": jnp.zeros(4),
              "next_obs": jnp.zeros((4, 1)), "terminated": jnp.zeros(4)}
     counters = {"env_steps": jnp.zeros((), jnp.int32), "q": jnp.zeros((), jnp.int32)}
-    state2, _, _ = agent.update(state, batch, counters, jax.random.PRNGKey(1))
+    state2 = agent.update(Update(state, counters=counters), batch, jax.random.PRNGKey(1)).state
     # loss = huber(Q(s, 0) - y) with Q(s, 0) = 1: y = 0 (double: target's value of online argmax 0) or 5 (max)
     expected = 0.5 if double else 3.5  # huber(1) = 0.5, huber(-4) = 4 - 0.5
     assert float(state2.logs["loss/q"]) == pytest.approx(expected)

@@ -14,9 +14,9 @@ import pytest
 import agents
 from helpers import METRICS_OFF, EVAL_OFF, assert_resume_identical, rows
 from plastic import interventions as ivs
-from plastic.agent import AgentState, DiscreteActions, empty_logs, merge_logs
+from plastic.agent import AgentState, DiscreteActions, empty_logs
 from plastic.config import build, supported_agents
-from plastic.core import Hooks, Net, gradient_step, maybe
+from plastic.core import Net, maybe
 from plastic.fields import count, positive, unit
 from plastic.interventions.base import Intervention
 from plastic.networks import build_network, check_options
@@ -71,8 +71,8 @@ class ToyQ(DiscreteActions):
         k_coin, k_rand = jax.random.split(key)
         return jnp.where(jax.random.uniform(k_coin) < self.cfg.epsilon, self.random_action(k_rand), greedy)
 
-    def update(self, state, batch, counters, key, hooks=Hooks()):
-        frozen = state.nets["q"].params
+    def update(self, u, batch, key):
+        frozen = u.state.nets["q"].params
         y = batch["reward"] + self.cfg.gamma * (1.0 - batch["terminated"]) * jnp.max(
             self.q.apply(frozen, batch["next_obs"])[0], axis=-1)
 
@@ -81,9 +81,7 @@ class ToyQ(DiscreteActions):
             q_a = jnp.take_along_axis(q, batch["action"][:, None].astype(jnp.int32), axis=-1)[:, 0]
             return jnp.mean(jnp.square(q_a - jax.lax.stop_gradient(y))), None
 
-        ns, hooks, n, _, logs = gradient_step(self.q, state.nets["q"], loss_fn, batch_size=batch["obs"].shape[0],
-                                              count=counters["q"], key=key, hooks=hooks, inputs=batch["obs"])
-        return merge_logs(state.replace(nets={"q": ns}), logs), hooks, {**counters, "q": n}
+        return u.step(self.q, loss_fn, key=key, inputs=batch["obs"])[0]
 
     def net_inputs(self, state, batch):
         return {"q": batch["obs"]}

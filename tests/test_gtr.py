@@ -13,7 +13,7 @@ from agents.ppo import PPO, PPOConfig
 from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
 from plastic import fields
 from plastic.agent import init_counters
-from plastic.core import Hooks, gradient_step
+from plastic.core import Hooks, Update, gradient_step
 from plastic.interventions.gtr import GTR, GTRConfig, KLPenalty, anchor_weights
 
 OBS, ACTIONS = 3, 2
@@ -70,8 +70,8 @@ def run_update(agent, state, rollout, ivs):
     istate = {iv.name: iv.init(jax.random.PRNGKey(1), agent, state) for iv in ivs}
 
     def fn(s, r, i):
-        s, hooks, _ = agent.update(s, r, init_counters(agent), jax.random.PRNGKey(2), Hooks(i, tuple(ivs)))
-        return s, hooks.state
+        u = agent.update(Update(s, Hooks(i, tuple(ivs)), init_counters(agent)), r, jax.random.PRNGKey(2))
+        return u.state, u.hooks.state
 
     return jax.jit(fn)(state, rollout, istate)
 

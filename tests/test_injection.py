@@ -13,7 +13,7 @@ import agents
 from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
 from plastic import fields
 from plastic.agent import init_counters
-from plastic.core import Hooks
+from plastic.core import Hooks, Update
 from plastic.config import build
 from plastic.core import Net
 from plastic.interventions.injection import Injection, InjectionConfig
@@ -55,8 +55,8 @@ def jitted(kind, agent, iv):
     if key not in _JITTED:
         if kind == "update":
             def fn(st, s, b, c, k):
-                st, hooks, c = agent.update(st, b, c, k, Hooks({iv.name: s}, (iv,)))
-                return st, hooks.state, c
+                u = agent.update(Update(st, Hooks({iv.name: s}, (iv,)), c), b, k)
+                return u.state, u.hooks.state, u.counters
 
             fn = jax.jit(fn)
         else:
