@@ -19,7 +19,7 @@ from pathlib import Path
 # A task process may get its stop signal (Slurm's time-limit USR1, a preemption's TERM) while Python is still
 # importing JAX: record it from the first instant, so the task checkpoints at its first step instead of dying.
 EARLY_SIGNAL = []
-if "--run-task" in sys.argv:
+if "--run-task" in sys.argv or "--run-tasks" in sys.argv:
     for _s in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(_s, lambda signum, _frame: EARLY_SIGNAL.append(signum))
 
@@ -34,15 +34,17 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", nargs="?", help="sweep YAML file")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                   help="local: subprocesses on this machine; slurm: one sbatch array job (default local)")
+                   help="local: worker processes on this machine; slurm: one sbatch array job (default local)")
     p.add_argument("--root", help="directory of the sweep's runs (default runs/<sweep name>)")
     p.add_argument("--dry-run", action="store_true", help="print the task table (with each task's status) and exit")
     p.add_argument("--emit-sbatch", action="store_true",
                    help="slurm: write the task table and sbatch script, print the sbatch command, do not submit")
-    p.add_argument("--jobs", type=int, default=1, help="local: tasks run at the same time (default 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="local: tasks run at the same time, one worker process each (default 1)")
     p.add_argument("--no-progress", action="store_true", help="local: no progress bar")
     p.add_argument("--run-task", metavar="TABLE", help=argparse.SUPPRESS)  # what each task process runs
     p.add_argument("--index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--run-tasks", metavar="TABLE", help=argparse.SUPPRESS)  # a local sweep's worker (stdin: indices)
     return p
 
 
@@ -50,6 +52,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from plastic import sweep as sw
     try:
+        if args.run_tasks:
+            return sw.serve_tasks(args.run_tasks, EARLY_SIGNAL)
         if args.run_task:
             import os
             index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", -1))

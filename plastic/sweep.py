@@ -44,7 +44,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -349,11 +348,59 @@ def _progress_step(run_dir) -> int:
         return 0
 
 
+def serve_tasks(table_path, early_signals: list, commands=sys.stdin, replies=None) -> int:
+    """A local sweep's worker: run the tasks of a task table whose indices arrive on `commands`, one per line,
+    one after another in this process (imports and compiled programs are paid once per worker, not per task).
+    Each task's output goes to its log (LOGS/IIII-NAME.out beside the table); after each, `I CODE` (its exit
+    code, as `run_task` returns it) is written to `replies` (default: this process's stdout, which everything
+    else printed outside the tasks then leaves for stderr). Ends at the end of `commands`, or after the task a stop signal interrupted (a signal between tasks
+    ends it before the next one)."""
+    _, tasks = read_table(table_path)
+    logs = Path(table_path).parent / "logs"
+    if replies is None:  # the replies keep stdout; whatever else this process prints goes to its stderr
+        sys.stdout.flush()
+        replies = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+    for line in commands:
+        if early_signals:
+            return EXIT_INTERRUPTED
+        i = int(line)
+        saved = [os.dup(1), os.dup(2)]
+        with open(logs / f"{i:04d}-{tasks[i].name}.out", "a") as log:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                code = run_task(table_path, i, early_signals)
+            except Exception as e:  # a failing task fails alone; the worker goes on with the next
+                import traceback
+                traceback.print_exc()
+                print(f"task {tasks[i].name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                for fd in saved:
+                    os.close(fd)
+        replies.write(f"{i} {code}\n")
+        replies.flush()
+        if code == EXIT_INTERRUPTED:
+            return code
+    return 0
+
+
 def launch_local(sweep: Sweep, root, jobs: int = 1, progress: bool = True, python: str = sys.executable) -> dict:
-    """Run the sweep's unfinished tasks on this machine, `jobs` at a time, each in its own process (the same
-    task runner Slurm uses; output in ROOT/.sweep/NAME/STAMP/logs/). A progress bar counts env steps over all
-    tasks. Ctrl-C (or SIGTERM) stops the tasks with a checkpoint; re-running the sweep resumes them.
-    Returns {task name: exit code}."""
+    """Run the sweep's unfinished tasks on this machine, `jobs` at a time: `jobs` worker processes each run
+    tasks one after another (`serve_tasks`: the task runner Slurm uses, imports and compiled programs shared
+    by the tasks of a worker; output in ROOT/.sweep/NAME/STAMP/logs/, one file per task). A progress bar counts
+    env steps over all tasks. Ctrl-C (or SIGTERM) stops the running tasks with a checkpoint; re-running the
+    sweep resumes them. A worker that dies takes only its running task with it. Returns {task name: exit
+    code} (a worker killed by a signal: minus the signal's number)."""
+    import queue as queues
+    import threading
     rows = plan(sweep, root)
     todo = [(t, step or 0) for t, st, step in rows if st != "done"]
     codes = {t.name: 0 for t, st, _ in rows if st == "done"}
@@ -369,43 +416,86 @@ def launch_local(sweep: Sweep, root, jobs: int = 1, progress: bool = True, pytho
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(t.steps for t, _ in todo), initial=sum(s for _, s in todo), unit="step",
                    desc=sweep.name, dynamic_ncols=True)
-    running, queue = {}, [(i, t) for i, (t, _) in enumerate(todo)]
+    pending = list(range(len(todo)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SLURM_JOB_ID", None)  # a local sweep started inside a Slurm allocation never requeues that job
     shown = {t.name: s for t, s in todo}
+    replies = queues.Queue()
+    workers, started = {}, []  # workers: Popen -> index of its running task (None: idle)
 
-    def start(i, task):
-        log = open(logs / f"{i:04d}-{task.name}.out", "a")
-        cmd = [python, str(REPO / "experiments" / "sweep.py"), "--run-task", str(table), "--index", str(i)]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                start_new_session=True)  # Ctrl-C reaches only us; we pass SIGTERM on
-        running[task.name] = (proc, task, log)
+    def start_worker():  # what a worker prints outside its tasks goes to logs/worker-K.err
+        cmd = [python, str(REPO / "experiments" / "sweep.py"), "--run-tasks", str(table)]
+        with open(logs / f"worker-{len(started)}.err", "a") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env,
+                                    cwd=REPO, text=True, start_new_session=True)  # Ctrl-C reaches only us
+        started.append(proc)
+        threading.Thread(target=lambda: [replies.put((proc, l)) for l in proc.stdout] + [replies.put((proc, None))],
+                         daemon=True).start()
+        workers[proc] = None
+
+    def give(proc):  # the next task, or the end of its commands (an idle worker then exits)
+        workers[proc] = None
+        try:
+            if pending:
+                proc.stdin.write(f"{pending[0]}\n")
+                proc.stdin.flush()
+                workers[proc] = pending.pop(0)
+            else:
+                proc.stdin.close()
+        except BrokenPipeError:  # it died meanwhile: its end is reported by its reader
+            pass
+
+    def show(i):  # the progress bar: env steps logged by task i since last shown
+        name, step = todo[i][0].name, _progress_step(todo[i][0].run_dir(root))
+        if bar is not None and step > shown[name]:
+            bar.update(step - shown[name])
+            shown[name] = step
+
+    def finish(i, code):
+        show(i)
+        task = todo[i][0]
+        codes[task.name] = code
+        if code != 0:
+            print(f"task {task.name} exited with {code}; see {logs / f'{i:04d}-{task.name}.out'}", flush=True)
 
     try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                start(*queue.pop(0))
-            time.sleep(0.5)
-            for name, (proc, task, log) in list(running.items()):
-                step = _progress_step(task.run_dir(root))
-                if bar is not None and step > shown[name]:
-                    bar.update(step - shown[name])
-                    shown[name] = step
-                if proc.poll() is not None:
-                    log.close()
-                    codes[name] = proc.returncode
-                    del running[name]
-                    if proc.returncode != 0:
-                        print(f"task {name} exited with {proc.returncode}; see {log.name}", flush=True)
+        while pending or any(i is not None for i in workers.values()):
+            while pending and len(workers) < jobs:
+                start_worker()
+                give(started[-1])
+            try:
+                proc, line = replies.get(timeout=0.5)
+            except queues.Empty:
+                proc = None
+            if proc is not None and line is not None:
+                i, code = map(int, line.split())
+                finish(i, code)
+                give(proc)
+            elif proc is not None:  # the worker ended: a task it was running died with it
+                running = workers.pop(proc)
+                if running is not None:
+                    finish(running, proc.wait() or 1)
+            for i in workers.values():
+                if i is not None:
+                    show(i)
     except KeyboardInterrupt:
+        running = {p: i for p, i in workers.items() if i is not None}
         print(f"\ninterrupted: stopping {len(running)} running task(s) with a checkpoint ...", flush=True)
-        for proc, _, _ in running.values():
+        for proc in workers:
             proc.send_signal(signal.SIGTERM)
-        for name, (proc, _, log) in running.items():
-            codes[name] = proc.wait()
-            log.close()
+        for proc, i in running.items():
+            proc.wait()
+            codes.setdefault(todo[i][0].name, EXIT_INTERRUPTED)
         raise
     finally:
+        for proc, i in workers.items():
+            if i is not None and proc.poll() is None:  # an error here: stop its task with a checkpoint
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            proc.wait()
         if bar is not None:
             bar.close()
     failed = sorted(n for n, c in codes.items() if c != 0)

@@ -172,6 +172,39 @@ def test_local_sweep_runs_skips_and_extends(tmp_path):
         assert [r["step"] for r in rows(root / name)] == [s for s in (100, 200, 300, 400, 500) for _ in (0, 1)]
 
 
+def test_one_worker_runs_the_tasks_one_after_another_as_their_own_processes_would(tmp_path):
+    """`--jobs 1`: one worker process runs both tasks (one log per task, one worker log), and a task's rows
+    equal those of the same task run alone in its own process (`--run-task`, as on Slurm)."""
+    sweep = sw.load(demo(interventions=["none", "grama"], grid={}, seeds=2, seeds_per_task=0, steps=300))
+    root = tmp_path / "pool"
+    assert set(sw.launch_local(sweep, root, jobs=1, progress=False).values()) == {0}
+    (stamp,) = (root / ".sweep" / "demo").iterdir()
+    logs = sorted(p.name for p in (stamp / "logs").iterdir())
+    assert logs == [f"{i:04d}-{t.name}.out" for i, t in enumerate(sweep.tasks)] + ["worker-0.err"]
+    for i, t in enumerate(sweep.tasks):
+        assert f"task {i}: {t.name} (new)" in (stamp / "logs" / logs[i]).read_text()
+    table = sw.write_table(sweep, tmp_path / "alone", sweep.tasks)
+    assert _cli("--run-task", table, "--index", 1).returncode == 0
+    assert strip_timing(rows(sweep.tasks[1].run_dir(tmp_path / "alone"))) == \
+        strip_timing(rows(sweep.tasks[1].run_dir(root)))
+
+
+def test_a_worker_that_dies_takes_only_its_task_with_it(tmp_path):
+    """The launcher's side of the worker protocol, with a stand-in worker that dies (SIGKILL) on task 1: task 1
+    reports the signal, a new worker runs task 2."""
+    fake = tmp_path / "worker.py"
+    fake.write_text("import os, sys\nfor line in sys.stdin:\n    i = int(line)\n    if i == 1:\n"
+                    "        os.kill(os.getpid(), 9)\n    print(f'{i} 0', flush=True)\n")
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {fake}\n")
+    python.chmod(0o755)
+    sweep = sw.load(demo(interventions=["none", "grama", "redo"], grid={}, seeds=1))
+    codes = sw.launch_local(sweep, tmp_path / "root", jobs=1, progress=False, python=str(python))
+    assert list(codes.values()) == [0, -9, 0]
+    (stamp,) = (tmp_path / "root" / ".sweep" / "demo").iterdir()
+    assert sorted(p.name for p in (stamp / "logs").glob("worker-*")) == ["worker-0.err", "worker-1.err"]
+
+
 def test_task_stopped_by_a_signal_resumes_to_the_uninterrupted_rows(tmp_path):
     spec = demo(interventions=["grama"], grid={}, seeds=2, seeds_per_task=0, steps=20_000,
                 overrides={**TINY_DQN, "run.log_every": 500, "run.checkpoint_every": 500})
