@@ -27,7 +27,7 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, meta: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_without_empty(state)),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
 
@@ -37,7 +37,7 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint found in {self.directory}; nothing to resume")
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                state=ocp.args.StandardRestore(_without_empty(abstract_state)), meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             if "tree structures do not match" in str(e) or "tree structure" in msg:
@@ -53,10 +53,27 @@ class Checkpointer:
         # persistent compilation cache entries) of a fresh one. Arrays spread over several devices (a run
         # whose seeds are sharded, plastic/sharding.py) were restored into the target's sharding and stay.
         state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if _on_one_device(x) else x, out.state)
-        return step, state, out.meta
+        return step, _with_empty(abstract_state, state), out.meta
 
     def close(self):
         self.manager.close()
+
+
+def _empty(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and 0 in tuple(x.shape)
+
+
+def _without_empty(tree):
+    """`tree` with every zero-size array as None: orbax cannot write those (MJX's state of a model without
+    actuator activations has some, e.g. `act`), and they hold no data. A tree without any keeps its layout."""
+    return jax.tree.map(lambda x: None if _empty(x) else x, tree)
+
+
+def _with_empty(abstract, restored):
+    """`restored` (read with `_without_empty(abstract)`) with the zero-size arrays of `abstract` put back."""
+    leaves, treedef = jax.tree.flatten(abstract)
+    kept = iter(jax.tree.leaves(restored))
+    return treedef.unflatten([jnp.zeros(a.shape, a.dtype) if _empty(a) else next(kept) for a in leaves])
 
 
 def _on_one_device(x) -> bool:

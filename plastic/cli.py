@@ -18,9 +18,11 @@ EPILOG = """agents: {agents}
 interventions: none, {ivs} (stack with '+', e.g. grama+swd)
 environments: gymnasium ids (HalfCheetah-v5, Pendulum-v1), dmc:DOMAIN-TASK (dmc:cheetah-run), atari:GAME
   (atari:Breakout; DQN with --dqn.torso nature), probe:NAME,
-  and JAX-native gymnax:NAME (gymnax:CartPole-v1, gymnax:Breakout-MinAtar), brax:NAME[:BACKEND] (brax:ant)
+  and JAX-native gymnax:NAME (gymnax:CartPole-v1, gymnax:Breakout-MinAtar), brax:NAME[:BACKEND] (brax:ant),
+  playground:NAME[:jax|warp] (MuJoCo Playground: playground:CheetahRun, playground:WalkerWalk)
 drivers (--run.driver): host steps gymnasium/dm_control/Atari envs from Python; jit runs whole chunks of training
-  (env steps, replay, updates) as one program; auto (default) picks jit for gymnax:/brax:/probe: envs, else host
+  (env steps, replay, updates) as one program; auto (default) picks jit for gymnax:/brax:/playground:/probe:
+  envs, else host
 
 typed overrides of any config field: --NAMESPACE.FIELD VALUE, e.g.
   --sac.actor_lr 1e-4  --grama.tau 0.01  --swd.sampler bucketed  --run.log_every 1000

@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 class RunConfig:
     env: str = ""                      # "": the agent's default (HalfCheetah-v5; CartPole-v1 for dqn;
                                        # gymnax:CartPole-v1 for ppo)
-    driver: str = one_of("auto", DRIVERS)  # auto | host | jit  (auto: jit for gymnax:/brax:/probe: envs, else host)
+    driver: str = one_of("auto", DRIVERS)  # auto | host | jit  (auto: jit for JAX-native envs, else host)
     seeds: int = positive(1)           # independent seeds, vmapped in one process
     seed: int = nonneg(0)              # base seed; vmapped seed i behaves as a run with seed + i
     steps: int = positive(30_000)      # env steps per seed (presets set paper budgets)

@@ -3,9 +3,9 @@
 Ids: gymnasium ids as they are (`HalfCheetah-v5`, `Pendulum-v1`), `dmc:DOMAIN-TASK`
 (e.g. `dmc:cheetah-run`, observations flattened in key order), `atari:GAME` (e.g. `atari:Breakout`, ale-py's
 bundled ROMs, Dopamine/Machado et al. protocol: see `AtariEnv`), and the JAX-native ids of
-`plastic.jaxenvs` (`gymnax:NAME`, `brax:NAME[:BACKEND]`, `probe:NAME`: tiny envs with known values, for
-tests), stepped here one jitted call at a time through `HostJaxEnv`. Agents see actions in [-1, 1];
-adapters clip (JAX-native envs) and rescale to the env's bounds.
+`plastic.jaxenvs` (`gymnax:NAME`, `brax:NAME[:BACKEND]`, `playground:NAME[:BACKEND]`, `probe:NAME`: tiny envs
+with known values, for tests), stepped here one jitted call at a time through `HostJaxEnv`. Agents see
+actions in [-1, 1]; adapters clip (JAX-native envs) and rescale to the env's bounds.
 
 `step` returns `(obs, reward, terminated, truncated)`: termination stops bootstrapping, truncation
 (time limits) does not. Every episode is reset with a seed derived from (run seed + seed index,
@@ -20,7 +20,7 @@ import numpy as np
 
 from plastic.jaxenvs import PROBES, HostJaxEnv, make_jax_env
 
-JAX_NATIVE = ("gymnax:", "brax:", "probe:")
+JAX_NATIVE = ("gymnax:", "brax:", "playground:", "probe:")
 FAMILIES = ("dmc:", "atari:", *JAX_NATIVE)  # env id prefixes of the families besides gymnasium's ids
 
 
@@ -33,7 +33,8 @@ def unknown_env(env_id: str, why: str) -> ValueError:
     """The one-line error for an env id that names no env, listing the valid families."""
     return ValueError(f"unknown environment {env_id!r} ({why}); use a gymnasium id such as HalfCheetah-v5, "
                       f"dmc:DOMAIN-TASK such as dmc:cheetah-run, atari:GAME such as atari:Breakout, gymnax:NAME, "
-                      f"brax:NAME[:BACKEND], or probe:NAME ({', '.join(PROBES)})")
+                      f"brax:NAME[:BACKEND], playground:NAME[:BACKEND] such as playground:CheetahRun, or probe:NAME "
+                      f"({', '.join(PROBES)})")
 
 
 def check_env_id(env_id: str) -> None:

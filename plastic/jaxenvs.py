@@ -2,8 +2,9 @@
 
 Ids: `gymnax:NAME` (a name from `gymnax.registered_envs`, e.g. `gymnax:CartPole-v1`,
 `gymnax:Breakout-MinAtar`, `gymnax:Pendulum-v1`), `brax:NAME` or `brax:NAME:BACKEND` (e.g. `brax:ant`,
-`brax:hopper:spring`; backends positional (default), spring, generalized, mjx) and `probe:NAME` (tiny
-envs with analytic action values, for tests; see `ProbeJaxEnv`).
+`brax:hopper:spring`; backends positional (default), spring, generalized, mjx), `playground:NAME` or
+`playground:NAME:BACKEND` (MuJoCo Playground, e.g. `playground:CheetahRun`, `playground:WalkerWalk:warp`;
+see `PlaygroundEnv`) and `probe:NAME` (tiny envs with analytic action values, for tests; see `ProbeJaxEnv`).
 
 A `JaxEnv` is a static Python object whose methods are pure and jittable, for ONE unbatched env (vmap
 them for a batch):
@@ -21,7 +22,8 @@ then rescaled linearly to the env's bounds.
 `HostJaxEnv` gives a JaxEnv the numpy interface of the host envs in `plastic.envs` (`reset(seed)`,
 `step(action) -> (obs, reward, terminated, truncated)`, no auto-reset).
 
-gymnax and brax are imported only when an env of theirs is built, so importing this module is cheap.
+gymnax, brax and MuJoCo Playground are imported only when an env of theirs is built, so importing this module
+is cheap.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ _CONTINUOUS_PROBES = ("constant", "obs", "two_step", "action", "truncated")
 PROBES = _CONTINUOUS_PROBES + tuple(f"d_{p}" for p in _CONTINUOUS_PROBES)
 BRAX_BACKENDS = ("positional", "spring", "generalized", "mjx")
 BRAX_EPISODE_LENGTH = 1000  # brax.envs.create's default episode_length
+PLAYGROUND_BACKENDS = ("jax", "warp")  # MuJoCo Playground's `impl`: MJX in JAX, or MuJoCo Warp
 
 
 @struct.dataclass
@@ -227,6 +230,102 @@ class BraxEnv(JaxEnv):
         return s, s.obs, s.reward, s.done
 
 
+def playground_default_backend() -> str:
+    """`jax` (MJX), on every machine: it runs under the seed vmap on CPUs and GPUs. Playground's own default,
+    `warp` (MuJoCo Warp), steps one env but fails under `jax.vmap` on a CPU (a tracer escapes its FFI call,
+    playground 0.2.0, mujoco-mjx 3.17.0) and is unverified on a GPU here; name it with `:warp` to try it."""
+    return "jax"
+
+
+@contextlib.contextmanager
+def _quiet_playground():
+    """Drop what importing MuJoCo Playground and building its envs print (Warp's device banner and kernel-cache
+    lines, mujoco.mjx's 'Failed to import warp', the progress of a mujoco_menagerie download); everything else
+    printed passes through, unless an error is raised (it says what went wrong in one line)."""
+    out, err = io.StringIO(), io.StringIO()
+    noise = ("Warp", "warp", "CUDA", "Devices:", '"cpu"', '"cuda', "Kernel cache", "/.cache/warp", "menagerie")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(not actively being|no longer) maintained.*")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    for buf, stream in ((out, sys.stdout), (err, sys.stderr)):
+        stream.write("".join(l for l in buf.getvalue().splitlines(keepends=True) if not any(n in l for n in noise)))
+
+
+class PlaygroundEnv(JaxEnv):
+    """`playground:NAME[:BACKEND]`: a MuJoCo Playground env (Zakka et al. 2025, the `playground` package), the
+    bare env without Playground's training wrappers. NAME is one of `mujoco_playground.registry.ALL_ENVS` (the
+    DM Control Suite tasks such as CheetahRun, the locomotion and manipulation tasks); BACKEND is the
+    simulator implementation, `jax` (MJX, the default: `playground_default_backend`) or `warp` (MuJoCo Warp).
+
+    The env's default config (`registry.get_default_config`) is used as it is, except its `impl`. Termination
+    is the env's `done` (the Control Suite tasks never terminate; locomotion tasks do when the robot falls);
+    the time limit is the config's `episode_length`, counted in control steps of `action_repeat` env steps
+    each (as Playground's own episode wrapper counts), reported as truncation. An `action_repeat > 1` repeats
+    the action and sums the rewards (ending the repeat early at a termination). Actions are in [-1, 1] (the
+    envs' control range). Observations: a dict with a `state` entry (Playground's policy observation; the
+    `privileged_state` beside it is for asymmetric critics) gives `state`; any other dict is flattened in key
+    order, as `dmc:` ids are; arrays are flattened. Vision (pixel) configs are not supported."""
+
+    def __init__(self, env_id: str):
+        _, name, *rest = env_id.split(":")
+        backend = rest[0] if rest else playground_default_backend()
+        if len(rest) > 1 or backend not in PLAYGROUND_BACKENDS:
+            raise ValueError(f"bad playground env id {env_id!r}: use playground:NAME or playground:NAME:BACKEND "
+                             f"with BACKEND one of {', '.join(PLAYGROUND_BACKENDS)}")
+        with _quiet_playground():
+            from mujoco_playground import registry
+        if name not in registry.ALL_ENVS:
+            raise ValueError(f"unknown playground env {env_id!r}; valid: "
+                             f"{', '.join('playground:' + n for n in registry.ALL_ENVS)} (optionally :BACKEND)")
+        cfg = registry.get_default_config(name)
+        if cfg.get("vision", False):
+            raise ValueError(f"{env_id}: vision (pixel) configs are not supported")
+        cfg.impl = backend
+        import subprocess
+        try:
+            with _quiet_playground():
+                self._env = registry.load(name, config=cfg)
+        except subprocess.CalledProcessError:  # its first use clones mujoco_menagerie from GitHub
+            from mujoco_playground._src import mjx_env
+            raise ValueError(f"{env_id} needs the robot models of mujoco_menagerie, which MuJoCo Playground "
+                             f"downloads on first use and could not (offline?): clone "
+                             f"https://github.com/google-deepmind/mujoco_menagerie (commit {mjx_env.MENAGERIE_COMMIT_SHA}) into "
+                             f"{mjx_env.MENAGERIE_PATH}") from None
+        self.env_id, self.backend, self.config = env_id, backend, cfg
+        self.action_repeat = int(cfg.get("action_repeat", 1))
+        self.discrete = False
+        self.action_size = int(self._env.action_size)
+        self.action_shape = (self.action_size,)
+        self.action_low = -np.ones(self.action_size, np.float32)
+        self.action_high = np.ones(self.action_size, np.float32)
+        self.max_episode_steps = -(-int(cfg.episode_length) // self.action_repeat)
+        with _quiet_playground():
+            self._init_spaces()
+
+    @staticmethod
+    def _obs(obs):
+        return obs["state"] if isinstance(obs, dict) and "state" in obs else obs
+
+    def _reset(self, key):
+        s = self._env.reset(key)
+        return s, self._obs(s.obs)
+
+    def _step(self, inner, action, key):
+        if self.action_repeat == 1:
+            s = self._env.step(inner, action)
+            return s, self._obs(s.obs), s.reward, s.done
+
+        def repeat(carry, _):
+            s, total = carry
+            nxt = self._env.step(s, action)
+            nxt = jax.tree.map(lambda n, o: jnp.where(s.done > 0, o, n).astype(n.dtype), nxt, s)
+            return (nxt, total + jnp.where(s.done > 0, 0.0, nxt.reward)), None
+
+        (s, total), _ = jax.lax.scan(repeat, (inner, jnp.zeros((), jnp.float32)), None, length=self.action_repeat)
+        return s, self._obs(s.obs), total, s.done
+
+
 class ProbeJaxEnv(JaxEnv):
     """Tiny envs with analytic action values (rejax/Andy Jones style probes). Observation: one float.
 
@@ -279,15 +378,18 @@ class ProbeJaxEnv(JaxEnv):
 
 
 def make_jax_env(env_id: str) -> JaxEnv:
-    """The JaxEnv for `gymnax:NAME`, `brax:NAME[:BACKEND]` or `probe:NAME`."""
+    """The JaxEnv for `gymnax:NAME`, `brax:NAME[:BACKEND]`, `playground:NAME[:BACKEND]` or `probe:NAME`."""
     if env_id.startswith("gymnax:"):
         return GymnaxEnv(env_id)
     if env_id.startswith("brax:"):
         return BraxEnv(env_id)
+    if env_id.startswith("playground:"):
+        return PlaygroundEnv(env_id)
     if env_id.startswith("probe:"):
         return ProbeJaxEnv(env_id)
     raise ValueError(f"unknown JAX env id {env_id!r}; use gymnax:NAME (e.g. gymnax:CartPole-v1), "
-                     f"brax:NAME[:BACKEND] (e.g. brax:ant, brax:hopper:spring) or probe:NAME ({', '.join(PROBES)})")
+                     f"brax:NAME[:BACKEND] (e.g. brax:ant, brax:hopper:spring), playground:NAME[:BACKEND] "
+                     f"(e.g. playground:CheetahRun) or probe:NAME ({', '.join(PROBES)})")
 
 
 _HOST_FNS: dict = {}  # (env class, env id, time limit) -> jitted (reset, transition), shared by adapters

@@ -19,6 +19,9 @@ Kinds (`EnvConfig.nonstationary`), each a pure function of the phase `k = env_st
     there): `sys.body_mass`, `sys.body_inertia`, `sys.link.inertia.mass` and `.i`, with the inverse
     weights (`body_invweight0`, `dof_invweight0`, `link.invweight`, `dof.invweight`) divided by the
     scale; gravity `sys.gravity` and `sys.opt.gravity`, all backends.
+  - `playground:` (MuJoCo Playground, its jax/MJX backend only): as for MuJoCo above, on the MJX model:
+    friction `geom_friction[:, 0]` (and `pair_friction[:, :2]`); gravity `opt.gravity`; no mass (the
+    constants `mj_setConst` derives from masses cannot be recomputed exactly inside jit).
   - classic control, `gymnax:` and gymnasium ids alike (no friction in any of them):
     CartPole: mass `masscart`, `masspole` and the derived `total_mass`, `polemass_length`; gravity `gravity`.
     Pendulum: mass `m`; gravity `g`.
@@ -79,7 +82,8 @@ import numpy as np
 from flax import struct
 
 from plastic.fields import count, nonneg, positive
-from plastic.jaxenvs import JaxEnv, make_jax_env
+from plastic.envs import JAX_NATIVE, is_jax_native
+from plastic.jaxenvs import JaxEnv, make_jax_env, playground_default_backend
 
 KINDS = ("none", "permute_obs", "flip_reward", "dynamics", "tasks")
 DYNAMICS = ("friction", "mass", "gravity")
@@ -144,7 +148,8 @@ def _classic_fields(env_id: str, dynamics: str, host_gym: bool):
     table = _CLASSIC.get(name)
     if table is None:
         raise ValueError(f"env.nonstationary=dynamics is not available for {env_id}; supported: brax:*, dmc:*, "
-                         f"gymnasium MuJoCo envs (e.g. Ant-v5), and {', '.join(_CLASSIC)} (gymnax: or gymnasium)")
+                         f"playground:*:jax, gymnasium MuJoCo envs (e.g. Ant-v5), and {', '.join(_CLASSIC)} "
+                         f"(gymnax: or gymnasium)")
     valid = [d for d in table if not (host_gym and (name, d) in _GYM_UNSUPPORTED)]
     if dynamics not in valid:
         raise ValueError(f"env.dynamics={dynamics} is not available for {env_id}; valid for it: {', '.join(valid)}")
@@ -163,6 +168,17 @@ def check_dynamics_support(env_id: str, dynamics: str) -> None:
     """Raise a one-line ValueError if `dynamics` cannot be scaled on `env_id`."""
     if env_id.startswith("dmc:"):
         return
+    if env_id.startswith("playground:"):
+        parts = env_id.split(":")
+        backend = parts[2] if len(parts) > 2 else playground_default_backend()
+        if backend != "jax":
+            raise ValueError(f"env.nonstationary=dynamics on MuJoCo Playground needs its jax (MJX) backend, got "
+                             f"{backend}; use playground:{parts[1]}:jax")
+        if dynamics == "mass":
+            raise ValueError(f"env.dynamics=mass is not available for {env_id} (the constants MuJoCo derives from "
+                             f"masses cannot be recomputed inside the jitted program); use env.dynamics=friction|"
+                             f"gravity, or dmc: / gymnasium MuJoCo ids on the host driver")
+        return
     if env_id.startswith("brax:"):
         parts = env_id.split(":")
         backend = parts[2] if len(parts) > 2 else "positional"
@@ -173,7 +189,8 @@ def check_dynamics_support(env_id: str, dynamics: str) -> None:
         return
     if env_id.startswith("probe:"):
         raise ValueError(f"env.nonstationary=dynamics is not available for {env_id} (no physics); supported: "
-                         f"brax:*, dmc:*, gymnasium MuJoCo envs (e.g. Ant-v5), {', '.join(_CLASSIC)}")
+                         f"brax:*, dmc:*, playground:*:jax, gymnasium MuJoCo envs (e.g. Ant-v5), "
+                         f"{', '.join(_CLASSIC)}")
     if env_id.startswith("gymnax:"):
         _classic_fields(env_id, dynamics, host_gym=False)
         return
@@ -333,20 +350,36 @@ def _scaled_brax_sys(sys, dynamics: str, s):
         dof=sys.dof.replace(invweight=sys.dof.invweight / s))
 
 
+def _scaled_mjx_model(model, dynamics: str, s):
+    """An MJX model (MuJoCo Playground's jax backend) with its friction or gravity scaled by `s`, as for MuJoCo
+    envs on the host: sliding friction of geoms and of explicit pairs; `opt.gravity`. (Mass is not offered:
+    `mj_setConst` derives inverse weights, `dof_M0` and `actuator_acc0` from the masses with armature, which
+    cannot be recomputed exactly inside the program.)"""
+    if dynamics == "friction":
+        model = model.replace(geom_friction=jnp.asarray(model.geom_friction).at[:, 0].multiply(s))
+        if np.size(model.pair_friction):
+            model = model.replace(pair_friction=jnp.asarray(model.pair_friction).at[:, :2].multiply(s))
+        return model
+    return model.replace(opt=model.opt.replace(gravity=model.opt.gravity * s))
+
+
 def _scaled_jax_env(env: JaxEnv, dynamics: str, s) -> JaxEnv:
     """A throwaway copy of `env` whose physics are scaled by the (possibly traced) scalar `s`; call its
     `reset`/`transition` inside the trace that made `s`."""
-    from plastic.jaxenvs import BraxEnv, GymnaxEnv
+    from plastic.jaxenvs import BraxEnv, GymnaxEnv, PlaygroundEnv
     if isinstance(env, GymnaxEnv):
         out = copy.copy(env)
         out._params = _scaled_gymnax_params(env.env_id, env._params, dynamics, s)
         return out
-    if isinstance(env, BraxEnv):
-        check_dynamics_support(env.env_id, dynamics)
-        out = copy.copy(env)
-        out._env = copy.copy(env._env)
-        out._env.sys = _scaled_brax_sys(env._env.sys, dynamics, s)
-        return out
+    # brax's system / MJX's model lives on the wrapped env: copy both, scale it on the copy
+    fields = {BraxEnv: ("sys", _scaled_brax_sys), PlaygroundEnv: ("_mjx_model", _scaled_mjx_model)}
+    for cls, (field, scaled) in fields.items():
+        if isinstance(env, cls):
+            check_dynamics_support(env.env_id, dynamics)
+            out = copy.copy(env)
+            out._env = copy.copy(env._env)
+            setattr(out._env, field, scaled(getattr(env._env, field), dynamics, s))
+            return out
     check_dynamics_support(env.env_id, dynamics)  # raises for every other family
     raise ValueError(f"env.nonstationary=dynamics is not available for {env!r}")
 
@@ -385,9 +418,9 @@ class NonstationaryJaxEnv(JaxEnv):
             if env.env_id not in ids:
                 raise ValueError(f"run env {env.env_id} is not one of env.tasks ({', '.join(ids)}); set the run env "
                                  f"to env.tasks[0]")
-            bad = [i for i in ids if not i.startswith(("gymnax:", "brax:", "probe:"))]
+            bad = [i for i in ids if not is_jax_native(i)]
             if bad:
-                raise ValueError(f"env.tasks on the jit driver must all be JAX-native (gymnax:, brax:, probe:); "
+                raise ValueError(f"env.tasks on the jit driver must all be JAX-native ({', '.join(JAX_NATIVE)}); "
                                  f"not: {', '.join(bad)} (use the host driver)")
             self.envs = [env if i == env.env_id else make_jax_env(i) for i in ids]
             _check_same_spaces(ids, self.envs)

@@ -45,7 +45,8 @@ slurm_cluster = _slurm.slurm_cluster  # session fixture: a private single-node S
 # The suite runs on two pytest-xdist workers (pyproject.toml: `-n 2 --dist loadgroup`), which take tests in
 # collection order: the files whose tests take longest go first, so that no worker is left alone with a long
 # test at the end. Order within a file is kept; the Slurm tests stay on one worker (their xdist_group).
-LONGEST_FIRST = ("test_validation.py", "test_census.py", "test_jit_driver.py", "test_trainer.py", "test_cli.py",
+LONGEST_FIRST = ("test_validation.py", "test_census.py", "test_jit_driver.py", "test_trainer.py", "test_playground.py",
+                 "test_cli.py",
                  "test_notebooks.py", "test_sharding.py", "test_slurm.py", "test_sweep.py", "test_ppo.py",
                  "test_monitor.py", "test_cnn.py", "test_dqn.py", "test_gtr.py")
 

@@ -34,6 +34,7 @@ def test_help_lists_agents_and_interventions():
     (["--env", "NoSuchEnv-v0"], "unknown environment 'NoSuchEnv-v0'"),
     (["--env", "dmc:cheetah-fly"], "unknown dm_control task"),
     (["--env", "brax:nope"], "unknown brax env 'brax:nope'; valid: brax:ant, "),
+    (["--env", "playground:Nope"], "unknown playground env 'playground:Nope'; valid: playground:AcrobotSwingup, "),
     (["--env", "gymnax:Nope-v0"], "unknown gymnax env 'gymnax:Nope-v0'; valid: gymnax:CartPole-v1, "),
     (["--seeds", "0"], "run.seeds must be > 0"),
     (["--config", "nope"], "unknown config preset 'nope'"),

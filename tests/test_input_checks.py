@@ -241,6 +241,6 @@ def test_unknown_env_family_names_the_valid_families():
     with pytest.raises(ConfigError) as e:  # in config validation: no env is built
         build("sac", env="nosuchfamily:Thing")
     msg = str(e.value)
-    for family in ("gymnasium id", "dmc:", "atari:", "gymnax:", "brax:", "probe:"):
+    for family in ("gymnasium id", "dmc:", "atari:", "gymnax:", "brax:", "playground:", "probe:"):
         assert family in msg, msg
     assert msg == str(unknown_env("nosuchfamily:Thing", "no env family nosuchfamily:"))

@@ -272,6 +272,8 @@ def test_is_jax_native():
     ("gymnax:Nope-v0", "unknown gymnax env 'gymnax:Nope-v0'; valid: gymnax:CartPole-v1, gymnax:Pendulum-v1"),
     ("brax:nope", "unknown brax env 'brax:nope'; valid: brax:ant, "),
     ("brax:ant:warp", "BACKEND one of positional, spring, generalized, mjx"),
+    ("playground:Nope", "unknown playground env 'playground:Nope'; valid: playground:AcrobotSwingup, "),
+    ("playground:CheetahRun:cuda", "BACKEND one of jax, warp"),
     ("probe:nope", "unknown probe env 'probe:nope'; valid: probe:constant, "),
     ("jax:CartPole-v1", "use gymnax:NAME"),
 ])
@@ -282,6 +284,7 @@ def test_unknown_ids_are_one_line_errors(env_id, needle):
 
 
 def test_import_is_lazy():
-    code = "import sys, plastic.jaxenvs; print('gymnax' in sys.modules, 'brax' in sys.modules)"
+    code = ("import sys, plastic.envs, plastic.jaxenvs; "
+            "print(*(m in sys.modules for m in ('gymnax', 'brax', 'mujoco_playground')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.split() == ["False", "False", "False"]

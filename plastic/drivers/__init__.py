@@ -27,6 +27,7 @@ def make_trainer(cfg: ExperimentConfig):
     """The driver for this config: host or jitted, off- or on-policy agent."""
     driver = driver_of(cfg)
     if driver == "jit" and not is_jax_native(cfg.run.env):
-        raise ValueError(f"the jitted driver needs a JAX-native env (brax:NAME, gymnax:NAME, probe:NAME), "
+        raise ValueError(f"the jitted driver needs a JAX-native env (brax:NAME, gymnax:NAME, playground:NAME, "
+                         f"probe:NAME), "
                          f"got {cfg.run.env!r}; use --run.driver host")
     return DRIVERS[driver, bool(getattr(agents.get(cfg.agent), "on_policy", False))](cfg)
