@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import rows, tiny_trainer
+from plastic.checkpoint import latest_checkpoint
 from plastic.envs import is_jax_native
 from plastic.jaxenvs import PlaygroundEnv, make_jax_env, playground_default_backend
 from plastic.nonstationary import EnvConfig, check_dynamics_support, scale, validate, wrap_jax
@@ -48,9 +49,9 @@ def test_action_repeat_steps_the_simulator_k_times_and_sums_the_rewards(cartpole
     inner, _ = env._reset(KEY)
     a = jnp.array([0.7])
     got = jax.jit(env._step)(inner, a, KEY)
-    s, total = inner, 0.0
+    s, total, step = inner, 0.0, jax.jit(cartpole._env.step)
     for _ in range(3):
-        s = cartpole._env.step(s, a)
+        s = step(s, a)
         total += float(s.reward)
     np.testing.assert_allclose(got[1], s.obs, rtol=1e-5, atol=1e-6)
     assert float(got[2]) == pytest.approx(total, rel=1e-5) and float(got[3]) == 0.0
@@ -101,14 +102,24 @@ def test_default_backend_runs_under_vmap():
 
 def test_sac_on_two_vmapped_seeds_with_permuted_observations(tmp_path):
     """The jitted driver runs SAC on Playground with two vmapped seeds and permuted observations, a new
-    permutation every 100 steps ending the episode: log rows for both seeds with their own returns, and a
-    checkpoint (MJX's state holds zero-size arrays) that resumes."""
-    extra = {"run.log_every": 200, "env.nonstationary": "permute_obs", "env.period": 100,
-             "env.truncate_at_switch": True, "run.checkpoint_every": 200}
-    tiny_trainer("sac", "none", 200, env=ENV, extra=extra).run(tmp_path)
-    tiny_trainer("sac", "none", 400, env=ENV, extra=extra).run(tmp_path, resume=True)
+    permutation every 100 steps ending the episode: log rows for both seeds with their own returns, and
+    checkpoints written (MJX's state holds zero-size arrays; their round trip: tests/test_trainer.py)."""
+    tiny_trainer("sac", "none", 400, env=ENV, extra={
+        "run.log_every": 200, "env.nonstationary": "permute_obs", "env.period": 100, "env.truncate_at_switch": True,
+        "run.checkpoint_every": 200}).run(tmp_path)
     got = rows(tmp_path)
     train = [r for r in got if r.get("episode_return") is not None]
     assert sorted({r["seed"] for r in train}) == [0, 1] and {r["step"] for r in got} == {200, 400}
     assert all(0 <= r["episode_return"] <= 100 for r in train)  # 100-step episodes, rewards in [0, 1]
     assert len({r["episode_return"] for r in train}) > 1
+    assert latest_checkpoint(tmp_path) == 400
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agent", ["td3", "ppo"])
+def test_td3_and_ppo_run_on_two_vmapped_seeds(tmp_path, agent):
+    """The other agents the issue names, on the same path as SAC above (slow: the same driver code)."""
+    tiny_trainer(agent, "none", 400, env=ENV, extra={"run.log_every": 200, "env.nonstationary": "permute_obs",
+                                                     "env.period": 100, "env.truncate_at_switch": True}).run(tmp_path)
+    train = [r for r in rows(tmp_path) if r.get("episode_return") is not None]
+    assert sorted({r["seed"] for r in train}) == [0, 1] and all(0 <= r["episode_return"] <= 100 for r in train)
