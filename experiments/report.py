@@ -82,9 +82,12 @@ plasticity metrics (--metrics PATTERN...): mean over all seeds of a method's run
   network-level dormant ratio and GraMa ratio at the middle of the logged thresholds and srank_delta_*.
   Patterns match network-level keys (<metric>/<network>) unless they hold two '/'. Keys that are missing are
   skipped with a note.
+phases (non-stationary runs, e.g. --env continual:NAME): each phase scored by the same final-score rule on its
+  own rows (nonstationary/phase), mean over seeds [95% CI] per task, method and phase, and the change of each
+  task's score from its first to its last phase; report.md's Phases section, phases.csv, phases.png.
 outputs, in --out (created if needed): report.md (tables, notes, figure links), scores.csv, aggregates.png,
-  probability_of_improvement.png, performance_profile.png, sample_efficiency.png, metric_<name>.png.
-  Identical inputs and options give byte-identical files.
+  probability_of_improvement.png, performance_profile.png, sample_efficiency.png, metric_<name>.png,
+  phases.csv and phases.png (non-stationary runs). Identical inputs and options give byte-identical files.
 errors (one line on stderr, exit status 2, nothing written): no runs found, a run without metrics.jsonl or
   config.yaml, bad options, --baseline unknown or with fewer than 2 methods, --score eval with a run without
   eval/episode_return.
@@ -218,7 +221,8 @@ def _label_tasks(runs: list[dict]) -> None:
     for run in runs:
         env_cfg = run["config"].get("env") if isinstance(run["config"].get("env"), dict) else {}
         kind = str(env_cfg.get("nonstationary") or "none")
-        groups.setdefault((str(run["config"]["run"]["env"]), kind), []).append(run)
+        env = f"continual:{env_cfg['suite']}" if env_cfg.get("suite") else str(run["config"]["run"]["env"])
+        groups.setdefault((env, kind), []).append(run)
     for (env, kind), members in groups.items():
         if kind == "none":
             for run in members:
@@ -226,7 +230,8 @@ def _label_tasks(runs: list[dict]) -> None:
             continue
         flats = [_flatten(r["config"].get("env") or {}) for r in members]
         keys = sorted({k for f in flats for k in f})
-        varying = [k for k in keys if k not in ("nonstationary", "period") and len({f.get(k) for f in flats}) > 1]
+        varying = [k for k in keys if k not in ("nonstationary", "period", "suite")
+                   and len({f.get(k) for f in flats}) > 1]
         for run, flat in zip(members, flats):
             extra = [f"period={_fmt(flat.get('period'))}"] + [f"{k}={_fmt(flat.get(k))}" for k in varying]
             run["task"] = f"{env} [{kind}, {', '.join(extra)}]"
@@ -497,6 +502,90 @@ class Report:
     gap_threshold: float
     baseline: str | None
     notes: list = field(default_factory=list)
+    phases: Phases | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Phases of non-stationary runs (continual suites, plastic/suites.py)
+# --------------------------------------------------------------------------------------------------
+
+PHASE, PHASE_TASK = "nonstationary/phase", "nonstationary/task"
+
+
+@dataclass
+class Phases:
+    """Per-phase scores of the runs whose rows carry `nonstationary/phase` (every non-stationary run).
+
+    rows: one dict per (run dir, seed, phase): method, task, run, seed, phase, label (the phase's env id for a
+      task sequence, else the run's env), final_return (the final-score rule of the report applied to the rows
+      of that phase only), n_returns.
+    table: {task: {method: [(phase, label, mean, lo, hi)]}}: mean over seeds with a 95% bootstrap CI.
+    visits: {task: {method: [(label, first phase, last phase, mean change, lo, hi)]}}: for every label seen in
+      more than one phase, the per-seed change of the final return from its first to its last phase, averaged
+      over seeds (a negative change: lost performance on a task seen before; for permuted or re-drawn-physics
+      suites every phase has the same label, so it compares the last phase with the first)."""
+    rows: list
+    table: dict
+    visits: dict
+
+
+def _phase_label(rows: list[dict], env: str) -> str:
+    tasks = [r[PHASE_TASK] for r in rows if isinstance(r.get(PHASE_TASK), str)]
+    return tasks[-1] if tasks else env
+
+
+def phase_scores(scores: Scores, reps: int = 2000, seed: int = 0) -> Phases | None:
+    """The per-phase scores of `scores`' non-stationary runs (None if no run has phases)."""
+    from rliable import metrics
+    rows = []
+    for run in scores.runs:
+        for s in run["metrics"]["seeds"]:
+            by_phase: dict[int, list] = {}
+            for r in run["metrics"]["rows"][s]:
+                if _finite(r.get(PHASE)):
+                    by_phase.setdefault(int(r[PHASE]), []).append(r)
+            for k, prs in sorted(by_phase.items()):
+                value, n = final_return(prs, scores.final_frac, scores.key)
+                if value is not None:
+                    rows.append({"method": run["method"], "task": run["task"], "run": str(run["path"]),
+                                 "seed": run["seed_base"] + s, "phase": k,
+                                 "label": _phase_label(prs, str(run["config"]["run"]["env"])),
+                                 "final_return": value, "n_returns": n})
+    if not rows:
+        return None
+
+    def mean_ci(values):
+        point, ci = interval(np.asarray(values, np.float64).reshape(-1, 1),
+                             lambda x: np.array([metrics.aggregate_mean(x)]), reps, seed)
+        return float(point[0]), float(ci[0, 0]), float(ci[1, 0])
+
+    table, visits = {}, {}
+    for t in sorted({r["task"] for r in rows}):
+        for m in scores.methods:
+            mine = [r for r in rows if r["task"] == t and r["method"] == m]
+            if not mine:
+                continue
+            cells = []
+            for k in sorted({r["phase"] for r in mine}):
+                at = [r for r in mine if r["phase"] == k]
+                cells.append((k, at[0]["label"], *mean_ci([r["final_return"] for r in at])))
+            table.setdefault(t, {})[m] = cells
+            per_seed: dict[tuple, dict] = {}
+            for r in mine:
+                per_seed.setdefault((r["run"], r["seed"]), {}).setdefault(r["label"], {})[r["phase"]] = r["final_return"]
+            changes = []
+            for label in dict.fromkeys(r["label"] for r in sorted(mine, key=lambda r: r["phase"])):
+                seen = sorted({r["phase"] for r in mine if r["label"] == label})
+                if len(seen) < 2:
+                    continue
+                first, last = seen[0], seen[-1]
+                diffs = [v[label][last] - v[label][first] for v in per_seed.values()
+                         if label in v and first in v[label] and last in v[label]]
+                if diffs:
+                    changes.append((label, first, last, *mean_ci(diffs)))
+            if changes:
+                visits.setdefault(t, {})[m] = changes
+    return Phases(rows, table, visits)
 
 
 def _matrices(scores: Scores, bounds: dict, notes: list) -> dict[str, Matrix]:
@@ -743,7 +832,7 @@ def aggregate(scores: Scores, normalize: str = "minmax", reps: int = 2000, seed:
             notes.append(f"metric {key}: never measured (only nulls); skipped")
     keys = [k for k in keys if k in metric_curves]
     return Report(scores, str(normalize), bounds, matrices, aggregates, poi, taus, profiles, curves, keys,
-                  metric_curves, reps, seed, gap_threshold, baseline, notes)
+                  metric_curves, reps, seed, gap_threshold, baseline, notes, phase_scores(scores, reps, seed))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -831,6 +920,43 @@ def _fig_curves(rep: Report, path: Path) -> Path:
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _fig_phases(rep: Report, path: Path) -> Path:
+    """Final return per phase, one panel per task, a line per method with its 95% CI band."""
+    from matplotlib.figure import Figure
+    colors = _colors(rep.scores.methods)
+    tasks = list(rep.phases.table)
+    fig = Figure(figsize=(6.4, 3.6 * len(tasks)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(tasks), 1, squeeze=False)[:, 0])
+    for ax, t in zip(axes, tasks):
+        ticks = {}
+        for m, cells in rep.phases.table[t].items():
+            k, labels, mean, lo, hi = zip(*cells)
+            ax.plot(k, mean, color=colors[m], lw=1.6, marker="o", label=m)
+            ax.fill_between(k, lo, hi, color=colors[m], alpha=0.2, lw=0)
+            ticks.update(zip(k, labels))
+        short = {k: v.split(":")[1] if ":" in v else v for k, v in ticks.items()}  # the name within its family
+        several = len(set(short.values())) > 1
+        ax.set_xticks(sorted(short), [f"{k}: {short[k]}" if several else str(k) for k in sorted(short)],
+                      fontsize=7, rotation=25 if several else 0, ha="right" if several else "center")
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("phase")
+        ax.set_ylabel("final " + ("evaluation" if rep.scores.score == "eval" else "training") + " return")
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_phases_csv(rep: Report, path: Path) -> Path:
+    """One row per (run dir, seed, phase) of the non-stationary runs."""
+    with Path(path).open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["method", "task", "run", "seed", "phase", "label", "final_return", "n_returns", "score"])
+        for r in rep.phases.rows:
+            w.writerow([r["method"], r["task"], r["run"], r["seed"], r["phase"], r["label"], repr(r["final_return"]),
+                        r["n_returns"], rep.scores.score])
+    return Path(path)
 
 
 def _fig_metric(rep: Report, family: str, panels: list, path: Path) -> Path:
@@ -959,6 +1085,8 @@ def markdown(rep: Report, figures: list[str]) -> str:
         for x in s.methods:
             cells = ["\u2014" if x == y else (_cell(*table[(x, y)]) if (x, y) in table else "n/a") for y in s.methods]
             out.append(f"| {_md(x)} | " + " | ".join(cells) + " |")
+    if rep.phases is not None:
+        out += _phases_markdown(rep)
     out += ["", "## Figures", ""]
     out += [f"- [{name}]({name})" for name in figures]
     out += ["", "## Methods", "", "| method | hyperparameters | run directories |", "|---|---|---|"]
@@ -969,6 +1097,31 @@ def markdown(rep: Report, figures: list[str]) -> str:
     out += ["", "## Notes", ""]
     out += [f"- {_md(n)}" for n in rep.notes] or ["None."]
     return "\n".join(out) + "\n"
+
+
+def _phases_markdown(rep: Report) -> list[str]:
+    ph = rep.phases
+    out = ["", "## Phases", "",
+           f"Non-stationary runs, phase by phase (`nonstationary/phase` of the rows): the final "
+           f"{'evaluation' if rep.scores.score == 'eval' else 'training'} return of each phase (the report's "
+           f"final-score rule on that phase's rows), raw, mean over seeds [95% bootstrap CI, {rep.reps} reps]. "
+           f"Every (run, seed, phase) is in phases.csv."]
+    for t, per_method in ph.table.items():
+        phases = sorted({c[0] for cells in per_method.values() for c in cells})
+        labels = {c[0]: c[1] for cells in per_method.values() for c in cells}
+        out += ["", f"### {_md(t)}", "", "| method | " + " | ".join(f"{k}: {_md(labels[k])}" for k in phases) + " |",
+                "|---|" + "---|" * len(phases)]
+        for m, cells in per_method.items():
+            by = {c[0]: _cell(*c[2:]) for c in cells}
+            out.append(f"| {_md(m)} | " + " | ".join(by.get(k, "n/a") for k in phases) + " |")
+        if t in ph.visits:
+            out += ["", "Change from the first to the last phase of each task seen more than once (last minus "
+                    "first, per seed, mean [95% CI]; negative: performance lost on a task seen before):", "",
+                    "| method | task | first phase | last phase | change |", "|---|---|---|---|---|"]
+            for m, changes in ph.visits[t].items():
+                out += [f"| {_md(m)} | {_md(label)} | {a} | {b} | {_cell(c, lo, hi)} |"
+                        for label, a, b, c, lo, hi in changes]
+    return out
 
 
 def write_report(rep: Report, out_dir) -> list[Path]:
@@ -982,9 +1135,12 @@ def write_report(rep: Report, out_dir) -> list[Path]:
     if rep.curves:
         written.append(_fig_curves(rep, out / "sample_efficiency.png"))
     taken = {"aggregates", "probability_of_improvement", "performance_profile", "sample_efficiency", "report",
-             "scores"}
+             "scores", "phases"}
     for family, panels in group_keys(rep.metric_keys).items():
         written.append(_fig_metric(rep, family, panels, out / _filename(f"metric_{family}", taken)))
+    if rep.phases is not None:
+        written.append(_fig_phases(rep, out / "phases.png"))
+        written.append(write_phases_csv(rep, out / "phases.csv"))
     written.append(write_scores_csv(rep, out / "scores.csv"))
     md = out / "report.md"
     md.write_text(markdown(rep, [p.name for p in written if p.suffix == ".png"]))

@@ -12,6 +12,7 @@ import yaml
 
 import agents
 from plastic import interventions as ivs
+from plastic import suites
 from plastic.config import PROGRESS, ConfigError, build, canonical_sections, from_dict, load_preset, namespaces
 
 EPILOG = """agents: {agents}
@@ -20,13 +21,17 @@ environments: gymnasium ids (HalfCheetah-v5, Pendulum-v1), dmc:DOMAIN-TASK (dmc:
   (atari:Breakout; DQN with --dqn.torso nature), probe:NAME,
   and JAX-native gymnax:NAME (gymnax:CartPole-v1, gymnax:Breakout-MinAtar), brax:NAME[:BACKEND] (brax:ant),
   playground:NAME[:jax|warp] (MuJoCo Playground: playground:CheetahRun, playground:WalkerWalk)
+continual suites (--env continual:NAME; phases of --env.period steps, run.steps = phases x period unless set;
+  plastic/suites.py, docs/environments.md):
+{suites}
+non-stationarity of any env: --env.nonstationary permute_obs|flip_reward|dynamics|tasks (plastic/nonstationary.py)
 drivers (--run.driver): host steps gymnasium/dm_control/Atari envs from Python; jit runs whole chunks of training
   (env steps, replay, updates) as one program; auto (default) picks jit for gymnax:/brax:/playground:/probe:
   envs, else host
 
 typed overrides of any config field: --NAMESPACE.FIELD VALUE, e.g.
   --sac.actor_lr 1e-4  --grama.tau 0.01  --swd.sampler bucketed  --run.log_every 1000
-namespaces: run, metrics, the agent's name, each active intervention's name.
+namespaces: run, metrics, env, the agent's name, each active intervention's name.
 Outputs: RUN_DIR/config.yaml, metrics.jsonl (one row per log point per seed), tb/, checkpoints/.
 SIGTERM/SIGUSR1 write a checkpoint and exit; --resume continues from the last one (flags of the original
 command may be repeated, with the same values; only --steps may change). A run killed before its first
@@ -37,11 +42,13 @@ checkpoint starts over.
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run.py", description="Train an agent with plasticity interventions.",
-        epilog=EPILOG.format(agents=", ".join(sorted(agents.REGISTRY)), ivs=", ".join(sorted(ivs.REGISTRY))),
+        epilog=EPILOG.format(agents=", ".join(sorted(agents.REGISTRY)), ivs=", ".join(sorted(ivs.REGISTRY)),
+                            suites=suites.listing()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agent", help=f"one of: {', '.join(sorted(agents.REGISTRY))} (default sac)")
     p.add_argument("--intervention", help="NAME[+NAME...] or none (default none)")
-    p.add_argument("--env", help="environment id (default HalfCheetah-v5; CartPole-v1 for dqn)")
+    p.add_argument("--env", help="environment id or continual:SUITE (default HalfCheetah-v5; CartPole-v1 for dqn; "
+                                 "gymnax:CartPole-v1 for ppo)")
     p.add_argument("--seeds", type=int, help="number of vmapped seeds (default 1)")
     p.add_argument("--seed", type=int, help="base seed (default 0)")
     p.add_argument("--steps", type=int, help="env steps per seed")
@@ -87,8 +94,7 @@ def resolve(argv: list[str]):
     cfg = new_config(args, overrides)
     if not cfg.run.run_dir:
         tag = "+".join(cfg.interventions) or "none"
-        env = cfg.run.env.replace(":", "_").replace("/", "_")
-        cfg.run.run_dir = str(Path("runs") / f"{cfg.agent}-{tag}-{env}-{datetime.now():%Y%m%d-%H%M%S}")
+        cfg.run.run_dir = str(Path("runs") / f"{cfg.agent}-{tag}-{suites.env_tag(cfg)}-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir = Path(cfg.run.run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it or choose "

@@ -19,7 +19,7 @@ import yaml
 
 import agents
 from plastic import interventions as iv_registry
-from plastic import envs, fields, nonstationary
+from plastic import envs, fields, nonstationary, suites
 from plastic.fields import nonneg, num, one_of, positive, unit_pos
 from plastic.nonstationary import EnvConfig
 from plastic.networks import PROBE_POINTS
@@ -233,6 +233,12 @@ def build(agent: str | None = None, intervention: str | None = None, preset: dic
         for k, v in iv_registry.REGISTRY[n].defaults_for(agent, cfg.agent_cfg).items():
             if (n, k) not in given:
                 setattr(icfg, k, v)
+    try:
+        suite = suites.requested(cfg.run.env, cfg.env.suite)
+        if suite:  # a named continual suite: its env fields and budget, under the preset's and the overrides'
+            suites.apply(cfg, suite, given, steps_given=run_flags.get("steps") is not None or ("run", "steps") in given)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     tasks = cfg.env.tasks if cfg.env.nonstationary == "tasks" else ()
     cfg.run.env = cfg.run.env or (tasks[0] if tasks else agent_cls.default_env)
     for n, icfg in cfg.interventions.items():

@@ -136,7 +136,9 @@ class JaxEnv:
 
 
 class GymnaxEnv(JaxEnv):
-    """`gymnax:NAME`. Steps with `step_env` (no gymnax auto-reset) under params whose
+    """`gymnax:NAME[:full]`. `:full` gives a MinAtar game the full action set of the MinAtar package
+    (6 actions, the same meaning in every game; an action a game does not use is a no-op there) instead of
+    gymnax's minimal one (Breakout's 3), so that games can follow one another in a sequence. Steps with `step_env` (no gymnax auto-reset) under params whose
     `max_steps_in_episode` is huge, so gymnax's `done` is the true termination only; the env's own
     `max_steps_in_episode` (500 for CartPole-v1) becomes our time limit, reported as truncation.
     (Envs whose dynamics or observations read `max_steps_in_episode`, e.g. DiscountingChain-bsuite's
@@ -144,12 +146,17 @@ class GymnaxEnv(JaxEnv):
 
     def __init__(self, env_id: str):
         import gymnax
-        name = env_id.split(":", 1)[1]
+        _, name, *option = env_id.split(":")
         if name not in gymnax.registered_envs:
             raise ValueError(f"unknown gymnax env {env_id!r}; valid: "
                              f"{', '.join('gymnax:' + n for n in gymnax.registered_envs)}")
         self.env_id = env_id
         self._env, params = gymnax.make(name)
+        if option:  # `:full`: a MinAtar game with the full action set of the MinAtar package
+            if option != ["full"] or not name.endswith("-MinAtar"):
+                raise ValueError(f"unknown gymnax env option in {env_id!r}; the only option is :full, for MinAtar "
+                                 f"games (the 6 actions of every MinAtar game: no-op, left, up, right, down, fire)")
+            self._env = type(self._env)(use_minimal_action_set=False)
         self.max_episode_steps = int(params.max_steps_in_episode)
         big = 2 ** 30 if isinstance(params.max_steps_in_episode, (int, np.integer)) else float(2 ** 30)
         self._params = params.replace(max_steps_in_episode=big)

@@ -13,6 +13,8 @@ import numpy as np
 
 
 def _clean(v):
+    if isinstance(v, str):  # e.g. nonstationary/task
+        return v
     if isinstance(v, (bool, int, np.integer)):
         return int(v)
     v = float(v) if v is not None and np.ndim(v) == 0 else v

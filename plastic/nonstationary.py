@@ -39,7 +39,10 @@ Kinds (`EnvConfig.nonstationary`), each a pure function of the phase `k = env_st
   rescales [-1, 1] itself). Every switch ends the running episode as a truncation and the next episode
   starts in the new task. JAX-native: all tasks must be JAX-native; each task keeps its own state in the
   carry (a tuple), the active one is selected with `lax.switch` (under vmap every task's step runs and
-  one result is kept, so a step costs the sum of the tasks' steps).
+  one result is kept, so a step costs the sum of the tasks' steps). With `pad_obs`, tasks may differ in
+  observation shape (not rank): each observation is zero-padded at the end of every axis to the largest
+  task's shape, e.g. MinAtar games' 4, 6 or 7 channels to 7 (as LucMc/continual-learning pads its MinAtar
+  sequence); the action spaces must still agree (MinAtar: `gymnax:NAME-MinAtar:full`).
 
 Slippery Ant (Dohare et al., Nature 2024: a non-stationary Ant whose friction changes over training,
 `cfg/frictions`; and `shibhansh/loss-of-plasticity` `lop/rl/run_ppo.py`, `lop/envs/slippery_ant.py`,
@@ -81,7 +84,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from plastic.fields import count, nonneg, positive
+from plastic import suites
+from plastic.fields import count, nonneg, one_of, positive
 from plastic.envs import JAX_NATIVE, is_jax_native
 from plastic.jaxenvs import JaxEnv, make_jax_env, playground_default_backend
 
@@ -100,9 +104,12 @@ class EnvConfig:
     first_phase: str = "base"          # base: phase 0 is the unmodified env (scale 1, identity permutation)
                                        # drawn: phase 0 draws like the others (Dohare et al.)
     tasks: tuple[str, ...] = ()        # for `tasks`: env ids cycled in order, one per period
+    pad_obs: bool = False              # for `tasks`: zero-pad observations to the largest task's shape
     truncate_at_switch: bool = False   # end the running episode (truncation) at every switch; always on for tasks
     seed: int = nonneg(0)              # the schedule's randomness (permutations, scales)
     per_seed: bool = False             # each seed of a run gets its own schedule (Dohare et al.: frictions[seed])
+    # the named continual suite these fields were expanded from (plastic/suites.py; `--env continual:NAME`)
+    suite: str = one_of("", ("", *suites.NAMES))
 
 
 PRESETS = {
@@ -204,15 +211,42 @@ def _spaces(env) -> tuple:
     return int(env.observation_size), int(env.action_size), bool(env.discrete)
 
 
-def _check_same_spaces(ids, envs) -> None:
-    first = _spaces(envs[0])
+def _obs_shape(env) -> tuple:
+    return tuple(getattr(env, "observation_shape", (env.observation_size,)))
+
+
+def _check_same_spaces(ids, envs, pad_obs: bool = False) -> None:
+    """Tasks must agree on their action spaces and on their observation size (with `pad_obs`: on the rank of
+    their observation shapes)."""
+    def spaces(e):
+        o, a, d = _spaces(e)
+        return (len(_obs_shape(e)) if pad_obs else o), a, d
+    first = spaces(envs[0])
     for i, e in zip(ids[1:], envs[1:]):
-        if _spaces(e) != first:
-            o, a, d = _spaces(e)
-            raise ValueError(
-                f"env.tasks must share observation and action spaces: {ids[0]} has obs {first[0]}, "
-                f"{'discrete' if first[2] else 'continuous'} actions {first[1]}, but {i} has obs {o}, "
-                f"{'discrete' if d else 'continuous'} actions {a}")
+        if spaces(e) != first:
+            (o0, a0, d0), (o, a, d) = _spaces(envs[0]), _spaces(e)
+            if (a0, d0) != (a, d):
+                what = (f"{'discrete' if d0 else 'continuous'} actions {a0} vs {'discrete' if d else 'continuous'} "
+                        f"actions {a}")
+            elif pad_obs:
+                what = f"observation shape {_obs_shape(envs[0])} vs {_obs_shape(e)} (pad_obs pads within a rank)"
+            else:
+                what = f"observation size {o0} vs {o} (env.pad_obs true pads observations to the largest)"
+            raise ValueError(f"env.tasks must share their spaces: {ids[0]} and {i} have {what}")
+
+
+def padded_shape(envs) -> tuple:
+    """The observation shape of a `pad_obs` task sequence: the largest task's along every axis."""
+    return tuple(int(n) for n in np.max([_obs_shape(e) for e in envs], axis=0))
+
+
+def padded_obs(obs, shape: tuple, to: tuple, xp=jnp):
+    """A flat (or `shape`-shaped) observation of a task whose shape is `shape`, zero-padded at the end of every
+    axis to `to`, flat (`xp`: jnp inside programs, np on the host)."""
+    if tuple(shape) == tuple(to):
+        return obs.reshape(-1)
+    o = obs.reshape(shape)
+    return xp.pad(o, [(0, t - n) for n, t in zip(shape, to)]).reshape(-1)
 
 
 def validate(cfg: EnvConfig, env_id: str | None = None) -> None:
@@ -237,6 +271,9 @@ def validate(cfg: EnvConfig, env_id: str | None = None) -> None:
     elif cfg.tasks:
         raise ValueError(f"env.tasks is set but env.nonstationary={cfg.nonstationary}; use env.nonstationary=tasks "
                          f"or leave env.tasks empty")
+    elif cfg.pad_obs:
+        raise ValueError(f"env.pad_obs pads the observations of env.tasks; it needs env.nonstationary=tasks, got "
+                         f"{cfg.nonstationary}")
     if env_id is None or cfg.nonstationary == "none":
         return
     if cfg.nonstationary == "dynamics":
@@ -246,7 +283,7 @@ def validate(cfg: EnvConfig, env_id: str | None = None) -> None:
             raise ValueError(f"run env {env_id} is not one of env.tasks ({', '.join(cfg.tasks)}); set the run env "
                              f"to env.tasks[0]")
         from plastic.envs import make_env
-        _check_same_spaces(list(cfg.tasks), [make_env(i) for i in cfg.tasks])
+        _check_same_spaces(list(cfg.tasks), [make_env(i) for i in cfg.tasks], cfg.pad_obs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,7 +460,7 @@ class NonstationaryJaxEnv(JaxEnv):
                 raise ValueError(f"env.tasks on the jit driver must all be JAX-native ({', '.join(JAX_NATIVE)}); "
                                  f"not: {', '.join(bad)} (use the host driver)")
             self.envs = [env if i == env.env_id else make_jax_env(i) for i in ids]
-            _check_same_spaces(ids, self.envs)
+            _check_same_spaces(ids, self.envs, cfg.pad_obs)
         else:
             self.envs = [env]
             if self.kind == "dynamics":
@@ -434,6 +471,9 @@ class NonstationaryJaxEnv(JaxEnv):
         self.discrete, self.action_size = base.discrete, base.action_size
         self.max_episode_steps = max(e.max_episode_steps for e in self.envs)
         self.observation_shape, self.observation_size = base.observation_shape, base.observation_size
+        if self.kind == "tasks" and cfg.pad_obs:
+            self.observation_shape = padded_shape(self.envs)
+            self.observation_size = int(np.prod(self.observation_shape))
         self.action_low, self.action_high, self.action_shape = base.action_low, base.action_high, base.action_shape
         self._truncate = self.kind == "tasks" or bool(cfg.truncate_at_switch)
 
@@ -451,6 +491,10 @@ class NonstationaryJaxEnv(JaxEnv):
             return obs
         return obs[_permutation(self.cfg, k, self.observation_size, schedule)]
 
+    def _task_obs(self, obs, j: int):
+        """Task `j`'s observation in the sequence's shape (padded with `pad_obs`)."""
+        return padded_obs(obs, self.envs[j].observation_shape, self.observation_shape)
+
     def _reset_env(self, env_state, key, k, schedule):
         """`(env_state, obs)` with the env of phase `k` freshly reset (other tasks' states kept)."""
         if self.kind != "tasks":
@@ -459,7 +503,7 @@ class NonstationaryJaxEnv(JaxEnv):
         def branch(j):
             def f(states):
                 fresh, obs = self.envs[j].reset(key)
-                return tuple(fresh if i == j else s for i, s in enumerate(states)), obs
+                return tuple(fresh if i == j else s for i, s in enumerate(states)), self._task_obs(obs, j)
             return f
         T = len(self.envs)
         return jax.lax.switch(k % T, [branch(j) for j in range(T)], env_state)
@@ -471,7 +515,8 @@ class NonstationaryJaxEnv(JaxEnv):
         def branch(j):
             def f(states):
                 new, obs, reward, term, trunc = self.envs[j].transition(states[j], action, key)
-                return tuple(new if i == j else s for i, s in enumerate(states)), obs, reward, term, trunc
+                return tuple(new if i == j else s for i, s in enumerate(states)), self._task_obs(obs, j), reward, \
+                    term, trunc
             return f
         T = len(self.envs)
         return jax.lax.switch(k % T, [branch(j) for j in range(T)], env_state)
@@ -670,14 +715,18 @@ class NonstationaryHostEnv:
                 raise ValueError(f"run env {own} is not one of env.tasks ({', '.join(ids)}); set the run env "
                                  f"to env.tasks[0]")
             self.envs = [env if i == own else make_env(i) for i in ids]
-            _check_same_spaces(ids, self.envs)
+            _check_same_spaces(ids, self.envs, cfg.pad_obs)
         elif self.kind == "dynamics":
             env, self._physics = _host_physics(env, cfg.dynamics)
             self.envs = [env]
         else:
             self.envs = [env]
         self.observation_size = self.envs[0].observation_size
-        self.observation_shape = getattr(self.envs[0], "observation_shape", (self.observation_size,))
+        self.observation_shape = _obs_shape(self.envs[0])
+        self._pad = self.kind == "tasks" and cfg.pad_obs
+        if self._pad:
+            self.observation_shape = padded_shape(self.envs)
+            self.observation_size = int(np.prod(self.observation_shape))
         self.observation_dtype = getattr(self.envs[0], "observation_dtype", np.float32)
         self.action_size, self.discrete = self.envs[0].action_size, self.envs[0].discrete
         self._active = None          # the task env reset last
@@ -694,6 +743,9 @@ class NonstationaryHostEnv:
             self._applied = k
 
     def _obs(self, obs, k: int):
+        if self._pad:
+            flat = padded_obs(np.asarray(obs), _obs_shape(self._active), self.observation_shape, np)
+            return flat if np.ndim(obs) == 1 else flat.reshape(self.observation_shape)
         if self.kind != "permute_obs":
             return obs
         if self._perm_phase != k:
@@ -735,5 +787,6 @@ def wrap_host(env, cfg: EnvConfig, schedule: int = 0, start_step: int = 0, envs_
 
 
 __all__ = ["EnvConfig", "KINDS", "DYNAMICS", "PRESETS", "preset", "validate", "check_dynamics_support",
-           "switch_index", "switch_steps", "scale", "permutation", "phase_info", "NonstationaryState",
+           "switch_index", "switch_steps", "scale", "permutation", "phase_info", "padded_shape", "padded_obs",
+           "NonstationaryState",
            "NonstationaryJaxEnv", "wrap_jax", "NonstationaryHostEnv", "ScaledHostJaxEnv", "wrap_host"]

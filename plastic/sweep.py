@@ -49,6 +49,7 @@ from pathlib import Path
 
 import yaml
 
+from plastic import suites
 from plastic.checkpoint import latest_checkpoint
 from plastic.config import ConfigError
 
@@ -193,7 +194,7 @@ def _expand(block: dict, where: str, sweep_name: str) -> list:
             if cfg.run.wandb and not cfg.run.wandb_group:  # W&B groups a sweep's runs under its name
                 flags += ["--run.wandb_group", sweep_name]
             tag = "+".join(cfg.interventions) or "none"
-            stem = "-".join([cfg.agent, tag, cfg.run.env.replace(":", "_").replace("/", "_"),
+            stem = "-".join([cfg.agent, tag, suites.env_tag(cfg),
                              *(_slug(f"{k}={_arg(v)}") for k, v in chosen)])
             for first in range(base, base + n_seeds, per):
                 count = min(per, base + n_seeds - first)

@@ -50,7 +50,7 @@ def test_no_upward_imports(package):
 LAYERS = (
     ("base", ("metrics", "plastic", "plastic.fields", "plastic.seed_axis", "plastic.networks", "plastic.optim",
               "plastic.normalize", "plastic.replay", "plastic.packing", "plastic.checkpoint", "plastic.logger",
-              "plastic.jaxenvs", "plastic.envs", "plastic.nonstationary")),
+              "plastic.jaxenvs", "plastic.envs", "plastic.nonstationary", "plastic.suites")),
     ("core", ("plastic.core", "plastic.agent", "plastic.surgery")),
     ("agents and interventions", ("agents", "plastic.interventions", "plastic.monitor")),
     ("config", ("plastic.config", "plastic.sharding", "plastic.slurm")),
