@@ -225,13 +225,12 @@ class Update:
     hooks: Hooks = struct.field(default_factory=Hooks)
     counters: dict = struct.field(default_factory=dict)
 
-    def step(self, net: Net, loss_fn, *, key, inputs=None, batch_size: int | None = None):
+    def step(self, net: Net, loss_fn, *, key, inputs=None):
         """One optimizer step of `net` on `loss_fn(params, probes) -> (loss, aux)` (`gradient_step`):
         `state.nets[net.name]` and `counters[net.name]` advance, the step's logs (loss, GraMa ratios) are
         merged into `state.logs`. `inputs`: the network's main input on this batch (its leading axis is the
-        batch size unless `batch_size` is given). Returns `(update, aux)`."""
-        if batch_size is None:
-            batch_size = 0 if inputs is None else jax.tree.leaves(inputs)[0].shape[0]
+        batch size). Returns `(update, aux)`."""
+        batch_size = 0 if inputs is None else jax.tree.leaves(inputs)[0].shape[0]
         ns, hooks, count, aux, logs = gradient_step(
             net, self.state.nets[net.name], loss_fn, batch_size=batch_size, count=self.counters[net.name],
             key=key, hooks=self.hooks, inputs=inputs)

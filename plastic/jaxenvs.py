@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
 import sys
 import warnings
 from typing import Any
@@ -183,19 +184,19 @@ class GymnaxEnv(JaxEnv):
 
 
 @contextlib.contextmanager
-def _quiet_brax():
-    """Drop the 'Failed to import (mujoco_)warp' lines mujoco.mjx prints on import, and the
-    maintenance warnings of brax and jaxopt; everything else printed passes through."""
-    buf = io.StringIO()
+def _quiet():
+    """Drop what importing brax or MuJoCo Playground and building their envs print (brax's and jaxopt's
+    maintenance warnings, Warp's device banner and kernel-cache lines, mujoco.mjx's 'Failed to import warp',
+    the progress of a mujoco_menagerie download); everything else printed passes through, unless an error is
+    raised (the error says what went wrong in one line)."""
+    out, err = io.StringIO(), io.StringIO()
+    noise = ("Warp", "warp", "CUDA", "Devices:", '"cpu"', '"cuda', "Kernel cache", "/.cache/warp", "menagerie")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(not actively being|no longer) maintained.*")
-        try:
-            with contextlib.redirect_stdout(buf):
-                yield
-        finally:
-            rest = [l for l in buf.getvalue().splitlines(keepends=True) if "Failed to import" not in l
-                    or "warp" not in l]
-            sys.stdout.write("".join(rest))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    for buf, stream in ((out, sys.stdout), (err, sys.stderr)):
+        stream.write("".join(l for l in buf.getvalue().splitlines(keepends=True) if not any(n in l for n in noise)))
 
 
 class BraxEnv(JaxEnv):
@@ -208,7 +209,7 @@ class BraxEnv(JaxEnv):
         if len(rest) > 1 or backend not in BRAX_BACKENDS:
             raise ValueError(f"bad brax env id {env_id!r}: use brax:NAME or brax:NAME:BACKEND with BACKEND one "
                              f"of {', '.join(BRAX_BACKENDS)}")
-        with _quiet_brax():
+        with _quiet():
             import brax.envs
             if name not in brax.envs._envs:
                 raise ValueError(f"unknown brax env {env_id!r}; valid: "
@@ -221,7 +222,7 @@ class BraxEnv(JaxEnv):
         self.action_low = -np.ones(self.action_size, np.float32)
         self.action_high = np.ones(self.action_size, np.float32)
         self.max_episode_steps = BRAX_EPISODE_LENGTH
-        with _quiet_brax():
+        with _quiet():
             self._init_spaces()
 
     def _reset(self, key):
@@ -242,21 +243,6 @@ def playground_default_backend() -> str:
     `warp` (MuJoCo Warp), steps one env but fails under `jax.vmap` on a CPU (a tracer escapes its FFI call,
     playground 0.2.0, mujoco-mjx 3.17.0) and is unverified on a GPU here; name it with `:warp` to try it."""
     return "jax"
-
-
-@contextlib.contextmanager
-def _quiet_playground():
-    """Drop what importing MuJoCo Playground and building its envs print (Warp's device banner and kernel-cache
-    lines, mujoco.mjx's 'Failed to import warp', the progress of a mujoco_menagerie download); everything else
-    printed passes through, unless an error is raised (it says what went wrong in one line)."""
-    out, err = io.StringIO(), io.StringIO()
-    noise = ("Warp", "warp", "CUDA", "Devices:", '"cpu"', '"cuda', "Kernel cache", "/.cache/warp", "menagerie")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(not actively being|no longer) maintained.*")
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            yield
-    for buf, stream in ((out, sys.stdout), (err, sys.stderr)):
-        stream.write("".join(l for l in buf.getvalue().splitlines(keepends=True) if not any(n in l for n in noise)))
 
 
 class PlaygroundEnv(JaxEnv):
@@ -280,7 +266,7 @@ class PlaygroundEnv(JaxEnv):
         if len(rest) > 1 or backend not in PLAYGROUND_BACKENDS:
             raise ValueError(f"bad playground env id {env_id!r}: use playground:NAME or playground:NAME:BACKEND "
                              f"with BACKEND one of {', '.join(PLAYGROUND_BACKENDS)}")
-        with _quiet_playground():
+        with _quiet():
             from mujoco_playground import registry
         if name not in registry.ALL_ENVS:
             raise ValueError(f"unknown playground env {env_id!r}; valid: "
@@ -289,9 +275,8 @@ class PlaygroundEnv(JaxEnv):
         if cfg.get("vision", False):
             raise ValueError(f"{env_id}: vision (pixel) configs are not supported")
         cfg.impl = backend
-        import subprocess
         try:
-            with _quiet_playground():
+            with _quiet():
                 self._env = registry.load(name, config=cfg)
         except subprocess.CalledProcessError:  # its first use clones mujoco_menagerie from GitHub
             from mujoco_playground._src import mjx_env
@@ -299,7 +284,7 @@ class PlaygroundEnv(JaxEnv):
                              f"downloads on first use and could not (offline?): clone "
                              f"https://github.com/google-deepmind/mujoco_menagerie (commit {mjx_env.MENAGERIE_COMMIT_SHA}) into "
                              f"{mjx_env.MENAGERIE_PATH}") from None
-        self.env_id, self.backend, self.config = env_id, backend, cfg
+        self.env_id, self.backend = env_id, backend
         self.action_repeat = int(cfg.get("action_repeat", 1))
         self.discrete = False
         self.action_size = int(self._env.action_size)
@@ -307,7 +292,7 @@ class PlaygroundEnv(JaxEnv):
         self.action_low = -np.ones(self.action_size, np.float32)
         self.action_high = np.ones(self.action_size, np.float32)
         self.max_episode_steps = -(-int(cfg.episode_length) // self.action_repeat)
-        with _quiet_playground():
+        with _quiet():
             self._init_spaces()
 
     @staticmethod
