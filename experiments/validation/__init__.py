@@ -6,8 +6,9 @@ rule (written before any run), the deviations of the laptop scale from the paper
 `experiments/validate.py FINDING` runs the sweep and writes docs/validation/FINDING.md from the outcome.
 
 Scales: `laptop` (this machine's reduced version: <= 60 min on 2 CPU cores, >= 5 vmapped seeds), `paper` (the
-paper's agent, env, budget and seeds, for the Slurm launcher) and `smoke` (a few thousand steps and 2 seeds:
-the pipeline end to end, for tests; its verdicts mean nothing and its reports say so).
+paper's agent, env, budget and seeds, for the Slurm launcher) and `smoke` (a few thousand steps, 2 seeds and
+SMOKE_REPS bootstrap replications: the pipeline end to end, for tests; its verdicts mean nothing and its reports
+say so).
 
 Scores are the evaluation protocol's (`eval/episode_return`, plastic/evaluation.py), never training returns
 (except where a peer logs only training returns: `Finding.scores` then says what is compared, on both sides);
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,6 +30,7 @@ VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 # one module per finding, in the order of docs/validation.md
 MODULES = ("dormancy", "activations", "swd", "plasticity", "gtr", "ne_least", "sanity")
 REPS = 2000              # bootstrap replications
+SMOKE_REPS = 100         # at the smoke scale, whose verdicts mean nothing (the pipeline is checked, not the CIs)
 BOOT_SEED = 0
 
 
@@ -160,6 +163,17 @@ def column(rows: list, method: str, name: str) -> np.ndarray:
 
 
 # ---- statistics --------------------------------------------------------------------------------------------
+@contextmanager
+def replications(n: int):
+    """The statistics below resample `n` times inside the block (REPS outside it)."""
+    global REPS
+    saved, REPS = REPS, n
+    try:
+        yield
+    finally:
+        REPS = saved
+
+
 def iqm_ci(x) -> tuple[float, float, float]:
     """rliable IQM of the values with its 95 % bootstrap CI (one task: the seeds are the stratum)."""
     from rliable import metrics

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from experiments.validation import SCALES, VERDICTS, Finding
+from experiments.validation import REPS, SCALES, SMOKE_REPS, VERDICTS, Finding, replications
 
-SMOKE_NOTE = ("**Smoke scale: this report checks the pipeline only.** Its runs are a few thousand steps long; "
-              "the verdict below means nothing about the finding.")
+SMOKE_NOTE = ("**Smoke scale: this report checks the pipeline only.** Its runs are a few thousand steps long and "
+              f"its bootstrap CIs resample {SMOKE_REPS} times, not {REPS}; the verdict below means nothing about the "
+              "finding.")
 
 
 def _md_value(v) -> str:
@@ -39,6 +40,11 @@ def _wall(info: dict) -> str:
 
 def write(finding: Finding, scale: str, root: Path, out: Path, info: dict, commit: str) -> dict:
     """Analyse the runs under `root` and write the report; returns {"verdict", "path"}."""
+    with replications(SMOKE_REPS if scale == "smoke" else REPS):
+        return _write(finding, scale, root, out, info, commit)
+
+
+def _write(finding: Finding, scale: str, root: Path, out: Path, info: dict, commit: str) -> dict:
     from experiments.report import load_scores
     scores = load_scores([root], score="eval")   # the evaluation protocol's return, never training returns
     outcome = (finding.analyse(scores.runs, root, finding.sweeps[scale]) if finding.peers
