@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.report import final_return, final_window
+from experiments.validate import main as validate
 from experiments.validation import (METRICS_OFF, SCALES, VERDICTS, first_and_final, iqm_ci, mean_ci, poi_ci, tail_mean,
                                     registry)
 from experiments.validation.sanity import (CLEANRL_PYTHON_DEFAULT, CLEANRL_PYTHON_VAR, CLEANRL_REPO_DEFAULT,
@@ -37,9 +38,7 @@ def test_every_scale_resolves_and_paper_emits_an_sbatch(name, tmp_path):
         assert sw.plan(sw.load(f.sweeps[scale]), tmp_path / scale)
     laptop = sw.load(f.sweeps["laptop"])
     assert all(len(t.seeds) >= 5 for t in laptop.tasks)     # >= 5 seeds, vmapped in each task
-    out = subprocess.run([sys.executable, "experiments/validate.py", name, "--scale", "paper", "--emit-sbatch",
-                          "--root", str(tmp_path / "paper")], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    assert validate([name, "--scale", "paper", "--emit-sbatch", "--root", str(tmp_path / "paper")]) == 0
     script = list((tmp_path / "paper" / ".sweep").rglob("*.sbatch"))
     assert len(script) == 1 and "#SBATCH --array=" in script[0].read_text()
     n = len(sw.plan(sw.load(f.sweeps["paper"]), tmp_path / "paper"))
@@ -64,18 +63,16 @@ CHECKED = {"dormancy": ("dormant", "dormant_ratio_tau_0.025/q"), "activations": 
 
 
 @pytest.mark.parametrize("name", sorted(FINDINGS))
-def test_smoke_pipeline_end_to_end(name, tmp_path):
+def test_smoke_pipeline_end_to_end(name, tmp_path, capsys):
     """validate.py at the smoke scale: runs the sweep, analyses the runs, writes the report, its figures, its
     per-run CSV and the verdict; the CSV's numbers are the runs' metrics.jsonl numbers."""
     root, out = tmp_path / "runs", tmp_path / "docs" / "validation"
     args = [name, "--scale", "smoke", "--root", str(root), "--out", str(out), "--no-progress", "--jobs", "1"]
-    cmd = [sys.executable, "experiments/validate.py", *args]
     peer = FINDINGS[name].peers is not None and all(Path(p).exists() for p in PEER_ENVS)
     if FINDINGS[name].peers is not None and not peer:
-        cmd.append("--no-peers")
         args.append("--no-peers")
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    # in this process (test_the_script_runs_from_a_checkout starts the script): the tasks run in a sweep worker
+    assert validate(args) == 0, capsys.readouterr()
     stem = f"{name}-smoke"
     report = (out / f"{stem}.md").read_text()
     for heading in (f"# Finding {FINDINGS[name].number}:", "**Verdict (smoke scale):", "## Claim",
@@ -118,9 +115,8 @@ def test_smoke_pipeline_end_to_end(name, tmp_path):
             assert float(r[f"{column}_first"]) == pytest.approx(vals[0])
             assert float(r[f"{column}_final"]) == pytest.approx(np.mean(vals[-final_window(len(vals)):]))
 
-    # again with --analyse-only (in this process): nothing runs, the same runs give the same verdict
-    from experiments.validate import main
-    assert main(args + ["--analyse-only"]) == 0
+    # again with --analyse-only: nothing runs, the same runs give the same verdict
+    assert validate(args + ["--analyse-only"]) == 0
     assert json.loads((out / stem / "verdict.json").read_text())["verdict"] == verdict["verdict"]
 
 
@@ -142,10 +138,18 @@ def test_summary_lists_every_finding(tmp_path):
     (["dormancy", "--jobs", "0"], "--jobs must be >= 1"),
     (["dormancy", "--emit-sbatch"], "--emit-sbatch writes a Slurm script"),
 ])
-def test_bad_input_one_line(args, message, tmp_path):
-    res = subprocess.run([sys.executable, "experiments/validate.py", *args, "--root", str(tmp_path / "r"),
-                          "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+def test_bad_input_one_line(args, message, tmp_path, capsys):
+    code = validate([*args, "--root", str(tmp_path / "r"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
+
+
+def test_the_script_runs_from_a_checkout(tmp_path):
+    """experiments/validate.py as a script (the tests above call its main): bad input, one line, exit code 2."""
+    res = subprocess.run([sys.executable, "experiments/validate.py", "--jobs", "0", "dormancy", "--root",
+                          str(tmp_path / "r"), "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and "--jobs must be >= 1" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
 
 
