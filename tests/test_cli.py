@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import METRICS_OFF
 from plastic import interventions as ivs
 from plastic.cli import main
 from plastic.config import ConfigError, build
 from plastic.interventions.base import Intervention
 
 ROOT = Path(__file__).resolve().parent.parent
+# the smoke runs are not about the metrics: every group off (each adds seconds of XLA compile to a step program)
+METRICS_OFF_ARGV = [a for k, v in METRICS_OFF.items() for a in (f"--{k}", str(v))]
 
 
 def test_help_lists_agents_and_interventions():
@@ -24,7 +27,7 @@ def test_help_lists_agents_and_interventions():
 
 @pytest.mark.parametrize("argv, needle", [
     (["--agent", "ppo2"], "unknown agent 'ppo2'; valid: dqn, ppo, sac, td3"),
-    (["--intervention", "grama+foo"], "unknown intervention 'foo'; valid: none, cbp, grama, gtr, injection, kl_penalty, l2init, least, ne, redo, "
+    (["--intervention", "grama+foo"], "unknown intervention 'foo'; valid: none, cbp, grama, gtr, injection, kl_penalty, l2init, least, ne, parseval, redo, "
                                       "reset, shrink_perturb, swd, weight_decay"),
     (["--sac.nope", "1"], "unknown field sac.nope; valid fields of sac:"),
     (["--sac.batch_size", "abc"], "sac.batch_size: expected int, got 'abc'"),
@@ -78,7 +81,8 @@ def test_smoke_run_and_resume(tmp_path, capsys):
     run_dir = tmp_path / "smoke"
     argv = ["--agent", "td3", "--intervention", "grama+swd", "--env", "Pendulum-v1", "--steps", "300",
             "--run-dir", str(run_dir), "--td3.learning_starts", "100", "--td3.hidden", "16,16",
-            "--td3.buffer_size", "1000", "--run.log_every=100", "--grama.period", "50", "--run.progress", "off"]
+            "--td3.buffer_size", "1000", "--run.log_every=100", "--grama.period", "50", "--run.progress", "off",
+            *METRICS_OFF_ARGV]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert str(run_dir) in out and "results in" in out
@@ -97,7 +101,7 @@ def test_ppo_nonstationary_smoke_run_and_resume(tmp_path, capsys):
     run_dir = tmp_path / "ppo"
     argv = ["--agent", "ppo", "--intervention", "grama", "--steps", "400", "--run-dir", str(run_dir),
             "--ppo.num_envs", "2", "--ppo.num_steps", "50", "--ppo.hidden", "16,16", "--run.log_every", "100",
-            "--env.nonstationary", "flip_reward", "--env.period", "200", "--run.progress", "off"]
+            "--env.nonstationary", "flip_reward", "--env.period", "200", "--run.progress", "off", *METRICS_OFF_ARGV]
     assert main(argv) == 0
     assert "gymnax:CartPole-v1" in capsys.readouterr().out
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
