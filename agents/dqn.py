@@ -22,7 +22,8 @@ import optax
 from plastic.agent import AgentState, DiscreteActions, empty_logs
 from plastic.core import Net, Update, maybe
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
-from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, TORSOS, ConvNet, build_network, check_options, with_injection
+from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, TORSOS, ConvNet, build_network,
+    check_options, with_injection)
 from plastic.optim import adam
 
 LOSSES = ("huber", "mse")
@@ -34,6 +35,7 @@ class DQNConfig:
                                                    # simba/bronet: the first is the width d
     torso: str = one_of("mlp", tuple(TORSOS))  # mlp | nature (Nature-CNN, Atari) | minatar (one 16x3x3 conv)
     network: str = one_of("mlp", NETWORKS)  # mlp | simba | bronet (residual nets; torso=mlp only)
+    norm: str = one_of("none", NORMS)  # none | layer: LayerNorm after every hidden Dense of an mlp (Plasticine's LN)
     blocks: int = num(2, ge=1)        # simba/bronet residual blocks (the papers' critic setting)
     activation: str = one_of("relu", ACTIVATIONS)
     init: str = one_of("lecun_normal", INITIALIZERS)

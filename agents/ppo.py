@@ -36,7 +36,8 @@ import optax
 from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
 from plastic.core import Net, Update
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, one_of
-from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, GaussianHead, build_network, check_options, with_injection
+from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, GaussianHead, build_network, check_options,
+    with_injection)
 from plastic.optim import adam
 from plastic.normalize import RunningStats
 
@@ -47,6 +48,7 @@ LOG_2PI_E = float(jnp.log(2 * jnp.pi) + 1.0)
 class PPOConfig:
     hidden: tuple[int, ...] = positive((64, 64))  # mlp: layer widths; simba/bronet: the first is the width d
     network: str = one_of("mlp", NETWORKS)  # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
+    norm: str = one_of("none", NORMS)  # none | layer: LayerNorm after every hidden Dense of an mlp (Plasticine's LN)
     blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = one_of("tanh", ACTIVATIONS)
     init: str = one_of("orthogonal", INITIALIZERS)  # CleanRL layer_init: gain sqrt(2); heads 0.01 (policy), 1 (value)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from plastic.agent import AgentState, ContinuousActions, empty_logs, squash_obs_action
 from plastic.core import Net, Update, maybe
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
-from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, build_network, check_options, ensemble_member, with_injection
+from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, build_network, check_options,
+    ensemble_member, with_injection)
 from plastic.optim import adam
 
 
@@ -21,6 +22,7 @@ from plastic.optim import adam
 class TD3Config:
     hidden: tuple[int, ...] = positive((256, 256))  # mlp: layer widths; simba/bronet: the first is the width d
     network: str = one_of("mlp", NETWORKS)  # mlp | simba (Lee et al. 2024) | bronet (Nauman et al. 2024)
+    norm: str = one_of("none", NORMS)  # none | layer: LayerNorm after every hidden Dense of an mlp (Plasticine's LN)
     blocks: int = num(2, ge=1)        # simba/bronet residual blocks (papers: critic 2, actor 1; one switch here)
     activation: str = one_of("relu", ACTIVATIONS)
     init: str = one_of("lecun_normal", INITIALIZERS)

@@ -19,7 +19,7 @@ import yaml
 
 import agents
 from plastic import interventions as iv_registry
-from plastic import envs, fields, nonstationary, suites
+from plastic import envs, fields, networks, nonstationary, suites
 from plastic.fields import nonneg, num, one_of, positive, unit_pos
 from plastic.nonstationary import EnvConfig
 from plastic.networks import PROBE_POINTS
@@ -299,6 +299,10 @@ def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
             agent_validate(a)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    try:
+        networks.check_norm(cfg.agent, a)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not a.hidden:  # the widths' range is declared on the field
         raise ConfigError(f"{cfg.agent}.hidden must be a non-empty list of positive widths, got nothing")
     _validate_metrics(m)

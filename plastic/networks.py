@@ -51,6 +51,7 @@ _INITS = {
 INITIALIZERS = tuple(_INITS) + ("orthogonal",)
 PROBE_POINTS = ("pre_activation", "post_activation", "weight_grad")
 NETWORKS = ("mlp", "simba", "bronet")
+NORMS = ("none", "layer")  # `norm` of every agent: LayerNorm over the units of each hidden Dense of an mlp
 
 
 def kernel_initializer(name: str, ensemble: int = 0, scale: float = 1.0):
@@ -461,16 +462,29 @@ class BroNet(_Residual):
 def build_network(cfg, out: int, *, ensemble: int = 0, out_init_scale: float = 1.0,
                   probe_point: str = "pre_activation", inject: bool = False):
     """The network an agent config asks for (`cfg.network`: mlp | simba | bronet) with `out` outputs. The
-    residual networks take their width from `cfg.hidden[0]` and their depth from `cfg.blocks`."""
+    residual networks take their width from `cfg.hidden[0]` and their depth from `cfg.blocks`; `cfg.norm =
+    layer` puts a LayerNorm (learned scale and offset) between each hidden Dense of an mlp and its activation."""
     if cfg.network == "mlp":
-        return MLP(tuple(cfg.hidden), out, cfg.activation, ensemble, kernel_init=cfg.init,
-                   out_init_scale=out_init_scale, probe_point=probe_point, inject=inject)
+        return MLP(tuple(cfg.hidden), out, cfg.activation, ensemble, layer_norm=cfg.norm == "layer",
+                   kernel_init=cfg.init, out_init_scale=out_init_scale, probe_point=probe_point, inject=inject)
     cls = {"simba": SimBa, "bronet": BroNet}[cfg.network]
     return cls(cfg.hidden[0], cfg.blocks, out, cfg.activation, ensemble, cfg.init, out_init_scale, probe_point,
                inject)
 
 
 AGENT_OPTIONS = ("adam_count", "inject")  # build options interventions may ask for (Intervention.agent_options)
+
+
+def check_norm(agent: str, cfg) -> None:
+    """`norm = layer` is for mlp networks: the residual ones have their own LayerNorms, conv torsos none."""
+    if getattr(cfg, "norm", "none") == "none":
+        return
+    if cfg.network != "mlp":
+        raise ValueError(f"{agent}.norm={cfg.norm} applies to {agent}.network=mlp; {cfg.network} has its own "
+                         f"LayerNorms (use {agent}.norm=none)")
+    if getattr(cfg, "torso", "mlp") != "mlp":
+        raise ValueError(f"{agent}.norm={cfg.norm} applies to MLP networks, not the {cfg.torso} conv torso (use "
+                         f"{agent}.norm=none)")
 
 
 def check_options(agent: str, options: dict | None, injectable) -> dict:

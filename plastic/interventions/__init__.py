@@ -8,6 +8,7 @@ from plastic.interventions.injection import Injection
 from plastic.interventions.l2 import L2Init, WeightDecay
 from plastic.interventions.least import LEAST
 from plastic.interventions.ne import NE
+from plastic.interventions.parseval import Parseval
 from plastic.interventions.redo import ReDo
 from plastic.interventions.regrama import ReGraMa
 from plastic.interventions.reset import Reset
@@ -16,7 +17,7 @@ from plastic.interventions.swd import SWD
 
 REGISTRY: dict[str, type[Intervention]] = {
     cls.name: cls for cls in (ReGraMa, SWD, ReDo, Reset, ShrinkPerturb, L2Init, WeightDecay, CBP, LEAST, GTR,
-                              KLPenalty, NE, Injection)}
+                              KLPenalty, NE, Injection, Parseval)}
 ALIASES = {"regrama": "grama", "inject": "injection"}
 
 

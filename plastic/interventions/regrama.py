@@ -61,10 +61,10 @@ class ReGraMa(Intervention):
 
     @classmethod
     def defaults_for(cls, agent, agent_cfg):
-        """τ = 0.01 on LayerNorm / residual networks (SimBa, BroNet: paper Tables 3 and 5), 0 on plain MLPs
-        and conv torsos (Table 7)."""
+        """τ = 0.01 on LayerNorm / residual networks (SimBa, BroNet, an mlp with `norm=layer`: paper Tables 3
+        and 5), 0 on plain MLPs and conv torsos (Table 7)."""
         out = super().defaults_for(agent, agent_cfg)
-        if getattr(agent_cfg, "network", "mlp") != "mlp":
+        if getattr(agent_cfg, "network", "mlp") != "mlp" or getattr(agent_cfg, "norm", "none") == "layer":
             out["tau"] = 0.01
         return out
     census = {"period": 5, "tau": 0.1}
