@@ -35,6 +35,8 @@ _DMC_NOTE = ("Plasticine (RLE-Foundation/Plasticine, plasticine/continual/td3_dm
              "cont_mode=task): the tasks of one DMC domain in turn, 1M env steps each. Differences: a fixed order "
              "(Plasticine shuffles its list with the run seed); a switch ends the running episode as a truncation; "
              "the replay buffer and optimizer carry over, as there.")
+_CCHAIN_NOTE = (" The order is C-CHAIN's continual DMC (bluecontra/C-CHAIN README: walker stand-walk-run, quadruped "
+                "walk-run-walk, dog stand-walk-run-trot).")
 _MINATAR_NOTE = ("LucMc/continual-learning (continual_learning/envs/minatar.py): MinAtar games in sequence with the "
                  "6-action set and observations zero-padded on the channel axis. Differences: gymnax's games (jitted) "
                  "instead of the MinAtar package; Breakout instead of Seaquest (gymnax's Seaquest does not step: its "
@@ -53,8 +55,11 @@ SUITES = {
     "dmc_chain_humanoid": Suite(_chain(["dmc:humanoid-stand", "dmc:humanoid-walk", "dmc:humanoid-run"],
                                        1_000_000), 6,
                                 "humanoid stand -> walk -> run, twice: Plasticine's own list (host driver)", _DMC_NOTE),
-    "dmc_chain_dog": Suite(_chain(["dmc:dog-stand", "dmc:dog-walk", "dmc:dog-trot", "dmc:dog-run"], 1_000_000), 8,
-                           "dog stand -> walk -> trot -> run, twice, on dm_control (host driver)", _DMC_NOTE),
+    "dmc_chain_quadruped": Suite(_chain(["dmc:quadruped-walk", "dmc:quadruped-run"], 1_000_000), 3,
+                                 "quadruped walk -> run -> walk, on dm_control (host driver)", _DMC_NOTE + _CCHAIN_NOTE),
+    "dmc_chain_dog": Suite(_chain(["dmc:dog-stand", "dmc:dog-walk", "dmc:dog-run", "dmc:dog-trot"], 1_000_000), 8,
+                           "dog stand -> walk -> run -> trot, twice, on dm_control (host driver)",
+                           _DMC_NOTE + _CCHAIN_NOTE),
     "playground_chain": Suite(_chain(["playground:WalkerStand", "playground:WalkerWalk", "playground:WalkerRun"],
                                      1_000_000), 6,
                               "walker stand -> walk -> run, twice, on MuJoCo Playground (jitted driver)",
