@@ -572,7 +572,8 @@ def phase_scores(scores: Scores, reps: int = 2000, seed: int = 0) -> Phases | No
             table.setdefault(t, {})[m] = cells
             per_seed: dict[tuple, dict] = {}
             for r in mine:
-                per_seed.setdefault((r["run"], r["seed"]), {}).setdefault(r["label"], {})[r["phase"]] = r["final_return"]
+                by_label = per_seed.setdefault((r["run"], r["seed"]), {})
+                by_label.setdefault(r["label"], {})[r["phase"]] = r["final_return"]
             changes = []
             for label in dict.fromkeys(r["label"] for r in sorted(mine, key=lambda r: r["phase"])):
                 seen = sorted({r["phase"] for r in mine if r["label"] == label})

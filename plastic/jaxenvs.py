@@ -139,9 +139,10 @@ class JaxEnv:
 class GymnaxEnv(JaxEnv):
     """`gymnax:NAME[:full]`. `:full` gives a MinAtar game the full action set of the MinAtar package
     (6 actions, the same meaning in every game; an action a game does not use is a no-op there) instead of
-    gymnax's minimal one (Breakout's 3), so that games can follow one another in a sequence. Steps with `step_env` (no gymnax auto-reset) under params whose
-    `max_steps_in_episode` is huge, so gymnax's `done` is the true termination only; the env's own
-    `max_steps_in_episode` (500 for CartPole-v1) becomes our time limit, reported as truncation.
+    gymnax's minimal one (Breakout's 3), so that games can follow one another in a sequence. Steps with
+    `step_env` (no gymnax auto-reset) under params whose `max_steps_in_episode` is huge, so gymnax's `done` is
+    the true termination only; the env's own `max_steps_in_episode` (500 for CartPole-v1) becomes our time
+    limit, reported as truncation.
     (Envs whose dynamics or observations read `max_steps_in_episode`, e.g. DiscountingChain-bsuite's
     time feature, see the huge value.)"""
 
@@ -282,8 +283,8 @@ class PlaygroundEnv(JaxEnv):
             from mujoco_playground._src import mjx_env
             raise ValueError(f"{env_id} needs the robot models of mujoco_menagerie, which MuJoCo Playground "
                              f"downloads on first use and could not (offline?): clone "
-                             f"https://github.com/google-deepmind/mujoco_menagerie (commit {mjx_env.MENAGERIE_COMMIT_SHA}) into "
-                             f"{mjx_env.MENAGERIE_PATH}") from None
+                             f"https://github.com/google-deepmind/mujoco_menagerie (commit "
+                             f"{mjx_env.MENAGERIE_COMMIT_SHA}) into {mjx_env.MENAGERIE_PATH}") from None
         self.env_id, self.backend = env_id, backend
         self.action_repeat = int(cfg.get("action_repeat", 1))
         self.discrete = False

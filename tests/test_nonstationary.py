@@ -162,7 +162,8 @@ def test_tasks_jax_switch_and_truncate():
 
 
 def test_tasks_errors():
-    with pytest.raises(ValueError, match="must share their spaces: gymnax:CartPole-v1 and gymnax:Acrobot-v1 have discrete actions 2 vs discrete actions 3") as e:
+    with pytest.raises(ValueError, match="must share their spaces: gymnax:CartPole-v1 and gymnax:Acrobot-v1 have "
+                                         "discrete actions 2 vs discrete actions 3") as e:
         wrap_jax(make_jax_env("gymnax:CartPole-v1"),
                  EnvConfig(nonstationary="tasks", tasks=("gymnax:CartPole-v1", "gymnax:Acrobot-v1"), period=5))
     assert "\n" not in str(e.value)
