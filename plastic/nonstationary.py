@@ -18,7 +18,11 @@ Kinds (`EnvConfig.nonstationary`), each a pure function of the phase `k = env_st
     generalized and mjx backends only (spring and positional normalise link masses, so it is an error
     there): `sys.body_mass`, `sys.body_inertia`, `sys.link.inertia.mass` and `.i`, with the inverse
     weights (`body_invweight0`, `dof_invweight0`, `link.invweight`, `dof.invweight`) divided by the
-    scale; gravity `sys.gravity` and `sys.opt.gravity`, all backends.
+    scale. That division is what MuJoCo's `mj_setConst` would compute if the joints' armature scaled with
+    the masses; armature is a motor property and does not, so the inverse weights `mj_setConst` derives
+    for the scaled model differ from ours by a few percent (4-7 % measured on brax's models with armature),
+    which changes only the constraint softness (the mass matrix itself is scaled exactly). Gravity:
+    `sys.gravity` and `sys.opt.gravity`, all backends.
   - `playground:` (MuJoCo Playground, its jax/MJX backend only): as for MuJoCo above, on the MJX model:
     friction `geom_friction[:, 0]` (and `pair_friction[:, :2]`); gravity `opt.gravity`; no mass (the
     constants `mj_setConst` derives from masses cannot be recomputed exactly inside jit).
