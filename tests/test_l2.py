@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import NETS, assert_cli_error, assert_resume_identical, rows, tiny_trainer
+from helpers import NETS, assert_cli_error, rows, tiny_trainer
 from plastic import fields
 from plastic.core import Hooks, Net, NetState, gradient_step
 from plastic.interventions.l2 import L2Init, L2InitConfig, WeightDecay, WeightDecayConfig, kernel_mask
@@ -197,7 +197,7 @@ def trainer(agent, steps, intervention, extra=None, seeds=2):
     return tiny_trainer(agent, intervention, steps, extra, seeds)
 
 
-# td3 and sac are `slow` variants (run them with -m "") to keep this file short; dqn also resumes below
+# td3 and sac are `slow` variants (run them with -m "") to keep this file short; dqn resumes in tests/test_stacks.py
 @pytest.mark.parametrize("agent", [pytest.param("td3", marks=pytest.mark.slow),
                                    pytest.param("sac", marks=pytest.mark.slow), "dqn", "ppo"])
 def test_short_run_every_agent(tmp_path, agent):
@@ -217,6 +217,4 @@ def test_short_run_every_agent(tmp_path, agent):
     assert f"l2init/dist_to_init/{NETS[agent][0]}" in r and f"weight_decay/param_norm/{NETS[agent][0]}" in r
 
 
-def test_resume_is_bit_identical(tmp_path):
-    # the short dqn run's program: its compilation is cached
-    assert_resume_identical(lambda n: trainer("dqn", n, "l2init+weight_decay"), tmp_path, 300, 200)
+# resume: tests/test_stacks.py::test_a_stack_trains_and_resumes (DQN, l2init + weight_decay in a stack)

@@ -1,5 +1,5 @@
 """Composition: which stacks are refused (and why, in one line), the method x agent table in the docs equals
-the code, and a compatible stack of several methods trains and resumes."""
+the code, and a compatible stack of several methods trains and resumes (the resume test of each of them)."""
 from __future__ import annotations
 
 import re
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_cli_error, assert_resume_identical, tiny_trainer
+from helpers import assert_cli_error, assert_resume_identical, rows, tiny_trainer
 from plastic.config import ConfigError, build, supported_agents
 from plastic.interventions import REGISTRY
 
@@ -50,11 +50,27 @@ def test_compatible_stacks_build():
         assert tuple(build(agent, stack).interventions) == tuple(stack.split("+"))
 
 
+# one run cut at env step 100 and resumed to 300 checks every method's state across the checkpoint: each acts
+# before the cut and after it (learning from step 50: ReDo and ReGraMa every 10 updates, shrink & perturb every
+# 7, a reset every 60 env steps) or, for the injection at step 150, after it; the evaluations at 100, 200 and 300
+# too. It stands for the per-method resume tests (test_redo, test_reset, test_l2, test_shrink_perturb,
+# test_injection; test_evaluation's resumed evaluation); NE and CBP's Adam keep their own (they cannot stack)
+STACK = "grama+swd+l2init+weight_decay+redo+reset+shrink_perturb+injection"
+STACKED = {"dqn.learning_starts": 50, "grama.period": 10, "swd.T": 200, "redo.period": 10, "redo.tau": 0.1,
+           "reset.interval": 60, "shrink_perturb.mode": "fresh_noise", "shrink_perturb.period": 7,
+           "injection.at": "150", "run.eval_every": 100, "run.eval_episodes": 2}
+
+
 def test_a_stack_trains_and_resumes(tmp_path):
-    """grama + swd + l2init on DQN (2 vmapped seeds): every method's state advances, and a resumed run is
-    bit-identical to the uninterrupted one."""
-    extra = {"grama.period": 10, "swd.T": 200}
-    full = assert_resume_identical(lambda n: tiny_trainer("dqn", "grama+swd+l2init", n, extra), tmp_path, 300, 200)
+    """Every method of STACK on DQN (2 vmapped seeds): every method's state advances, and a run resumed across
+    the events of all of them is bit-identical to the uninterrupted one, evaluations included."""
+    full = assert_resume_identical(lambda n: tiny_trainer("dqn", STACK, n, STACKED), tmp_path, 300, 100)
     ist = full.final_state[0].interventions
     assert np.all(np.asarray(ist["grama"]["q"]["events"]) > 0)
     assert np.all(np.asarray(ist["l2init"]["q"]["dist"]) > 0)
+    assert np.all(np.asarray(ist["redo"]["q"]["events"]) > 0)
+    assert np.asarray(ist["reset"]["count"]).tolist() == [5, 5]           # env steps 60, 120, ..., 300
+    assert np.all(np.asarray(ist["shrink_perturb"]["q"]["events"]) > 0)
+    rs = rows(tmp_path / "full")
+    assert [r["injection/count"] for r in rs] == [0, 0, 1, 1, 1, 1]    # rows at 100, 200, 300 (two seeds each)
+    assert all("eval/episode_return" in r for r in rs)
