@@ -23,7 +23,9 @@ def _agent(name):
     return next(a for k, a in AGENT.items() if k in name)
 
 
-@pytest.mark.parametrize("name", suites.NAMES)
+# playground_chain_humanoid builds three more MJX models (~13 s): a `slow` variant of playground_chain
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "playground_chain_humanoid" else n
+                                  for n in suites.NAMES])
 def test_every_suite_resolves_to_its_fields_and_budget(name):
     suite = suites.SUITES[name]
     cfg = build(_agent(name), None, env=f"continual:{name}")  # validates: builds every task env, checks spaces
