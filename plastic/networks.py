@@ -463,9 +463,10 @@ def build_network(cfg, out: int, *, ensemble: int = 0, out_init_scale: float = 1
                   probe_point: str = "pre_activation", inject: bool = False):
     """The network an agent config asks for (`cfg.network`: mlp | simba | bronet) with `out` outputs. The
     residual networks take their width from `cfg.hidden[0]` and their depth from `cfg.blocks`; `cfg.norm =
-    layer` puts a LayerNorm (learned scale and offset) between each hidden Dense of an mlp and its activation."""
+    layer` puts a LayerNorm (learned scale and offset) between each hidden Dense of an mlp and its activation
+    (a config without `norm`, e.g. a new agent's, gets none)."""
     if cfg.network == "mlp":
-        return MLP(tuple(cfg.hidden), out, cfg.activation, ensemble, layer_norm=cfg.norm == "layer",
+        return MLP(tuple(cfg.hidden), out, cfg.activation, ensemble, layer_norm=getattr(cfg, "norm", "none") == "layer",
                    kernel_init=cfg.init, out_init_scale=out_init_scale, probe_point=probe_point, inject=inject)
     cls = {"simba": SimBa, "bronet": BroNet}[cfg.network]
     return cls(cfg.hidden[0], cfg.blocks, out, cfg.activation, ensemble, cfg.init, out_init_scale, probe_point,

@@ -36,6 +36,13 @@ def _networks(name, nets):
         _choice(f"{name}.networks entry", n, ROLES)
 
 
+class ForRoles(Intervention):
+    """An intervention on the networks whose roles its config's `networks` names (checked by `validate`)."""
+
+    def validate(self, run_cfg, agent_cfg):
+        _networks(self.name, self.cfg.networks)
+
+
 def kernel_mask(params):
     """Bool pytree like `params`: True on leaves whose key is `kernel` (weights), False on biases,
     LayerNorm affine, log-std and other free parameters."""
@@ -62,12 +69,9 @@ class L2InitConfig:
     networks: tuple[str, ...] = ("actor", "critic")  # roles; targets are never regularised
 
 
-class L2Init(Intervention):
+class L2Init(ForRoles):
     name = "l2init"
     Config = L2InitConfig
-
-    def validate(self, run_cfg, agent_cfg):
-        _networks("l2init", self.cfg.networks)
 
     def init(self, key, agent, agent_state=None):
         if agent_state is None:
@@ -129,12 +133,9 @@ class WeightDecayConfig:
     networks: tuple[str, ...] = ("actor", "critic")  # roles; targets are never decayed
 
 
-class WeightDecay(Intervention):
+class WeightDecay(ForRoles):
     name = "weight_decay"
     Config = WeightDecayConfig
-
-    def validate(self, run_cfg, agent_cfg):
-        _networks("weight_decay", self.cfg.networks)
 
     def init(self, key, agent, agent_state=None):
         return {n.name: {"param_norm": jnp.zeros(())} for n in nets_with_roles(agent, self.cfg.networks)}

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 
 from plastic.fields import nonneg, positive
-from plastic.interventions.base import Intervention, nets_with_roles
-from plastic.interventions.l2 import _networks
+from plastic.interventions.base import nets_with_roles
+from plastic.interventions.l2 import ForRoles
 from plastic.networks import get_path
 
 
@@ -52,12 +52,9 @@ class ParsevalConfig:
     networks: tuple[str, ...] = ("actor", "critic")  # roles; targets are never regularised
 
 
-class Parseval(Intervention):
+class Parseval(ForRoles):
     name = "parseval"
     Config = ParsevalConfig
-
-    def validate(self, run_cfg, agent_cfg):
-        _networks("parseval", self.cfg.networks)
 
     def init(self, key, agent, agent_state=None):
         return {n.name: {"penalty": jnp.zeros(())} for n in nets_with_roles(agent, self.cfg.networks, True)}
