@@ -156,7 +156,8 @@ def test_atari_frames_and_dqn_nature_cnn_with_regrama(tmp_path):
     cfg, trainer = make("dqn", "atari:Breakout", 120, intervention="grama", overrides={
         "dqn.torso": "nature", "dqn.hidden": "32", "dqn.learning_starts": 60, "dqn.batch_size": 8,
         "dqn.buffer_size": 200, "dqn.train_frequency": 4, "dqn.reward_clip": 1.0, "grama.period": 5,
-        "run.log_every": 60, "metrics.ntk_every": 0, "metrics.batch_size": 32, "metrics.ntk_batch": 8},
+        "run.log_every": 60, "metrics.ntk_every": 0, "metrics.batch_size": 32, "metrics.ntk_batch": 8,
+        "metrics.rank_every": 0, "metrics.churn_every": 0, "metrics.grad_every": 0},  # the activity group is read
         metrics=True)
     trainer.run(tmp_path)
     ts = trainer.final_state[0]

@@ -23,8 +23,12 @@ def _agent(name):
     return next(a for k, a in AGENT.items() if k in name)
 
 
-# playground_chain_humanoid builds three more MJX models (~13 s): a `slow` variant of playground_chain
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "playground_chain_humanoid" else n
+# slow variants: playground_chain_humanoid builds three more MJX models (~13 s) on playground_chain's path,
+# dmc_chain_dog four dog models (~13 s) on dmc_chain's
+SLOW_SUITES = ("playground_chain_humanoid", "dmc_chain_dog")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SUITES else n
                                   for n in suites.NAMES])
 def test_every_suite_resolves_to_its_fields_and_budget(name):
     suite = suites.SUITES[name]

@@ -49,8 +49,11 @@ def test_driver_choice():
         make_trainer(build("ppo", overrides={"run.driver": "jit"}, env="CartPole-v1"))
 
 
+# td3 and dqn are `slow` variants: the DQN jitted resume with grama, swd and six more methods is
+# tests/test_stacks.py::test_a_stack_trains_and_resumes; sac and ppo keep the metrics on across the cut
 @pytest.mark.parametrize("agent,intervention", [pytest.param("td3", "grama+swd", marks=pytest.mark.slow),
-                                                ("sac", "grama"), ("dqn", "grama+swd"),
+                                                ("sac", "grama"),
+                                                pytest.param("dqn", "grama+swd", marks=pytest.mark.slow),
                                                 ("ppo", "grama")])
 def test_resume_is_bit_identical(tmp_path, agent, intervention):
     """...evaluations included: every 200 env steps, the split point, so the cut run evaluates there too."""
