@@ -375,12 +375,17 @@ def _scaled_gymnax_params(env_id: str, params, dynamics: str, s):
     return _scale_fields(params, fields, s, getattr, lambda p, n, v: p.replace(**{n: v}))
 
 
+def _scaled_friction(model, s):
+    """A brax system or MJX model with the sliding friction of its geoms and explicit pairs scaled by `s`."""
+    model = model.replace(geom_friction=jnp.asarray(model.geom_friction).at[:, 0].multiply(s))
+    if np.size(model.pair_friction):
+        model = model.replace(pair_friction=jnp.asarray(model.pair_friction).at[:, :2].multiply(s))
+    return model
+
+
 def _scaled_brax_sys(sys, dynamics: str, s):
     if dynamics == "friction":
-        sys = sys.replace(geom_friction=jnp.asarray(sys.geom_friction).at[:, 0].multiply(s))
-        if np.size(sys.pair_friction):
-            sys = sys.replace(pair_friction=jnp.asarray(sys.pair_friction).at[:, :2].multiply(s))
-        return sys
+        return _scaled_friction(sys, s)
     if dynamics == "gravity":
         return sys.replace(gravity=sys.gravity * s, opt=sys.opt.replace(gravity=sys.opt.gravity * s))
     inertia = sys.link.inertia.replace(mass=sys.link.inertia.mass * s, i=sys.link.inertia.i * s)
@@ -397,10 +402,7 @@ def _scaled_mjx_model(model, dynamics: str, s):
     `mj_setConst` derives inverse weights, `dof_M0` and `actuator_acc0` from the masses with armature, which
     cannot be recomputed exactly inside the program.)"""
     if dynamics == "friction":
-        model = model.replace(geom_friction=jnp.asarray(model.geom_friction).at[:, 0].multiply(s))
-        if np.size(model.pair_friction):
-            model = model.replace(pair_friction=jnp.asarray(model.pair_friction).at[:, :2].multiply(s))
-        return model
+        return _scaled_friction(model, s)
     return model.replace(opt=model.opt.replace(gravity=model.opt.gravity * s))
 
 
