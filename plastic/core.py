@@ -84,6 +84,7 @@ class UpdateContext:
     params_before: Any = None  # the parameters this update started from
     raw_grads: Any = None      # the loss gradients before any grad_transform (dense, e.g. NE's growth score)
     opt_state_before: Any = None  # the optimizer state this update started from (to undo or skip a step)
+    terms: Any = None          # hook name -> what its `loss_term` reported for this update (see `Hook.loss_term`)
 
 
 class Hook:
@@ -99,6 +100,7 @@ class Hook:
     shared: ClassVar[tuple[str, ...]] = ()
     needs_batches: ClassVar[bool] = False  # True (or a property): the driver binds `batches` for each trace
     batches = None
+    rows = None                            # per-update replay rows (`update_rows`), bound by the driver
 
     def init(self, key, agent, agent_state=None) -> Any:
         """This hook's state for one seed; `agent_state` is the freshly initialised agent's."""
@@ -115,9 +117,24 @@ class Hook:
         twin.batches = batches
         return twin
 
+    def update_rows(self, batch_size: int) -> int:
+        """How many fresh replay rows this hook reads in every gradient update of an off-policy agent whose
+        batch size is `batch_size` (0: none). The driver draws them with the update batches, outside the
+        update loop (a replay read inside the loop would make the whole buffer loop state), and binds each
+        update's rows as `self.rows` (`with_rows`): network name -> that network's input on the rows (at least
+        as many rows as asked for when several hooks ask: the largest count)."""
+        return 0
+
+    def with_rows(self, rows):
+        """This hook for one traced update, with `self.rows` (see `update_rows`)."""
+        twin = copy.copy(self)
+        twin.rows = rows
+        return twin
+
     def loss_term(self, net, params, state, aux):
         """Extra loss added inside the gradient; `aux` is the agent loss's aux output (PPO's policy loss
-        passes per-sample `logp`, `logp_old` and normalised `adv`)."""
+        passes per-sample `logp`, `logp_old` and normalised `adv`). Returns the term, or `(term, info)`:
+        `info` (a pytree, outside the gradient) reaches this hook's `post_update` as `ctx.terms[name]`."""
         return jnp.zeros(())
 
     def grad_transform(self, net, grads, params, state):
@@ -187,12 +204,14 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
 
     def objective(params, probes):
         loss, aux = loss_fn(params, probes)
-        total = loss
+        total, terms = loss, {}
         for iv in interventions:
-            total = total + iv.loss_term(net, params, istate[iv.name], aux)
-        return total, (loss, aux)
+            term = iv.loss_term(net, params, istate[iv.name], aux)
+            term, terms[iv.name] = term if isinstance(term, tuple) else (term, term)
+            total = total + term
+        return total, (loss, aux, jax.lax.stop_gradient(terms))
 
-    (_, (loss, aux)), (grads, probe_grads) = jax.value_and_grad(
+    (_, (loss, aux, terms)), (grads, probe_grads) = jax.value_and_grad(
         objective, argnums=(0, 1), has_aux=True)(ns.params, probes)
     raw_grads = grads
     for iv in interventions:
@@ -205,7 +224,7 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
     scores = grama_scores(net.layers, probe_grads, raw_grads, net.probe_point) if net.layers else {}
     ctx = UpdateContext(count=count, grads=grads, updates=updates, probe_grads=probe_grads, scores=scores,
                         loss=loss, inputs=inputs, params_before=params_before, raw_grads=raw_grads,
-                        opt_state_before=opt_state_before)
+                        opt_state_before=opt_state_before, terms=terms)
     for i, iv in enumerate(interventions):
         ns, s = iv.post_update(net, ns, ctx, istate[iv.name], jax.random.fold_in(key, i))
         istate = {**istate, iv.name: s}

@@ -24,6 +24,7 @@ from plastic.core import Hooks, Update, maybe
 from plastic.replay import Replay
 
 METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT), outside the training stream
+ROWS_SALT = 104_729  # the per-update hook rows' key (`Hook.update_rows`): fold_in(round key, ROWS_SALT)
 SHARED = "shared"  # counters[SHARED][name]: the parts of intervention states that are the same for every seed
 
 
@@ -143,15 +144,24 @@ class OffPolicy:
         key, k_sample = jax.random.split(ts.key)
         sample_keys = jax.random.split(k_sample, self.cfg.agent_cfg.utd)
         batches = jax.vmap(lambda k: self.sample_batch(ts.replay, hstate, k))(sample_keys)
+        # rows some hooks read in every update (C-CHAIN's reference batch), drawn here for the same reason
+        wants = [iv.update_rows(self.cfg.agent_cfg.batch_size) for iv in ivs]
+        n_rows, rows = max(wants, default=0), None
+        if n_rows:
+            row_keys = jax.random.split(jax.random.fold_in(ts.key, ROWS_SALT), self.cfg.agent_cfg.utd)
+            rows = jax.vmap(lambda k: ts.replay.gather(ts.replay.sample_uniform(k, n_rows)))(row_keys)
 
-        def body(carry, batch):
+        def body(carry, xs):
             agent_state, istate, key, counters = carry
+            batch, row = xs
             key, k_update = jax.random.split(key)
-            u = self.agent.update(Update(agent_state, Hooks(istate, ivs), counters), batch, k_update)
+            hooks = ivs if row is None else tuple(
+                iv.with_rows(self.agent.net_inputs(agent_state, row)) if w else iv for iv, w in zip(ivs, wants))
+            u = self.agent.update(Update(agent_state, Hooks(istate, hooks), counters), batch, k_update)
             return (u.state, u.hooks.state, key, u.counters), None
 
         def round_(carry):
-            return jax.lax.scan(body, carry, batches)[0]
+            return jax.lax.scan(body, carry, (batches, rows))[0]
 
         carry = (before, hstate, key, counters)
         every = self.cfg.agent_cfg.train_frequency

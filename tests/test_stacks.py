@@ -52,13 +52,15 @@ def test_compatible_stacks_build():
 
 # one run cut at env step 100 and resumed to 300 checks every method's state across the checkpoint: each acts
 # before the cut and after it (learning from step 50: ReDo and ReGraMa every 10 updates, shrink & perturb every
-# 7, a reset every 60 env steps) or, for the injection at step 150, after it; the evaluations at 100, 200 and 300
+# 7, a reset every 60 env steps, C-CHAIN's λ adapting from the 40th update) or, for the injection at step 150,
+# after it; the evaluations at 100, 200 and 300
 # too. It stands for the per-method resume tests (test_redo, test_reset, test_l2, test_shrink_perturb,
 # test_injection; test_evaluation's resumed evaluation); NE and CBP's Adam keep their own (they cannot stack)
-STACK = "grama+swd+l2init+weight_decay+redo+reset+shrink_perturb+injection+parseval"
+STACK = "grama+swd+l2init+weight_decay+redo+reset+shrink_perturb+injection+parseval+cchain"
 STACKED = {"dqn.learning_starts": 50, "grama.period": 10, "swd.T": 200, "redo.period": 10, "redo.tau": 0.1,
            "reset.interval": 60, "shrink_perturb.mode": "fresh_noise", "shrink_perturb.period": 7,
-           "injection.at": "150", "run.eval_every": 100, "run.eval_episodes": 2}
+           "injection.at": "150", "cchain.warmup": 40, "cchain.window": 30, "run.eval_every": 100,
+           "run.eval_episodes": 2}
 
 
 def test_a_stack_trains_and_resumes(tmp_path):
@@ -72,6 +74,7 @@ def test_a_stack_trains_and_resumes(tmp_path):
     assert np.asarray(ist["reset"]["count"]).tolist() == [5, 5]           # env steps 60, 120, ..., 300
     assert np.all(np.asarray(ist["shrink_perturb"]["q"]["events"]) > 0)
     assert np.all(np.asarray(ist["parseval"]["q"]["penalty"]) > 0)
+    assert np.all(np.asarray(ist["cchain"]["q"]["n_reg"]) > 40) and np.all(np.asarray(ist["cchain"]["q"]["coef"]) != 50)
     rs = rows(tmp_path / "full")
     assert [r["injection/count"] for r in rs] == [0, 0, 1, 1, 1, 1]    # rows at 100, 200, 300 (two seeds each)
     assert all("eval/episode_return" in r for r in rs)

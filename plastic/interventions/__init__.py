@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from plastic.interventions.base import Intervention
 from plastic.interventions.cbp import CBP
+from plastic.interventions.cchain import CChain
 from plastic.interventions.gtr import GTR, KLPenalty
 from plastic.interventions.injection import Injection
 from plastic.interventions.l2 import L2Init, WeightDecay
@@ -17,7 +18,7 @@ from plastic.interventions.swd import SWD
 
 REGISTRY: dict[str, type[Intervention]] = {
     cls.name: cls for cls in (ReGraMa, SWD, ReDo, Reset, ShrinkPerturb, L2Init, WeightDecay, CBP, LEAST, GTR,
-                              KLPenalty, NE, Injection, Parseval)}
+                              KLPenalty, NE, Injection, Parseval, CChain)}
 ALIASES = {"regrama": "grama", "inject": "injection"}
 
 
