@@ -8,6 +8,7 @@ from plastic.interventions.gtr import GTR, KLPenalty
 from plastic.interventions.injection import Injection
 from plastic.interventions.l2 import L2Init, WeightDecay
 from plastic.interventions.least import LEAST
+from plastic.interventions.nap import NaP
 from plastic.interventions.ne import NE
 from plastic.interventions.parseval import Parseval
 from plastic.interventions.redo import ReDo
@@ -18,7 +19,7 @@ from plastic.interventions.swd import SWD
 
 REGISTRY: dict[str, type[Intervention]] = {
     cls.name: cls for cls in (ReGraMa, SWD, ReDo, Reset, ShrinkPerturb, L2Init, WeightDecay, CBP, LEAST, GTR,
-                              KLPenalty, NE, Injection, Parseval, CChain)}
+                              KLPenalty, NE, Injection, Parseval, CChain, NaP)}
 ALIASES = {"regrama": "grama", "inject": "injection"}
 
 
