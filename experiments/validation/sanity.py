@@ -69,8 +69,10 @@ CLEANRL_PAIRS = {"td3-halfcheetah": ("td3", "HalfCheetah-v5", "HalfCheetah-v4", 
 TRAIN_RETURN = "episode_return"   # the CleanRL pairs' score: CleanRL's scripts only evaluate at the end
 
 
-def sweep(name: str, budgets: dict, seeds: int, evals: int, extra: dict | None = None) -> dict:
-    """This project's side: one block per pair, `budgets[pair]` env steps per seed, `evals` evaluations."""
+def sweep(name: str, budgets: dict, seeds: int, evals: int, extra: dict | None = None,
+          pair_seeds: dict | None = None) -> dict:
+    """This project's side: one block per pair, `budgets[pair]` env steps per seed, `evals` evaluations, `seeds`
+    seeds (`pair_seeds[pair]` where given)."""
     blocks = []
     for pair, steps in budgets.items():
         agent, env, _, ours, *_ = PAIRS.get(pair) or CLEANRL_PAIRS[pair]
@@ -80,7 +82,10 @@ def sweep(name: str, budgets: dict, seeds: int, evals: int, extra: dict | None =
         ov = {**ours, "run.eval_every": every, "run.log_every": log, **(extra or {}).get(agent, {})}
         if agent == "dqn":
             ov["dqn.epsilon_decay_steps"] = steps // 2      # rejax: exploration_fraction 0.5 of the budget
-        blocks.append({"agents": agent, "envs": env, "steps": steps, "overrides": ov})
+        block = {"agents": agent, "envs": env, "steps": steps, "overrides": ov}
+        if (pair_seeds or {}).get(pair):
+            block["seeds"] = pair_seeds[pair]
+        blocks.append(block)
     return {"name": name, "interventions": "none", "seeds": seeds,
             "overrides": {"run.eval_episodes": EVAL_EPISODES, **METRICS_OFF}, "runs": blocks}
 
@@ -104,13 +109,14 @@ def run_peers(scale: str, root: Path, sweep_: dict) -> None:
             continue
         if pair in CLEANRL_PAIRS:
             python, script, spec, peer = _python(CLEANRL_PYTHON_VAR, CLEANRL_PYTHON_DEFAULT, CLEANRL_SETUP), \
-                CLEANRL_SCRIPT, cleanrl_spec(pair, block["steps"], sweep_["seeds"],
+                CLEANRL_SCRIPT, cleanrl_spec(pair, block["steps"], block.get("seeds", sweep_["seeds"]),
                                              PEER_EXTRA.get(scale, {}).get(pair)), f"CleanRL {CLEANRL_COMMIT}"
         else:
             evals = block["steps"] // block["overrides"]["run.eval_every"]
             python, script, peer = _python(REJAX_PYTHON_VAR, REJAX_PYTHON_DEFAULT, REJAX_SETUP), PEER_SCRIPT, \
                 "rejax 0.1.3"
-            spec = rejax_spec(pair, block["steps"], evals, sweep_["seeds"], PEER_EXTRA.get(scale, {}).get(pair))
+            spec = rejax_spec(pair, block["steps"], evals, block.get("seeds", sweep_["seeds"]),
+                              PEER_EXTRA.get(scale, {}).get(pair))
         # finished seeds survive a stop (absolute: the peer runs in `out`)
         extra = [str((out / ".cleanrl-seeds").resolve())] if pair in CLEANRL_PAIRS else []
         res = subprocess.run([python, str(script), json.dumps(spec), *extra], capture_output=True, text=True,
