@@ -254,14 +254,12 @@ def _assert_resumed(cluster, case, signal_name):
     assert strip_timing(rows(run_dir)) == reference      # no duplicate, no missing row, same values
 
 
-def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm_cluster, interrupted):
-    """USR1 to the exec'd task runner: it writes a checkpoint, requeues its own array task, and the rerun
-    resumes to the rows of the uninterrupted run."""
+def test_time_limit_signal_and_an_outside_requeue_both_resume(slurm_cluster, interrupted):
+    """Task 0, USR1 to the exec'd task runner: it writes a checkpoint, requeues its own array task, and the rerun
+    resumes to the rows of the uninterrupted run. Task 1, `scontrol requeue` of the running task: SIGTERM, a
+    checkpoint, the task's own requeue is answered 'pending', the rerun resumes likewise. One test for both
+    tasks of the one array job: two tests sharing the module fixture had it set up twice (42 s each) when
+    pytest-xdist ran another module's test between them."""
     _assert_resumed(slurm_cluster, interrupted[0], "SIGUSR1")
-
-
-def test_requeue_from_outside_resumes(slurm_cluster, interrupted):
-    """`scontrol requeue` of the running task: SIGTERM, a checkpoint, the task's own requeue is answered
-    'pending', the rerun resumes to the rows of the uninterrupted run."""
     _assert_resumed(slurm_cluster, interrupted[1], "SIGTERM")
     assert "DUE TO JOB REQUEUE" in interrupted[1][2]

@@ -44,7 +44,9 @@ def test_same_seed_same_results(tmp_path):
     assert strip_timing(rows(tmp_path / "a")) == strip_timing(rows(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("pipelined", [False, True])
+# pipelined acting (an opt-in switch; its step semantics: test_pipelined_acting_uses_the_parameters_of_one_update_
+# earlier) resumes through the same checkpoint code: a `slow` variant
+@pytest.mark.parametrize("pipelined", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_resume_is_bit_identical(tmp_path, pipelined):
     full = run_once(tmp_path, "full", steps=400, pipelined=pipelined, metrics=True)
     run_once(tmp_path, "split", steps=200, pipelined=pipelined, metrics=True)
