@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from plastic.core import maybe
 from plastic.fields import count
 from plastic.interventions.base import Intervention, nets_with_roles
+from plastic.networks import get_path, set_path
 
 
 def projected_parts(params, ensemble: int, frozen: tuple[str, ...] | None = None):
@@ -52,23 +53,11 @@ def projected_parts(params, ensemble: int, frozen: tuple[str, ...] | None = None
     return parts
 
 
-def _get(tree, path):
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
-def _set(tree, path, value):
-    if len(path) == 1:
-        return {**tree, path[0]: value}
-    return {**tree, path[0]: _set(tree[path[0]], path[1:], value)}
-
-
 def part_norms(params, parts):
     """One norm per part (per ensemble member: shape [E]) of `params`."""
     out = []
     for paths, per_member in parts:
-        leaves = [_get(params, p) for p in paths]
+        leaves = [get_path(params, p) for p in paths]
         if per_member:
             sq = sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=1) for x in leaves)
         else:
@@ -82,9 +71,9 @@ def project(params, parts, targets):
     for (paths, per_member), target, norm in zip(parts, targets, part_norms(params, parts)):
         scale = jnp.where(norm > 0, target / jnp.where(norm > 0, norm, 1.0), 1.0)
         for p in paths:
-            x = _get(params, p)
+            x = get_path(params, p)
             s = scale.reshape((-1,) + (1,) * (x.ndim - 1)) if per_member else scale
-            params = _set(params, p, (x * s).astype(x.dtype))
+            params = set_path(params, p, (x * s).astype(x.dtype))
     return params
 
 
