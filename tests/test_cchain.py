@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import assert_cli_error, rows, tiny_trainer
+from helpers import all_eqns, assert_cli_error, rows, tiny_trainer
 from plastic.core import Hooks, Net, gradient_step
 from plastic.interventions.cchain import CChain, CChainConfig
 from plastic.networks import MLP
@@ -111,18 +111,6 @@ def test_the_adaptive_coefficient_follows_the_scripts_rule():
     assert got[warmup - 2] == 50.0 and got[warmup - 1] != 50.0
 
 
-def _scans(jaxpr, out):
-    for e in jaxpr.eqns:
-        if e.primitive.name == "scan":
-            out.append(e)
-        for p in e.params.values():
-            for sub in p if isinstance(p, (tuple, list)) else (p,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    _scans(inner, out)
-    return out
-
-
 def test_dqn_reference_rows_are_drawn_outside_the_update_loop_and_no_term_follows_a_reset(tmp_path):
     """The DQN update round's scan over its UTD batches carries no replay-sized array (the rows come in with the
     batches); in a run with resets every update counts its loss, and every update but the first and those right
@@ -133,7 +121,8 @@ def test_dqn_reference_rows_are_drawn_outside_the_update_loop_and_no_term_follow
     capacity = t.program.capacity
     ts, counters = t.program.init_state()
     one = jax.tree.map(lambda a: a[0], ts)
-    scans = _scans(jax.make_jaxpr(lambda s, c: t.program.updates(s, c))(one, counters).jaxpr, [])
+    jaxpr = jax.make_jaxpr(lambda s, c: t.program.updates(s, c))(one, counters).jaxpr
+    scans = [e for e in all_eqns(jaxpr) if e.primitive.name == "scan"]
     assert len(scans) == 1 and scans[0].params["length"] == 2
     shapes = [v.aval.shape for v in scans[0].invars]
     assert not [s for s in shapes if s and s[0] == capacity], shapes

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import agents
-from helpers import TINY, make, tiny_trainer
+from helpers import TINY, all_eqns, make, tiny_trainer
 from plastic.config import supported_agents
 from plastic.interventions import REGISTRY
 from test_census import stacks
@@ -30,17 +30,9 @@ METRICS_ON = {f"metrics.{g}_every": 50 for g in ("activity", "grad", "rank", "ch
 EXTRA = {"reset": {"reset.schedule": "every_updates", "reset.interval": 40}}
 
 
-def count(jaxpr, out=None) -> collections.Counter:
+def count(jaxpr) -> collections.Counter:
     """Primitive counts of a jaxpr, sub-jaxprs (scan bodies, cond branches, jitted calls) included."""
-    out = collections.Counter() if out is None else out
-    for eqn in jaxpr.eqns:
-        out[eqn.primitive.name] += 1
-        for p in eqn.params.values():
-            for sub in p if isinstance(p, (list, tuple)) else (p,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    count(inner, out)
-    return out
+    return collections.Counter(eqn.primitive.name for eqn in all_eqns(jaxpr))
 
 
 def step_conds(tr) -> int:

@@ -78,17 +78,14 @@ class CChain(Intervention):
             raise ValueError(f"cchain.networks={','.join(self.cfg.networks)} is not valid for {self.agent_name}; "
                              f"choose among: {', '.join(have)}")
 
-    def _roles(self, agent):
-        if self.cfg.networks:
-            return self.cfg.networks
-        return ("actor",) if getattr(agent, "on_policy", False) else ("critic",)
 
     # ---- state ----------------------------------------------------------------------------------
     def init(self, key, agent, agent_state=None):
         # static facts of the agent that the hooks need (set again, identically, whenever a state is built)
         self.view, self.on_policy = agent.policy_view, bool(getattr(agent, "on_policy", False))
         self.n_rows = self.cfg.rows or (agent.minibatch_size if self.on_policy else agent.cfg.batch_size)
-        nets = nets_with_roles(agent, self._roles(agent))
+        roles = self.cfg.networks or (("actor",) if self.on_policy else ("critic",))
+        nets = nets_with_roles(agent, roles)
         self.kinds = {n.name: agent.role(n.name) for n in nets}
         w = self.cfg.window
         out = {}

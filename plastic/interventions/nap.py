@@ -131,8 +131,9 @@ class NaP(Intervention):
         def event(ns):
             return ns.replace(params=project(ns.params, parts, s["target"]))
 
-        ns = maybe(ctx.count % self.cfg.period == 0, event, ns)
-        events = s["events"] + (ctx.count % self.cfg.period == 0).astype(jnp.int32)
+        due = ctx.count % self.cfg.period == 0
+        ns = maybe(due, event, ns)
+        events = s["events"] + due.astype(jnp.int32)
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(ns.params)))
         return ns, {**state, net.name: {**s, "events": events, "weight_norm": norm}}
 
