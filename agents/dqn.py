@@ -22,8 +22,8 @@ import optax
 from plastic.agent import AgentState, DiscreteActions, empty_logs
 from plastic.core import Net, Update, maybe
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
-from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, TORSOS, ConvNet, build_network,
-    check_options, with_injection)
+from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, TORSOS, ConvNet, adam_options,
+    build_network, check_options, with_injection)
 from plastic.optim import adam
 
 LOSSES = ("huber", "mse")
@@ -86,7 +86,7 @@ class DQN(DiscreteActions):
             scale = 1.0 / 255.0 if str(obs_dtype) == "uint8" else 1.0
             q = ConvNet(shape, TORSOS[cfg.torso], cfg.hidden, action_size, cfg.activation, cfg.init, scale,
                         probe_point, inject=inject)
-        tx = adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps, count=opts.get("adam_count", "global"))
+        tx = adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps, **adam_options(opts, "q"))
         self.q = Net.of("q", q, with_injection(tx, q), cfg.lr)
         self.nets = {"q": self.q}
 

@@ -36,8 +36,8 @@ import optax
 from plastic.agent import AgentState, ContinuousActions, DiscreteActions, empty_logs
 from plastic.core import Net, Update
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, one_of
-from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, GaussianHead, build_network, check_options,
-    with_injection)
+from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, GaussianHead, adam_options, build_network,
+    check_options, with_injection)
 from plastic.optim import adam
 from plastic.normalize import RunningStats
 
@@ -108,7 +108,7 @@ class PPO:
                  discrete: bool = True, total_steps: int = 0, options: dict | None = None):
         self.cfg, self.obs_size, self.action_size, self.discrete = cfg, obs_size, action_size, discrete
         self.options = opts = check_options(self.name, options, ("actor", "critic"))
-        inject, count = opts.get("inject", ()), opts.get("adam_count", "global")
+        inject = opts.get("inject", ())
         net = lambda out, scale, name: build_network(  # noqa: E731
             cfg, out, out_init_scale=scale, probe_point=probe_point, inject=name in inject)
         # output scales: gain 0.01 (policy) and 1 (value) for orthogonal init; 1 for the others
@@ -124,11 +124,11 @@ class PPO:
         if cfg.anneal_lr and iterations > 0:
             per_iter = cfg.epochs * cfg.minibatches
             lr = lambda count: cfg.lr * jnp.maximum(1.0 - (count // per_iter) / iterations, 0.0)  # noqa: E731
-        tx = lambda module: with_injection(optax.chain(  # noqa: E731
+        tx = lambda module, name: with_injection(optax.chain(  # noqa: E731
             optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0 else optax.identity(),
-            adam(lr, b1=cfg.b1, b2=cfg.b2, eps=1e-5, count=count)), module)
-        self.actor = Net.of("actor", pi, tx(pi), cfg.lr)
-        self.critic = Net.of("critic", v, tx(v), cfg.lr)
+            adam(lr, b1=cfg.b1, b2=cfg.b2, eps=1e-5, **adam_options(opts, name))), module)
+        self.actor = Net.of("actor", pi, tx(pi, "actor"), cfg.lr)
+        self.critic = Net.of("critic", v, tx(v, "critic"), cfg.lr)
         self.nets = {"actor": self.actor, "critic": self.critic}
 
     def role(self, net_name: str) -> str:

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from plastic.agent import AgentState, ContinuousActions, empty_logs, squash_obs_action
 from plastic.core import Net, Update, maybe
 from plastic.fields import nonneg, num, positive, unit, unit_lt1, unit_pos, one_of
-from plastic.networks import ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, build_network, check_options, with_injection
+from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, adam_options, build_network, check_options,
+                              with_injection)
 from plastic.optim import adam
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -62,13 +63,13 @@ class SAC(ContinuousActions):
                  options: dict | None = None):
         self.cfg, self.obs_size, self.action_size = cfg, obs_size, action_size
         self.options = opts = check_options(self.name, options, ("actor", "critic"))
-        inject, count = opts.get("inject", ()), opts.get("adam_count", "global")
+        inject = opts.get("inject", ())
         actor = build_network(cfg, 2 * action_size, probe_point=probe_point, inject="actor" in inject)
         critic = build_network(cfg, 1, ensemble=2, probe_point=probe_point, inject="critic" in inject)
-        opt = lambda lr: adam(lr, b1=cfg.b1, b2=cfg.b2, count=count)  # noqa: E731
-        self.actor = Net.of("actor", actor, with_injection(opt(cfg.actor_lr), actor), cfg.actor_lr)
-        self.critic = Net.of("critic", critic, with_injection(opt(cfg.critic_lr), critic), cfg.critic_lr)
-        self.alpha = Net("alpha", opt(cfg.alpha_lr),
+        opt = lambda lr, name: adam(lr, b1=cfg.b1, b2=cfg.b2, **adam_options(opts, name))  # noqa: E731
+        self.actor = Net.of("actor", actor, with_injection(opt(cfg.actor_lr, "actor"), actor), cfg.actor_lr)
+        self.critic = Net.of("critic", critic, with_injection(opt(cfg.critic_lr, "critic"), critic), cfg.critic_lr)
+        self.alpha = Net("alpha", opt(cfg.alpha_lr, "alpha"),
                          init_fn=lambda key: {"log_alpha": jnp.log(jnp.asarray(
                              cfg.alpha_init if cfg.autotune else cfg.alpha, jnp.float32))})
         self.nets = {"actor": self.actor, "critic": self.critic, "alpha": self.alpha}

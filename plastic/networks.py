@@ -473,7 +473,9 @@ def build_network(cfg, out: int, *, ensemble: int = 0, out_init_scale: float = 1
                inject)
 
 
-AGENT_OPTIONS = ("adam_count", "inject")  # build options interventions may ask for (Intervention.agent_options)
+# build options interventions may ask for (Intervention.agent_options): Adam's step count (plastic.optim.adam),
+# injection heads on the named networks, TRAC around the named networks' Adam (a plastic.optim.TracSpec)
+AGENT_OPTIONS = ("adam_count", "inject", "trac")
 
 
 def check_norm(agent: str, cfg) -> None:
@@ -490,8 +492,8 @@ def check_norm(agent: str, cfg) -> None:
 
 def check_options(agent: str, options: dict | None, injectable) -> dict:
     """An agent's build options (merged `agent_options` of the active interventions), checked:
-    `adam_count` (see plastic.optim.adam) and `inject` (names of networks, among `injectable`, built with
-    plasticity-injection heads)."""
+    `adam_count` (see plastic.optim.adam), `inject` (names of networks, among `injectable`, built with
+    plasticity-injection heads) and `trac` (see `adam_options`)."""
     options = dict(options or {})
     unknown = [k for k in options if k not in AGENT_OPTIONS]
     if unknown:
@@ -502,6 +504,14 @@ def check_options(agent: str, options: dict | None, injectable) -> dict:
         raise ValueError(f"{agent}: cannot build injection heads on {', '.join(bad)}; "
                          f"networks with a head: {', '.join(injectable)}")
     return options
+
+
+def adam_options(options: dict, net_name: str) -> dict:
+    """The keyword arguments of `plastic.optim.adam` that the build `options` give the network `net_name`: its
+    step count and, if TRAC wraps it, the TRAC spec."""
+    trac = options.get("trac")
+    return {"count": options.get("adam_count", "global"),
+            "trac": trac if trac is not None and net_name in trac.nets else None}
 
 
 TORSOS = {  # name -> ((features, kernel, stride) per conv layer); "mlp": no convolutions

@@ -17,6 +17,7 @@ element instead, and restarts the count of every reset entry.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -73,12 +74,125 @@ def scale_by_adamgnt_released(b1: float = 0.9, b2: float = 0.999, eps: float = 1
     return _per_element(b1, b2, direction, AdamGnTState)
 
 
-def adam(lr, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, count: str = "global"):
-    """Adam with learning rate `lr` (a float or an optax schedule of the update count)."""
+def adam(lr, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, count: str = "global",
+         trac: "TracSpec | None" = None):
+    """Adam with learning rate `lr` (a float or an optax schedule of the update count); wrapped in TRAC
+    when `trac` is given."""
     if count == "global":
-        return optax.adam(lr, b1=b1, b2=b2, eps=eps)
-    if count == "per_element":
-        return optax.chain(scale_by_adam_per_element(b1, b2, eps), optax.scale_by_learning_rate(lr))
-    if count == "adamgnt_released":
-        return optax.chain(scale_by_adamgnt_released(b1, b2, eps), optax.scale_by_learning_rate(lr))
-    raise ValueError(f"adam count={count!r} is not valid; choose one of: {', '.join(ADAM_COUNTS)}")
+        tx = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+    elif count == "per_element":
+        tx = optax.chain(scale_by_adam_per_element(b1, b2, eps), optax.scale_by_learning_rate(lr))
+    elif count == "adamgnt_released":
+        tx = optax.chain(scale_by_adamgnt_released(b1, b2, eps), optax.scale_by_learning_rate(lr))
+    else:
+        raise ValueError(f"adam count={count!r} is not valid; choose one of: {', '.join(ADAM_COUNTS)}")
+    return tx if trac is None else trac_wrap(tx, trac)
+
+
+# ---- TRAC ------------------------------------------------------------------------------------------------
+
+ERFI_TERMS = 192  # Maclaurin terms: enough for float32 wherever erfi itself is finite (|x| <= 9.3)
+
+
+def erfi(x):
+    """The imaginary error function erfi(x) = 2/√π · Σ_n x^(2n+1) / (n! (2n+1)), summed term by term (all terms
+    share x's sign, so there is no cancellation: float32 accuracy up to |x| ≈ 9.3, where erfi reaches float32's
+    range; beyond it the sum overflows to ±inf, as the reference's complex-erf evaluation does)."""
+    x = jnp.asarray(x, jnp.float32)
+    x2 = x * x
+
+    def term(n, carry):
+        a, total = carry                          # a = x^(2n+1) / n!
+        a = a * x2 / n
+        return a, total + a / (2 * n + 1)
+    _, total = jax.lax.fori_loop(1, ERFI_TERMS, term, (x, x))
+    return total * (2 / jnp.sqrt(jnp.pi))
+
+
+@dataclass(frozen=True)
+class TracSpec:
+    """Which networks TRAC wraps (names) and its constants (the reference's defaults: docs/interventions.md, TRAC)."""
+    nets: tuple[str, ...] = ()
+    betas: tuple[float, ...] = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
+    s_init: float = 1e-8
+    eps: float = 1e-8
+
+
+class TracState(NamedTuple):
+    base: Any       # the wrapped optimizer's state
+    ref: Any        # θ_ref: the parameters TRAC's displacement is measured from (shaped like the parameters)
+    s: Any          # [n] the tuners' scales (their sum, clipped at 0, scales the displacement)
+    variance: Any   # [n] Σ β^2(t-k) h_k²
+    sigma: Any      # [n] −Σ β^(t-k) h_k (starts at 1e-8, as in the reference)
+
+
+def _vdot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def trac_wrap(base: optax.GradientTransformation, spec: TracSpec) -> optax.GradientTransformation:
+    """TRAC around `base` (one tuner per optimizer, i.e. per network). Each update, with x the current
+    parameters and g the gradient the optimizer receives:
+
+        Δ = (x − θ_ref) / (Σs + eps)        the displacement, unscaled by the last (unclipped) sum of scales
+        h = <Δ, g>;  Δ += base's update
+        v_i = β_i² v_i + h²;  σ_i = β_i σ_i − h
+        s_i = s_init / erfi(1/√2) · erfi(σ_i / (√2 √v_i + eps))
+        x ← θ_ref + max(Σs, 0) · Δ
+
+    θ_ref is the parameters at `init` (the first update's starting point). Δ is recovered from x rather than
+    stored, as in the authors' implementation: a write outside the optimizer between updates becomes part of the
+    displacement (its offset from θ_ref is rescaled by later changes of the scale). `restart_entries` re-anchors
+    the entries a unit reset touches."""
+    betas = jnp.asarray(spec.betas, jnp.float32)
+    n = len(spec.betas)
+
+    def init(params):
+        return TracState(base.init(params), params, jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32),
+                         jnp.full((n,), 1e-8, jnp.float32))
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("TRAC needs the parameters: call its update with params")
+        step, base_state = base.update(grads, state.base, params)
+        delta = jax.tree.map(lambda x, r: (x - r) / (jnp.sum(state.s) + spec.eps), params, state.ref)
+        h = _vdot(delta, grads)
+        delta = jax.tree.map(jnp.add, delta, step)
+        variance = betas ** 2 * state.variance + h * h
+        sigma = betas * state.sigma - h
+        s = spec.s_init / erfi(1 / jnp.sqrt(2.0)) * erfi(sigma / (jnp.sqrt(2.0) * jnp.sqrt(variance) + spec.eps))
+        scale = jnp.maximum(jnp.sum(s), 0.0)
+        updates = jax.tree.map(lambda r, d, x: (r + scale * d - x).astype(x.dtype), state.ref, delta, params)
+        return updates, TracState(base_state, state.ref, s, variance, sigma)
+
+    return optax.GradientTransformation(init, update)
+
+
+def trac_scale(opt_state):
+    """max(Σs, 0) of the TRAC tuner in `opt_state` (the scale its last update applied), or None without one."""
+    found = [st for st in jax.tree.leaves(opt_state, is_leaf=lambda v: isinstance(v, TracState))
+             if isinstance(st, TracState)]
+    return jnp.maximum(jnp.sum(found[0].s), 0.0) if found else None
+
+
+def _where(t, a, b):
+    """jnp.where(t, a, b) for a bool array `t`; a or b itself for a static Python bool."""
+    if isinstance(t, bool):
+        return a if t else b
+    return jnp.where(t, a, b)
+
+
+def restart_entries(tx, opt_state, touched, params):
+    """`opt_state` with the optimizer restarted at the `touched` entries (a tree shaped like the parameters of bool
+    arrays or static bools), whose new values are in `params`: their moments zeroed (every parameter-shaped leaf
+    of the state; scalar counts kept) and a TRAC optimizer's θ_ref moved to the new values (a written entry
+    restarts from there with no displacement; zeroing θ_ref would instead rescale the written value itself)."""
+    old = opt_state
+    opt_state = optax.tree_map_params(tx, lambda s, t: _where(t, jnp.zeros_like(s), s), opt_state, touched)
+
+    def anchor(new, before):
+        if not isinstance(new, TracState):
+            return new
+        return new._replace(ref=jax.tree.map(_where, touched, params, before.ref))
+    is_trac = lambda v: isinstance(v, TracState)  # noqa: E731
+    return jax.tree.map(anchor, opt_state, old, is_leaf=is_trac)

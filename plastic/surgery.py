@@ -2,16 +2,16 @@
 
 `reset_units` re-initialises flagged hidden units through the layer map: incoming columns redrawn from
 the layer's own initializer, bias 0, outgoing rows 0, LayerNorm affine reset, and Adam `mu`/`nu`
-zeroed at every touched entry with the scalar `count` kept. Unflagged entries are bit-identical.
+zeroed at every touched entry with the scalar `count` kept (a TRAC optimizer's θ_ref moves to the fresh values
+there: plastic.optim.restart_entries). Unflagged entries are bit-identical.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
-
 from plastic.core import NetState
 from plastic.networks import get_path, kernel_initializer, set_path
+from plastic.optim import restart_entries
 
 REINIT = ("layer_init", "xavier_uniform", "kaiming_uniform", "lecun_normal")
 OUTGOING = ("zero", "keep")
@@ -92,6 +92,5 @@ def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", out
     opt_state = ns.opt_state
     if optimizer == "zero_moments_keep_count":
         touched = touched_entries(net, ns.params, masks, layernorm)
-        opt_state = optax.tree_map_params(
-            net.tx, lambda s, t: jnp.where(t, jnp.zeros_like(s), s), opt_state, touched)
+        opt_state = restart_entries(net.tx, opt_state, touched, params)
     return NetState(params, opt_state)

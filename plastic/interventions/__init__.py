@@ -16,10 +16,11 @@ from plastic.interventions.regrama import ReGraMa
 from plastic.interventions.reset import Reset
 from plastic.interventions.shrink_perturb import ShrinkPerturb
 from plastic.interventions.swd import SWD
+from plastic.interventions.trac import Trac
 
 REGISTRY: dict[str, type[Intervention]] = {
     cls.name: cls for cls in (ReGraMa, SWD, ReDo, Reset, ShrinkPerturb, L2Init, WeightDecay, CBP, LEAST, GTR,
-                              KLPenalty, NE, Injection, Parseval, CChain, NaP)}
+                              KLPenalty, NE, Injection, Parseval, CChain, NaP, Trac)}
 ALIASES = {"regrama": "grama", "inject": "injection"}
 
 

@@ -36,12 +36,12 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from plastic.core import NetState, maybe
 from plastic.fields import num, one_of
 from plastic.interventions.base import Intervention, choice
 from plastic.networks import get_path, set_path
+from plastic.optim import restart_entries
 
 SPLITS = ("last_layer",)
 UNSUPPORTED_SPLITS = ("last_k_layers", "after_encoder")
@@ -162,7 +162,7 @@ class Injection(Intervention):
             fresh = self.fresh_head(spec, ns.params, jax.random.fold_in(key, i))
             params = self.injected_params(spec, ns.params, fresh)
             zero = spec.mask(params)  # head, new, ref and flag: fresh (zero) optimizer state
-            opt_state = optax.tree_map_params(net.tx, lambda s, z: jnp.zeros_like(s) if z else s, ns.opt_state, zero)
+            opt_state = restart_entries(net.tx, ns.opt_state, zero, params)
             nets[name] = NetState(params, opt_state)
             if name in targets and self.cfg.targets == "mirror":
                 targets[name] = self.injected_params(spec, targets[name], fresh)

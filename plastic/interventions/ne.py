@@ -54,7 +54,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from metrics.activity import active_mask
 from metrics.units import unit_magnitude
@@ -62,6 +61,7 @@ from plastic.core import NetState, maybe
 from plastic.fields import count, num, positive, unit, unit_lt1, unit_pos, one_of
 from plastic.interventions.base import Intervention
 from plastic.networks import get_path, kernel_initializer, set_path
+from plastic.optim import restart_entries
 
 MODES = ("grow", "static_sparse", "dense")
 SCHEDULES = ("constant", "cosine")
@@ -457,8 +457,7 @@ class NE(Intervention):
             touched = jax.tree.map(lambda x: jnp.zeros(x.shape, bool), params)
             for k in p.sparse:
                 touched = set_path(touched, k.path, flipped[k.name])
-            opt_state = optax.tree_map_params(net.tx, lambda s, t: jnp.where(t, jnp.zeros_like(s), s),
-                                              opt_state, touched)
+            opt_state = restart_entries(net.tx, opt_state, touched, params)
         return NetState(params, opt_state), {**st, "masks": masks, "grown": grown, "pruned": pruned}
 
     def topology_event(self, net, ns, st, ctx, key):

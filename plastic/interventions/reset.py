@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from plastic.core import NetState, maybe
 from plastic.fields import nonneg, num, one_of
 from plastic.interventions.base import Intervention
+from plastic.optim import restart_entries
 
 SCHEDULES = ("every_env_steps", "every_updates", "at_env_steps")
 SCOPES = ("all", "last_k_layers", "heads_only", "all_but_encoder")
@@ -192,8 +192,7 @@ class Reset(Intervention):
                 zero = sel
                 if c.scope == "all_but_encoder" and not c.copy_encoder_opt_state:
                     zero = jax.tree.map(lambda a, b: a or b, sel, enc)
-                opt_state = optax.tree_map_params(
-                    net.tx, lambda s, z: jnp.zeros_like(s) if z else s, old.opt_state, zero)
+                opt_state = restart_entries(net.tx, old.opt_state, zero, params)
             nets[name] = NetState(params, opt_state)
             if name in targets and c.targets == "copy_new_online":
                 targets[name] = jax.tree.map(pick, sel, params, targets[name])

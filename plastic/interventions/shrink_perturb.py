@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from plastic.core import maybe
 from plastic.fields import count, nonneg, unit, one_of
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.interventions.l2 import ROLES, kernel_mask
 from plastic.networks import kernel_initializer
+from plastic.optim import restart_entries
 
 MODES = ("toward_init", "fresh_noise")
 PARAMS = ("auto", "all", "kernels")
@@ -132,8 +132,7 @@ class ShrinkPerturb(Intervention):
         opt_state = ns.opt_state
         if self.cfg.reset_optimizer:
             touched = jax.tree.map(lambda p, m: jnp.full(p.shape, m), ns.params, sel)
-            opt_state = optax.tree_map_params(net.tx, lambda o, t: jnp.where(t, jnp.zeros_like(o), o),
-                                              opt_state, touched)
+            opt_state = restart_entries(net.tx, opt_state, touched, params)
         return ns.replace(params=params, opt_state=opt_state), {**s, "events": s["events"] + 1}
 
     def post_update(self, net, ns, ctx, state, key):
