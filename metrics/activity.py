@@ -20,6 +20,7 @@ ACTIVE_TESTS = {
     "tanh": lambda h: jnp.abs(h) <= 0.99,
     "sigmoid": lambda h: (h >= 0.01) & (h <= 0.99),
     "dff": lambda h: jnp.abs(h) <= _DFF_LIMIT,
+    "crelu": lambda h: h > 0,   # each entry is a ReLU output (of z or of -z)
 }
 
 # pre-activation z > 0 recovered from h (strictly monotone activations with act(0) = 0, or 0.5 for sigmoid)

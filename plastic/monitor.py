@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from metrics.activity import fau_logs, linearised_logs
+from metrics.activity import POSITIVE_TESTS, fau_logs, linearised_logs
 from metrics.churn import churn_logs
 from metrics.norms import feature_norm, norm_logs
 from metrics.ntk import jacobian, ntk_logs
@@ -418,7 +418,7 @@ class Monitor(Hook):
         scores = dormant_scores(acts, net.layers)
         logs = ratio_logs("dormant_ratio", n, scores, c.dormant_taus, c.ratio_aggregation)
         logs.update(fau_logs(n, acts, act))
-        if act != "dff":
+        if act in POSITIVE_TESTS:   # the pre-activation's sign is not recoverable from a paired activation's outputs
             logs.update(linearised_logs(n, acts, net.layers, act, c.linearised_frac))
         logs[f"feature_norm/{n}"] = feature_norm(phi)
         now = dormant_masks(scores, c.dormant_taus[0] if c.dormant_taus else 0.0)

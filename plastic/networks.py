@@ -31,12 +31,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Two outputs per unit (docs/interventions.md, CReLU and deep Fourier features): CReLU (relu(z), relu(-z)) and deep
+# Fourier features (sin z, cos z). A layer of H units then outputs 2H values, stacked as [..., 2, H] where its
+# post-activations are recorded (the pair axis is pooled like a spatial axis by every per-unit score) and flattened
+# to [f(z_1..H), g(z_1..H)] for the next layer, whose fan-in doubles; the layer map's consumer rows tile twice.
+PAIRED: dict[str, Callable] = {
+    "crelu": lambda z: (nn.relu(z), nn.relu(-z)),
+    "dff": lambda z: (jnp.sin(z), jnp.cos(z)),
+}
+
 ACTIVATIONS: dict[str, Callable] = {
     "relu": nn.relu,
     "tanh": jnp.tanh,
     "sigmoid": nn.sigmoid,
     "swish": nn.swish,
+    **{name: (lambda z, f=f: jnp.stack(f(z), axis=-2)) for name, f in PAIRED.items()},
 }
+
+
+def outputs_per_unit(activation: str) -> int:
+    """How many values each unit outputs: 2 for the paired activations (`PAIRED`), else 1."""
+    return 2 if activation in PAIRED else 1
+
+
+def probe_shape(shape: tuple[int, ...], activation: str, probe_point: str) -> tuple[int, ...]:
+    """The probe shape of a unit tensor shaped `shape` ([..., H]): a post-activation probe of a paired activation
+    has the pair axis ([..., 2, H])."""
+    if probe_point == "post_activation" and activation in PAIRED:
+        return (*shape[:-1], 2, shape[-1])
+    return shape
 
 # name -> (scale, mode, distribution) for jax.nn.initializers.variance_scaling
 _INITS = {
@@ -182,14 +205,15 @@ class LayerNorm(nn.Module):
 
 
 def probed_unit(act, z, name, probes, probe_point, acts):
-    """`act(z)` with the layer's probe added at `probe_point`; records the post-activation in `acts`."""
+    """`act(z)` with the layer's probe added at `probe_point`; records the post-activation in `acts`. A paired
+    activation's `[..., 2, H]` output is recorded as it is and returned flattened to `[..., 2H]`."""
     if probes is not None and probe_point == "pre_activation":
         z = z + probes[name]
     x = act(z)
     if probes is not None and probe_point == "post_activation":
         x = x + probes[name]
     acts[name] = x
-    return x
+    return x.reshape(*x.shape[:-2], -1) if x.ndim > z.ndim else x
 
 
 def output_head(mdl, x, out, ensemble, init, scale, inject):
@@ -313,13 +337,16 @@ class MLP(nn.Module):
                 consumers=_head_consumers(names[i + 1], self.inject),
                 init=kernel_initializer(self.kernel_init, self.ensemble),
                 layer_norm=((f"ln_{i}", "scale"), (f"ln_{i}", "bias")) if self.layer_norm else None,
+                consumer_tiles=(2,) * len(_head_consumers(names[i + 1], self.inject)) if self.activation in PAIRED
+                else (),
             )
             for i, w in enumerate(self.hidden)
         )
 
     def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         lead = (self.ensemble,) if self.ensemble else ()
-        return {f"hidden_{i}": (*lead, batch_size, w) for i, w in enumerate(self.hidden)}
+        return {f"hidden_{i}": probe_shape((*lead, batch_size, w), self.activation, self.probe_point)
+                for i, w in enumerate(self.hidden)}
 
     def inject_spec(self) -> InjectSpec | None:
         return _inject_spec(self.inject, kernel_initializer(self.kernel_init, self.ensemble, self.out_init_scale))
@@ -479,7 +506,12 @@ AGENT_OPTIONS = ("adam_count", "inject", "trac")
 
 
 def check_norm(agent: str, cfg) -> None:
-    """`norm = layer` is for mlp networks: the residual ones have their own LayerNorms, conv torsos none."""
+    """`norm = layer` is for mlp networks: the residual ones have their own LayerNorms, conv torsos none. A paired
+    activation (two outputs per unit) is for mlp networks and conv torsos: a residual stream keeps its width."""
+    if cfg.activation in PAIRED and cfg.network != "mlp":
+        raise ValueError(f"{agent}.activation={cfg.activation} applies to {agent}.network=mlp (and conv torsos): it "
+                         f"doubles each layer's outputs, which {cfg.network}'s residual stream cannot take; choose one "
+                         f"of: {', '.join(a for a in ACTIVATIONS if a not in PAIRED)}")
     if getattr(cfg, "norm", "none") == "none":
         return
     if cfg.network != "mlp":
@@ -576,8 +608,10 @@ class ConvNet(nn.Module):
         widths = [f for f, _, _ in self.convs] + list(self.hidden)
         n_conv, spatial = len(self.convs), self._spatial()
         init = kernel_initializer(self.kernel_init)
-        # the last conv feeds the first Dense through the flatten: its rows repeat per spatial position
-        tile = lambda i: spatial[i][0] * spatial[i][1] if i == n_conv - 1 else 1  # noqa: E731
+        # the last conv feeds the first Dense through the flatten: its rows repeat per spatial position (and per
+        # output of a paired activation, within each position)
+        pair = outputs_per_unit(self.activation)
+        tile = lambda i: pair * (spatial[i][0] * spatial[i][1] if i == n_conv - 1 else 1)  # noqa: E731
         layers = []
         for i, w in enumerate(widths):
             consumers = _head_consumers(names[i + 1], self.inject)
@@ -593,7 +627,7 @@ class ConvNet(nn.Module):
         shapes = {f"conv_{i}": (batch_size, h, w, f) for i, ((f, _, _), (h, w)) in
                   enumerate(zip(self.convs, self._spatial()))}
         shapes.update({f"hidden_{j}": (batch_size, w) for j, w in enumerate(self.hidden)})
-        return shapes
+        return {k: probe_shape(v, self.activation, self.probe_point) for k, v in shapes.items()}
 
 
 def get_path(tree, path):
