@@ -50,7 +50,7 @@ class Spec:
 
 def np_is_active(v: float, activation: str) -> bool:
     v = F32(v)
-    if activation in ("relu", "swish"):
+    if activation in ("relu", "swish", "crelu"):
         return bool(v > 0)
     if activation == "tanh":
         return not bool(abs(v) > F32(0.99))
@@ -192,6 +192,7 @@ def test_active_mask_table_and_errors():
         "tanh": ([0.995, -0.5, 0.2, -0.999, 0.99, -0.99, 0.0], [0, 1, 1, 0, 1, 1, 1]),
         "sigmoid": ([0.005, 0.01, 0.5, 0.99, 0.995, 1.0], [0, 1, 1, 1, 0, 0]),
         "dff": ([SQRT2, -SQRT2, SQRT2 - 0.02, 0.0, -1.0], [0, 0, 1, 1, 1]),
+        "crelu": ([0.0, 1e-6, 2.0], [0, 1, 1]),
     }
     assert set(cases) == set(ACTIVE_TESTS)
     for act, (h, want) in cases.items():
@@ -207,7 +208,8 @@ def test_active_mask_table_and_errors():
 
 
 NP_ACT = {"relu": lambda z: np.maximum(z, 0), "swish": lambda z: z / (1 + np.exp(-z)), "tanh": np.tanh,
-          "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "dff": lambda z: SQRT2 * np.sin(z)}
+          "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "dff": lambda z: SQRT2 * np.sin(z),
+          "crelu": lambda z: np.maximum(z, 0)}   # one of a unit's two outputs
 
 
 def _random_acts(rng, activation, shapes):

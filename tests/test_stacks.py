@@ -78,4 +78,6 @@ def test_a_stack_trains_and_resumes(tmp_path):
     assert np.all(np.asarray(ist["trac"]["q"]["scale"]) > 0)
     rs = rows(tmp_path / "full")
     assert [r["injection/count"] for r in rs] == [0, 0, 1, 1, 1, 1]    # rows at 100, 200, 300 (two seeds each)
+    # TRAC's scale, max(Σs, 0): restarted with the optimizer at every reset, so it stays near its 1e-7 start here
+    assert all(r["trac/scale/q"] >= 0 for r in rs) and any(r["trac/scale/q"] > 0 for r in rs)
     assert all("eval/episode_return" in r for r in rs)

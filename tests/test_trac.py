@@ -10,7 +10,7 @@ import optax
 import pytest
 from scipy.special import erfi as scipy_erfi
 
-from helpers import assert_cli_error, rows, tiny_trainer
+from helpers import assert_cli_error
 from plastic.core import Net
 from plastic.networks import MLP
 from plastic.optim import TracSpec, TracState, erfi, trac_scale, trac_wrap
@@ -97,28 +97,28 @@ def test_a_unit_reset_restarts_the_anchor_of_the_entries_it_writes():
     np.testing.assert_array_equal(after.s, before.s)
 
 
-def test_each_agent_wraps_the_networks_of_the_selected_roles(tmp_path):
-    """TD3 with 2 vmapped seeds: both networks' optimizers are TRAC's and their scales are logged per seed; SAC's
-    temperature keeps plain Adam unless its role is selected; DQN wraps its Q-network."""
-    t = tiny_trainer("td3", "trac", 300)
-    t.run(tmp_path / "td3")
-    nets = t.final_state[0].agent.nets
-    for name in ("actor", "critic"):
-        assert isinstance(nets[name].opt_state, TracState)
-        assert np.asarray(nets[name].opt_state.s).shape == (2, 6)
-    last = rows(tmp_path / "td3")[-1]
-    assert last["trac/scale/actor"] > 0 and last["trac/scale/critic"] > 0
+def test_each_agent_wraps_the_networks_of_the_selected_roles():
+    """TD3's actor and critic, SAC's too (its temperature keeps plain Adam unless its role is selected), DQN's
+    Q-network; PPO's actor after its gradient clipping. The run, its logged scales and the resume:
+    tests/test_stacks.py."""
     from plastic.config import build
     from plastic.setup import build_agent, jax_envs
+    is_trac = lambda v: isinstance(v, TracState)  # noqa: E731
+
+    def states(cfg):
+        nets = build_agent(cfg, jax_envs(cfg)).init(jax.random.PRNGKey(0)).nets
+        return {n: [s for s in jax.tree.leaves(ns.opt_state, is_leaf=is_trac) if is_trac(s)] for n, ns in nets.items()}
 
     def wrapped(cfg):
-        agent = build_agent(cfg, jax_envs(cfg))
-        nets = agent.init(jax.random.PRNGKey(0)).nets
-        is_trac = lambda v: isinstance(v, TracState)  # noqa: E731
-        return {n for n, ns in nets.items() if any(map(is_trac, jax.tree.leaves(ns.opt_state, is_leaf=is_trac)))}
+        return {n for n, found in states(cfg).items() if found}
+    td3 = states(build("td3", "trac", env="probe:obs"))
+    assert {n for n, f in td3.items() if f} == {"actor", "critic"} and np.shape(td3["critic"][0].s) == (6,)
     assert wrapped(build("sac", "trac", env="probe:obs")) == {"actor", "critic"}
     assert wrapped(build("sac", "trac", env="probe:obs", overrides={"trac.networks": "temperature"})) == {"alpha"}
     assert wrapped(build("dqn", "trac", env="probe:d_obs")) == {"q"}
+    ppo = build_agent(build("ppo", "trac"), jax_envs(build("ppo", "trac"))).init(jax.random.PRNGKey(0))
+    clip, trac = ppo.nets["actor"].opt_state       # optax.chain(clip_by_global_norm, TRAC(adam))
+    assert is_trac(trac) and not is_trac(clip)
 
 
 @pytest.mark.parametrize("argv, needle", [
