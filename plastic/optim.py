@@ -126,8 +126,13 @@ class TracState(NamedTuple):
     sigma: Any      # [n] −Σ β^(t-k) h_k (starts at 1e-8, as in the reference)
 
 
-def _vdot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+def _is_trac(v) -> bool:
+    return isinstance(v, TracState)
+
+
+def trac_states(opt_state) -> list:
+    """The `TracState`s inside `opt_state` (a chain's, a wrapper's), in tree order."""
+    return [v for v in jax.tree.leaves(opt_state, is_leaf=_is_trac) if _is_trac(v)]
 
 
 def trac_wrap(base: optax.GradientTransformation, spec: TracSpec) -> optax.GradientTransformation:
@@ -155,12 +160,16 @@ def trac_wrap(base: optax.GradientTransformation, spec: TracSpec) -> optax.Gradi
         if params is None:
             raise ValueError("TRAC needs the parameters: call its update with params")
         step, base_state = base.update(grads, state.base, params)
-        delta = jax.tree.map(lambda x, r: (x - r) / (jnp.sum(state.s) + spec.eps), params, state.ref)
-        h = _vdot(delta, grads)
+        last = jnp.sum(state.s) + spec.eps
+        delta = jax.tree.map(lambda x, r: (x - r) / last, params, state.ref)
+        h = optax.tree_utils.tree_vdot(delta, grads)
         delta = jax.tree.map(jnp.add, delta, step)
         variance = betas ** 2 * state.variance + h * h
         sigma = betas * state.sigma - h
-        s = spec.s_init / erfi(1 / jnp.sqrt(2.0)) * erfi(sigma / (jnp.sqrt(2.0) * jnp.sqrt(variance) + spec.eps))
+        # one series for the constant erfi(1/√2) and the tuners' arguments (elementwise: the same values as two calls)
+        e = erfi(jnp.concatenate([jnp.full((1,), 1 / jnp.sqrt(2.0)), sigma / (jnp.sqrt(2.0) * jnp.sqrt(variance)
+                                                                              + spec.eps)]))
+        s = spec.s_init / e[0] * e[1:]
         scale = jnp.maximum(jnp.sum(s), 0.0)
         updates = jax.tree.map(lambda r, d, x: (r + scale * d - x).astype(x.dtype), state.ref, delta, params)
         return updates, TracState(base_state, state.ref, s, variance, sigma)
@@ -170,8 +179,7 @@ def trac_wrap(base: optax.GradientTransformation, spec: TracSpec) -> optax.Gradi
 
 def trac_scale(opt_state):
     """max(Σs, 0) of the TRAC tuner in `opt_state` (the scale its last update applied), or None without one."""
-    found = [st for st in jax.tree.leaves(opt_state, is_leaf=lambda v: isinstance(v, TracState))
-             if isinstance(st, TracState)]
+    found = trac_states(opt_state)
     return jnp.maximum(jnp.sum(found[0].s), 0.0) if found else None
 
 
@@ -191,8 +199,7 @@ def restart_entries(tx, opt_state, touched, params):
     opt_state = optax.tree_map_params(tx, lambda s, t: _where(t, jnp.zeros_like(s), s), opt_state, touched)
 
     def anchor(new, before):
-        if not isinstance(new, TracState):
+        if not _is_trac(new):
             return new
         return new._replace(ref=jax.tree.map(_where, touched, params, before.ref))
-    is_trac = lambda v: isinstance(v, TracState)  # noqa: E731
-    return jax.tree.map(anchor, opt_state, old, is_leaf=is_trac)
+    return jax.tree.map(anchor, opt_state, old, is_leaf=_is_trac)

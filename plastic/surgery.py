@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
 from plastic.core import NetState
 from plastic.networks import get_path, kernel_initializer, set_path
 from plastic.optim import restart_entries

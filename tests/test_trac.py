@@ -13,7 +13,7 @@ from scipy.special import erfi as scipy_erfi
 from helpers import assert_cli_error
 from plastic.core import Net
 from plastic.networks import MLP
-from plastic.optim import TracSpec, TracState, erfi, trac_scale, trac_wrap
+from plastic.optim import TracSpec, TracState, erfi, trac_scale, trac_states, trac_wrap
 from plastic.surgery import reset_units
 
 
@@ -103,11 +103,12 @@ def test_each_agent_wraps_the_networks_of_the_selected_roles():
     tests/test_stacks.py."""
     from plastic.config import build
     from plastic.setup import build_agent, jax_envs
-    is_trac = lambda v: isinstance(v, TracState)  # noqa: E731
+
+    def nets(cfg):
+        return build_agent(cfg, jax_envs(cfg)).init(jax.random.PRNGKey(0)).nets
 
     def states(cfg):
-        nets = build_agent(cfg, jax_envs(cfg)).init(jax.random.PRNGKey(0)).nets
-        return {n: [s for s in jax.tree.leaves(ns.opt_state, is_leaf=is_trac) if is_trac(s)] for n, ns in nets.items()}
+        return {n: trac_states(ns.opt_state) for n, ns in nets(cfg).items()}
 
     def wrapped(cfg):
         return {n for n, found in states(cfg).items() if found}
@@ -116,9 +117,8 @@ def test_each_agent_wraps_the_networks_of_the_selected_roles():
     assert wrapped(build("sac", "trac", env="probe:obs")) == {"actor", "critic"}
     assert wrapped(build("sac", "trac", env="probe:obs", overrides={"trac.networks": "temperature"})) == {"alpha"}
     assert wrapped(build("dqn", "trac", env="probe:d_obs")) == {"q"}
-    ppo = build_agent(build("ppo", "trac"), jax_envs(build("ppo", "trac"))).init(jax.random.PRNGKey(0))
-    clip, trac = ppo.nets["actor"].opt_state       # optax.chain(clip_by_global_norm, TRAC(adam))
-    assert is_trac(trac) and not is_trac(clip)
+    clip, trac = nets(build("ppo", "trac"))["actor"].opt_state   # optax.chain(clip_by_global_norm, TRAC(adam))
+    assert isinstance(trac, TracState) and not isinstance(clip, TracState)
 
 
 @pytest.mark.parametrize("argv, needle", [
