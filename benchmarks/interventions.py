@@ -9,8 +9,11 @@ Prints, per method (each at its default settings, metrics off on both sides):
            and without it, stops active from the first step
 The overhead is the median of paired back-to-back rounds (plain, method; alternating order): a shared
 2-core machine drifts by +-10-30 % between minutes, which best-of-N on each side alone does not cancel.
+`--variant K=V,...` sets config fields on the method side only, so `--methods none --variant sac.network=simbav2`
+prices a network or an agent switch against the plain agent.
 Usage:
-  python benchmarks/interventions.py [--agent td3] [--methods all|redo,cbp,...] [--updates 1000] [--rounds 8]
+  python benchmarks/interventions.py [--agent td3] [--methods all|redo,cbp,...|none] [--variant K=V,...]
+                                     [--updates 1000] [--rounds 8]
 """
 from __future__ import annotations
 
@@ -85,19 +88,22 @@ def main():
     ap.add_argument("--iterations", type=int, default=20, help="timed PPO iterations per round")
     ap.add_argument("--acting-steps", type=int, default=500, help="timed env steps per round (LEAST)")
     ap.add_argument("--rounds", type=int, default=8, help="pairs of rounds (plain, method)")
+    ap.add_argument("--variant", default="", help="K=V,... config fields of the method side only")
     args = ap.parse_args()
     names = sorted(REGISTRY) if args.methods == "all" else args.methods.split(",")
+    variant = dict(kv.split("=", 1) for kv in args.variant.split(",") if kv)
     print(f"{args.agent} on {ENV} (update-only, 1 seed, UTD 1) and ppo on gymnax:CartPole-v1 (jitted chunks); "
           f"median of {args.rounds} paired rounds", flush=True)
     plain_off = None
     for name in names:
-        supported = supported_agents(REGISTRY[name])
+        supported = ("td3", "sac", "dqn", "ppo") if name == "none" else supported_agents(REGISTRY[name])
         if args.agent in supported:
             if plain_off is None:
                 plain_off = UpdateTimer(trainer_for(args.agent, 1, overrides=OFF), 10_000)
-            with_it = UpdateTimer(trainer_for(args.agent, 1, name, overrides={**OFF, **BENCH.get(name, {})}),
+            with_it = UpdateTimer(trainer_for(args.agent, 1, name, overrides={**OFF, **BENCH.get(name, {}), **variant}),
                                   10_000)
-            line(name, "update", *paired({"plain": plain_off, "method": with_it}, args.updates, args.rounds))
+            line(name if not variant else f"{name} {args.variant}", "update",
+                 *paired({"plain": plain_off, "method": with_it}, args.updates, args.rounds))
         elif "ppo" in supported:
             timers = {"plain": ChunkTimer(ppo_trainer("none")), "method": ChunkTimer(ppo_trainer(name))}
             line(name, "ppo iter", *paired(timers, args.iterations, args.rounds))

@@ -5,6 +5,8 @@ An agent is a static Python object (config + `Net`s); all of its methods are pur
   act(state, obs, key, explore, step) -> action          (one seed; the drivers vmap; step = env step)
   eval_act(state, obs, key) -> action                    (the evaluation policy: plastic/evaluation.py)
   random_action(key), action_example()                   (from ContinuousActions / DiscreteActions)
+  observe(state, transition) -> state                    (off-policy drivers, after every env step: stream
+                                                         statistics such as SAC's normalisers; default: none)
   update(u, batch, key) -> u                             (`u`: plastic.core.Update, the update carry of the
                                                          agent state, the hooks and the update counters; its
                                                          `step` / `polyak` make every optimizer and target step)
@@ -47,7 +49,14 @@ def init_counters(agent) -> dict[str, Any]:
     return {"env_steps": jnp.zeros((), jnp.int32), **{n: jnp.zeros((), jnp.int32) for n in agent.nets}}
 
 
-class ContinuousActions:
+class StreamFree:
+    """The default `observe`: an agent that keeps no statistics of the env stream."""
+
+    def observe(self, state, transition):
+        return state
+
+
+class ContinuousActions(StreamFree):
     """Actions in [-1, 1]^action_size (the env adapter rescales to the env's bounds)."""
     discrete = False
     default_env = "HalfCheetah-v5"
@@ -63,7 +72,7 @@ class ContinuousActions:
         return jnp.zeros(self.action_size, jnp.float32)
 
 
-class DiscreteActions:
+class DiscreteActions(StreamFree):
     """Integer actions in [0, action_size), action_size being the number of actions."""
     discrete = True
     default_env = "CartPole-v1"

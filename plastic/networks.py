@@ -12,6 +12,8 @@ Architectures (`network` in every agent's config, built by `build_network`):
   simba   `SimBa` (Lee et al. 2024): Dense(d) -> N x [x + Dense(d)(act(Dense(4d)(LN(x))))] -> LN -> Dense(out)
   bronet  `BroNet` (Nauman et al. 2024): act(LN(Dense(d))) -> N x [x + LN(Dense(d)(act(LN(Dense(d)(x)))))]
           -> Dense(out)
+  simbav2 `SimbaV2` (Lee et al. 2025; SAC only): hyperspherical embedding, LERP blocks and head, bias-free Dense
+          layers kept on the unit sphere by the optimizer (`with_sphere`)
 The residual networks' layer maps list only the units inside blocks (SimBa: the 4d expansion units; BroNet:
 each block's first Dense, normalised by its LayerNorm), never the width-d residual stream
 (docs/mechanics.md §1.2-1.3), so unit resets cannot touch the embedding, the skip path or the head.
@@ -74,6 +76,7 @@ _INITS = {
 INITIALIZERS = tuple(_INITS) + ("orthogonal",)
 PROBE_POINTS = ("pre_activation", "post_activation", "weight_grad")
 NETWORKS = ("mlp", "simba", "bronet")
+SAC_NETWORKS = NETWORKS + ("simbav2",)  # SimbaV2 is SAC with a categorical critic (agents/sac.py)
 NORMS = ("none", "layer")  # `norm` of every agent: LayerNorm over the units of each hidden Dense of an mlp
 
 
@@ -136,13 +139,15 @@ class LayerSpec:
     width: int
     ensemble: int                      # 0: no ensemble axis, else E (kernels are [E, in, out])
     kernel: tuple[str, ...]            # path of the kernel inside params
-    bias: tuple[str, ...]
+    bias: tuple[str, ...] | None       # None: the units have no bias (SimbaV2's bias-free Dense)
     consumers: tuple[tuple[str, ...], ...]  # kernels whose input rows (axis -2) these units feed
     init: Callable                     # the initializer that built `kernel`
     layer_norm: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (scale, offset) paths
     # per consumer, how many times the unit axis repeats along the consumer's input rows (a conv layer
     # flattened into a Dense kernel feeds rows s * C + c for every spatial position s); () means 1 each
     consumer_tiles: tuple[int, ...] = ()
+    # other per-unit parameter vectors ([E?, H]) and the value a reset writes there: SimbaV2's scaler
+    unit_params: tuple[tuple[tuple[str, ...], float], ...] = ()
 
     @property
     def mask_shape(self) -> tuple[int, ...]:
@@ -486,15 +491,165 @@ class BroNet(_Residual):
         return self._head(x), acts
 
 
+def l2normalize(x, axis: int = -1, eps: float = 1e-8):
+    """`x` divided by its ℓ2 norm along `axis` (a norm below `eps` counts as `eps`, so 0 stays 0)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def sphere_initializer(ensemble: int = 0):
+    """SimbaV2's kernel initializer: a Haar (semi-)orthogonal `[E?, in, out]` kernel whose columns (each output
+    unit's incoming weights) are then scaled to unit norm, as the reference normalises its networks right after
+    initialising them."""
+    base = kernel_initializer("orthogonal", ensemble, 0.5)  # gain 1
+    return lambda key, shape, dtype=jnp.float32: l2normalize(base(key, shape, dtype), axis=-2)
+
+
+def sphere_projection():
+    """An optax transformation (chained after the optimizer) that keeps every `kernel` of a hyperspherical
+    network on the unit sphere: the update becomes `normalize(θ + u) − θ` on kernels (per column, along the input
+    axis), unchanged elsewhere. SimbaV2 (Lee et al. 2025) renormalises after each optimizer step; here it is part of
+    the step, so every network step the core takes (and nothing else) projects."""
+    import optax
+
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        def leaf(path, u, p):
+            if getattr(path[-1], "key", None) != "kernel":
+                return u
+            return l2normalize(p + u, axis=-2) - p
+        return jax.tree_util.tree_map_with_path(leaf, updates, params), state
+
+    return optax.GradientTransformation(init, update)
+
+
+class Scaler(nn.Module):
+    """SimbaV2's learnable per-feature scale: the parameter starts at `scale` and the forward pass multiplies by
+    `parameter · init / scale`, so the scale starts at `init` while Adam moves it in units of `scale`."""
+    init_value: float
+    scale: float
+    ensemble: int = 0
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (self.ensemble, x.shape[-1]) if self.ensemble else (x.shape[-1],)
+        s = self.param("scaler", nn.initializers.constant(self.scale), shape)
+        s = s[:, None, :] if self.ensemble else s
+        return s * (self.init_value / self.scale) * x
+
+
+class SimbaV2(nn.Module):
+    """SimbaV2 (Lee et al. 2025, "Hyperspherical Normalization for Scalable Deep RL", arXiv 2502.15280), as its
+    released code builds it (docs/interventions.md, SimbaV2):
+
+      embed   x' = [x, c_shift] / ‖·‖  ->  h = norm(Scaler(W x'))                       (W: width d)
+      block   r = h;  u = act(Scaler(W1 h)) + 1e-8  (4d units);  m = norm(W2 u)
+              h = norm(r + α ⊙ (m − r))                                                  (α: a Scaler)
+      head    per branch: W2' Scaler(W1' h) + b   (W1': d -> d, no activation; W2': d -> out / branches)
+
+    Every Dense is bias-free, initialised by `sphere_initializer`, and kept on the unit sphere by the optimizer
+    (`sphere_projection`, chained by `with_sphere`). Scalers start at `init` with parameter scale `scale`:
+    sqrt(2/d) for the embedding (and /2 inside blocks: /sqrt(expansion)), α at 1/(blocks+1) with scale 1/sqrt(d),
+    1 for the head. `branches = 2` gives the actor its separate mean and log-std heads. The layer map lists each
+    block's 4d units (`block_{i}_hidden`, no bias; its scaler resets to its start), never the residual stream."""
+    width: int
+    blocks: int
+    out: int
+    activation: str = "relu"
+    ensemble: int = 0
+    probe_point: str = "pre_activation"
+    branches: int = 1
+    c_shift: float = 3.0
+    expansion: int = 4
+    eps: float = 1e-8
+
+    @property
+    def units(self) -> int:
+        return self.expansion * self.width
+
+    def _scales(self):
+        s = (2.0 / self.width) ** 0.5
+        return s, s / self.expansion ** 0.5, 1.0 / (self.blocks + 1), 1.0 / self.width ** 0.5
+
+    def _dense(self, features, name):
+        return HyperDense(features, self.ensemble, name=name)
+
+    @nn.compact
+    def __call__(self, x, probes=None):
+        act, acts = ACTIVATIONS[self.activation], {}
+        s, s_block, alpha, alpha_scale = self._scales()
+        x = jnp.concatenate([x, jnp.full((*x.shape[:-1], 1), self.c_shift, x.dtype)], axis=-1)
+        h = l2normalize(Scaler(s, s, self.ensemble, name="embed_scaler")(self._dense(self.width, "embed")(
+            l2normalize(x))))
+        for i in range(self.blocks):
+            z = Scaler(s_block, s_block, self.ensemble, name=f"block_{i}_scaler")(
+                self._dense(self.units, f"block_{i}_hidden")(h))
+            u = probed_unit(act, z, f"block_{i}_hidden", probes, self.probe_point, acts) + self.eps
+            m = l2normalize(self._dense(self.width, f"block_{i}_out")(u))
+            h = l2normalize(h + Scaler(alpha, alpha_scale, self.ensemble, name=f"block_{i}_alpha")(m - h))
+        outs = []
+        for k in range(self.branches):
+            y = Scaler(1.0, 1.0, self.ensemble, name=f"head_{k}_scaler")(self._dense(self.width, f"head_{k}_hidden")(h))
+            y = self._dense(self.out // self.branches, f"head_{k}_out")(y)
+            shape = (self.ensemble, y.shape[-1]) if self.ensemble else (y.shape[-1],)
+            b = self.param(f"head_{k}_bias", nn.initializers.zeros, shape)
+            outs.append(y + (b[:, None, :] if self.ensemble else b))
+        return jnp.concatenate(outs, axis=-1), acts
+
+    def layer_map(self) -> tuple[LayerSpec, ...]:
+        return tuple(LayerSpec(
+            name=f"block_{i}_hidden", layer_id=i, width=self.units, ensemble=self.ensemble,
+            kernel=(f"block_{i}_hidden", "kernel"), bias=None, consumers=((f"block_{i}_out", "kernel"),),
+            init=sphere_initializer(self.ensemble),
+            unit_params=(((f"block_{i}_scaler", "scaler"), self._scales()[1]),))
+            for i in range(self.blocks))
+
+    def probe_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        lead = (self.ensemble,) if self.ensemble else ()
+        return {f"block_{i}_hidden": (*lead, batch_size, self.units) for i in range(self.blocks)}
+
+    sphere_kernels = True  # `with_sphere` chains `sphere_projection` to its optimizer
+
+
+class HyperDense(nn.Module):
+    """A bias-free Dense whose kernel starts on the unit sphere (`sphere_initializer`); `ensemble` as `Dense`."""
+    features: int
+    ensemble: int = 0
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (x.shape[-1], self.features)
+        kernel = self.param("kernel", sphere_initializer(self.ensemble),
+                            (self.ensemble, *shape) if self.ensemble else shape)
+        if not self.ensemble:
+            return x @ kernel
+        return jnp.einsum("bi,eio->ebo" if x.ndim == 2 else "ebi,eio->ebo", x, kernel)
+
+
+def with_sphere(tx, module):
+    """`tx`, followed by `sphere_projection` if `module` keeps its kernels on the unit sphere (SimbaV2)."""
+    if not getattr(module, "sphere_kernels", False):
+        return tx
+    import optax
+    return optax.chain(tx, sphere_projection())
+
+
 def build_network(cfg, out: int, *, ensemble: int = 0, out_init_scale: float = 1.0,
-                  probe_point: str = "pre_activation", inject: bool = False):
-    """The network an agent config asks for (`cfg.network`: mlp | simba | bronet) with `out` outputs. The
-    residual networks take their width from `cfg.hidden[0]` and their depth from `cfg.blocks`; `cfg.norm =
+                  probe_point: str = "pre_activation", inject: bool = False, branches: int = 1):
+    """The network an agent config asks for (`cfg.network`: mlp | simba | bronet | simbav2) with `out` outputs.
+    The residual networks take their width from `cfg.hidden[0]` and their depth from `cfg.blocks`; `cfg.norm =
     layer` puts a LayerNorm (learned scale and offset) between each hidden Dense of an mlp and its activation
-    (a config without `norm`, e.g. a new agent's, gets none)."""
+    (a config without `norm`, e.g. a new agent's, gets none). SimbaV2 has its own initializer and splits its head
+    into `branches` (SAC's actor: mean and log-std); it has no injection heads."""
     if cfg.network == "mlp":
         return MLP(tuple(cfg.hidden), out, cfg.activation, ensemble, layer_norm=getattr(cfg, "norm", "none") == "layer",
                    kernel_init=cfg.init, out_init_scale=out_init_scale, probe_point=probe_point, inject=inject)
+    if cfg.network == "simbav2":
+        if inject:
+            raise ValueError("plasticity injection needs an output layer to copy; the simbav2 network's head is "
+                             "two normalised layers (use another network)")
+        return SimbaV2(cfg.hidden[0], cfg.blocks, out, cfg.activation, ensemble, probe_point, branches)
     cls = {"simba": SimBa, "bronet": BroNet}[cfg.network]
     return cls(cfg.hidden[0], cfg.blocks, out, cfg.activation, ensemble, cfg.init, out_init_scale, probe_point,
                inject)

@@ -96,13 +96,14 @@ class OffPolicy:
         return jnp.where(step < self.cfg.agent_cfg.learning_starts, random, policy)
 
     def store(self, ts: TrainState, counters, transition):
-        """Replay write on the seed-stacked buffers (shared slot, in place), then the acting hooks
-        (vmapped over seeds) and the env-step counter."""
+        """Replay write on the seed-stacked buffers (shared slot, in place), then the acting hooks (the agent's
+        `observe`, the interventions' `on_env_step`; vmapped over seeds) and the env-step counter."""
         ts = ts.replace(replay=ts.replay.add(transition, counters["env_steps"]))
         ts, stop = jax.vmap(self._acting_hooks, in_axes=(0, 0, None))(ts, transition, counters)
         return ts, {**counters, "env_steps": counters["env_steps"] + 1}, stop
 
     def _acting_hooks(self, ts: TrainState, transition, counters):
+        ts = ts.replace(agent=self.agent.observe(ts.agent, transition))
         stop, istate = jnp.zeros((), bool), ts.interventions
         for iv in self.interventions:
             s, flag = iv.on_env_step(istate[iv.name], transition, self.agent, ts.agent, counters)

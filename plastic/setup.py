@@ -8,6 +8,7 @@ the `Setup`; nothing after this reads the config to build something again.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +81,7 @@ def build_agent(cfg: ExperimentConfig, envs, options: dict | None = None):
                       and (is_jax_native(cfg.run.env) or not getattr(c, "on_policy", False)))
         raise ValueError(f"{cfg.run.env} has {kinds[envs.discrete]} actions but {cfg.agent} needs "
                          f"{kinds[agent_cls.discrete]} ones; agents for this env: {', '.join(fits)}")
-    if getattr(agent_cls, "on_policy", False):
+    if "total_steps" in inspect.signature(agent_cls).parameters:  # a schedule over the run's budget
         kwargs["total_steps"] = cfg.run.steps
     if getattr(agent_cls, "image_obs", False):
         kwargs["obs_shape"] = envs.observation_shape

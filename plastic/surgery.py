@@ -1,7 +1,8 @@
 """Unit-level parameter and optimizer surgery shared by every reset method (docs/mechanics.md §1, §3, §4.5).
 
 `reset_units` re-initialises flagged hidden units through the layer map: incoming columns redrawn from
-the layer's own initializer, bias 0, outgoing rows 0, LayerNorm affine reset, and Adam `mu`/`nu`
+the layer's own initializer, bias 0, outgoing rows 0, LayerNorm affine and other per-unit parameters (SimbaV2's
+scaler) reset, and Adam `mu`/`nu`
 zeroed at every touched entry with the scalar `count` kept (a TRAC optimizer's θ_ref moves to the fresh values
 there: plastic.optim.restart_entries). Unflagged entries are bit-identical.
 """
@@ -40,7 +41,10 @@ def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine"):
     for layer in net.layers:
         m = masks[layer.name]
         mark(layer.kernel, m[..., None, :])
-        mark(layer.bias, m)
+        if layer.bias is not None:
+            mark(layer.bias, m)
+        for path, _ in layer.unit_params:
+            mark(path, m)
         if layer.layer_norm is not None and layernorm == "reset_unit_affine":
             for path in layer.layer_norm:
                 mark(path, m)
@@ -77,7 +81,10 @@ def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", out
         col = m[..., None, :]            # incoming column of a [E?, in, H] kernel
         kernel = get_path(params, layer.kernel)
         params = set_path(params, layer.kernel, jnp.where(col, fresh[layer.name], kernel))
-        params = set_path(params, layer.bias, jnp.where(m, 0.0, get_path(params, layer.bias)))
+        if layer.bias is not None:
+            params = set_path(params, layer.bias, jnp.where(m, 0.0, get_path(params, layer.bias)))
+        for path, value in layer.unit_params:
+            params = set_path(params, path, jnp.where(m, value, get_path(params, path)))
         if layer.layer_norm is not None and layernorm == "reset_unit_affine":
             scale, offset = layer.layer_norm
             params = set_path(params, scale, jnp.where(m, 1.0, get_path(params, scale)))

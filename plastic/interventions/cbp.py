@@ -155,6 +155,9 @@ class CBP(Intervention):
         bad = [n for n in c.networks if n not in ROLES]
         if bad or not c.networks:
             raise ValueError(f"cbp.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(ROLES)}")
+        if c.next_bias_correction == "on" and getattr(agent_cfg, "network", "mlp") == "simbav2":
+            raise ValueError(f"cbp.next_bias_correction=on adds to the next layer's bias; {self.agent_name}.network="
+                             f"simbav2 has bias-free layers (use cbp.next_bias_correction=off)")
 
     def agent_options(self) -> dict:
         """The agent's Adam must count steps per element for the two per-element optimizer modes."""

@@ -77,6 +77,9 @@ class CChain(Intervention):
             have = [r for r in ROLES if r in self.roles.values()]
             raise ValueError(f"cchain.networks={','.join(self.cfg.networks)} is not valid for {self.agent_name}; "
                              f"choose among: {', '.join(have)}")
+        if getattr(agent_cfg, "network", "mlp") == "simbav2" and "critic" in (self.cfg.networks or ("critic",)):
+            raise ValueError(f"cchain regularises the churn of scalar Q-values; {self.agent_name}.network=simbav2's "
+                             f"critic outputs a categorical distribution (use --cchain.networks actor)")
 
 
     # ---- state ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ L2-init adds, to the loss of every selected network (`loss_term` hook, or equiva
 Weight decay (no agent optimizer here has one; every agent uses plain `optax.adam`):
   coupled    `grad_transform`: g ← g + λ·θ before the optimizer (PyTorch `Adam(weight_decay=λ)`, LOP)
   decoupled  `post_update`:   θ ← θ_after_step − lr·λ·θ_before (AdamW / optax.adamw), lr = the network's
-             nominal learning rate (`Net.lr`; PPO's annealed schedule is not followed).
+             nominal learning rate (`Net.lr`; PPO's annealed schedule and SAC's `lr_end` decay are not followed).
 """
 from __future__ import annotations
 
