@@ -27,7 +27,7 @@ def test_help_lists_agents_and_interventions():
 
 @pytest.mark.parametrize("argv, needle", [
     (["--agent", "ppo2"], "unknown agent 'ppo2'; valid: dqn, ppo, sac, td3"),
-    (["--intervention", "grama+foo"], "unknown intervention 'foo'; valid: none, cbp, cchain, grama, gtr, injection, kl_penalty, l2init, least, nap, ne, parseval, redo, "
+    (["--intervention", "grama+foo"], "unknown intervention 'foo'; valid: none, cbp, cchain, grama, gtr, hare_tortoise, injection, kl_penalty, l2init, least, nap, ne, parseval, redo, "
                                       "reset, shrink_perturb, swd, trac, weight_decay"),
     (["--sac.nope", "1"], "unknown field sac.nope; valid fields of sac:"),
     (["--sac.batch_size", "abc"], "sac.batch_size: expected int, got 'abc'"),

@@ -56,10 +56,11 @@ def test_compatible_stacks_build():
 # after it; the evaluations at 100, 200 and 300
 # too. It stands for the per-method resume tests (test_redo, test_reset, test_l2, test_shrink_perturb,
 # test_injection; test_evaluation's resumed evaluation); NE and CBP's Adam keep their own (they cannot stack)
-STACK = "grama+swd+l2init+weight_decay+redo+reset+shrink_perturb+injection+parseval+cchain+trac"
+STACK = "grama+swd+l2init+weight_decay+redo+reset+shrink_perturb+injection+parseval+cchain+trac+hare_tortoise"
 STACKED = {"dqn.learning_starts": 50, "grama.period": 10, "swd.T": 200, "redo.period": 10, "redo.tau": 0.1,
            "reset.interval": 60, "shrink_perturb.mode": "fresh_noise", "shrink_perturb.period": 7,
-           "injection.at": "150", "cchain.warmup": 40, "cchain.window": 30, "run.eval_every": 100,
+           "injection.at": "150", "cchain.warmup": 40, "cchain.window": 30, "hare_tortoise.period": 40,
+           "run.eval_every": 100,
            "run.eval_episodes": 2}
 
 
@@ -74,6 +75,7 @@ def test_a_stack_trains_and_resumes(tmp_path):
     assert np.asarray(ist["reset"]["count"]).tolist() == [5, 5]           # env steps 60, 120, ..., 300
     assert np.all(np.asarray(ist["shrink_perturb"]["q"]["events"]) > 0)
     assert np.all(np.asarray(ist["parseval"]["q"]["penalty"]) > 0)
+    assert np.all(np.asarray(ist["hare_tortoise"]["q"]["events"]) > 0)
     assert np.all(np.asarray(ist["cchain"]["q"]["n_reg"]) > 40) and np.all(np.asarray(ist["cchain"]["q"]["coef"]) != 50)
     assert np.all(np.asarray(ist["trac"]["q"]["scale"]) > 0)
     rs = rows(tmp_path / "full")

@@ -5,6 +5,7 @@ from plastic.interventions.base import Intervention
 from plastic.interventions.cbp import CBP
 from plastic.interventions.cchain import CChain
 from plastic.interventions.gtr import GTR, KLPenalty
+from plastic.interventions.hare_tortoise import HareTortoise
 from plastic.interventions.injection import Injection
 from plastic.interventions.l2 import L2Init, WeightDecay
 from plastic.interventions.least import LEAST
@@ -20,8 +21,8 @@ from plastic.interventions.trac import Trac
 
 REGISTRY: dict[str, type[Intervention]] = {
     cls.name: cls for cls in (ReGraMa, SWD, ReDo, Reset, ShrinkPerturb, L2Init, WeightDecay, CBP, LEAST, GTR,
-                              KLPenalty, NE, Injection, Parseval, CChain, NaP, Trac)}
-ALIASES = {"regrama": "grama", "inject": "injection"}
+                              KLPenalty, NE, Injection, Parseval, CChain, NaP, Trac, HareTortoise)}
+ALIASES = {"regrama": "grama", "inject": "injection", "ht": "hare_tortoise"}
 
 
 def canonical(name: str) -> str:
