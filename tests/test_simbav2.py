@@ -107,7 +107,7 @@ def _batch(key, n=6):
 
 def test_the_target_takes_the_lower_twin_shifts_its_atoms_and_projects():
     agent = _agent()
-    state = agent.init(jax.random.PRNGKey(0))
+    state = jax.jit(agent.init)(jax.random.PRNGKey(0))
     # twin 1 = twin 0 with noisy kernels, so which twin is lower changes from sample to sample
     leaves, tdef = jax.tree.flatten(state.targets["critic"])
     keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
@@ -115,9 +115,14 @@ def test_the_target_takes_the_lower_twin_shifts_its_atoms_and_projects():
                                         for a, k in zip(leaves, keys)])
     state = state.replace(targets={"critic": targets})
     batch, key = _batch(jax.random.PRNGKey(2), 16), jax.random.PRNGKey(3)
-    y, m = jax.jit(agent.targets)(state, batch, key)
-    a, logp, _, _ = agent.policy(state.nets["actor"].params, batch["next_obs"], key)
-    logits = np.asarray(agent.critic.apply(targets, jnp.concatenate([batch["next_obs"], a], -1))[0], np.float64)
+
+    @jax.jit
+    def run(state, batch):  # the agent's target, and what it read: the next action's log-prob, the target logits
+        a, logp, _, _ = agent.policy(state.nets["actor"].params, batch["next_obs"], key)
+        out = agent.critic.apply(state.targets["critic"], jnp.concatenate([batch["next_obs"], a], -1))[0]
+        return agent.targets(state, batch, key), logp, out
+    (y, m), logp, logits = run(state, batch)
+    logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     z = np.linspace(-5, 5, 11)
@@ -140,7 +145,7 @@ def test_normalisers_follow_the_released_wrappers():
     mean/variance of observations; G = γ (1 − done) G + r, its running variance and max |G|; rewards divided by
     max(sqrt(var + 1e-8), max|G| / G_max)."""
     agent = _agent(norm_obs=True, norm_reward=True, gamma=0.9, v_max=2.0)
-    state = agent.init(jax.random.PRNGKey(0))
+    state = jax.jit(agent.init)(jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
     obs, rew = rng.normal(3.0, 2.0, (40, 3)).astype(np.float32), rng.normal(1.0, 1.0, 40).astype(np.float32)
     done = (np.arange(40) % 13 == 12).astype(np.float32)
@@ -250,7 +255,7 @@ def test_actor_first_steps_the_critic_against_the_updated_actor_and_temperature(
     from plastic.core import Update
     kw = dict(network="simbav2", hidden=(8,), blocks=1, bins=11, batch_size=6, policy_delay=1)
     first, default = SAC(SACConfig(update_order="actor_first", **kw), 3, 2), SAC(SACConfig(**kw), 3, 2)
-    state, batch, key = first.init(jax.random.PRNGKey(0)), _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2)
+    state, batch, key = jax.jit(first.init)(jax.random.PRNGKey(0)), _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2)
     u0 = Update(state, counters=init_counters(first))
     a = jax.jit(first.update)(u0, batch, key).state
     moved = u0.replace(state=state.replace(nets={**state.nets, "actor": a.nets["actor"], "alpha": a.nets["alpha"]}))
