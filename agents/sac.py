@@ -211,7 +211,7 @@ class SAC(ContinuousActions):
         obs, action = prepared["obs"], prepared["action"]
 
         def critic_phase(u):
-            y, target = self.targets(u.state, batch, k_next)
+            y, target = self._targets(u.state, prepared, k_next)
 
             def critic_loss(params, probes):
                 out = self.critic.apply(params, squash_obs_action(obs, action), probes)[0]
@@ -278,8 +278,11 @@ class SAC(ContinuousActions):
         """`(y [B], target distribution [B, bins] or None)` on the replay `batch` (see `td_target`). The
         categorical target (SimbaV2) takes the target twin with the lower mean per sample, shifts its atoms to
         `r + γ (1 − terminated) (z − α log π(a'|s'))` and projects them back onto the support."""
+        return self._targets(state, self.prepare(state, batch), key, deterministic)
+
+    def _targets(self, state: AgentState, batch, key, deterministic: bool = False):
+        """`targets` on a batch already `prepare`d."""
         c = self.cfg
-        batch = self.prepare(state, batch)
         next_obs = batch["next_obs"]
         alpha = jnp.exp(state.nets["alpha"].params["log_alpha"])
         if deterministic:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from plastic.core import maybe
 from plastic.fields import count, unit_lt1
@@ -65,10 +66,9 @@ class HareTortoise(ForRoles):
             return ns, state
         m = self.cfg.momentum
         s = state[net.name]
-        s = {**s, "tortoise": jax.tree.map(lambda t, h: m * t + (1.0 - m) * h, s["tortoise"], ns.params)}
+        s = {**s, "tortoise": optax.incremental_update(ns.params, s["tortoise"], 1.0 - m)}  # a Polyak step
         ns, s = maybe(ctx.count % self.cfg.period == 0, lambda o: self.reset(net, *o), (ns, s))
-        gap = jnp.sqrt(sum(jnp.sum(jnp.square(h - t)) for h, t in
-                           zip(jax.tree.leaves(ns.params), jax.tree.leaves(s["tortoise"]))))
+        gap = optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(ns.params, s["tortoise"]))
         return ns, {**state, net.name: {**s, "distance": gap}}
 
     def logs(self, state):
