@@ -348,7 +348,7 @@ def _event_steps_for(run: dict, network: str | None, figure_networks: set[str]) 
     return sorted(out)
 
 
-def _draw_panel(ax, runs, key, panel, figure_networks, band, colors, title, markers=False) -> tuple[bool, bool]:
+def draw_panel(ax, runs, key, panel, figure_networks, band, colors, title, markers=False) -> tuple[bool, bool]:
     """One panel: a mean line and band per run (`markers`: a marker at every point), then its resets and task
     switches; returns (any reset, any switch) drawn."""
     network = panel.split("/")[0] if panel else None
@@ -392,7 +392,7 @@ def _figure(runs, panels, band, colors, titles, ylabel, path: Path, markers: boo
     figure_networks = {p.split("/")[0] for _, p in panels if p}
     any_reset = any_switch = False
     for i, ((key, panel), title) in enumerate(zip(panels, titles)):
-        reset, switch = _draw_panel(axes[i], runs, key, panel, figure_networks, band, colors, title, markers)
+        reset, switch = draw_panel(axes[i], runs, key, panel, figure_networks, band, colors, title, markers)
         any_reset, any_switch = any_reset or reset, any_switch or switch
         if i % ncols == 0:
             axes[i].set_ylabel(ylabel(key))

@@ -33,7 +33,7 @@ def _device_svdvals(phi):
     return jnp.linalg.svd(phi, full_matrices=False, compute_uv=False)
 
 
-def _scipy_svdvals(phi: np.ndarray) -> np.ndarray:
+def scipy_svdvals(phi: np.ndarray) -> np.ndarray:
     """Host SVD with SciPy's `gesvd` driver over any leading axes (the LOP fallback, docs/metrics.md §5).
 
     `scipy.linalg.svdvals` takes no `lapack_driver` argument, so this calls what it wraps,
@@ -55,7 +55,7 @@ def host_singular_values(phi):
     Works eagerly, under `jit` and under `vmap` (the callback then runs once per batch element)."""
     phi = jnp.asarray(phi, jnp.float32)
     shape = jax.ShapeDtypeStruct(phi.shape[:-2] + (min(phi.shape[-2:]),), jnp.float32)
-    return jax.pure_callback(_scipy_svdvals, shape, phi, vmap_method="sequential")
+    return jax.pure_callback(scipy_svdvals, shape, phi, vmap_method="sequential")
 
 
 @jax.custom_batching.custom_vmap

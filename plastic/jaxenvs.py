@@ -70,8 +70,8 @@ def _flat(obs) -> jax.Array:
 class JaxEnv:
     """One env, pure functions. Subclasses set `env_id`, `discrete`, `action_size`, `max_episode_steps`
     (and, if continuous, the bounds `action_low`/`action_high` and `action_shape` the wrapped env wants)
-    in `__init__`, implement `_reset(key) -> (inner, obs)` and
-    `_step(inner, action, key) -> (inner, obs, reward, terminated)` (action already converted to the
+    in `__init__`, implement `reset_inner(key) -> (inner, obs)` and
+    `step_inner(inner, action, key) -> (inner, obs, reward, terminated)` (action already converted to the
     env's units), then call `_init_spaces()`. The base class adds the time limit and auto-reset."""
 
     env_id: str
@@ -85,19 +85,19 @@ class JaxEnv:
     action_high: np.ndarray | None = None
     action_shape: tuple = ()
 
-    def _reset(self, key):
+    def reset_inner(self, key):
         raise NotImplementedError
 
-    def _step(self, inner, action, key):
+    def step_inner(self, inner, action, key):
         raise NotImplementedError
 
     def _init_spaces(self):
-        _, obs = jax.eval_shape(self._reset, jax.random.PRNGKey(0))  # traces only; compiles nothing
+        _, obs = jax.eval_shape(self.reset_inner, jax.random.PRNGKey(0))  # traces only; compiles nothing
         leaves = jax.tree.leaves(obs)
         self.observation_size = int(sum(np.prod(x.shape, dtype=int) for x in leaves))
         self.observation_shape = tuple(leaves[0].shape) if len(leaves) == 1 else (self.observation_size,)
 
-    def _action(self, action):
+    def env_action(self, action):
         if self.discrete:
             return jnp.asarray(action).reshape(()).astype(jnp.int32)
         a = jnp.clip(jnp.asarray(action, jnp.float32).reshape(self.action_size), -1.0, 1.0)
@@ -106,13 +106,13 @@ class JaxEnv:
 
     def reset(self, key):
         """`(state, obs)` of a fresh episode."""
-        inner, obs = self._reset(key)
+        inner, obs = self.reset_inner(key)
         return JaxEnvState(inner=_strong(inner), t=jnp.zeros((), jnp.int32)), _flat(obs)
 
     def transition(self, state: JaxEnvState, action, key):
         """One step with the time limit but without auto-reset:
         `(state, obs, reward, terminated, truncated)`; `obs` is the observation reached."""
-        inner, obs, reward, terminated = self._step(state.inner, self._action(action), key)
+        inner, obs, reward, terminated = self.step_inner(state.inner, self.env_action(action), key)
         t = state.t + 1
         terminated = jnp.asarray(terminated).reshape(()).astype(bool)
         truncated = (t >= self.max_episode_steps) & ~terminated
@@ -153,16 +153,16 @@ class GymnaxEnv(JaxEnv):
             raise ValueError(f"unknown gymnax env {env_id!r}; valid: "
                              f"{', '.join('gymnax:' + n for n in gymnax.registered_envs)}")
         self.env_id = env_id
-        self._env, params = gymnax.make(name)
+        self.base_env, params = gymnax.make(name)
         if option:  # `:full`: a MinAtar game with the full action set of the MinAtar package
             if option != ["full"] or not name.endswith("-MinAtar"):
                 raise ValueError(f"unknown gymnax env option in {env_id!r}; the only option is :full, for MinAtar "
                                  f"games (the 6 actions of every MinAtar game: no-op, left, up, right, down, fire)")
-            self._env = type(self._env)(use_minimal_action_set=False)
+            self.base_env = type(self.base_env)(use_minimal_action_set=False)
         self.max_episode_steps = int(params.max_steps_in_episode)
         big = 2 ** 30 if isinstance(params.max_steps_in_episode, (int, np.integer)) else float(2 ** 30)
-        self._params = params.replace(max_steps_in_episode=big)
-        space = self._env.action_space(params)
+        self.env_params = params.replace(max_steps_in_episode=big)
+        space = self.base_env.action_space(params)
         if hasattr(space, "n"):
             self.discrete, self.action_size = True, int(space.n)
         elif hasattr(space, "low") and hasattr(space, "high"):
@@ -175,12 +175,12 @@ class GymnaxEnv(JaxEnv):
             raise ValueError(f"{env_id} has a {type(space).__name__} action space; supported: Box, Discrete")
         self._init_spaces()
 
-    def _reset(self, key):
-        obs, inner = self._env.reset_env(key, self._params)
+    def reset_inner(self, key):
+        obs, inner = self.base_env.reset_env(key, self.env_params)
         return inner, obs
 
-    def _step(self, inner, action, key):
-        obs, inner, reward, done, _ = self._env.step_env(key, inner, action, self._params)
+    def step_inner(self, inner, action, key):
+        obs, inner, reward, done, _ = self.base_env.step_env(key, inner, action, self.env_params)
         return inner, obs, reward, done
 
 
@@ -215,10 +215,10 @@ class BraxEnv(JaxEnv):
             if name not in brax.envs._envs:
                 raise ValueError(f"unknown brax env {env_id!r}; valid: "
                                  f"{', '.join('brax:' + n for n in brax.envs._envs)} (optionally :BACKEND)")
-            self._env = brax.envs.get_environment(name, backend=backend)
+            self.base_env = brax.envs.get_environment(name, backend=backend)
         self.env_id = env_id
         self.discrete = False
-        self.action_size = int(self._env.action_size)
+        self.action_size = int(self.base_env.action_size)
         self.action_shape = (self.action_size,)
         self.action_low = -np.ones(self.action_size, np.float32)
         self.action_high = np.ones(self.action_size, np.float32)
@@ -226,16 +226,16 @@ class BraxEnv(JaxEnv):
         with _quiet():
             self._init_spaces()
 
-    def _reset(self, key):
+    def reset_inner(self, key):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Accessing `ncon`", category=DeprecationWarning)
-            s = self._env.reset(key)
+            s = self.base_env.reset(key)
         return s, s.obs
 
-    def _step(self, inner, action, key):
+    def step_inner(self, inner, action, key):
         with warnings.catch_warnings():  # brax's contact code reads a deprecated mujoco field when traced
             warnings.filterwarnings("ignore", message="Accessing `ncon`", category=DeprecationWarning)
-            s = self._env.step(inner, action)
+            s = self.base_env.step(inner, action)
         return s, s.obs, s.reward, s.done
 
 
@@ -278,7 +278,7 @@ class PlaygroundEnv(JaxEnv):
         cfg.impl = backend
         try:
             with _quiet():
-                self._env = registry.load(name, config=cfg)
+                self.base_env = registry.load(name, config=cfg)
         except subprocess.CalledProcessError:  # its first use clones mujoco_menagerie from GitHub
             from mujoco_playground._src import mjx_env
             raise ValueError(f"{env_id} needs the robot models of mujoco_menagerie, which MuJoCo Playground "
@@ -288,7 +288,7 @@ class PlaygroundEnv(JaxEnv):
         self.env_id, self.backend = env_id, backend
         self.action_repeat = int(cfg.get("action_repeat", 1))
         self.discrete = False
-        self.action_size = int(self._env.action_size)
+        self.action_size = int(self.base_env.action_size)
         self.action_shape = (self.action_size,)
         self.action_low = -np.ones(self.action_size, np.float32)
         self.action_high = np.ones(self.action_size, np.float32)
@@ -300,18 +300,18 @@ class PlaygroundEnv(JaxEnv):
     def _obs(obs):
         return obs["state"] if isinstance(obs, dict) and "state" in obs else obs
 
-    def _reset(self, key):
-        s = self._env.reset(key)
+    def reset_inner(self, key):
+        s = self.base_env.reset(key)
         return s, self._obs(s.obs)
 
-    def _step(self, inner, action, key):
+    def step_inner(self, inner, action, key):
         if self.action_repeat == 1:
-            s = self._env.step(inner, action)
+            s = self.base_env.step(inner, action)
             return s, self._obs(s.obs), s.reward, s.done
 
         def repeat(carry, _):
             s, total = carry
-            nxt = self._env.step(s, action)
+            nxt = self.base_env.step(s, action)
             nxt = jax.tree.map(lambda n, o: jnp.where(s.done > 0, o, n).astype(n.dtype), nxt, s)
             return (nxt, total + jnp.where(s.done > 0, 0.0, nxt.reward)), None
 
@@ -349,12 +349,12 @@ class ProbeJaxEnv(JaxEnv):
         self.max_episode_steps = 5 if self.name == "truncated" else 1000
         self._init_spaces()
 
-    def _reset(self, key):
+    def reset_inner(self, key):
         obs = jnp.where(jax.random.bernoulli(key), 1.0, -1.0) if self.name == "obs" else jnp.zeros(())
         obs = jnp.asarray(obs, jnp.float32).reshape(1)
         return obs, obs  # the inner state is the observation
 
-    def _step(self, inner, action, key):
+    def step_inner(self, inner, action, key):
         zero, one = jnp.zeros(1, jnp.float32), jnp.ones(1, jnp.float32)
         if self.name == "constant":
             return zero, zero, 1.0, True
@@ -416,11 +416,11 @@ class HostJaxEnv:
         self.observation_size, self.action_size = env.observation_size, env.action_size
         self.observation_shape, self.observation_dtype = env.observation_shape, np.float32
         self.discrete = env.discrete
-        self._reset_fn, self._step_fn = _host_fns(env)
+        self.reset_fn, self.step_fn = _host_fns(env)
         self._state = self._keys = None
 
     def reset(self, seed: int):
-        self._state, obs, self._keys = self._reset_fn(np.uint32(int(seed) % 2 ** 32))
+        self._state, obs, self._keys = self.reset_fn(np.uint32(int(seed) % 2 ** 32))
         return np.array(obs)
 
     def step(self, action):
@@ -430,6 +430,6 @@ class HostJaxEnv:
             a = np.int32(np.asarray(action).reshape(()))
         else:
             a = np.asarray(action, np.float32).reshape(self.action_size)
-        self._state, obs, reward, term, trunc = self._step_fn(self._state, a, self._keys)
+        self._state, obs, reward, term, trunc = self.step_fn(self._state, a, self._keys)
         obs, reward, term, trunc = jax.device_get((obs, reward, term, trunc))
         return np.array(obs), float(reward), bool(term), bool(trunc)

@@ -412,7 +412,7 @@ def _scaled_jax_env(env: JaxEnv, dynamics: str, s) -> JaxEnv:
     from plastic.jaxenvs import BraxEnv, GymnaxEnv, PlaygroundEnv
     if isinstance(env, GymnaxEnv):
         out = copy.copy(env)
-        out._params = _scaled_gymnax_params(env.env_id, env._params, dynamics, s)
+        out.env_params = _scaled_gymnax_params(env.env_id, env.env_params, dynamics, s)
         return out
     # brax's system / MJX's model lives on the wrapped env: copy both, scale it on the copy
     fields = {BraxEnv: ("sys", _scaled_brax_sys), PlaygroundEnv: ("_mjx_model", _scaled_mjx_model)}
@@ -420,8 +420,8 @@ def _scaled_jax_env(env: JaxEnv, dynamics: str, s) -> JaxEnv:
         if isinstance(env, cls):
             check_dynamics_support(env.env_id, dynamics)
             out = copy.copy(env)
-            out._env = copy.copy(env._env)
-            setattr(out._env, field, scaled(getattr(env._env, field), dynamics, s))
+            out.base_env = copy.copy(env.base_env)
+            setattr(out.base_env, field, scaled(getattr(env.base_env, field), dynamics, s))
             return out
     check_dynamics_support(env.env_id, dynamics)  # raises for every other family
     raise ValueError(f"env.nonstationary=dynamics is not available for {env!r}")
@@ -487,7 +487,7 @@ class NonstationaryJaxEnv(JaxEnv):
     def _phase(self, step):
         return step // self.period
 
-    def _env_for(self, k, schedule):
+    def env_for(self, k, schedule):
         if self.kind == "dynamics":
             return _scaled_jax_env(self.base, self.cfg.dynamics, _scale(self.cfg, k, schedule))
         return self.base
@@ -504,7 +504,7 @@ class NonstationaryJaxEnv(JaxEnv):
     def _reset_env(self, env_state, key, k, schedule):
         """`(env_state, obs)` with the env of phase `k` freshly reset (other tasks' states kept)."""
         if self.kind != "tasks":
-            return self._env_for(k, schedule).reset(key)
+            return self.env_for(k, schedule).reset(key)
 
         def branch(j):
             def f(states):
@@ -516,7 +516,7 @@ class NonstationaryJaxEnv(JaxEnv):
 
     def _transition(self, env_state, action, key, k, schedule):
         if self.kind != "tasks":
-            return self._env_for(k, schedule).transition(env_state, action, key)
+            return self.env_for(k, schedule).transition(env_state, action, key)
 
         def branch(j):
             def f(states):
@@ -647,11 +647,11 @@ class ScaledHostJaxEnv:
                 return _scaled_jax_env(env, dynamics, s).transition(state, action,
                                                                     jax.random.fold_in(k_steps, state.t))
             _SCALED_HOST_FNS[key] = jax.jit(reset), jax.jit(transition)
-        self._reset_fn, self._step_fn = _SCALED_HOST_FNS[key]
+        self.reset_fn, self.step_fn = _SCALED_HOST_FNS[key]
         self._state = self._keys = None
 
     def reset(self, seed: int):
-        self._state, obs, self._keys = self._reset_fn(np.uint32(int(seed) % 2 ** 32), np.float32(self.scale))
+        self._state, obs, self._keys = self.reset_fn(np.uint32(int(seed) % 2 ** 32), np.float32(self.scale))
         return np.array(obs)
 
     def step(self, action):
@@ -661,7 +661,7 @@ class ScaledHostJaxEnv:
             a = np.int32(np.asarray(action).reshape(()))
         else:
             a = np.asarray(action, np.float32).reshape(self.action_size)
-        self._state, obs, reward, term, trunc = self._step_fn(self._state, a, self._keys, np.float32(self.scale))
+        self._state, obs, reward, term, trunc = self.step_fn(self._state, a, self._keys, np.float32(self.scale))
         obs, reward, term, trunc = jax.device_get((obs, reward, term, trunc))
         return np.array(obs), float(reward), bool(term), bool(trunc)
 
@@ -735,7 +735,7 @@ class NonstationaryHostEnv:
             self.observation_size = int(np.prod(self.observation_shape))
         self.observation_dtype = getattr(self.envs[0], "observation_dtype", np.float32)
         self.action_size, self.discrete = self.envs[0].action_size, self.envs[0].discrete
-        self._active = None          # the task env reset last
+        self.active = None          # the task env reset last
         self._applied = None         # the phase whose physics are applied
         self._perm_phase, self._perm = None, None
 
@@ -750,7 +750,7 @@ class NonstationaryHostEnv:
 
     def _obs(self, obs, k: int):
         if self._pad:
-            flat = padded_obs(np.asarray(obs), _obs_shape(self._active), self.observation_shape, np)
+            flat = padded_obs(np.asarray(obs), _obs_shape(self.active), self.observation_shape, np)
             return flat if np.ndim(obs) == 1 else flat.reshape(self.observation_shape)
         if self.kind != "permute_obs":
             return obs
@@ -760,19 +760,19 @@ class NonstationaryHostEnv:
 
     def reset(self, seed: int):
         k = self.phase
-        self._active = self.envs[k % len(self.envs)]
+        self.active = self.envs[k % len(self.envs)]
         self._apply(k)
-        return self._obs(self._active.reset(seed), k)
+        return self._obs(self.active.reset(seed), k)
 
     def step(self, action):
-        if self._active is None:
+        if self.active is None:
             raise RuntimeError("NonstationaryHostEnv.step before reset")
         k = self.phase
-        if self.kind == "tasks" and self._active is not self.envs[k % len(self.envs)]:
+        if self.kind == "tasks" and self.active is not self.envs[k % len(self.envs)]:
             raise RuntimeError("env.nonstationary=tasks: the task switched without a reset; reset after "
                                "every episode end (a switch is reported as truncation)")
         self._apply(k)
-        obs, reward, term, trunc = self._active.step(action)
+        obs, reward, term, trunc = self.active.step(action)
         self.env_steps += self.E
         if self._truncate and self.phase != k and not term:
             trunc = True

@@ -104,7 +104,7 @@ def test_the_adaptive_coefficient_follows_the_scripts_rule():
          "n_reg": jnp.zeros((), jnp.int32), "coef": jnp.asarray(50.0)}
     got = []
     for loss, reg in zip(losses, regs):
-        s = iv._round({**s, "last_loss": jnp.abs(jnp.asarray(loss, jnp.float32)),
+        s = iv.end_round({**s, "last_loss": jnp.abs(jnp.asarray(loss, jnp.float32)),
                        "reg": jnp.asarray(reg or 0.0, jnp.float32), "last_regularised": jnp.asarray(reg is not None)})
         got.append(float(s["coef"]))
     np.testing.assert_allclose(got, reference_coefs(losses, regs, 50.0, 0.01, window, warmup), rtol=2e-5)

@@ -79,7 +79,7 @@ def test_minatar_full_action_set_means_the_same_actions_in_every_game(game):
     state, _ = full.reset(key)
     for _ in range(5):  # a state a few steps in
         state, *_ = full.transition(state, jnp.int32(1), key)
-    sets = [int(a) for a in minimal._env.action_set]
+    sets = [int(a) for a in minimal.base_env.action_set]
     for a in range(6):
         want = sets.index(a) if a in sets else 0
         _, obs_full, r_full, *_ = full.transition(state, jnp.int32(a), key)

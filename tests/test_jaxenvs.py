@@ -55,7 +55,7 @@ def test_gymnax_time_is_not_termination(cartpole):
     env, reset, step = cartpole
     state, _ = reset(KEY)
     late = state.replace(inner=state.inner.replace(time=jnp.int32(499)))
-    _, _, _, _, gym_trunc, _ = env._env.step(KEY, late.inner, 0, env._env.default_params)
+    _, _, _, _, gym_trunc, _ = env.base_env.step(KEY, late.inner, 0, env.base_env.default_params)
     assert gym_trunc
     new, _, _, term, trunc, _ = step(late, jnp.int32(0), KEY)
     assert not term and not trunc and int(new.t) == 1
@@ -95,7 +95,7 @@ def test_continuous_actions_are_clipped_and_rescaled():
         return np.asarray(final), float(r)
 
     def raw(u):  # gymnax's own dynamics with torque u
-        obs, _, r, _, _ = env._env.step_env(KEY, state.inner, jnp.array([u], jnp.float32), env._env.default_params)
+        obs, _, r, _, _ = env.base_env.step_env(KEY, state.inner, jnp.array([u], jnp.float32), env.base_env.default_params)
         return np.asarray(obs), float(r)
 
     for a, u in [(1.0, 2.0), (5.0, 2.0), (0.5, 1.0), (0.0, 0.0), (-1.0, -2.0), (-7.0, -2.0)]:
@@ -245,10 +245,10 @@ def test_host_adapter_reproduces_pure_functions(env_id, limit):
 
 def test_host_adapters_share_compiled_functions():
     a, b = make_env("gymnax:CartPole-v1"), make_env("gymnax:CartPole-v1")
-    assert isinstance(a, HostJaxEnv) and a._step_fn is b._step_fn and a._reset_fn is b._reset_fn
+    assert isinstance(a, HostJaxEnv) and a.step_fn is b.step_fn and a.reset_fn is b.reset_fn
     shorter = make_jax_env("gymnax:CartPole-v1")
     shorter.max_episode_steps = 7
-    assert HostJaxEnv(shorter)._step_fn is not a._step_fn
+    assert HostJaxEnv(shorter).step_fn is not a.step_fn
 
 
 def test_host_envs_truncate_probe_at_step_five():

@@ -231,3 +231,46 @@ def test_the_citation_check_sees_bad_citations(tmp_path):
     for text in bad:
         f.write_text(good + text + "\n")
         assert len(citation_errors(f, tmp_path)) == 1, text
+
+
+# ---- tests reach the code through public seams ------------------------------------------------------------
+PACKAGES = ("plastic", "agents", "metrics", "experiments")
+
+
+def private_names(paths) -> set[str]:
+    """The private names (`_x`, not dunders) the files define: functions, classes, methods, module-level names and
+    attributes assigned on `self`."""
+    out = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                out.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                out.add(node.id)
+    return {n for n in out if n.startswith("_") and not n.startswith("__")}
+
+
+def private_reads(test: Path, project: set[str]) -> list[str]:
+    """`obj._x` in a test file where `_x` is a private name of the project's code and not one the test file defines
+    itself (its own helper classes); `self._x` and NamedTuple's public `_replace` & co. are fine."""
+    own = private_names([test])
+    tree = ast.parse(test.read_text())
+    return [f"{test.name}:{n.lineno}: .{n.attr}" for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr in project - own
+            and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"))
+            and n.attr not in ("_replace", "_fields", "_asdict", "_make")]
+
+
+def test_tests_read_no_private_member_of_the_code():
+    """What a test needs to inspect is a public seam of the code (docs/architecture.md lists the drivers')."""
+    project = private_names(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    bad = [hit for test in sorted((ROOT / "tests").glob("*.py")) for hit in private_reads(test, project)]
+    assert not bad, bad
+
+
+def test_the_private_read_check_sees_one(tmp_path):
+    test = tmp_path / "test_x.py"
+    test.write_text("def test_a(env):\n    env._reset(0)\n    self_like = env._own\n\nclass T:\n    _own = 1\n")
+    assert private_reads(test, {"_reset", "_own"}) == ["test_x.py:2: ._reset"]

@@ -86,7 +86,7 @@ def stepper(net, ivs):
 
 
 def kernels(iv, net, tree, name="critic"):
-    return {k.name: np.asarray(get_path(tree, k.path)) for k in iv._plans[name].sparse}
+    return {k.name: np.asarray(get_path(tree, k.path)) for k in iv.plans[name].sparse}
 
 
 def masks(state, name="critic"):
@@ -122,7 +122,7 @@ def test_erdos_renyi_reference_values_and_global_density():
 def test_initial_masks_follow_the_er_counts_and_keep_the_largest_weights():
     iv = ne(initial_sparsity=0.8, dense_layers="first_and_last")
     net, ns, state = setup(iv, hidden=(32, 32, 32), ensemble=2)
-    p = iv._plans["critic"]
+    p = iv.plans["critic"]
     assert [k.name for k in p.sparse] == ["hidden_1", "hidden_2"]  # first and output kernels dense
     raw = jax.jit(net.init)(KEY, X).params
     for k in p.sparse:
@@ -198,7 +198,7 @@ def test_static_sparse_keeps_its_mask_and_never_skips():
     assert int(ns.opt_state[0].count) == 3 and int(istate["ne"]["nets"]["critic"]["events"]) == 0
     for k, m in masks(istate["ne"]).items():
         np.testing.assert_array_equal(m, np.asarray(state["nets"]["critic"]["masks"][k]))
-        assert m.sum() == iv._plans["critic"].n_init[k] and np.all(kernels(iv, net, ns.params)[k][~m] == 0)
+        assert m.sum() == iv.plans["critic"].n_init[k] and np.all(kernels(iv, net, ns.params)[k][~m] == 0)
 
 
 # ---- items 2, 3, 4: function preservation, counts, top-k, cap -------------------------------------
@@ -208,7 +208,7 @@ def hand_built(iv):
     st = state["nets"]["critic"]
     grad = jnp.arange(6 * 32, dtype=jnp.float32).reshape(6, 32)  # larger index = larger |grad|
     grads = {k.name: (grad if k.name == "hidden_0" else jnp.zeros(get_path(ns.params, k.path).shape))
-             for k in iv._plans["critic"].sparse}
+             for k in iv.plans["critic"].sparse}
     return net, ns, st, grads
 
 
@@ -229,7 +229,7 @@ def test_growth_is_top_k_dense_gradient_and_function_preserving():
     np.testing.assert_array_equal(apply(new.params, X)[0], apply(ns.params, X)[0])
     # layer_init: the new connections get non-zero weights, the output moves
     iv2 = ne(prune_cap=0.0, grown_init="layer_init")
-    iv2._plans = iv._plans
+    iv2.plans = iv.plans
     new2, _ = iv2.rewire(net, ns, st, n, grads, KEY)
     assert np.all(np.asarray(new2.params["hidden_0"]["kernel"])[born] != 0)
 
@@ -238,7 +238,7 @@ def test_counts_prune_cap_and_exact_active_change():
     iv = ne(growth_schedule="constant", growth_rate=0.05, prune_score="weight_magnitude",
             prune_truncation="lowest_score")
     net, ns, st, grads = hand_built(iv)
-    p = iv._plans["critic"]
+    p = iv.plans["critic"]
     n_active = p.n_init["hidden_0"]
     counts, st1, live = iv.counts(net, st, jnp.asarray(100, jnp.int32))
     g, pr = (int(x[0]) for x in counts["hidden_0"])
@@ -274,7 +274,7 @@ def test_dormant_pruning_candidates_and_cap():
     assert dead[5] and np.array_equal(cand, np.broadcast_to(dead, (6, 32)))
     assert not np.asarray(iv.dormant_connections(net, params, x)["output"]).any()  # incoming only
     iv_out = ne(prune_connections="incoming_and_outgoing")
-    iv_out._plans = iv._plans
+    iv_out.plans = iv.plans
     np.testing.assert_array_equal(np.asarray(iv_out.dormant_connections(net, params, x)["output"]),
                                   np.broadcast_to(dead[:, None], (32, 2)))
     # cap: 10 grown -> at most floor(0.4 · 10) = 4 pruned, all active incoming weights of dead units
@@ -289,7 +289,7 @@ def test_dormant_pruning_candidates_and_cap():
 def test_dst_phase_swaps_at_constant_density_after_growth():
     iv = ne(period=1)
     net, ns, st, grads = hand_built(iv)
-    p = iv._plans["critic"]
+    p = iv.plans["critic"]
     grown = {k.name: jnp.zeros((1, p.size[k.name]), bool).at[:, :p.n_final[k.name]].set(True).reshape(
         st["masks"][k.name].shape) for k in p.sparse}
     st = {**st, "masks": grown}
@@ -348,7 +348,7 @@ def check_run(t, agent):
     st = ts.interventions["ne"]
     for name, s in st["nets"].items():
         assert np.all(np.asarray(s["events"]) > 0), name
-        for k in iv._plans[name].sparse:
+        for k in iv.plans[name].sparse:
             m = np.asarray(s["masks"][k.name])
             assert np.all(np.asarray(get_path(ts.agent.nets[name].params, k.path))[~m] == 0)
             if name in ts.agent.targets:

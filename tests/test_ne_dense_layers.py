@@ -32,7 +32,7 @@ def _masked(module, dense_layers):
 def test_first_and_last_on_residual_nets_keeps_the_embedding_and_head_dense(cls, ensemble):
     module = cls(width=16, blocks=2, out=3, ensemble=ensemble)
     iv, params, raw = _masked(module, "first_and_last")
-    p = iv._plans["critic"]
+    p = iv.plans["critic"]
     blocks = [f"block_{i}_{k}" for k in ("hidden", "out") for i in range(2)]
     assert sorted(k.name for k in p.sparse) == sorted(blocks)  # every block kernel, the first and last included
     for name in ("block_0_hidden", "block_1_out"):
@@ -54,12 +54,12 @@ def test_none_on_residual_nets_is_unchanged_and_mlp_first_and_last_too():
     on an MLP `first_and_last` still means its first and output kernels."""
     from plastic.networks import MLP
     iv, params, raw = _masked(SimBa(width=8, blocks=2, out=3), "none")
-    p = iv._plans["critic"]
+    p = iv.plans["critic"]
     assert len(p.sparse) == 4 and p.dense_size == 0
     total = sum(p.size[k] * p.rows[k] for k in p.size)
     assert abs(sum(p.n_init[k] for k in p.n_init) - 0.2 * total) <= 1
     iv, params, raw = _masked(MLP((16, 16), 3), "first_and_last")
-    p = iv._plans["critic"]
+    p = iv.plans["critic"]
     assert [k.name for k in p.sparse] == ["hidden_1"]
     assert p.dense_size == 6 * 16 + 16 * 3
     for name in ("hidden_0", "output"):

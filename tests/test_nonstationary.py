@@ -106,8 +106,8 @@ def _classic_expected(genv, cfg, out, manual_params):
     scales = jnp.array([scale(cfg, i // cfg.period) for i in range(n)], jnp.float32)
 
     def one(inner, action, key, s):
-        a = genv._action(action)
-        obs, _, _, _, _ = genv._env.step_env(jax.random.split(key)[0], inner, a, manual_params(genv._params, s))
+        a = genv.env_action(action)
+        obs, _, _, _, _ = genv.base_env.step_env(jax.random.split(key)[0], inner, a, manual_params(genv.env_params, s))
         return jnp.ravel(obs)
     f = jax.vmap(jax.vmap(one), in_axes=(0, 0, 0, None))
     return f(out["state"].env.inner, out["action"], out["key"], scales), np.asarray(scales)
@@ -233,7 +233,7 @@ def test_host_dmc_tasks_switch_reward_function():
 
     for seed, ref, steps in ((11, walk, range(5)), (12, run, range(5, 10))):
         np.testing.assert_array_equal(env.reset(seed), ref.reset(seed))
-        push(env._active)
+        push(env.active)
         push(ref)
         for i in steps:
             obs, r, term, trunc = env.step(actions[i])

@@ -46,10 +46,10 @@ def test_cartpole_balance_under_vmap_truncates_and_resets(cartpole):
 def test_action_repeat_steps_the_simulator_k_times_and_sums_the_rewards(cartpole):
     env = copy.copy(cartpole)
     env.action_repeat = 3
-    inner, _ = env._reset(KEY)
+    inner, _ = env.reset_inner(KEY)
     a = jnp.array([0.7])
-    got = jax.jit(env._step)(inner, a, KEY)
-    s, total, step = inner, 0.0, jax.jit(cartpole._env.step)
+    got = jax.jit(env.step_inner)(inner, a, KEY)
+    s, total, step = inner, 0.0, jax.jit(cartpole.base_env.step)
     for _ in range(3):
         s = step(s, a)
         total += float(s.reward)
@@ -66,17 +66,17 @@ def test_scaled_physics_equal_mujocos_own_model(cartpole, dynamics):
     wrapped = wrap_jax(cartpole, cfg)
     s = float(scale(cfg, 1))
     assert s != 1.0
-    ref = copy.deepcopy(cartpole._env._mj_model)
+    ref = copy.deepcopy(cartpole.base_env.mj_model)
     if dynamics == "friction":
         ref.geom_friction[:, 0] *= s
         ref.pair_friction[:, :2] *= s
     else:
         ref.opt.gravity[:] *= s
     want = mjx.put_model(ref, impl="jax")
-    base = cartpole._env._mjx_model
+    base = cartpole.base_env.mjx_model
     flat = lambda m: jax.tree_util.tree_flatten_with_path(m)[0]  # noqa: E731
     for k, ref_model in ((0, base), (1, want)):
-        got = wrapped._env_for(jnp.int32(k), jnp.uint32(0))._env._mjx_model
+        got = wrapped.env_for(jnp.int32(k), jnp.uint32(0)).base_env.mjx_model
         changed = 0
         for (path, a), (_, b), (_, c) in zip(flat(got), flat(ref_model), flat(base)):
             a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)

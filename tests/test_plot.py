@@ -175,8 +175,8 @@ def test_panels_draw_their_own_networks_events(runs):
     fig = Figure()
     actor, critic = fig.subplots(1, 2)
     nets = {"actor", "critic"}
-    plot_mod._draw_panel(actor, [run], "dormant_ratio_tau_0.025/actor", "actor", nets, "ci95", ["C0"], "t")
-    plot_mod._draw_panel(critic, [run], "dormant_ratio_tau_0.025/critic", "critic", nets, "ci95", ["C0"], "t")
+    plot_mod.draw_panel(actor, [run], "dormant_ratio_tau_0.025/actor", "actor", nets, "ci95", ["C0"], "t")
+    plot_mod.draw_panel(critic, [run], "dormant_ratio_tau_0.025/critic", "critic", nets, "ci95", ["C0"], "t")
 
     def vlines(ax, kind):
         return sorted(float(seg[0][0]) for c in ax.collections if c.get_gid() == f"{kind}:a"
@@ -314,7 +314,7 @@ def test_auto_score_draws_the_evaluation_return_when_every_run_has_it(eval_runs,
     # return.png's line: the mean over seeds at the evaluation steps only, with a marker at each
     fig = Figure()
     ax = fig.subplots()
-    plot_mod._draw_panel(ax, [a], "eval/episode_return", None, set(), "ci95", ["C0"], "t", markers=True)
+    plot_mod.draw_panel(ax, [a], "eval/episode_return", None, set(), "ci95", ["C0"], "t", markers=True)
     (line,) = ax.get_lines()
     assert list(line.get_xdata()) == [200, 400, 600] and line.get_marker() == "o"
     np.testing.assert_allclose(line.get_ydata(), [12.0, 22.0, 97 / 3])

@@ -533,7 +533,7 @@ def test_reset_unit_step_ratio_window():
     upd["output"]["kernel"] = upd["output"]["kernel"].at[1, 0].set(6 * lr)
     ctx = UpdateContext(count=jnp.asarray(1), grads=None, probe_grads=None, scores=None, loss=jnp.zeros(()),
                         updates=upd)
-    track = jax.jit(lambda s: iv._track_step_ratio(net, ctx, s))
+    track = jax.jit(lambda s: iv.track_step_ratio(net, ctx, s))
     s1 = track(state)
     np.testing.assert_allclose(float(iv.logs({"critic": s1})["reset_unit_step_ratio/critic"]), 4.0, rtol=1e-6)
     s2 = track(s1)
@@ -585,7 +585,7 @@ def test_reset_unit_step_ratio_subsamples_the_window():
            "output": {"kernel": jnp.full((3, 1), lr), "bias": jnp.full(1, lr)}}
     ctx = UpdateContext(count=jnp.asarray(1), grads=None, probe_grads=None, scores=None, loss=jnp.zeros(()),
                         updates=upd)
-    track = jax.jit(lambda s: iv._track_step_ratio(net, ctx, s))
+    track = jax.jit(lambda s: iv.track_step_ratio(net, ctx, s))
     state["ratio_last"] = jnp.asarray(7.0)       # a fresh window shows the previous value until sampled
     assert float(iv.logs({"critic": state})["reset_unit_step_ratio/critic"]) == 7.0
     for _ in range(40):

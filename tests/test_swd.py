@@ -344,7 +344,7 @@ def test_exact_sampler_draws_invert_its_thresholds(batch):
 
 def _parts_of(w):
     """The three parts of single weights (one slot per block of 1), [3, n]."""
-    return jnp.stack(swd_mod._parts(jnp.asarray(w), 1))
+    return jnp.stack(swd_mod.weight_parts(jnp.asarray(w), 1))
 
 
 def test_exact_sampler_arithmetic_is_error_free():
@@ -352,36 +352,36 @@ def test_exact_sampler_arithmetic_is_error_free():
     n = 200_000
     a = (rng.random(n) * 2.0 ** rng.integers(-14, 14, n)).astype(np.float32)
     b = (rng.random(n) * 2.0 ** rng.integers(-14, 14, n)).astype(np.float32)
-    s, e = jax.jit(swd_mod._two_sum)(a, b)
+    s, e = jax.jit(swd_mod.two_sum)(a, b)
     np.testing.assert_array_equal(_f64(s) + _f64(e), _f64(a) + _f64(b))     # float64 holds both exactly
-    p, e = jax.jit(swd_mod._two_prod)(a, b)
+    p, e = jax.jit(swd_mod.two_prod)(a, b)
     np.testing.assert_array_equal(_f64(p) + _f64(e), _f64(a) * _f64(b))
     # targets U·total: U on the 2^-48 grid, totals double-floats up to 2^21 (extremes of U included)
     bits = jnp.asarray(rng.integers(0, 2 ** 32, (2, n), dtype=np.uint64).astype(np.uint32))
     bits = bits.at[:, :2].set(jnp.array([[0, 2 ** 32 - 1], [0, 2 ** 32 - 1]], jnp.uint32))
     th = (rng.random(n) * 2.0 ** rng.integers(-5, 21, n)).astype(np.float32)
     tl = (_f64(th) * 2.0 ** -25 * rng.uniform(-1, 1, n)).astype(np.float32)
-    u1, u2 = jax.jit(swd_mod._uniform48)(bits)
+    u1, u2 = jax.jit(swd_mod.uniform48)(bits)
     U = _f64(u1) + _f64(u2)
     assert U.min() == 0.0 and U.max() == 1.0 - 2.0 ** -48
-    rh, rl = jax.jit(swd_mod._target)((jnp.asarray(th), jnp.asarray(tl)), (u1, u2))
+    rh, rl = jax.jit(swd_mod.draw_target)((jnp.asarray(th), jnp.asarray(tl)), (u1, u2))
     total = _f64(th) + _f64(tl)
     assert np.all(np.abs(_f64(rh) + _f64(rl) - U * total) <= 2.0 ** -46 * total)
     # prefix sums of weights cut into parts: exact, whatever the order (flat, two-pass and per row agree)
     w = np.where(rng.random(4096) < 0.7, rng.random(4096), 0.0).astype(np.float32)
     w[:8] = [1.0, 2.0 ** -12, 2.0 ** -30, 0.1, 1 - 2.0 ** -24, 0.0, 3e-5, 0.7]
-    parts = jnp.stack(swd_mod._parts(jnp.asarray(w).reshape(64, 64), 64))
+    parts = jnp.stack(swd_mod.weight_parts(jnp.asarray(w).reshape(64, 64), 64))
     np.testing.assert_array_equal(_f64(parts).sum(0).ravel(), w)             # kept exactly (w >= 2^-30)
     exact = np.cumsum(_f64(parts).sum(-1), axis=-1)                          # [3, 64] part prefix sums
-    for h, lo in (swd_mod._scan(parts.sum(-1)), swd_mod._long_scan(parts.sum(-1), width=8)):
+    for h, lo in (swd_mod.exact_scan(parts.sum(-1)), swd_mod.exact_long_scan(parts.sum(-1), width=8)):
         np.testing.assert_array_equal(_f64(h) + _f64(lo), exact)
     # the binary search agrees with a float64 searchsorted, ties and runs of zero weights included
-    ch, cl = swd_mod._combine(*swd_mod._long_scan(_parts_of(w[:1000])))
+    ch, cl = swd_mod.dd_combine(*swd_mod.exact_long_scan(_parts_of(w[:1000])))
     C = _f64(ch) + _f64(cl)
     th = jnp.concatenate([ch, jnp.asarray(rng.uniform(-1, C[-1] + 1, 1000), jnp.float32)])
     tl = jnp.concatenate([cl, jnp.zeros(1000, jnp.float32)])
     t64 = _f64(th) + _f64(tl)
-    search = jax.jit(lambda th, tl: swd_mod._search(lambda i: (ch[i], cl[i]), 1000, th, tl))
+    search = jax.jit(lambda th, tl: swd_mod.exact_search(lambda i: (ch[i], cl[i]), 1000, th, tl))
     np.testing.assert_array_equal(search(th, tl), np.searchsorted(C, t64, side="right"))
 
 

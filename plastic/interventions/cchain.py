@@ -143,12 +143,12 @@ class CChain(Intervention):
         s = {**s, "prev": ctx.params_before, "after": ns.params, "key": jax.random.split(s["key"])[0],
              "reg": term["reg"], "last_loss": jnp.abs(ctx.loss), "last_regularised": term["on"],
              "started": jnp.ones((), bool)}
-        return ns, {**state, net.name: s if self.on_policy else self._round(s)}
+        return ns, {**state, net.name: s if self.on_policy else self.end_round(s)}
 
     def post_iteration(self, agent, agent_state, state, data):
-        return {n: self._round(s) for n, s in state.items()}
+        return {n: self.end_round(s) for n, s in state.items()}
 
-    def _round(self, s):
+    def end_round(self, s):
         """Push a round's |L| (and its D if its last update was regularised) into the windows; adapt λ once
         `warmup` rounds are done."""
         w, done = self.cfg.window, s["last_regularised"]

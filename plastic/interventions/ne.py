@@ -221,11 +221,11 @@ class NE(Intervention):
         """A topology event at every positive multiple of `period` of each growing network's counter, while the
         phase is live (the DST phase after growth included; up to `t_end` updates after the phase started,
         which the census's short runs never reach)."""
-        return {n: counters[n] // self.cfg.period for n, p in self._plans.items() if p is not None and p.mode == "grow"}
+        return {n: counters[n] // self.cfg.period for n, p in self.plans.items() if p is not None and p.mode == "grow"}
 
     def __init__(self, cfg, agent_name, roles=None):
         super().__init__(cfg, agent_name, roles)
-        self._plans: dict[str, Plan] = {}
+        self.plans: dict[str, Plan] = {}
         self._fau_net: str | None = None
         self._activation = "relu"
 
@@ -259,8 +259,8 @@ class NE(Intervention):
 
     def plan(self, net, params, mode=None) -> Plan | None:
         """The network's static plan (cached per network name); None if nothing of it is sparse."""
-        if net.name in self._plans:
-            return self._plans[net.name]
+        if net.name in self.plans:
+            return self.plans[net.name]
         if not net.layers or mode in (None, "dense"):
             return None
         c = self.cfg
@@ -281,7 +281,7 @@ class NE(Intervention):
         d1, n1 = er_counts(member_all, 1.0 - c.final_sparsity, dense, mult_all)
         sparse = [i for i in range(len(specs)) if d0[i] < 1.0 or (mode == "grow" and d1[i] < 1.0)]
         if not sparse:
-            self._plans[net.name] = None
+            self.plans[net.name] = None
             return None
         size = {specs[i].name: math.prod(member[i]) for i in range(len(specs))}
         p = Plan(sparse=tuple(specs[i] for i in sparse), size={specs[i].name: size[specs[i].name] for i in sparse},
@@ -291,7 +291,7 @@ class NE(Intervention):
                  dense_size=sum(size[specs[i].name] * mult[i] for i in range(len(specs)) if i not in sparse)
                  + sum(math.prod(m) * k for m, k in zip(member_all[len(specs):], mult_all[len(specs):])),
                  mode=mode, densities={specs[i].name: (d0[i], d1[i]) for i in range(len(specs))})
-        self._plans[net.name] = p
+        self.plans[net.name] = p
         return p
 
     def init(self, key, agent, agent_state=None):
@@ -336,7 +336,7 @@ class NE(Intervention):
     # ---- masks -------------------------------------------------------------------------------
     def apply_masks(self, net, params, st):
         """`params` with every masked kernel multiplied by its mask (exact zeros, other leaves untouched)."""
-        for k in self._plans[net.name].sparse:
+        for k in self.plans[net.name].sparse:
             params = set_path(params, k.path, jnp.where(st["masks"][k.name], get_path(params, k.path), 0.0))
         return params
 
@@ -363,7 +363,7 @@ class NE(Intervention):
     def counts(self, net, st, count):
         """Per sparse kernel: (n_grow, n_prune) per member `[R]` int32 for an event at update `count`, and
         the scheduler state after the phase check. Counts are 0 when the event does nothing."""
-        c, p = self.cfg, self._plans[net.name]
+        c, p = self.cfg, self.plans[net.name]
         active = {k.name: jnp.sum(_rows(st["masks"][k.name], k.ensemble), axis=-1, dtype=jnp.int32)
                   for k in p.sparse}
         total = sum(jnp.sum(a) for a in active.values())
@@ -400,7 +400,7 @@ class NE(Intervention):
         _, acts = net.apply(params, inputs)
         dormant = {l.name: unit_magnitude(acts[l.name], l.ensemble) <= 0 for l in net.layers}
         out = {}
-        for k in self._plans[net.name].sparse:
+        for k in self.plans[net.name].sparse:
             shape = get_path(params, k.path).shape
             m = jnp.zeros(shape, bool)
             if k.incoming is not None:
@@ -416,7 +416,7 @@ class NE(Intervention):
         new connections, zero the Adam moments of every flipped entry. `grads`: kernel name -> growth gradient;
         `dormant`: kernel name -> candidate connections for dormant pruning (grow phase). Returns
         `(ns, st)` with the new masks and the grown / pruned counts."""
-        c, p = self.cfg, self._plans[net.name]
+        c, p = self.cfg, self.plans[net.name]
         phase = st["phase"] if phase is None else phase
         params, masks, flipped = ns.params, dict(st["masks"]), {}
         grown, pruned = {}, {}
@@ -471,7 +471,7 @@ class NE(Intervention):
         if c.prune_score == "dormant_activation":
             dormant = self.dormant_connections(net, ns.params, ctx.inputs)
         grads = st2["acc"] if "acc" in st2 else {k.name: get_path(ctx.raw_grads, k.path)
-                                                 for k in self._plans[net.name].sparse}
+                                                 for k in self.plans[net.name].sparse}
         new_ns, new_st = self.rewire(net, ns, st2, counts, grads, key, dormant)
         # a dead event (frozen, past t_end) keeps the last event's counts on display
         new_st = {**new_st, "grown": _where_tree(live, new_st["grown"], st["grown"]),
@@ -486,13 +486,13 @@ class NE(Intervention):
             return ns, state
         c, st = self.cfg, state["nets"][net.name]
         ns = ns.replace(params=self.apply_masks(net, ns.params, st))
-        if self._plans[net.name].mode != "grow":
+        if self.plans[net.name].mode != "grow":
             return ns, state
         if "acc" in st:  # mean dense gradient over the n updates ending at the event (authors' IndexMaskHook)
             n = c.grad_accumulation_n
             window = (c.period - (ctx.count - 1) % c.period) <= n
             st = {**st, "acc": {k.name: jnp.where(window, st["acc"][k.name] + get_path(ctx.raw_grads, k.path) / n, 0.0)
-                                for k in self._plans[net.name].sparse}}
+                                for k in self.plans[net.name].sparse}}
 
         def event(operand):
             ns, st = operand
@@ -561,7 +561,7 @@ class NE(Intervention):
     def logs(self, state):
         out = {}
         for name, st in state["nets"].items():
-            p = self._plans[name]
+            p = self.plans[name]
             active = 0
             for k in p.sparse:
                 a = jnp.sum(st["masks"][k.name], dtype=jnp.float32)

@@ -116,7 +116,7 @@ class ReGraMa(Intervention):
         if net.name not in state:
             return ns, state
         c = self.cfg
-        s = self._track_step_ratio(net, ctx, state[net.name])
+        s = self.track_step_ratio(net, ctx, state[net.name])
         # The whole event (scores, draws, the reset and its bookkeeping) sits under one `lax.cond` on the
         # network's shared counter. Its outputs include the NetState, which XLA:CPU copies on every update,
         # taken or not (one pass over the parameters and moments); the branch-free alternative (masks all
@@ -146,7 +146,7 @@ class ReGraMa(Intervention):
         ns, s = maybe(due, event, (ns, s))
         return ns, {**state, net.name: s}
 
-    def _track_step_ratio(self, net, ctx, s):
+    def track_step_ratio(self, net, ctx, s):
         """Inside the window after a non-empty reset, every `step_ratio_every`-th update adds its mean
         |update| / lr over the entries that reset touched (a subsample of the window keeps the cost low)."""
         c = self.cfg

@@ -64,7 +64,7 @@ def age_weights(age, T: float, w_min: float):
 EXACT_BLOCK = 64    # slots per block of the exact sampler (a power of two)
 
 
-def _two_sum(a, b):
+def two_sum(a, b):
     """Error-free sum (Knuth): s = fl(a + b) and s + e == a + b exactly."""
     s = a + b
     bb = s - a
@@ -74,7 +74,7 @@ def _two_sum(a, b):
 def _dd_add(x, y):
     """Sum of two non-negative double-floats, renormalised (relative error about 2^-47). Adding (0, 0)
     returns the other operand bit for bit."""
-    s, e = _two_sum(x[0], y[0])
+    s, e = two_sum(x[0], y[0])
     e = e + (x[1] + y[1])
     hi = s + e
     return hi, e - (hi - s)
@@ -88,7 +88,7 @@ def _split(a):
     return hi, a - hi
 
 
-def _two_prod(a, b):
+def two_prod(a, b):
     """Error-free product (Dekker): p = fl(a * b) and p + e == a * b exactly (no overflow or underflow)."""
     p = a * b
     ah, al = _split(a)
@@ -96,23 +96,23 @@ def _two_prod(a, b):
     return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
-def _uniform48(bits):
+def uniform48(bits):
     """U = u1 + u2, uniform on the grid k·2^-48 in [0, 1), from two uint32 arrays (24 bits of each)."""
     return (bits[0] >> 8).astype(jnp.float32) * 2.0 ** -24, (bits[1] >> 8).astype(jnp.float32) * 2.0 ** -48
 
 
-def _target(total, u):
-    """U · total as a double-float, from a double-float total and U = (u1, u2) of `_uniform48`; absolute
+def draw_target(total, u):
+    """U · total as a double-float, from a double-float total and U = (u1, u2) of `uniform48`; absolute
     error below 2^-46 · total. Should rounding bring it to the total or above, 0 instead (so the first
     threshold above the target always exists, and is one of positive weight)."""
     (th, tl), (u1, u2) = total, u
-    ph, pl = _two_prod(th, u1)
-    rh, rl = _two_sum(ph, pl + (th * u2 + tl * u1))
+    ph, pl = two_prod(th, u1)
+    rh, rl = two_sum(ph, pl + (th * u2 + tl * u1))
     over = (rh > th) | ((rh == th) & (rl >= tl))
     return jnp.where(over, 0.0, rh), jnp.where(over, 0.0, rl)
 
 
-def _parts(x, block: int):
+def weight_parts(x, block: int):
     """x (entries in [0, 1]) cut at fixed bit positions into three float32 parts (a list, each like x),
     for sums of `block` = 2^g of them: part 1 keeps the bits from 2^-(23-g) up, part 2 the next 24-g bits,
     part 3 the next 24-g (down to 2^-53 at 64); lower bits are dropped, so weights >= 2^-30 are kept
@@ -137,15 +137,15 @@ def _column_sums(p):
     return p[0]
 
 
-def _combine(h, lo):
+def dd_combine(h, lo):
     """The double-float sum of three exact double-float parts [3, ...] (rounded once, to about 2^-48)."""
     return _dd_add(_dd_add((h[0], lo[0]), (h[1], lo[1])), (h[2], lo[2]))
 
 
-def _scan(h, lo=None):
+def exact_scan(h, lo=None):
     """Inclusive prefix sums along the last axis of the double-floats (h, lo) >= 0 (lo = None: of the
     float32 array h): Hillis-Steele doubling steps in a loop (C_i += C_{i-d}, d = 1, 2, 4, ...). Every
-    step is exact while all values are multiples of one unit u and below 2^46 u (the parts of `_parts`
+    step is exact while all values are multiples of one unit u and below 2^46 u (the parts of `weight_parts`
     and their sums); the prefix sums are then exact and do not depend on the order of summation."""
     n, axis = h.shape[-1], h.ndim - 1
     zeros = jnp.zeros_like(h)
@@ -158,18 +158,18 @@ def _scan(h, lo=None):
     return jax.lax.fori_loop(0, (n - 1).bit_length(), step, (h, zeros if lo is None else lo))
 
 
-def _long_scan(h, width: int = 128):
-    """`_scan` of a long last axis in two passes (about half the work, the same exact result): within
+def exact_long_scan(h, width: int = 128):
+    """`exact_scan` of a long last axis in two passes (about half the work, the same exact result): within
     rows of `width`, then each row gets the sum of the rows before it."""
     n, lead = h.shape[-1], [(0, 0)] * (h.ndim - 1)
     r = -(-n // width)
-    rh, rl = _scan(jnp.pad(h, lead + [(0, r * width - n)]).reshape(h.shape[:-1] + (r, width)))
-    th, tl = (jnp.pad(a[..., :-1], lead + [(1, 0)]) for a in _scan(rh[..., -1], rl[..., -1]))
+    rh, rl = exact_scan(jnp.pad(h, lead + [(0, r * width - n)]).reshape(h.shape[:-1] + (r, width)))
+    th, tl = (jnp.pad(a[..., :-1], lead + [(1, 0)]) for a in exact_scan(rh[..., -1], rl[..., -1]))
     ch, cl = _dd_add((rh, rl), (th[..., None], tl[..., None]))
     return ch.reshape(h.shape[:-1] + (r * width,))[..., :n], cl.reshape(h.shape[:-1] + (r * width,))[..., :n]
 
 
-def _search(at, n: int, th, tl):
+def exact_search(at, n: int, th, tl):
     """First i < n with C_i > t, else n: a binary search over non-decreasing double-floats, comparing
     (hi, lo) lexicographically. `at(i)` gives (C_hi, C_lo) at index i [B] of the sequence of each target
     t = (th, tl) [B]."""
@@ -189,7 +189,7 @@ def exact_blocks(w, block: int = EXACT_BLOCK):
     slots b, b + M, b + 2M, ...) and the level-1 thresholds P [M], a double-float: P_b = Σ_{b' <= b} S_b',
     S_b' the weight of block b'.
 
-    Each `_parts` part is summed per block exactly, and its prefix sums over blocks are exact too (part i
+    Each `weight_parts` part is summed per block exactly, and its prefix sums over blocks are exact too (part i
     is a multiple of u_i = 2^-(i(24-g)-1) and its prefix sums stay below N·2^(24-g) u_i <= 2^46 u_i for
     N <= 2^(22+g) slots, 2^28 at 64); only the sum of the three is rounded (to about 2^-48 P). So P is
     non-decreasing, and a block of weight 0 has exactly the threshold of the block before it."""
@@ -197,15 +197,15 @@ def exact_blocks(w, block: int = EXACT_BLOCK):
     n = w.shape[0]
     m = -(-n // block)
     x = jnp.pad(w, (0, m * block - n)).reshape(block, m)
-    sums = jnp.stack([_column_sums(part) for part in _parts(x, block)])          # [3, M], exact
-    return x, _combine(*_long_scan(sums))
+    sums = jnp.stack([_column_sums(part) for part in weight_parts(x, block)])          # [3, M], exact
+    return x, dd_combine(*exact_long_scan(sums))
 
 
 def slot_thresholds(rows):
     """The level-2 thresholds of blocks given as rows [R, K] of their weights: L_k = Σ_{k' <= k} w_k'
-    within each row, a double-float [R, K] (exact prefix sums of each `_parts` part, their sum rounded
+    within each row, a double-float [R, K] (exact prefix sums of each `weight_parts` part, their sum rounded
     once). A slot of weight 0 has exactly the threshold before it."""
-    return _combine(*_scan(jnp.stack(_parts(rows, rows.shape[-1]))))
+    return dd_combine(*exact_scan(jnp.stack(weight_parts(rows, rows.shape[-1]))))
 
 
 def sample_exact(w, key, batch_size: int, block: int = EXACT_BLOCK):
@@ -213,7 +213,7 @@ def sample_exact(w, key, batch_size: int, block: int = EXACT_BLOCK):
 
     Level 1 draws a block of `block` slots: the first b with P_b > U·P_M (`exact_blocks`), level 2 a slot
     of it: the first k with L_k > U'·L_K (`slot_thresholds` of its row), U and U' independent 48-bit
-    uniforms (`_target`). Slot k of block b is so drawn with probability
+    uniforms (`draw_target`). Slot k of block b is so drawn with probability
     (P_b - P_{b-1}) / P_M · (L_k - L_{k-1}) / L_K; weights 0 have an interval of length 0 and are never
     drawn. With fewer draws than blocks, the level-2 thresholds of the drawn blocks are computed per
     draw, otherwise those of all blocks once (the same numbers, the same draw). Without any weight (an
@@ -221,8 +221,8 @@ def sample_exact(w, key, batch_size: int, block: int = EXACT_BLOCK):
     x, (ph, pl) = exact_blocks(w, block)
     m = x.shape[1]
     bits = jax.random.bits(key, (4, batch_size), jnp.uint32)
-    th, tl = _target((ph[-1], pl[-1]), _uniform48(bits[:2]))
-    b = jnp.minimum(_search(lambda i: (ph[i], pl[i]), m, th, tl), m - 1)
+    th, tl = draw_target((ph[-1], pl[-1]), uniform48(bits[:2]))
+    b = jnp.minimum(exact_search(lambda i: (ph[i], pl[i]), m, th, tl), m - 1)
     if batch_size <= m:
         lh, ll = slot_thresholds(x[:, b].T)                                     # [B, block]
         rows = jnp.arange(batch_size)
@@ -231,8 +231,8 @@ def sample_exact(w, key, batch_size: int, block: int = EXACT_BLOCK):
         rows = b
     at_slot = lambda k: (lh[rows, k], ll[rows, k])                              # noqa: E731
     total = at_slot(jnp.full_like(b, block - 1))
-    th, tl = _target(total, _uniform48(bits[2:]))
-    k = _search(at_slot, block, th, tl)
+    th, tl = draw_target(total, uniform48(bits[2:]))
+    k = exact_search(at_slot, block, th, tl)
     return jnp.minimum(k * m + b, w.shape[0] - 1)
 
 
