@@ -31,7 +31,8 @@ def reference_updates(actor, q1, q2, batches, noises):
     for t, (b, z) in enumerate(zip(batches, noises)):
         na = jnp.clip(jnp.tanh(mlp(targ["actor"], b["next_obs"])) + jnp.clip(z * NOISE, -CLIP, CLIP), -1.0, 1.0)
         nx = jnp.concatenate([b["next_obs"], na], -1)
-        y = b["reward"] + (1 - b["terminated"]) * GAMMA * jnp.minimum(mlp(targ["q1"], nx)[:, 0], mlp(targ["q2"], nx)[:, 0])
+        q_next = jnp.minimum(mlp(targ["q1"], nx)[:, 0], mlp(targ["q2"], nx)[:, 0])
+        y = b["reward"] + (1 - b["terminated"]) * GAMMA * q_next
         x = jnp.concatenate([b["obs"], b["action"]], -1)
         for q in ("q1", "q2"):
             g = jax.grad(lambda p: jnp.mean((mlp(p, x)[:, 0] - y) ** 2))(nets[q])

@@ -1,14 +1,16 @@
-"""Hare & Tortoise, reconstructed (docs/interventions.md, Hare & Tortoise): each selected network is the Hare, trained
-as usual; a Tortoise copy of it follows the Hare by an exponential moving average after every update of that
-network, and every `period` updates the Hare is reset to the Tortoise:
+"""Hare & Tortoise (docs/interventions.md, Hare & Tortoise): each selected network is the Hare, trained as usual; a
+Tortoise copy of it follows the Hare by an exponential moving average after every update of that network, and every
+`period` updates the Hare is reset to the Tortoise:
 
   after each update   θ_T ← m·θ_T + (1 − m)·θ_H
-  every period-th     θ_H ← θ_T      (Adam moments restarted at every entry with `reset_optimizer`, count kept)
+  every period-th     θ_H ← θ_T      (the optimizer state kept, as in the release; `reset_optimizer` restarts Adam's
+                                     moments at every entry, count kept)
 
 (Lee et al. 2024, "Slow and Steady Wins the Race: Maintaining Plasticity with Hare and Tortoise Networks", ICML,
-arXiv 2406.02596.) The Tortoise starts as the initial network. Acting, evaluation and the targets use the Hare,
-the network the agent trains; targets follow it through their Polyak / hard updates. The EMA runs at the Hare's
-own update count; the reset is a `periodic` event on that counter (one real `lax.cond`, shared by all seeds).
+arXiv 2406.02596; the authors' release of the supervised experiments, github.com/dojeon-ai/Hare-Tortoise.) The
+Tortoise starts as the initial network. Acting, evaluation and the targets use the Hare, the network the agent trains;
+targets follow it through their Polyak / hard updates. The EMA runs at the Hare's own update count; the reset is a
+`periodic` event on that counter (one real `lax.cond`, shared by all seeds).
 """
 from __future__ import annotations
 
@@ -27,10 +29,10 @@ from plastic.optim import restart_entries
 
 @dataclass
 class HareTortoiseConfig:
-    momentum: float = unit_lt1(0.999)            # m: the Tortoise's EMA momentum per Hare update
-    period: int = count(10_000, "updates")       # Hare updates between resets of the Hare to the Tortoise
+    momentum: float = unit_lt1(0.999)            # m: the Tortoise's EMA momentum per Hare update (the release's)
+    period: int = count(2_000, "updates")        # Hare updates between resets (the release: 10 epochs, ~1760 updates)
     networks: tuple[str, ...] = ("actor", "critic")  # roles (DQN's Q-network is a critic)
-    reset_optimizer: bool = True                 # restart the Hare's Adam moments at a reset (count kept)
+    reset_optimizer: bool = False                # restart the Hare's Adam moments at a reset (the release keeps them)
 
 
 class HareTortoise(ForRoles):
@@ -53,7 +55,7 @@ class HareTortoise(ForRoles):
                          "distance": jnp.zeros(())} for n in self._nets(agent)}
 
     def reset(self, net, ns, s):
-        """θ_H ← θ_T (and the Hare's optimizer restarted at every entry with `reset_optimizer`)."""
+        """θ_H ← θ_T; the optimizer state is kept, or restarted at every entry with `reset_optimizer`."""
         params = jax.tree.map(lambda t, p: t.astype(p.dtype), s["tortoise"], ns.params)
         opt_state = ns.opt_state
         if self.cfg.reset_optimizer:
