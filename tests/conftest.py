@@ -1,4 +1,5 @@
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,6 +38,16 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# Where PYTHONDONTWRITEBYTECODE is set (some CI images), every process the suite starts (sweep tasks, Slurm jobs,
+# notebook kernels, scripts) would compile its imports from source, about 2 s each: the suite keeps their bytecode in
+# a directory next to the JAX cache instead (never in the source tree or site-packages), shared by those processes.
+if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    _pycache = str(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).with_name(
+        Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).name.replace("jax-cache", "pycache")))
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    os.environ["PYTHONPYCACHEPREFIX"] = _pycache
+    sys.dont_write_bytecode, sys.pycache_prefix = False, _pycache
 
 import slurm_cluster as _slurm  # noqa: E402
 slurm_cluster = _slurm.slurm_cluster  # session fixture: a private single-node Slurm (tests/slurm_cluster.py)
