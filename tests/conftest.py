@@ -43,8 +43,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # notebook kernels, scripts) would compile its imports from source, about 2 s each: the suite keeps their bytecode in
 # a directory next to the JAX cache instead (never in the source tree or site-packages), shared by those processes.
 if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-    _pycache = str(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).with_name(
-        Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).name.replace("jax-cache", "pycache")))
+    _jax_cache = Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    _pycache = str(_jax_cache.with_name(_jax_cache.name.replace("jax-cache", "pycache")))
     del os.environ["PYTHONDONTWRITEBYTECODE"]
     os.environ["PYTHONPYCACHEPREFIX"] = _pycache
     sys.dont_write_bytecode, sys.pycache_prefix = False, _pycache

@@ -237,12 +237,12 @@ def test_the_citation_check_sees_bad_citations(tmp_path):
 PACKAGES = ("plastic", "agents", "metrics", "experiments")
 
 
-def private_names(paths) -> set[str]:
-    """The private names (`_x`, not dunders) the files define: functions, classes, methods, module-level names and
-    attributes assigned on `self`."""
+def private_names(trees) -> set[str]:
+    """The private names (`_x`, not dunders) the parsed files define: functions, classes, methods, module-level
+    names and attributes assigned on `self`."""
     out = set()
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text())):
+    for tree in trees:
+        for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 out.add(node.name)
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
@@ -255,8 +255,8 @@ def private_names(paths) -> set[str]:
 def private_reads(test: Path, project: set[str]) -> list[str]:
     """`obj._x` in a test file where `_x` is a private name of the project's code and not one the test file defines
     itself (its own helper classes); `self._x` and NamedTuple's public `_replace` & co. are fine."""
-    own = private_names([test])
     tree = ast.parse(test.read_text())
+    own = private_names([tree])
     return [f"{test.name}:{n.lineno}: .{n.attr}" for n in ast.walk(tree)
             if isinstance(n, ast.Attribute) and n.attr in project - own
             and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"))
@@ -265,7 +265,7 @@ def private_reads(test: Path, project: set[str]) -> list[str]:
 
 def test_tests_read_no_private_member_of_the_code():
     """What a test needs to inspect is a public seam of the code (docs/architecture.md lists the drivers')."""
-    project = private_names(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    project = private_names(ast.parse(p.read_text()) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
     bad = [hit for test in sorted((ROOT / "tests").glob("*.py")) for hit in private_reads(test, project)]
     assert not bad, bad
 

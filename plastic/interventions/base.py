@@ -149,3 +149,7 @@ class Intervention(Hook):
     def logs(self, state) -> dict:
         """Scalars to log from the intervention's state (e.g. last reset fractions)."""
         return {}
+
+    def net_logs(self, state, *keys) -> dict:
+        """`NAME/KEY/NET` for each network's state (a dict per network) and each of `keys`, network by network."""
+        return {f"{self.name}/{k}/{net}": s[k] for net, s in state.items() for k in keys}

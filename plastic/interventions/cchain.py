@@ -163,8 +163,4 @@ class CChain(Intervention):
                 "coef": coef.astype(jnp.float32)}
 
     def logs(self, state):
-        out = {}
-        for net, s in state.items():
-            out[f"cchain/coef/{net}"] = s["coef"]
-            out[f"cchain/reg/{net}"] = s["reg"]
-        return out
+        return self.net_logs(state, "coef", "reg")

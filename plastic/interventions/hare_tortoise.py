@@ -59,8 +59,7 @@ class HareTortoise(ForRoles):
         params = jax.tree.map(lambda t, p: t.astype(p.dtype), s["tortoise"], ns.params)
         opt_state = ns.opt_state
         if self.cfg.reset_optimizer:
-            opt_state = restart_entries(net.tx, opt_state, jax.tree.map(lambda p: jnp.ones(p.shape, bool), params),
-                                        params)
+            opt_state = restart_entries(net.tx, opt_state, jax.tree.map(lambda _: True, params), params)
         return ns.replace(params=params, opt_state=opt_state), {**s, "events": s["events"] + 1}
 
     def post_update(self, net, ns, ctx, state, key):
@@ -74,8 +73,4 @@ class HareTortoise(ForRoles):
         return ns, {**state, net.name: {**s, "distance": gap}}
 
     def logs(self, state):
-        out = {}
-        for net, s in state.items():
-            out[f"hare_tortoise/events/{net}"] = s["events"]
-            out[f"hare_tortoise/distance/{net}"] = s["distance"]
-        return out
+        return self.net_logs(state, "events", "distance")

@@ -162,4 +162,4 @@ class WeightDecay(ForRoles):
         return ns, {**state, net.name: {"param_norm": norm}}
 
     def logs(self, state):
-        return {f"weight_decay/param_norm/{net}": s["param_norm"] for net, s in state.items()}
+        return self.net_logs(state, "param_norm")

@@ -138,8 +138,4 @@ class NaP(Intervention):
         return ns, {**state, net.name: {**s, "events": events, "weight_norm": norm}}
 
     def logs(self, state):
-        out = {}
-        for net, s in state.items():
-            out[f"nap/events/{net}"] = s["events"]
-            out[f"nap/weight_norm/{net}"] = s["weight_norm"]
-        return out
+        return self.net_logs(state, "events", "weight_norm")

@@ -70,4 +70,4 @@ class Parseval(ForRoles):
         return ns, {**state, net.name: {"penalty": parseval_penalty(ns.params, net.layers, self.cfg.s)}}
 
     def logs(self, state):
-        return {f"parseval/penalty/{net}": s["penalty"] for net, s in state.items()}
+        return self.net_logs(state, "penalty")

@@ -131,8 +131,7 @@ class ShrinkPerturb(Intervention):
         params = jax.tree.map(lambda p, x, m: (lam * p + mu * x).astype(p.dtype) if m else p, ns.params, xi, sel)
         opt_state = ns.opt_state
         if self.cfg.reset_optimizer:
-            touched = jax.tree.map(lambda p, m: jnp.full(p.shape, m), ns.params, sel)
-            opt_state = restart_entries(net.tx, opt_state, touched, params)
+            opt_state = restart_entries(net.tx, opt_state, sel, params)  # sel: static bools
         return ns.replace(params=params, opt_state=opt_state), {**s, "events": s["events"] + 1}
 
     def post_update(self, net, ns, ctx, state, key):
@@ -148,8 +147,4 @@ class ShrinkPerturb(Intervention):
         return ns, {**state, net.name: {**s, "weight_norm": norm}}
 
     def logs(self, state):
-        out = {}
-        for net, s in state.items():
-            out[f"shrink_perturb/events/{net}"] = s["events"]
-            out[f"shrink_perturb/weight_norm/{net}"] = s["weight_norm"]
-        return out
+        return self.net_logs(state, "events", "weight_norm")
