@@ -34,6 +34,7 @@ from plastic.envs import make_env  # noqa: E402
 from plastic.drivers.host import HostOffPolicy  # noqa: E402
 
 ENV = "HalfCheetah-v5"
+DISCRETE_ENV = "CartPole-v1"
 
 
 def env_rate(n):
@@ -48,21 +49,36 @@ def env_rate(n):
 
 
 def trainer_for(agent, seeds, intervention="none", overrides=None, buffer=100_000):
+    """The host driver of `agent` on ENV (DQN, which needs discrete actions: on DISCRETE_ENV), learning from
+    the first env step, one update per env step (DQN's `train_frequency` set to 1)."""
     ov = {f"{agent}.learning_starts": 0, f"{agent}.buffer_size": buffer, "run.progress": "off"}
+    if agent == "dqn":
+        ov["dqn.train_frequency"] = 1
     ov.update(overrides or {})
-    return HostOffPolicy(build(agent, intervention, overrides=ov, env=ENV, seeds=seeds, steps=10**7))
+    env = DISCRETE_ENV if agent == "dqn" else ENV
+    return HostOffPolicy(build(agent, intervention, overrides=ov, env=env, seeds=seeds, steps=10**7))
+
+
+def random_like(data: dict, n_actions: int) -> dict:
+    """Random transitions shaped like `data` (the replay's or one step's): normal observations and rewards,
+    uniform actions in [-1, 1] (integers below `n_actions` for discrete ones), no episode ends."""
+    rng = np.random.default_rng(0)
+
+    def fill(k, x):
+        if k in ("terminated", "done"):
+            return jnp.zeros(x.shape, x.dtype)
+        if k == "action" and jnp.issubdtype(x.dtype, jnp.integer):
+            return jnp.asarray(rng.integers(0, n_actions, x.shape), x.dtype)
+        return jnp.asarray(rng.uniform(-1, 1, x.shape) if k == "action" else rng.normal(size=x.shape), x.dtype)
+    return {k: fill(k, x) for k, x in data.items()}
 
 
 def filled_state(tr, n_fill):
     """A train state whose replay holds n_fill random transitions per seed (as if after warm-up)."""
     ts, counters = tr.init_state()
-    S, O, A = tr.n_seeds, tr.envs.observation_size, tr.envs.action_size
+    S = tr.n_seeds
     n = min(n_fill, tr.program.capacity)
-    rng = np.random.default_rng(0)
-    data = {"obs": rng.normal(size=(S, tr.program.capacity, O)), "action": rng.uniform(-1, 1, (S, tr.program.capacity, A)),
-            "reward": rng.normal(size=(S, tr.program.capacity)), "next_obs": rng.normal(size=(S, tr.program.capacity, O)),
-            "terminated": np.zeros((S, tr.program.capacity)), "done": np.zeros((S, tr.program.capacity))}
-    data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+    data = random_like(ts.replay.data, tr.envs.action_size)
     t_add = jnp.broadcast_to(jnp.arange(tr.program.capacity, dtype=jnp.int32), (S, tr.program.capacity))
     replay = ts.replay.replace(data=data, t_add=t_add, size=jnp.full((S,), n, jnp.int32),
                                ptr=jnp.full((S,), n % tr.program.capacity, jnp.int32), t=jnp.full((S,), n, jnp.int32))
@@ -80,12 +96,15 @@ class UpdateTimer:
     def __init__(self, tr, n_fill):
         self.tr = tr
         self.carry = tr.pack(*filled_state(tr, n_fill))
-        S, O, A = tr.n_seeds, tr.envs.observation_size, tr.envs.action_size
-        self.tr_ = {"obs": jnp.zeros((S, O)), "action": jnp.zeros((S, A)), "reward": jnp.zeros(S),
-                    "next_obs": jnp.zeros((S, O)), "terminated": jnp.zeros(S),
-                    "done": jnp.zeros(S)}
-        self.nobs = jnp.zeros((S, O))
+        step = {k: x[:, 0] for k, x in tr.unpack(self.carry)[0].replay.data.items()}  # [S, ...] per key
+        self.tr_ = {k: jnp.zeros_like(x) for k, x in step.items()}
+        self.nobs = jnp.zeros_like(step["obs"])
         self(3)  # compile and warm up
+
+    @property
+    def counters(self) -> dict:
+        """The run's counters now (updates per network, env steps)."""
+        return self.tr.unpack(self.carry)[1]
 
     def __call__(self, n):
         """Updates/s per seed over `n` calls."""

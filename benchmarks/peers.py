@@ -92,7 +92,7 @@ class Ours:
         else:
             env, ov = "gymnax:Pendulum-v1", {"sac.learning_starts": 2048, "sac.buffer_size": 100_000}
         self.tr = make_trainer(build(algo, overrides={**QUIET, **ov}, env=env, seeds=seeds, steps=steps))
-        self.n = self.tr.total_units()
+        self.n = -(-steps // self.tr.unit)  # iterations (PPO) or env steps covering the budget
         self.steps = self.n * self.tr.unit * seeds
         self.first = self.run()
 
