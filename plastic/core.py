@@ -196,8 +196,8 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
 
     `loss_fn(params, probes) -> (loss, aux)`; `inputs` is the network's main input on this batch, passed
     on to the `post_update` hooks. Returns `(ns, hooks, count + 1, aux, logs)` where logs
-    holds the loss and the GraMa ratios of this update (free: the probe gradients come from the same
-    backward pass).
+    holds the loss and the GraMa ratios of this update (the probe gradients come from the same backward pass;
+    their per-unit reduction is not free for small networks: docs/benchmarks.md, "PPO against rejax").
     """
     interventions, istate = hooks.interventions, hooks.state
     probes = net.zero_probes(batch_size)
