@@ -2,14 +2,15 @@
 
 Every agent on both drivers, stacks of interventions with scheduled events, every metric group firing often,
 two vmapped seeds. `--out DIR` writes the runs (one folder each); `--compare A B` compares two such folders
-row by row, every key but the timing (`sps`), and prints the first difference of each run or "identical".
+row by row, every key but the timing (`sps`) and those starting with an `--ignore` prefix (for a change that
+moves what one metric logs), and prints the first difference of each run or "identical".
 To compare two versions of the code, run this file from each checkout:
 
     python benchmarks/identical.py --out /tmp/before     # in the old checkout
     python benchmarks/identical.py --out /tmp/after      # in the new one
     python benchmarks/identical.py --compare /tmp/before /tmp/after
 
-Usage: python benchmarks/identical.py (--out DIR [--only NAME,...] | --compare A B)
+Usage: python benchmarks/identical.py (--out DIR [--only NAME,...] | --compare A B [--ignore PREFIX,...])
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def compare(a: Path, b: Path) -> bool:
+def compare(a: Path, b: Path, ignore=()) -> bool:
     ok = True
     for name in RUNS:
         fa, fb = a / name / "metrics.jsonl", b / name / "metrics.jsonl"
@@ -80,7 +81,7 @@ def compare(a: Path, b: Path) -> bool:
         if len(ra) != len(rb):
             diff = f"{len(ra)} rows vs {len(rb)}"
         for i, (x, y) in enumerate(zip(ra, rb)):
-            keys = (set(x) | set(y)) - {"sps"}
+            keys = {k for k in (set(x) | set(y)) - {"sps"} if not k.startswith(tuple(ignore))}
             bad = sorted(k for k in keys if not _same(x.get(k, "<absent>"), y.get(k, "<absent>")))
             if bad and diff is None:
                 k = bad[0]
@@ -97,9 +98,10 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated run names: " + ", ".join(RUNS))
     p.add_argument("--seeds", type=int, default=2, help="vmapped seeds per run")
     p.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"))
+    p.add_argument("--ignore", default="", help="comma-separated key prefixes --compare leaves out")
     args = p.parse_args(argv)
     if args.compare:
-        sys.exit(0 if compare(*args.compare) else 1)
+        sys.exit(0 if compare(*args.compare, ignore=tuple(filter(None, args.ignore.split(",")))) else 1)
     if not args.out:
         p.error("give --out DIR or --compare A B")
     write(args.out, set(filter(None, args.only.split(","))), args.seeds)

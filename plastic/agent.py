@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from metrics.units import ratio_logs
-from plastic.core import GRAMA_LOG_TAUS, Net
+from plastic.core import Net
 
 
 @struct.dataclass
@@ -38,10 +37,7 @@ class AgentState:
 
 def empty_logs(net: Net) -> dict:
     """Zero-valued logs with exactly the keys `gradient_step` produces for `net`."""
-    zeros = {l.name: jnp.ones(l.mask_shape) for l in net.layers}
-    logs = {f"loss/{net.name}": jnp.zeros(())}
-    logs.update({k: jnp.zeros(()) for k in ratio_logs("grama_ratio", net.name, zeros, GRAMA_LOG_TAUS)})
-    return logs
+    return {f"loss/{net.name}": jnp.zeros(())}
 
 
 def init_counters(agent) -> dict[str, Any]:

@@ -46,6 +46,8 @@ from metrics.rank import _device_svdvals, rank_logs
 from metrics.units import dormant_masks, dormant_scores, ratio_logs, set_overlap
 from plastic.core import Hook
 
+GRAMA_LOG_TAUS = (0.0, 0.01)  # the gradient group's `grama_ratio_tau_<τ>` thresholds (docs/metrics.md §2)
+
 BATCH_GROUPS = ("activity", "rank", "churn", "ntk")
 PACKED = ("values", "theta0", "dormant", "grama", "ntk", "svd_retry", "due")  # state parts kept as one flat vector
 PROBE_PART = "probe_part"  # transient key of the state a `batch_fn` call gets: which draw of the batch it is
@@ -221,7 +223,7 @@ class Monitor(Hook):
             view = self.view(state, "values", "grama", "theta0")
             # the raw loss gradient (before every grad_transform: NE's masks, coupled weight decay), docs/metrics.md §3
             vals, grama = self._grad_values(n, ctx.raw_grads, ctx.updates, ctx.params_before, ns.params,
-                                            ctx.scores, view)
+                                            ctx.grama(), view)
             return self.pack({"values": {**view["values"], **vals}, "grama": {**view["grama"], n: grama}})
 
         moved = _when(flags["grad"][n], fire, {"values": state["values"], "grama": state["grama"]})
@@ -235,10 +237,14 @@ class Monitor(Hook):
         vals = norm_logs(n, grads, updates, before, after, state["theta0"][n], c.grad_zero_threshold)
         net = self.agent.nets[n]
         if scores is None:  # tracing the key set
-            now = state["grama"][n]
+            G = {l.name: jnp.ones(l.mask_shape) for l in net.layers}
         else:
-            now = dormant_masks({l.name: scores[l.name][0] for l in net.layers}, 0.0)
+            G = {l.name: scores[l.name][0] for l in net.layers}
+        now = dormant_masks(G, 0.0)
         vals[f"grama_persistence/{n}"] = _pooled_overlap(state["grama"][n], now)
+        # the GraMa ratios of the update's training batch (pooled; plastic/loop.py re-aggregates for
+        # `ratio_aggregation=mean_of_layers`)
+        vals.update(ratio_logs("grama_ratio", n, G, GRAMA_LOG_TAUS))
         return vals, now
 
     # ---- measured after an update round ---------------------------------------------------------

@@ -57,7 +57,7 @@ class Recorder(Intervention):
     name = "rec"
 
     def post_update(self, net, ns, ctx, state, key):
-        return ns, {"scores": ctx.scores, "probe_grads": ctx.probe_grads, "grads": ctx.grads,
+        return ns, {"scores": ctx.grama(), "probe_grads": ctx.probe_grads, "grads": ctx.grads,
                     "count": ctx.count, "loss": ctx.loss}
 
 
@@ -120,11 +120,36 @@ def test_network_a_grama_through_gradient_step(target):
     np.testing.assert_allclose(aux["hidden_0"], [[1, 0, 2], [2, 0, 4]])
     np.testing.assert_allclose(rec["scores"]["hidden_0"][0], EXPECTED_G[target], rtol=1e-6)
     np.testing.assert_allclose(rec["grads"]["hidden_0"]["kernel"], [[5, 0, 2.5]])
+    assert set(logs) == {"loss/critic"}  # the GraMa ratios are the metrics collector's (tests/test_monitor.py)
     np.testing.assert_allclose(logs["loss/critic"], 5.0)
-    np.testing.assert_allclose(logs["grama_ratio_tau_0/critic"], EXPECTED_RATIO0[target])
-    np.testing.assert_allclose(logs["grama_ratio_tau_0/critic/hidden_0"], EXPECTED_RATIO0[target])
+    ratios = ratio_logs("grama_ratio", "critic", {k: v[0] for k, v in rec["scores"].items()}, (0.0, 0.01))
+    np.testing.assert_allclose(ratios["grama_ratio_tau_0/critic/hidden_0"], EXPECTED_RATIO0[target])
     # tau = 0.01 flags the same units on Network A (all non-zero scores are >= 1)
-    np.testing.assert_allclose(logs["grama_ratio_tau_0.01/critic"], EXPECTED_RATIO0[target])
+    np.testing.assert_allclose(ratios["grama_ratio_tau_0.01/critic"], EXPECTED_RATIO0[target])
+
+
+def test_gradient_step_reduces_the_probe_gradients_only_for_a_hook_that_reads_the_scores():
+    """The GraMa scores (|probe gradient| averaged over the batch) cost a reduction per layer and update: the
+    core computes them only inside the hooks that call `ctx.grama()` (ReGraMa's event, the metrics
+    collector's gradient group), never on an update nobody measures. Network A's loss and its backward
+    pass have no `abs`; the scores do."""
+    module = MLP((3,), 1)
+    net = Net.of("critic", module, optax.sgd(0.0))
+    ns = NetState(net_a_params(), net.tx.init(net_a_params()))
+
+    class Ignores(Intervention):
+        name = "ignores"
+
+    def jaxpr(reader):
+        def step(ns):
+            def loss_fn(p, probes):
+                y = net.apply(p, X, probes)[0]
+                return jnp.mean(0.5 * jnp.square(y - TGT)), None
+            return gradient_step(net, ns, loss_fn, batch_size=X.shape[0], count=jnp.zeros((), jnp.int32),
+                                 key=jax.random.PRNGKey(0), hooks=Hooks({reader.name: {}}, (reader,)))[0]
+        return str(jax.make_jaxpr(step)(ns))
+
+    assert "abs" not in jaxpr(Ignores(None, "sac")) and "abs" in jaxpr(Recorder(None, "sac"))
 
 
 def test_network_a_dormant_scores_and_ratios():
@@ -253,7 +278,8 @@ def test_all_zero_gradient_layer_ratio_is_one():
     np.testing.assert_allclose(logs["grama_ratio_tau_0.01/critic"], 1.0)
     # end to end: zero output kernel -> no gradient reaches the hidden layer
     for target in TARGETS:
-        rec, _, _, logs = step_network_a(target, net_a_params(out=[[0.0], [0.0], [0.0]]))
+        rec, _, _, _ = step_network_a(target, net_a_params(out=[[0.0], [0.0], [0.0]]))
         np.testing.assert_array_equal(rec["scores"]["hidden_0"][1], np.zeros(3))
+        logs = ratio_logs("grama_ratio", "critic", {k: v[0] for k, v in rec["scores"].items()}, (0.0,))
         np.testing.assert_allclose(logs["grama_ratio_tau_0/critic/hidden_0"], 1.0)
         np.testing.assert_allclose(logs["grama_ratio_tau_0/critic"], 1.0)

@@ -238,6 +238,8 @@ def test_gradient_group_inside_the_core_on_network_a():
     np.testing.assert_allclose(v["update_to_param_ratio/q"], 0.1 * np.sqrt(176.5) / theta, rtol=1e-5)
     np.testing.assert_allclose(v["param_dist_init_rms/q"], 0.1 * np.sqrt(176.5 / 10), rtol=1e-5)
     np.testing.assert_allclose(v["grama_persistence/q"], 0.0)  # unit 1 is GraMa-inactive, no earlier set
+    for k in ("grama_ratio_tau_0/q", "grama_ratio_tau_0/q/hidden_0", "grama_ratio_tau_0.01/q"):
+        np.testing.assert_allclose(v[k], 1 / 3)  # of this update's training batch: unit 1 of 3
     assert not bool(mon.pending(istate["metrics"]))  # measured once, then cleared
 
 
