@@ -76,11 +76,11 @@ class UpdateContext:
     count: jax.Array           # this network's update count, including this update
     grads: Any                 # parameter gradients after grad_transform
     probe_grads: Any           # per-sample unit gradients (dict layer -> [E?, B, H]) or None
-    # dict layer -> (G normalised, g raw) GraMa scores of this update, or a function that computes them
-    # (`gradient_step` passes one): read them through `grama()`, inside the branch that needs them, so that an
-    # update on which no hook measures them does not reduce the probe gradients (docs/benchmarks.md, "PPO
-    # against rejax": about 6 % of a PPO iteration at 16 seeds)
-    scores: Any = struct.field(pytree_node=False)
+    # dict layer -> (G normalised, g raw) GraMa scores of this update, or None with `score_fn` computing them
+    # (`gradient_step` passes a function): read them through `grama()`, inside the branch that needs them, so
+    # that an update on which no hook measures them does not reduce the probe gradients (docs/benchmarks.md,
+    # "PPO against rejax": about 6 % of a PPO iteration at 16 seeds)
+    scores: Any
     loss: jax.Array
     updates: Any = None        # the parameter updates the optimizer applied in this step
     inputs: Any = None         # the network's main input on this batch (e.g. to measure output jumps)
@@ -88,10 +88,11 @@ class UpdateContext:
     raw_grads: Any = None      # the loss gradients before any grad_transform (dense, e.g. NE's growth score)
     opt_state_before: Any = None  # the optimizer state this update started from (to undo or skip a step)
     terms: Any = None          # hook name -> what its `loss_term` reported for this update (see `Hook.loss_term`)
+    score_fn: Any = struct.field(pytree_node=False, default=None)
 
     def grama(self) -> dict:
         """The GraMa scores of this update: dict layer -> (G normalised, g raw)."""
-        return self.scores() if callable(self.scores) else self.scores
+        return self.score_fn() if self.scores is None and self.score_fn is not None else self.scores
 
 
 class Hook:
@@ -232,9 +233,9 @@ def gradient_step(net: Net, ns: NetState, loss_fn, *, batch_size: int, count, ke
     def scores():
         return grama_scores(net.layers, probe_grads, raw_grads, net.probe_point) if net.layers else {}
 
-    ctx = UpdateContext(count=count, grads=grads, updates=updates, probe_grads=probe_grads, scores=scores,
+    ctx = UpdateContext(count=count, grads=grads, updates=updates, probe_grads=probe_grads, scores=None,
                         loss=loss, inputs=inputs, params_before=params_before, raw_grads=raw_grads,
-                        opt_state_before=opt_state_before, terms=terms)
+                        opt_state_before=opt_state_before, terms=terms, score_fn=scores)
     for i, iv in enumerate(interventions):
         ns, s = iv.post_update(net, ns, ctx, istate[iv.name], jax.random.fold_in(key, i))
         istate = {**istate, iv.name: s}

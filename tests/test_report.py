@@ -528,7 +528,7 @@ def test_report_on_two_real_training_runs(tmp_path, capsys):
     tiny = ["--env", "probe:d_action", "--seeds", "2", "--steps", "400", "--run.log_every", "100",
             "--dqn.hidden", "16,16", "--dqn.batch_size", "16", "--dqn.buffer_size", "1000",
             "--dqn.learning_starts", "100", "--dqn.train_frequency", "2", "--metrics.activity_every", "10",
-            "--metrics.grad_every", "0", "--metrics.rank_every", "0", "--metrics.churn_every", "0",
+            "--metrics.grad_every", "10", "--metrics.rank_every", "0", "--metrics.churn_every", "0",
             "--metrics.ntk_every", "0", "--run.progress", "off", "--run.tensorboard", "false",
             "--run.checkpoint_every", "0"]
     for iv in ("none", "grama"):
