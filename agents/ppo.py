@@ -193,7 +193,7 @@ class PPO:
         pi_params, v_params = state.nets["actor"].params, state.nets["critic"].params
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731  [T, E, ...] -> [T * E, ...]
         # the log-probs on the flattened rollout: the same numbers as on [T, E] rows, and about 5 % more PPO
-        # iterations/s at 64 seeds on a CPU (docs/benchmarks.md, "Seeds as a batch axis")
+        # iterations/s at 64 seeds on a CPU (docs/benchmarks.md, "PPO against rejax")
         logp_old = self.log_prob(self.dist(pi_params, flat(obs))[0], flat(rollout["action"]))[0]
         value = self.critic.apply(v_params, obs)[0][..., 0]
         next_value = self.critic.apply(v_params, next_obs)[0][..., 0]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.offpolicy import DISCRETE_ENV, ENV, TrainTimer, UpdateTimer, trainer_for  # noqa: E402
+from benchmarks.offpolicy import TrainTimer, UpdateTimer, env_for, trainer_for  # noqa: E402
 from plastic.config import build, supported_agents  # noqa: E402
 from plastic.interventions import REGISTRY  # noqa: E402
 from plastic.drivers import make_trainer  # noqa: E402
@@ -92,7 +92,7 @@ def main():
     args = ap.parse_args()
     names = sorted(REGISTRY) if args.methods == "all" else args.methods.split(",")
     variant = dict(kv.split("=", 1) for kv in args.variant.split(",") if kv)
-    print(f"{args.agent} on {DISCRETE_ENV if args.agent == 'dqn' else ENV} (update-only, 1 seed, UTD 1) and ppo on gymnax:CartPole-v1 (jitted chunks); "
+    print(f"{args.agent} on {env_for(args.agent)} (update-only, 1 seed, UTD 1) and ppo on gymnax:CartPole-v1 (jitted chunks); "
           f"median of {args.rounds} paired rounds", flush=True)
     plain_off = None
     for name in names:

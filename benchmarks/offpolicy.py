@@ -48,15 +48,19 @@ def env_rate(n):
     return n / (time.perf_counter() - t)
 
 
+def env_for(agent: str) -> str:
+    """ENV, or DISCRETE_ENV for DQN (it needs discrete actions)."""
+    return DISCRETE_ENV if agent == "dqn" else ENV
+
+
 def trainer_for(agent, seeds, intervention="none", overrides=None, buffer=100_000):
-    """The host driver of `agent` on ENV (DQN, which needs discrete actions: on DISCRETE_ENV), learning from
-    the first env step, one update per env step (DQN's `train_frequency` set to 1)."""
+    """The host driver of `agent` on `env_for(agent)`, learning from the first env step, one update per env
+    step (DQN's `train_frequency` set to 1)."""
     ov = {f"{agent}.learning_starts": 0, f"{agent}.buffer_size": buffer, "run.progress": "off"}
     if agent == "dqn":
         ov["dqn.train_frequency"] = 1
     ov.update(overrides or {})
-    env = DISCRETE_ENV if agent == "dqn" else ENV
-    return HostOffPolicy(build(agent, intervention, overrides=ov, env=env, seeds=seeds, steps=10**7))
+    return HostOffPolicy(build(agent, intervention, overrides=ov, env=env_for(agent), seeds=seeds, steps=10**7))
 
 
 def random_like(data: dict, n_actions: int) -> dict:
@@ -95,10 +99,10 @@ class UpdateTimer:
 
     def __init__(self, tr, n_fill):
         self.tr = tr
-        self.carry = tr.pack(*filled_state(tr, n_fill))
-        step = {k: x[:, 0] for k, x in tr.unpack(self.carry)[0].replay.data.items()}  # [S, ...] per key
-        self.tr_ = {k: jnp.zeros_like(x) for k, x in step.items()}
-        self.nobs = jnp.zeros_like(step["obs"])
+        ts, counters = filled_state(tr, n_fill)
+        self.tr_ = {k: jnp.zeros_like(x[:, 0]) for k, x in ts.replay.data.items()}  # one step: [S, ...] per key
+        self.nobs = jnp.zeros_like(self.tr_["obs"])
+        self.carry = tr.pack(ts, counters)
         self(3)  # compile and warm up
 
     @property

@@ -29,7 +29,6 @@ from plastic.networks import LayerSpec
 from plastic.seed_axis import any_seed, seed_axis_bound
 
 
-
 @struct.dataclass
 class NetState:
     params: Any

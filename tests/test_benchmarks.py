@@ -12,6 +12,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import offpolicy, peers  # noqa: E402
+from benchmarks.metrics import OFF  # noqa: E402
 
 
 def test_peers_times_this_projects_side_of_the_ppo_work():
@@ -22,9 +23,7 @@ def test_peers_times_this_projects_side_of_the_ppo_work():
 
 def test_update_timer_runs_every_off_policy_agent_and_reads_its_counters():
     for agent, net in (("dqn", "q"), ("td3", "critic")):
-        tr = offpolicy.trainer_for(agent, 1, overrides={f"{agent}.hidden": "8", f"{agent}.batch_size": 4,
-                                                        **{f"metrics.{g}_every": 0 for g in
-                                                           ("activity", "grad", "rank", "churn", "ntk")}},
+        tr = offpolicy.trainer_for(agent, 1, overrides={f"{agent}.hidden": "8", f"{agent}.batch_size": 4, **OFF},
                                    buffer=64)
         timer = offpolicy.UpdateTimer(tr, 32)  # a replay of 32 random transitions; 3 warm-up updates
         before = int(timer.counters[net])

@@ -126,13 +126,14 @@ class ReGraMa(Intervention):
 
         def event(operand):
             ns, s = operand
-            masks = self.masks(net, ctx.grama())
+            scores = ctx.grama()  # computed here, inside the event's branch
+            masks = self.masks(net, scores)
             new = reset_units(net, ns, masks, key, reinit=c.reinit, outgoing=c.outgoing, layernorm=c.layernorm,
                               optimizer=c.optimizer)
             frac = lambda m: jnp.mean(m.astype(jnp.float32))  # noqa: E731
             s = {**s, "events": s["events"] + 1,
                  "reset_fraction": {k: frac(m) for k, m in masks.items()},
-                 "zero_grad_layer": {k: frac(z) for k, z in self.zero_grad_layers(net, ctx.grama()).items()}}
+                 "zero_grad_layer": {k: frac(z) for k, z in self.zero_grad_layers(net, scores).items()}}
             if ctx.inputs is not None:  # of the first output (a Gaussian policy's mean, not its log-std)
                 out = lambda p: jax.tree.leaves(net.apply(p, ctx.inputs)[0])[0]  # noqa: E731
                 s["output_jump"] = jnp.mean(jnp.abs(out(new.params) - out(ns.params)))
