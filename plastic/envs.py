@@ -5,10 +5,12 @@ Ids: gymnasium ids as they are (`HalfCheetah-v5`, `Pendulum-v1`), `dmc:DOMAIN-TA
 bundled ROMs, Dopamine/Machado et al. protocol: see `AtariEnv`), and the JAX-native ids of
 `plastic.jaxenvs` (`gymnax:NAME`, `brax:NAME[:BACKEND]`, `playground:NAME[:BACKEND]`, `probe:NAME`: tiny envs
 with known values, for tests), stepped here one jitted call at a time through `HostJaxEnv`. Agents see
-actions in [-1, 1]; adapters clip (JAX-native envs) and rescale to the env's bounds.
+actions in [-1, 1]; every adapter clips them to [-1, 1] (PPO's Gaussian samples are unbounded; the
+rollout keeps the sample, the env gets the clipped action, as CleanRL's `ClipAction`) and rescales them
+to the env's bounds.
 
 `step` returns `(obs, reward, terminated, truncated)`: termination stops bootstrapping, truncation
-(time limits) does not. Every episode is reset with a seed derived from (run seed + seed index,
+(time limits) does not. Every episode is reset with a seed derived from (run seed + seed index, env index,
 episode index), so an episode's randomness does not depend on how the run was interrupted.
 """
 from __future__ import annotations
@@ -89,8 +91,7 @@ class GymEnv:
         if self.discrete:
             a = int(np.asarray(action).reshape(()))
         else:
-            a = self.low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self.high - self.low)
-            a = a.reshape(self.env.action_space.shape)
+            a = rescale(action, self.low, self.high).reshape(self.env.action_space.shape)
         obs, r, term, trunc, _ = self.env.step(a)
         return self._obs(obs), float(r), bool(term), bool(trunc)
 
@@ -155,8 +156,7 @@ class DMCEnv:
         return self._flat(self.env.reset().observation)
 
     def step(self, action):
-        a = self.low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self.high - self.low)
-        ts = self.env.step(a)
+        ts = self.env.step(rescale(action, self.low, self.high))
         last = ts.last()
         terminated = bool(last and ts.discount == 0.0)
         return self._flat(ts.observation), float(ts.reward or 0.0), terminated, bool(last and not terminated)
@@ -172,8 +172,17 @@ def make_env(env_id: str):
     return GymEnv(env_id)
 
 
-def episode_seed(seed: int, episode: int) -> int:
-    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+def rescale(action, low, high):
+    """An agent's action in [-1, 1] (clipped to it first) as an action in [low, high]."""
+    a = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
+    return low + (a + 1.0) * 0.5 * (high - low)
+
+
+def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
+    """The reset seed of episode `episode` of env `stream` of the run seed `seed` (stream 0 is a seed's
+    only env off-policy; PPO's `num_envs` envs of one seed are streams 0 ... num_envs - 1)."""
+    entropy = [seed, episode] if stream == 0 else [seed, episode, stream]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 class HostEnvs:
@@ -183,9 +192,12 @@ class HostEnvs:
     true last observation of a finished episode (stored in the replay), `next_obs` the reset one.
     """
 
-    def __init__(self, env_id: str, n: int, run_seed: int, episodes=None):
+    def __init__(self, env_id: str, n: int, run_seed: int, episodes=None, per_seed: int = 1):
         self.envs = [make_env(env_id) for _ in range(n)]
         self.run_seed = run_seed
+        # env i belongs to seed i // per_seed: its episodes are those of a run with seed run_seed + i // per_seed
+        # (a vmapped seed is the run with that seed, and seeds of one run share no env stream)
+        self.streams = [(run_seed + i // per_seed, i % per_seed) for i in range(n)]
         self.episodes = list(episodes) if episodes is not None else [0] * n
         self.observation_size = self.envs[0].observation_size
         self.observation_shape = self.envs[0].observation_shape
@@ -201,7 +213,12 @@ class HostEnvs:
                 e.env_steps = int(env_steps)
 
     def reset(self):
-        return np.stack([e.reset(episode_seed(self.run_seed + i, self.episodes[i])) for i, e in enumerate(self.envs)])
+        return np.stack([e.reset(self.episode_seed(i)) for i, e in enumerate(self.envs)])
+
+    def episode_seed(self, i: int) -> int:
+        """The reset seed of env i's current episode."""
+        seed, stream = self.streams[i]
+        return episode_seed(seed, self.episodes[i], stream)
 
     def step(self, actions, stop=None):
         outs = [e.step(a) for e, a in zip(self.envs, actions)]
@@ -214,5 +231,5 @@ class HostEnvs:
         nxt = final.copy()
         for i in np.flatnonzero(term | trunc):
             self.episodes[i] += 1
-            nxt[i] = self.envs[i].reset(episode_seed(self.run_seed + i, self.episodes[i]))
+            nxt[i] = self.envs[i].reset(self.episode_seed(i))
         return nxt, reward, term, trunc, final

@@ -57,7 +57,7 @@ def host_envs(cfg: ExperimentConfig, per_seed: int = 1) -> HostEnvs:
     """`per_seed` host envs for each seed (seed i owns envs i * per_seed ... i * per_seed + per_seed - 1),
     each made non-stationary by `cfg.env` with its seed's schedule."""
     run = cfg.run
-    envs = HostEnvs(run.env, run.seeds * per_seed, run.seed)
+    envs = HostEnvs(run.env, run.seeds * per_seed, run.seed, per_seed=per_seed)
     envs.envs = [wrap_host(e, cfg.env, schedule=run.seed + i // per_seed, envs_per_seed=per_seed)
                  for i, e in enumerate(envs.envs)]
     return envs

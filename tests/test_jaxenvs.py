@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastic.envs import HostEnvs, is_jax_native, make_env
+from plastic.envs import HostEnvs, episode_seed, is_jax_native, make_env
 from plastic.jaxenvs import PROBES, HostJaxEnv, JaxEnvState, make_jax_env
 
 KEY = jax.random.PRNGKey(0)
@@ -261,6 +261,36 @@ def test_host_envs_truncate_probe_at_step_five():
         np.testing.assert_array_equal(r, [1.0, 1.0])
         assert not term.any() and trunc.tolist() == [i % 5 == 0] * 2
     assert envs.episodes == [2, 2]
+
+
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "dmc:cheetah-run"])
+def test_host_adapters_clip_actions_before_rescaling(env_id):
+    """PPO's Gaussian samples leave [-1, 1]; the env must get the clipped action (CleanRL's ClipAction):
+    HalfCheetah's control cost is taken on the action it is handed, so an unclipped 2 costs 4x a clipped 1."""
+    env, got = make_env(env_id), []
+    inner = env.env.step
+    env.env.step = lambda a: got.append(np.array(a)) or inner(a)  # noqa: E731
+    outs = []
+    for a in (2.0, 1.0, -3.0, -1.0):
+        env.reset(seed=0)
+        outs.append(env.step(np.full(env.action_size, a, np.float32)))
+    high, low = env.high, env.low
+    np.testing.assert_array_equal(got[0], np.broadcast_to(high, got[0].shape))
+    np.testing.assert_array_equal(got[2], np.broadcast_to(low, got[2].shape))
+    for clipped, inside in ((outs[0], outs[1]), (outs[2], outs[3])):
+        np.testing.assert_array_equal(clipped[0], inside[0])
+        assert clipped[1:] == inside[1:]
+
+
+def test_host_envs_give_each_seed_its_own_env_streams():
+    """Seed i of a run with several envs per seed (host PPO) is the run with seed `seed + i`: its envs'
+    episode seeds are that run's, and no two envs of a run or of such overlapping runs share a stream."""
+    two = HostEnvs("probe:truncated", 2 * 4, 0, per_seed=4)
+    one = HostEnvs("probe:truncated", 4, 1, per_seed=4)
+    seeds_of = lambda envs: [envs.episode_seed(i) for i in range(len(envs.envs))]  # noqa: E731
+    assert seeds_of(two)[4:] == seeds_of(one) and len(set(seeds_of(two))) == 8
+    # one env per seed (the off-policy drivers) keeps env i = the run with seed i
+    assert seeds_of(HostEnvs("probe:truncated", 2, 0)) == [episode_seed(0, 0), episode_seed(1, 0)]
 
 
 def test_is_jax_native():
