@@ -25,7 +25,7 @@ import optax
 from flax import struct
 
 from metrics.units import grama_scores
-from plastic.networks import LayerSpec
+from plastic.networks import LayerSpec, copy_switches
 from plastic.seed_axis import any_seed, seed_axis_bound
 
 
@@ -278,8 +278,9 @@ class Update:
 
 
 def soft_update(net: Net, target, online, tau: float, hooks: Hooks = Hooks()):
-    """Polyak averaging followed by the `target_update` hooks of `hooks`."""
-    new = optax.incremental_update(online, target, tau)
+    """Polyak averaging followed by the `target_update` hooks of `hooks`. Switches (an injection's flag,
+    `plastic.networks.SWITCHES`) are not averaged: the target takes the online network's."""
+    new = copy_switches(optax.incremental_update(online, target, tau), online)
     for iv in hooks.interventions:
         new = iv.target_update(net, new, hooks.state[iv.name])
     return new

@@ -225,8 +225,10 @@ def output_head(mdl, x, out, ensemble, init, scale, inject):
     """The output Dense `output`; with `inject`, also `output_new`, `output_ref` and the scalar parameter
     `inject_flag`, and the output is `output(x) + (output_new(x) - output_ref(x))` once the flag is set
     (docs/interventions.md, Plasticity injection). The difference is taken first, so it is exactly 0 while the
-    two copies are equal (right at an injection). The flag counts as set above 0.5, so no gradient reaches it and an
-    intervention that nudges every parameter (shrink-and-perturb, weight decay) cannot half-set it."""
+    two copies are equal (right at an injection). The flag is a switch, not a weight (`SWITCHES`): no gradient
+    reaches it, interventions that write every weight (shrink-and-perturb, weight decay, L2-init, Hare &
+    Tortoise) leave it alone (`weight_mask`), and a target network copies it from its online network
+    (`core.soft_update`), so only an injection or a reset changes it."""
     y = Dense(out, ensemble, init, scale, name="output")(x)
     if not inject:
         return y
@@ -783,6 +785,25 @@ class ConvNet(nn.Module):
                   enumerate(zip(self.convs, self._spatial()))}
         shapes.update({f"hidden_{j}": (batch_size, w) for j, w in enumerate(self.hidden)})
         return {k: probe_shape(v, self.activation, self.probe_point) for k, v in shapes.items()}
+
+
+SWITCHES = ("inject_flag",)  # parameters that switch a network's structure; they are not weights
+
+
+def _is_switch(path) -> bool:
+    return bool(path) and getattr(path[-1], "key", None) in SWITCHES
+
+
+def weight_mask(params):
+    """Bool pytree like `params`: True on every weight, False on the switches (`SWITCHES`). What an
+    intervention that writes "all parameters" (shrink-and-perturb, weight decay, L2-init) may write."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: not _is_switch(path), params)
+
+
+def copy_switches(tree, source):
+    """`tree` with its switches (`SWITCHES`) taken from `source` (same structure): a target network follows its
+    online network's structure, and a write of every weight keeps the structure it found."""
+    return jax.tree_util.tree_map_with_path(lambda path, t, s: s if _is_switch(path) else t, tree, source)
 
 
 def get_path(tree, path):

@@ -271,6 +271,26 @@ def test_short_run_every_agent(tmp_path, agent):
         assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(ts.agent.nets[n].params))
 
 
+# Weight writers stacked with an injection, pushed hard enough that a flag written as a weight would fall below
+# 0.5 within the run (weight decay ×0.75 per update; S&P's λ 0.4 every 5 updates; H&T copies a Tortoise whose
+# flag average is near 0): the injection must hold, and a target must show the online flag. A reset after the
+# injection makes a fresh, un-injected network, and its target (hard-copied at env step 300) follows it.
+@pytest.mark.parametrize("stack, extra, flag", [
+    ("weight_decay", {"weight_decay.lam": 1000.0}, 1.0),
+    ("shrink_perturb", {"shrink_perturb.mode": "fresh_noise", "shrink_perturb.shrink": 0.4,
+                        "shrink_perturb.period": 5, "shrink_perturb.params": "all"}, 1.0),
+    ("hare_tortoise", {"hare_tortoise.period": 10}, 1.0),
+    ("reset", {"reset.schedule": "at_env_steps", "reset.at_env_steps": "250"}, 0.0),
+])
+def test_weight_writers_leave_the_injection_flag_alone(stack, extra, flag, tmp_path):
+    t = tiny_trainer("dqn", f"injection+{stack}", 300, {"injection.at": "150", **extra})
+    t.run(tmp_path / "r")
+    ts, net = t.final_state[0], t.agent.nets["q"]
+    spec = net.module.inject_spec()
+    np.testing.assert_array_equal(get_path(ts.agent.nets["q"].params, spec.flag), [flag, flag])
+    np.testing.assert_array_equal(get_path(ts.agent.targets["q"], spec.flag), [flag, flag])
+
+
 # resume across an injection: tests/test_stacks.py::test_a_stack_trains_and_resumes (DQN, in a stack)
 
 

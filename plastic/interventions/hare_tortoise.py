@@ -24,6 +24,7 @@ from plastic.core import maybe
 from plastic.fields import count, unit_lt1
 from plastic.interventions.base import nets_with_roles
 from plastic.interventions.l2 import ForRoles
+from plastic.networks import copy_switches, weight_mask
 from plastic.optim import restart_entries
 
 
@@ -56,10 +57,11 @@ class HareTortoise(ForRoles):
 
     def reset(self, net, ns, s):
         """θ_H ← θ_T; the optimizer state is kept, or restarted at every entry with `reset_optimizer`."""
-        params = jax.tree.map(lambda t, p: t.astype(p.dtype), s["tortoise"], ns.params)
+        # the Hare keeps its switches (an injection's flag): the Tortoise's average of a flag is no structure
+        params = copy_switches(jax.tree.map(lambda t, p: t.astype(p.dtype), s["tortoise"], ns.params), ns.params)
         opt_state = ns.opt_state
         if self.cfg.reset_optimizer:
-            opt_state = restart_entries(net.tx, opt_state, jax.tree.map(lambda _: True, params), params)
+            opt_state = restart_entries(net.tx, opt_state, weight_mask(params), params)
         return ns.replace(params=params, opt_state=opt_state), {**s, "events": s["events"] + 1}
 
     def post_update(self, net, ns, ctx, state, key):

@@ -15,17 +15,19 @@ Before injection the flag is 0 and the network is the plain one (`h_old` trains)
     per-element count, `plastic.optim`, the count of these entries restarts too).
 Frozen parts get exactly zero updates: `grad_transform` zeroes their gradients (so their moments stay 0) and
 the agent's optimizer ends with `plastic.networks.freeze_injected`, which zeroes their updates whatever the
-other interventions' gradient transforms added. Interventions that write weights directly (resets,
-shrink-and-perturb, decoupled weight decay) still write them; a unit reset zeroes the unit's rows in all
-three head copies (they are all consumers of the last hidden layer), which keeps `h_new - h_ref` exact.
+other interventions' gradient transforms added. Interventions that write weights directly (shrink-and-perturb,
+decoupled weight decay, Hare & Tortoise) still write them, but never the flag (a switch:
+`plastic.networks.weight_mask`), so they cannot undo an injection; a unit reset zeroes the unit's rows in all
+three head copies (they are all consumers of the last hidden layer), which keeps `h_new - h_ref` exact. A
+full or head reset makes a fresh network: flag 0 (not injected), and its target follows.
 
 A second injection first folds the trained difference into the old head (`h_old <- h_old + h_new - h_ref`,
 exact up to float rounding: the outputs move by rounding only), then injects as above.
 
 Targets (`targets`): `mirror` copies the fresh head parameters and the flag into the target network at the
-injection, and the `target_update` hook keeps the target's flag equal to the online one (Polyak averaging
-would otherwise blend it); `keep` leaves the target's flag at 0, so targets keep the plain head (their
-`h_old` follows the frozen online head by Polyak averaging).
+injection, and every target update keeps the target's flag equal to the online one (`core.soft_update`
+copies switches instead of averaging them); `keep` sets the target's flag to 0 at every target update, so
+targets keep the plain head (their `h_old` follows the frozen online head by Polyak averaging).
 
 Logs: `injection/count` (injections so far), `injection/last_env_step`, and `injection/events/NET` (the same
 count, for each injected network).
@@ -176,13 +178,12 @@ class Injection(Intervention):
         return grads if spec is None else spec.frozen(grads, params)
 
     def target_update(self, net, target_params, state):
-        """`mirror`: the target's flag equals the online flag (set once an injection happened); `keep`: 0."""
+        """`mirror`: nothing to do, the target's flag is the online one (`core.soft_update` copies switches,
+        so a reset that un-injects the online network un-injects its target too); `keep`: 0."""
         spec = self.spec(net)
-        if spec is None:
+        if spec is None or self.cfg.targets == "mirror":
             return target_params
-        flag = get_path(target_params, spec.flag)
-        on = state["count"] > 0 if self.cfg.targets == "mirror" else jnp.zeros((), bool)
-        return set_path(target_params, spec.flag, jnp.where(on, 1.0, 0.0).astype(flag.dtype))
+        return set_path(target_params, spec.flag, jnp.zeros_like(get_path(target_params, spec.flag)))
 
     def expected_events(self, agent, counters):
         """One injection per point `at` that the hook has reached by now (a point before the hook's first call

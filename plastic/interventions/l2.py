@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from plastic.fields import nonneg, one_of
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
+from plastic.networks import weight_mask
 
 L2_FORMS = ("squared", "unsquared_norm")
 SCALE_CONVENTIONS = ("lambda", "half_lambda")
@@ -82,7 +83,7 @@ class L2Init(ForRoles):
     def _mask(self, params):
         if self.cfg.params == "kernels":
             return kernel_mask(params)
-        return jax.tree.map(lambda _: True, params)
+        return weight_mask(params)
 
     @property
     def coef(self) -> float:
@@ -142,7 +143,7 @@ class WeightDecay(ForRoles):
 
     def _decay(self, params):
         """λ·θ on the masked leaves, 0 elsewhere."""
-        mask = kernel_mask(params) if self.cfg.mask == "kernels_only" else jax.tree.map(lambda _: True, params)
+        mask = kernel_mask(params) if self.cfg.mask == "kernels_only" else weight_mask(params)
         return jax.tree.map(lambda p, m: self.cfg.lam * p if m else jnp.zeros_like(p), params, mask)
 
     def grad_transform(self, net, grads, params, state):

@@ -24,7 +24,7 @@ from plastic.core import maybe
 from plastic.fields import count, nonneg, unit, one_of
 from plastic.interventions.base import Intervention, choice as _choice, nets_with_roles
 from plastic.interventions.l2 import ROLES, kernel_mask
-from plastic.networks import kernel_initializer
+from plastic.networks import kernel_initializer, weight_mask
 from plastic.optim import restart_entries
 
 MODES = ("toward_init", "fresh_noise")
@@ -100,7 +100,7 @@ class ShrinkPerturb(Intervention):
     def selection(self, params):
         if self.resolved[3] == "kernels":
             return kernel_mask(params)
-        return jax.tree.map(lambda _: True, params)
+        return weight_mask(params)  # every weight; an injection's flag is a switch, not a weight
 
     def noise(self, net, params, key):
         """ξ for fresh_noise: a fresh sample from the layer's initializer (`layer_init`: the network's own
