@@ -26,7 +26,7 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def _device_svdvals(phi):
+def device_svdvals(phi):
     """Singular values from the device SVD, any leading axes. `full_matrices=False` matters: with the
     default, XLA's CPU SVD allocates a d x d workspace even without U, V (an NTK Jacobian 64 x 140k asked
     for 80 GB)."""
@@ -86,7 +86,7 @@ def singular_values(phi):
     through `jax.pure_callback`, selected by `jax.lax.cond` so the callback only runs on failure, also under
     `vmap` (see `fallback_if_nonfinite`). Jittable and vmappable. A non-finite `Phi` yields NaN."""
     phi = jnp.asarray(phi, jnp.float32)
-    return fallback_if_nonfinite(_device_svdvals(phi), phi)
+    return fallback_if_nonfinite(device_svdvals(phi), phi)
 
 
 def _min_k_reaching(w, level):

@@ -306,6 +306,9 @@ def validate(cfg: ExperimentConfig, spelled: dict | None = None) -> None:
     if not a.hidden:  # the widths' range is declared on the field
         raise ConfigError(f"{cfg.agent}.hidden must be a non-empty list of positive widths, got nothing")
     _validate_metrics(m)
+    if m.ntk_every and m.ntk_branch != "critic1" and getattr(a, "critics", 2) < 2:
+        raise ConfigError(f"metrics.ntk_branch={m.ntk_branch} reads a second critic; {cfg.agent}.critics is "
+                          f"{a.critics} (use metrics.ntk_branch=critic1)")
     if m.batch == "fixed_probe" and getattr(agents.get(cfg.agent), "on_policy", False):
         raise ConfigError(f"metrics.batch=fixed_probe needs a replay buffer; {cfg.agent} measures on its current "
                           f"rollout (use metrics.batch=fresh_replay)")

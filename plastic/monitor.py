@@ -42,7 +42,7 @@ from metrics.activity import POSITIVE_TESTS, fau_logs, linearised_logs
 from metrics.churn import churn_logs
 from metrics.norms import feature_norm, norm_logs
 from metrics.ntk import jacobian, ntk_logs
-from metrics.rank import _device_svdvals, rank_logs
+from metrics.rank import device_svdvals, rank_logs
 from metrics.units import dormant_masks, dormant_scores, ratio_logs, set_overlap
 from plastic.core import Hook
 
@@ -360,10 +360,11 @@ class Monitor(Hook):
                     if rank_batch is not None:  # its own forward pass, only when the group is due
                         f = _features(net, net.apply(agent_state.nets[n].params,
                                                      self.agent.net_inputs(agent_state, rank_batch())[n])[1])
-                    sv = _device_svdvals(f.astype(jnp.float32))
+                    sv = device_svdvals(f.astype(jnp.float32))
                     ok = jnp.all(jnp.isfinite(sv))
                     held = state["svd_retry"][n]
-                    retry = {"phi": jnp.where(ok, held["phi"], f), "pending": held["pending"] | ~ok}
+                    # a measurement that succeeds supersedes an earlier failed one: only the latest is recomputed
+                    retry = {"phi": jnp.where(ok, held["phi"], f), "pending": ~ok}
                     return self._ranks(n, f, sv), retry
 
                 groups["rank"] = (ranks, state["svd_retry"][n])

@@ -151,6 +151,8 @@ def test_resume_without_config_is_an_error(tmp_path, capsys):
     (["--seed", "-1"], "run.seed must be >= 0, got -1"),
     (["--env.scale_high", "inf"], "env.scale_high must be a finite number > 0, got inf"),
     (["--env.period", "0"], "env.period must be a positive number of env steps, got 0"),
+    (["--sac.critics", "1", "--metrics.ntk_branch", "critic2"],
+     "metrics.ntk_branch=critic2 reads a second critic; sac.critics is 1 (use metrics.ntk_branch=critic1)"),
 ])
 def test_out_of_range_values_are_one_line_errors(argv, needle, tmp_path, capsys):
     assert_cli_error(argv, needle, tmp_path, capsys)

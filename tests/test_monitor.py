@@ -165,6 +165,29 @@ def test_values_match_independent_computation_and_jit_vmap_equals_eager():
         assert abs(ref["member0_effective_rank"] - float(eager[i]["effective_rank/critic"])) < 2.0
 
 
+def test_a_later_successful_rank_supersedes_a_failed_device_svd(monkeypatch):
+    """A failed device SVD (a GPU's NaN singular values) keeps its features for the log point's host
+    recompute; a later measurement in the same log interval that succeeds is the latest value, and the log
+    point must not overwrite it with the stale features' ranks (docs/metrics.md §5)."""
+    import plastic.monitor as monitor_mod
+    agent, mon = agent_and_monitor(rank_every=1, activity_every=0, grad_every=0, churn_every=0, ntk_every=0)
+    st0 = agent.init(KEY)
+    p = st0.nets["critic"].params  # st1: every unit of the critic's last hidden layer a copy of unit 0 (rank 1)
+    h1 = {k: jnp.repeat(v[..., :1], v.shape[-1], axis=-1) for k, v in p["hidden_1"].items()}
+    st1 = st0.replace(nets={**st0.nets, "critic": st0.nets["critic"].replace(params={**p, "hidden_1": h1})})
+    b = batch_for(agent)
+    fetch = lambda k, m: (lambda: b, m)  # noqa: E731
+    m = mon.schedule(mon.init(KEY, agent, st0), counters(agent), counters(agent, critic=1, actor=1))
+    real = monitor_mod.device_svdvals
+    monkeypatch.setattr(monitor_mod, "device_svdvals", lambda phi: jnp.full_like(real(phi), jnp.nan))
+    m = mon.collect(st0, m, counters(agent, critic=1, actor=1), counters(agent, critic=2, actor=2), fetch, KEY)
+    assert bool(mon.deferred(m))                     # held for the host recompute
+    monkeypatch.setattr(monitor_mod, "device_svdvals", real)
+    m = mon.collect(st1, m, counters(agent, critic=2, actor=2), counters(agent, critic=3, actor=3), fetch, KEY)
+    assert float(mon.logs(m)["matrix_rank/critic"]) == 1.0 and not bool(mon.deferred(m))
+    assert float(mon.logs(mon.at_log_point(m))["matrix_rank/critic"]) == 1.0
+
+
 def test_dqn_churn_counts_changed_greedy_actions():
     agent, mon = agent_and_monitor("dqn", churn_every=1, activity_every=0, rank_every=0, ntk_every=0,
                                    grad_every=0)
