@@ -49,13 +49,16 @@ class DQNConfig:
     n_step: int = positive(1)         # n-step returns (windows stop at episode ends and at the newest slot)
     reward_clip: float = nonneg(0.0, note="0 = off")  # > 0: rewards clipped to [-c, c] per step for learning
                                                      # (Atari: 1)
-    loss: str = one_of("mse", LOSSES)  # mse (0.5 err², CleanRL) | huber (δ = 1, Dopamine's Atari setting)
+    # mse: 0.5 err² (CleanRL's mean err² halved: the same Adam steps up to eps) | huber (δ = 1, Dopamine's Atari)
+    loss: str = one_of("mse", LOSSES)
     tau: float = unit_pos(1.0)        # target update rate at each target update (1.0: hard copy)
     target_update_period: int = positive(50)  # in gradient updates (CleanRL: 500 env steps / train_frequency 10)
     epsilon_start: float = unit(1.0)
     epsilon_end: float = unit(0.05)
     eval_epsilon: float = unit(0.001)  # ε of the evaluation policy (Dopamine's Atari 0.001; CleanRL 0.05)
     epsilon_decay_steps: int = nonneg(250_000)  # env steps of the linear decay (CleanRL: half of 500k)
+    # where the decay starts: start (env step 0, CleanRL) | learning_starts (after the warm-up: Dopamine, MinAtar)
+    epsilon_decay_from: str = one_of("start", ("start", "learning_starts"))
     train_frequency: int = positive(10)  # env steps between update rounds
     utd: int = positive(1)            # gradient updates per update round
     buffer_size: int = positive(10_000)
@@ -100,7 +103,8 @@ class DQN(DiscreteActions):
 
     def epsilon(self, step):
         c = self.cfg
-        frac = jnp.clip(step / max(c.epsilon_decay_steps, 1), 0.0, 1.0)
+        start = c.learning_starts if c.epsilon_decay_from == "learning_starts" else 0
+        frac = jnp.clip((step - start) / max(c.epsilon_decay_steps, 1), 0.0, 1.0)
         return c.epsilon_start + frac * (c.epsilon_end - c.epsilon_start)
 
     def act(self, state: AgentState, obs, key, explore: bool = True, step=0):

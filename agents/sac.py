@@ -6,7 +6,9 @@ nn.Linear default, which CleanRL's SAC inherits (`init: torch_default`; biases s
 One call of `update` is one critic step and a Polyak update of the critic target; every `policy_delay`
 critic steps it also runs `policy_delay` actor (and temperature) steps on the same batch, as CleanRL
 does, so actor and critic take the same number of steps on average (after the critic step; before it with
-`update_order: actor_first`, SimbaV2's order).
+`update_order: actor_first`, SimbaV2's order). The temperature's loss reuses the log-probabilities of the
+actor step's own sample, drawn before that step (as SB3 and the authors' SAC do); CleanRL draws a fresh sample
+from the updated actor for it, a difference of one actor step in α's trajectory.
 
 `network: simbav2` is SimbaV2 (Lee et al. 2025; docs/interventions.md, SimbaV2): hyperspherical actor and critic
 (plastic.networks.SimbaV2) and a categorical critic of `bins` atoms over [-v_max, v_max], trained by cross-entropy

@@ -99,6 +99,12 @@ def test_epsilon_schedule_is_linear_then_flat():
                                                            "dqn.epsilon_start": 1.0, "dqn.epsilon_end": 0.1})
     eps = [float(tr.agent.epsilon(s)) for s in (0, 50, 100, 1000)]
     assert eps == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    # Dopamine's and MinAtar's schedule: ε stays 1 through the warm-up, then decays over the next 100 steps
+    _, tr = make("dqn", "probe:d_constant", 10, overrides={
+        "dqn.epsilon_decay_steps": 100, "dqn.epsilon_start": 1.0, "dqn.epsilon_end": 0.1,
+        "dqn.learning_starts": 40, "dqn.epsilon_decay_from": "learning_starts"})
+    eps = [float(tr.agent.epsilon(s)) for s in (0, 40, 90, 140, 1000)]
+    assert eps == pytest.approx([1.0, 1.0, 0.55, 0.1, 0.1])
 
 
 def test_learns_cartpole(tmp_path):
