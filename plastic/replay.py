@@ -71,6 +71,17 @@ class Replay:
             new = new.replace(bucket_tmean=put(self.bucket_tmean, mean, b))
         return new
 
+    def cut_at_newest(self) -> "Replay":
+        """The newest transition marked as an episode end (`done`; `terminated` unchanged, so a one-step target
+        still bootstraps from its true next observation), on one buffer or buffers stacked over seeds: no n-step
+        window runs from it into the next transition, which starts a new episode (the host driver restarts
+        its episodes when it resumes a run)."""
+        lead = self.t_add.ndim - 1
+        i = (self.ptr.reshape(-1)[0] - 1) % self.capacity
+        done = self.data["done"]
+        ones = jnp.ones(done.shape[:lead] + (1,) + done.shape[lead + 1:], done.dtype)
+        return self.replace(data={**self.data, "done": jax.lax.dynamic_update_slice_in_dim(done, ones, i, lead)})
+
     def ages(self):
         """Age of every slot in add() calls; the newest transition has age 0 (dead slots: garbage)."""
         return (self.t - 1) - self.t_add

@@ -68,6 +68,19 @@ def test_gather_nstep_windows():
     np.testing.assert_allclose(out["terminated"], [1, 1, 1, 0, 0, 0])
     np.testing.assert_allclose(out["next_obs"][:, 0], [12, 12, 12, 14, 14, 15])
     np.testing.assert_allclose(out["obs"][:, 0], np.arange(6))
+    # a host resume restarts the episodes after slot 5: its cut ends slot 5's episode (not its bootstrap), so
+    # windows from slots 4 and 5 no longer run into the new episode's slots 6 and 7
+    for stacked in (False, True):
+        r = jax.tree.map(lambda x: x[None], rb) if stacked else rb
+        r = r.cut_at_newest()
+        r = jax.tree.map(lambda x: x[0], r) if stacked else r
+        for t in (6, 7):
+            r = r.add({"obs": jnp.full(1, t), "action": jnp.int32(0), "reward": jnp.float32(t + 1),
+                       "next_obs": jnp.full(1, 10 + t), "terminated": jnp.float32(0), "done": jnp.float32(0)})
+        out = r.gather_nstep(jnp.arange(3, 6), 3, g)
+        np.testing.assert_allclose(out["reward"], [4 + g * 5, 5, 6])
+        np.testing.assert_allclose(out["terminated"], [0, 0, 0])
+        np.testing.assert_allclose(out["next_obs"][:, 0], [14, 14, 15])
 
 
 @pytest.mark.parametrize("double", [True, False])

@@ -67,6 +67,8 @@ class HostOffPolicy(loop.Driver):
 
     def start(self, carry, step: int):
         ts, counters = carry
+        if step > 0:  # a resumed run: its episodes restart here, so n-step windows stop at the last transition
+            ts = ts.replace(replay=ts.replay.cut_at_newest())
         self._obs = self.envs.reset()
         self._action, self._stop = np.asarray(self.first_actions(ts, counters, self._obs)), None
         self._ep_ret, self._ep_len, self._step = np.zeros(self.n_seeds), np.zeros(self.n_seeds, np.int64), step
