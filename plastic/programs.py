@@ -269,7 +269,13 @@ def init_seeds(program, make):
     def one(key):
         k_agent, k_iv, k_loop, k_act = jax.random.split(key, 4)
         agent_state = program.agent.init(k_agent)
-        istate, mstate = parted(program.monitor, init_hooks(program.hooks, program.agent, agent_state, k_iv))
+        ivs, agent = program.interventions, program.agent
+        istate = init_hooks(ivs, agent, agent_state, k_iv)
+        for iv in ivs:
+            agent_state = iv.initial_state(agent, agent_state, istate[iv.name])
+        # the metrics collector last (its key as when it was the last of the hooks), on the starting state
+        mstate = {} if program.monitor is None else program.monitor.init(
+            jax.random.fold_in(k_iv, len(ivs)), agent, agent_state=agent_state)
         return make(agent_state, istate, mstate, k_loop, k_act)
 
     keys = jax.vmap(jax.random.PRNGKey)(program.cfg.run.seed + jnp.arange(program.setup.n_seeds))

@@ -361,12 +361,32 @@ def check_run(t, agent):
 # sync); PPO (on-policy trainer, no replay) and SAC repeat the same hooks: `python -m pytest -m slow tests/test_ne.py`
 @pytest.mark.parametrize("agent", ["td3"] + [pytest.param(a, marks=pytest.mark.slow) for a in ("sac", "ppo", "dqn")])
 def test_runs_under_the_jitted_driver(tmp_path, agent):
-    extra = {**FAST, **({"ne.period": 8} if agent == "ppo" else {})}
+    extra = {k: v for k, v in FAST.items() if k != "ne.t_end"}  # t_end from the run (its default)
+    extra.update({"ne.period": 8} if agent == "ppo" else {})
     t = tiny_trainer(agent, "ne", 300, extra)
     t.run(tmp_path / "r")
     st = check_run(t, agent)
+    counters = t.final_state[1]
+    critic = "q" if agent == "dqn" else "critic"
+    assert t.interventions[0].cfg.t_end == int(np.asarray(counters[critic]))  # T_end = the critic's updates
     if agent != "ppo":
         assert np.all(np.asarray(st["review"]["prob_sum"]) > 0)
+
+
+def test_the_run_starts_from_the_masked_networks():
+    """NE's networks are sparse from the start: the agent state a run begins with is masked, and so is the
+    metrics collector's θ₀, which `param_dist_init_rms` measures against (a dense θ₀ put about half of
+    param_rms into that distance before any update)."""
+    t = tiny_trainer("td3", "ne", 300, {**FAST, "metrics.grad_every": 100})
+    ts = t.init_carry()[0]
+    iv, mon = t.interventions[0], t.setup.monitor
+    theta0 = jax.vmap(lambda m: mon.view(m, "theta0")["theta0"])(ts.monitor)  # per seed
+    for name in ("critic", "actor"):
+        net, st = t.agent.nets[name], ts.interventions["ne"]["nets"][name]
+        for tree in (ts.agent.nets[name].params, theta0[name]):
+            masked = jax.vmap(lambda p, s: iv.apply_masks(net, p, s))(tree, st)
+            for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(masked)):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_resume_is_bit_identical(tmp_path):
@@ -389,10 +409,34 @@ def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
     assert_cli_error(["--intervention", "ne", *argv], needle, tmp_path, capsys)
 
 
+def test_t_end_defaults_to_the_critic_updates_of_the_run():
+    """T_end is the critic's update count over the run (the code's max_timesteps − start_timesteps), resolved
+    once from run.steps when the config is built and kept by config.yaml; an explicit value is kept."""
+    from plastic.config import build, from_dict
+    assert NEConfig().t_end == -1
+    cfg = build("td3", "ne", steps=300_000)
+    assert cfg.interventions["ne"].t_end == 300_000 - 25_000
+    d = cfg.to_dict()
+    d["run"]["steps"] = 600_000  # a resume that extends the budget keeps the resolved horizon
+    assert from_dict(d).interventions["ne"].t_end == 275_000
+    assert build("td3", "ne", steps=300_000, overrides={"td3.utd": "2"}).interventions["ne"].t_end == 550_000
+    assert build("sac", "ne", steps=100_000).interventions["ne"].t_end == 95_000   # learning_starts 5,000
+    # DQN: an update round after every 10th env step from learning_starts 10,000 on
+    assert build("dqn", "ne", steps=100_000).interventions["ne"].t_end == 9_000
+    # PPO: 4 epochs x 4 minibatches per rollout of 4 x 128 env steps, a last partial rollout included
+    assert build("ppo", "ne", steps=51_200).interventions["ne"].t_end == 100 * 16
+    assert build("ppo", "ne", steps=51_201).interventions["ne"].t_end == 101 * 16
+    assert build("td3", "ne", steps=300_000, overrides={"ne.t_end": "5000"}).interventions["ne"].t_end == 5000
+    assert build("td3", "ne", steps=1000).interventions["ne"].t_end == 1  # no update at all: at least 1
+
+
 def test_presets():
     from plastic.config import build, load_preset
     paper = build(preset=load_preset("ne_paper")).interventions["ne"]
-    assert paper == NEConfig(t_end=975_000)  # the project default = ne_paper
+    assert paper == NEConfig(t_end=975_000)  # the project default = ne_paper; T_end = steps − learning_starts
+    # the presets' horizon follows --steps
+    assert build(preset=load_preset("ne_paper"), steps=300_000).interventions["ne"].t_end == 275_000
+    assert build(preset=load_preset("ne_code")).interventions["ne"].t_end == 6_000_000 - 25_000
     code = build(preset=load_preset("ne_code")).interventions["ne"]
     assert (code.actor_mode, code.period, code.growth_schedule, code.prune_score, code.prune_truncation,
             code.dense_layers, code.experience_review, code.auto_batch) == (

@@ -19,6 +19,7 @@ intervention, in the order given on the command line (`--intervention grama+swd`
 | rollout_columns   | `rollout_columns` | core.Hooks, once per PPO rollout |
 | post_iteration    | `post_iteration`  | core.Hooks, after PPO's epochs   |
 | agent build       | `agent_options`   | setup.make_setup, merged once    |
+| run start         | `initial_state`   | programs.init_seeds, once a seed |
 
 A periodic event's cond costs something on every update: XLA:CPU copies every array a `lax.cond` returns,
 on every call, taken or not (seen in the HLO), so a cond over a whole `NetState` copies all parameters and
@@ -145,6 +146,12 @@ class Intervention(Hook):
 
     def scheduled_event(self, agent, agent_state, state, counters, key):
         return agent_state, state
+
+    def initial_state(self, agent, agent_state, state):
+        """The agent state a run starts from, given this intervention's initial `state` (NE: the network
+        with its initial masks applied); once per seed, after every intervention's `init` and before the
+        metrics collector's, so that its θ₀ is the network training starts from. Default: unchanged."""
+        return agent_state
 
     def logs(self, state) -> dict:
         """Scalars to log from the intervention's state (e.g. last reset fractions)."""

@@ -18,6 +18,8 @@ Hooks (all on the network's own update counter, which is unbatched):
                dormant units (activation 0 on the update's batch) or lowest-|w| active weights;
   DST phase    once the network reaches its final density: drop int(n_active · dst_zeta/2 · (1 + cos(pi t /
                t_end))) lowest-|w| active weights and regrow as many (t counted from the switch);
+  t_end        events stop once t reaches it; by default the critic's updates in the run (`run_updates`,
+               resolved by `validate` from run.steps: the code's max_timesteps − start_timesteps on TD3);
   both         grow the largest dense |grad| among entries inactive after pruning (a pruned entry that is
                regrown keeps its weight, as in the authors' code); newly active weights start at 0
                (`grown_init=zero`: function-preserving) or from the layer's initializer; Adam mu/nu zeroed
@@ -77,6 +79,7 @@ REVIEWS = ("off", "fau_gated_oldest")
 GROW, DST, FROZEN = 0, 1, 2
 GATE_CAP, GATE_FALLBACK = 0.6, 0.4   # gate >= 0.6 is replaced by 0.4 [authors' code TD3.train]
 AUTO_BATCH_FRACTION = 0.9            # halve the batch when FAU < 0.9 · awaken [authors' code]
+T_END_UNRESOLVED = 1_000_000         # t_end of an NE never validated against a run (built directly, in unit tests)
 
 
 @dataclass
@@ -88,8 +91,9 @@ class NEConfig:
     initial_sparsity: float = unit_lt1(0.8)  # [authors' code] initial_stl_sparsity
     final_sparsity: float = unit(0.25)     # [authors' code train.py] actor/critic_sparsity
     period: int = count(10_000, "updates")  # Delta, updates of the network; code (TD3/MuJoCo argparse) 100
-    t_end: int = count(1_000_000, "updates")  # T_end in updates of the network (code: max_timesteps −
-                                              # start_timesteps)
+    # T_end in updates of the network; -1: the critic's updates in the run (code: max_timesteps − start_timesteps),
+    # resolved once by validate and saved in config.yaml (a resume that extends --steps keeps it)
+    t_end: int = count(-1, "updates", special=(-1,), note="-1: the critic's updates in the run")
     growth_schedule: str = one_of("cosine", SCHEDULES)  # cosine (paper via third party) | constant (code, rate 0.008)
     growth_rate: float = unit_pos(0.008)   # constant schedule: fraction of n_init_space per event [authors' code]
     zeta: float = unit(0.5)                # cosine schedule amplitude [authors' code argparse default]
@@ -181,6 +185,21 @@ def er_counts(shapes, density: float, dense=(), mult=None):
     return d, counts
 
 
+def run_updates(steps: int, agent_cfg) -> int:
+    """Gradient updates of the critic in a run of `steps` env steps, the default T_end (docs/interventions.md,
+    Neuroplastic Expansion): an off-policy agent runs `utd` updates after every `train_frequency`-th env step
+    from `learning_starts` on, utd · (steps // train_frequency − learning_starts // train_frequency) (TD3's
+    defaults: steps − learning_starts, the code's max_timesteps − start_timesteps); PPO runs epochs × minibatches
+    per rollout of num_envs × num_steps env steps, the last one partial included. At least 1."""
+    a = agent_cfg
+    if hasattr(a, "num_steps"):
+        n = -(-steps // (a.num_envs * a.num_steps)) * a.epochs * a.minibatches
+    else:
+        every = getattr(a, "train_frequency", 1)
+        n = getattr(a, "utd", 1) * (steps // every - getattr(a, "learning_starts", 0) // every)
+    return max(n, 1)
+
+
 def floor_mul(k, frac: Fraction):
     """floor(k · frac) exactly for int32 `k` >= 0 and a non-negative fraction (no int32 overflow)."""
     q, r = k // frac.denominator, k % frac.denominator
@@ -208,7 +227,7 @@ class NE(Intervention):
     samples_replay = True   # experience review; with review and auto_batch off it samples uniformly
     # PPO has no replay buffer: experience review and batch halving do not apply
     agent_defaults = {"ppo": {"experience_review": "off", "auto_batch": False}}
-    census = {"period": 5}
+    census = {"period": 5, "t_end": 1_000_000}  # t_end past the census's short runs: every due event is live
 
     @classmethod
     def census_selections(cls, roles):
@@ -220,7 +239,7 @@ class NE(Intervention):
     def expected_events(self, agent, counters):
         """A topology event at every positive multiple of `period` of each growing network's counter, while the
         phase is live (the DST phase after growth included; up to `t_end` updates after the phase started,
-        which the census's short runs never reach)."""
+        which the census sets beyond its short runs)."""
         return {n: counters[n] // self.cfg.period for n, p in self.plans.items() if p is not None and p.mode == "grow"}
 
     def __init__(self, cfg, agent_name, roles=None):
@@ -237,6 +256,8 @@ class NE(Intervention):
                              f"(NE grows: it never ends sparser than it starts), got {c.final_sparsity}")
         if c.grad_accumulation_n >= max(c.period, 2):
             raise ValueError(f"ne.grad_accumulation_n must be in [1, ne.period), got {c.grad_accumulation_n}")
+        if run_cfg is not None and c.t_end == -1:
+            c.t_end = run_updates(run_cfg.steps, agent_cfg)  # resolved once: saved with the config
         if self.agent_name == "ppo" and c.experience_review != "off":
             raise ValueError("ne.experience_review needs a replay buffer; ppo has none (use ne.experience_review=off)")
         if self.agent_name == "ppo" and c.auto_batch:
@@ -244,6 +265,12 @@ class NE(Intervention):
         if c.auto_batch and agent_cfg is not None and getattr(agent_cfg, "batch_size", 2) % 2:
             raise ValueError(f"ne.auto_batch needs an even {self.agent_name}.batch_size (the half batch is "
                              f"repeated twice), got {agent_cfg.batch_size}")
+
+    def horizon(self) -> int:
+        """T_end in updates of the network: `t_end` as validate resolved it (the critic's updates in the run,
+        also for TD3's actor, whose counter reaches only t_end / policy_delay, as in the authors' code), or
+        T_END_UNRESOLVED for an NE whose config never met a run config."""
+        return self.cfg.t_end if self.cfg.t_end > 0 else T_END_UNRESOLVED
 
     def claims(self):
         # the connection masks: a weight outside them must stay exactly 0, which a unit reset would break
@@ -350,6 +377,11 @@ class NE(Intervention):
             return target_params
         return self.apply_masks(net, target_params, state["nets"][net.name])
 
+    def initial_state(self, agent, agent_state, state):
+        """The run starts from the masked networks (as the authors' sparse layers are built), so the metrics
+        collector's θ₀ (`param_dist_init_rms`) is the network NE trains, not a dense one it never had."""
+        return self.scheduled_event(agent, agent_state, state, None, None)[0]
+
     def scheduled_event(self, agent, agent_state, state, counters, key):
         nets, targets = dict(agent_state.nets), dict(agent_state.targets)
         for name, st in state["nets"].items():
@@ -371,9 +403,9 @@ class NE(Intervention):
         switch = (st["phase"] == GROW) & reached
         phase = jnp.where(switch, DST if c.dst_after_growth else FROZEN, st["phase"]).astype(jnp.int32)
         start = jnp.where(switch, count, st["phase_start"]).astype(jnp.int32)
-        t = (count - start).astype(jnp.float32)
-        live = (phase != FROZEN) & (count - start < c.t_end)
-        cosine = lambda z: z / 2 * (1 + jnp.cos(jnp.pi * t / c.t_end))  # noqa: E731
+        t, t_end = (count - start).astype(jnp.float32), self.horizon()
+        live = (phase != FROZEN) & (count - start < t_end)
+        cosine = lambda z: z / 2 * (1 + jnp.cos(jnp.pi * t / t_end))  # noqa: E731
         rate = c.growth_rate if c.growth_schedule == "constant" else cosine(c.zeta)
         omega = Fraction(c.prune_cap).limit_denominator(1000)
         out, space = {}, {}
