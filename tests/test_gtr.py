@@ -361,6 +361,24 @@ def test_reshaped_surrogate_value():
                                -jnp.mean(aux["adv"] * jnp.exp(lr) * g), rtol=1e-5)
 
 
+@pytest.mark.parametrize("M", [1, 4])
+def test_advantage_ema_smooths_whatever_the_queue_length(M):
+    """sigma_schedule=advantage_ema: the EMA starts at the first rollout's fraction of |Â| > τ_A and then decays
+    by `ema_decay` per iteration, also once the queue is full (with M = 1 from the second rollout on)."""
+    agent = make_agent(True, norm_adv=False)  # the fractions below are those of the raw advantages
+    state = agent.init(jax.random.PRNGKey(0))
+    iv = make_iv(GTR, num_anchors=M, sigma_schedule="advantage_ema", ema_decay=0.9, kappa=1.0, tau_adv=1.0)
+    data = rollout_data(agent, state, n=100)
+    step = jax.jit(lambda s, d: iv.rollout_columns(agent, state, s, d)[1])
+    s, ema = iv.init(jax.random.PRNGKey(1), agent, state), None
+    for frac in (1.0, 0.19, 0.5, 0.0):
+        s = step(s, {**data, "adv": jnp.where(jnp.arange(100) < round(100 * frac), 2.0, 0.0)})
+        ema = frac if ema is None else 0.9 * ema + 0.1 * frac
+        np.testing.assert_allclose(float(s["adv_ema"]), ema, rtol=1e-5)
+        np.testing.assert_allclose(float(s["sigma"]), 0.2 * (1 + ema), rtol=1e-5)
+    np.testing.assert_allclose(float(s["adv_ema"]), 0.78939, rtol=1e-5)  # 1.0, 0.919, 0.8771, 0.78939
+
+
 # ---- KL penalty --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("estimator", ["k3", "k1"])
 def test_sample_kl_gradient_equals_analytic_kl_gradient(estimator):

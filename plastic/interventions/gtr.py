@@ -147,6 +147,7 @@ class GTR(Intervention):
         pi = agent_state.nets[POLICY_NET].params
         return {"anchors": jax.tree.map(lambda p: jnp.broadcast_to(p, (M, *p.shape)), pi),  # newest first
                 "filled": jnp.zeros((), jnp.int32),      # snapshots pushed so far (capped at M)
+                "iterations": jnp.zeros((), jnp.int32),  # rollouts seen (not capped: starts the advantage EMA)
                 "weights": anchor_weights("uniform", 0, M),
                 "sigma": jnp.asarray(self.cfg.sigma, jnp.float32),
                 "adv_ema": jnp.zeros(()),
@@ -157,7 +158,8 @@ class GTR(Intervention):
         """The anchor queue after one PPO iteration: `params` in front, the oldest dropped."""
         anchors = jax.tree.map(lambda q, p: jnp.concatenate([p[None].astype(q.dtype), q[:-1]]),
                                state["anchors"], params)
-        return {**state, "anchors": anchors, "filled": jnp.minimum(state["filled"] + 1, self.cfg.num_anchors)}
+        return {**state, "anchors": anchors, "filled": jnp.minimum(state["filled"] + 1, self.cfg.num_anchors),
+                "iterations": state["iterations"] + 1}
 
     # -- once per rollout ---------------------------------------------------------------------------------
     def rollout_columns(self, agent, agent_state, state, data):
@@ -200,12 +202,13 @@ class GTR(Intervention):
 
     def _sigma(self, state, adv):
         """σ for this iteration: fixed, or σ·(1 + κ·EMA of the fraction of |Â| > τ_A) (the EMA starts at
-        the first rollout's fraction)."""
+        the first rollout's fraction; `iterations`, not `filled`, which stops at M, tells the first)."""
         c = self.cfg
         if c.sigma_schedule == "fixed":
             return {"sigma": jnp.asarray(c.sigma, jnp.float32)}
         frac = jnp.mean(jnp.abs(adv) > c.tau_adv)
-        ema = jnp.where(state["filled"] <= 1, frac, c.ema_decay * state["adv_ema"] + (1.0 - c.ema_decay) * frac)
+        ema = jnp.where(state["iterations"] <= 1, frac,
+                        c.ema_decay * state["adv_ema"] + (1.0 - c.ema_decay) * frac)
         return {"sigma": c.sigma * (1.0 + c.kappa * ema), "adv_ema": ema}
 
     # -- inside the gradient ---------------------------------------------------------------------------
