@@ -1,8 +1,8 @@
 """Unit-level parameter and optimizer surgery shared by every reset method (docs/mechanics.md §1, §3, §4.5).
 
 `reset_units` re-initialises flagged hidden units through the layer map: incoming columns redrawn from
-the layer's own initializer, bias 0, outgoing rows 0, LayerNorm affine and other per-unit parameters (SimbaV2's
-scaler) reset, and Adam `mu`/`nu`
+the layer's own initializer, bias 0, outgoing rows 0 (unless `outgoing=keep`), LayerNorm affine and other
+per-unit parameters (SimbaV2's scaler) reset, and Adam `mu`/`nu`
 zeroed at every touched entry with the scalar `count` kept (a TRAC optimizer's θ_ref moves to the fresh values
 there: plastic.optim.restart_entries). Unflagged entries are bit-identical.
 """
@@ -28,9 +28,10 @@ def cap_mask(flagged, score, k):
     return flagged & (rank < k)
 
 
-def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine"):
+def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine", outgoing="zero"):
     """Bool tree shaped like `params`: True at every entry a reset of `masks` touches (incoming column,
-    bias, LayerNorm affine, outgoing rows in every consumer), as in docs/mechanics.md §3.1."""
+    bias, per-unit parameters, LayerNorm affine unless `layernorm=keep`, outgoing rows in every consumer
+    unless `outgoing=keep`), as in docs/mechanics.md §3.1."""
     touched = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), params)
 
     def mark(path, m):
@@ -48,8 +49,9 @@ def touched_entries(net, params, masks: dict, layernorm="reset_unit_affine"):
         if layer.layer_norm is not None and layernorm == "reset_unit_affine":
             for path in layer.layer_norm:
                 mark(path, m)
-        for consumer, rows in layer.consumer_rows():
-            mark(consumer, rows(m))
+        if outgoing == "zero":
+            for consumer, rows in layer.consumer_rows():
+                mark(consumer, rows(m))
     return touched
 
 
@@ -99,6 +101,6 @@ def reset_units(net, ns: NetState, masks: dict, key, *, reinit="layer_init", out
 
     opt_state = ns.opt_state
     if optimizer == "zero_moments_keep_count":
-        touched = touched_entries(net, ns.params, masks, layernorm)
+        touched = touched_entries(net, ns.params, masks, layernorm, outgoing)
         opt_state = restart_entries(net.tx, opt_state, touched, params)
     return NetState(params, opt_state)

@@ -542,6 +542,9 @@ def test_resume_is_bit_identical_with_the_released_adamgnt_optimizer(tmp_path):
     (["--cbp.fractional", "floor"], "cbp.fractional='floor' is not valid; choose one of: bernoulli, accumulate"),
     (["--cbp.next_bias_correction", "yes"], "cbp.next_bias_correction='yes' is not valid; choose one of: off, on"),
     (["--cbp.networks", "temperature"], "cbp.networks=temperature is not valid; choose among: actor, critic"),
+    *[(["--agent", "td3", "--td3.activation", act, "--cbp.init_bound", "kaiming_uniform"],
+       f"cbp.init_bound=kaiming_uniform needs a Kaiming gain for td3.activation={act}, which has none; use "
+       f"td3.activation among: relu, swish, tanh, sigmoid") for act in ("crelu", "dff")],
 ])
 def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
     assert_cli_error(["--intervention", "cbp", *argv], needle, tmp_path, capsys)

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import assert_cli_error, tiny_trainer
 from plastic import fields
-from plastic.core import Hooks, Net, NetState, gradient_step
+from plastic.core import Hooks, Net, NetState, UpdateContext, gradient_step
 from plastic.interventions.redo import ReDo, ReDoConfig
 from plastic.networks import MLP, ConvNet
 from plastic.surgery import touched_entries
@@ -120,7 +120,7 @@ def test_consumer_preactivation_change_with_positive_tau():
     np.testing.assert_allclose((z_new - z_old)[:, ~m1], expected[:, ~m1], atol=1e-5)
 
 
-def test_effectiveness_noop_cap_schedule_and_scaling():
+def test_effectiveness_noop_cap_and_scaling():
     net = mlp()
     x, fresh = jax.random.uniform(KEY, (128, 3)), jax.random.uniform(jax.random.PRNGKey(1), (128, 3))
     ns = trained(net, x, dead=(0, 1, 2, 3))  # 25% of hidden_0 dead
@@ -137,19 +137,57 @@ def test_effectiveness_noop_cap_schedule_and_scaling():
     # cap: at most floor(p * H) units per layer
     _, masks, _ = redo(tau=10.0, max_reset_fraction=0.25).recycle(net, ns, x, 1, KEY)
     assert all(int(m.sum()) == 4 for m in masks.values())
-    # scheduled fraction: floor(0.3 cos(pi/2 t/T) H) lowest-score units
-    iv = redo(mode="scheduled_fraction", reset_end_step=100)
-    s = iv.scores(net, ns.params, x)
-    for count, k in ((0, 4), (50, 3), (100, 0)):
-        m = iv.masks(net, s, count)["hidden_1"]
-        assert int(m.sum()) == k
-        if k:
-            assert float(s["hidden_1"][m].max()) <= float(s["hidden_1"][~m].min())
     # weight scaling: recycled incoming norms = scale x mean norm of the kept units
     new, masks, _ = redo(tau=0.0, weight_scaling=True, weight_scale=0.5).recycle(net, ns, x, 1, KEY)
     m, k = np.asarray(masks["hidden_0"]), np.asarray(new.params["hidden_0"]["kernel"])
     norms = np.linalg.norm(k, axis=0)
     np.testing.assert_allclose(norms[m], 0.5 * norms[~m].mean(), rtol=1e-5)
+
+
+def test_scheduled_fraction_follows_dopamine_leastk():
+    """`mode=scheduled_fraction` recycles the k lowest-score units, k = max(1, round(frac * H)) with
+    frac = rate * cos(pi/2 * count / reset_end_step) (Dopamine's `leastk_mask`), none once frac is 0 or the
+    count reaches `reset_end_step`. H = 16: 0.3 * 16 = 4.8 -> 5 (floor: 4); 0.01 * 16 = 0.16 -> 1 (floor: 0)."""
+    net, x = mlp(), jax.random.uniform(KEY, (128, 3))
+    ns = trained(net, x)
+    iv = redo(mode="scheduled_fraction", reset_end_step=100)
+    s = iv.scores(net, ns.params, x)
+    for rate, count, k in ((0.3, 0, 5), (0.3, 50, 3), (0.3, 99, 1), (0.3, 100, 0), (0.3, 150, 0),
+                           (0.01, 0, 1), (0.0, 0, 0)):
+        m = redo(mode="scheduled_fraction", reset_end_step=100, recycle_rate=rate).masks(net, s, count)["hidden_1"]
+        assert int(m.sum()) == k, (rate, count)
+        if k:
+            assert float(s["hidden_1"][m].max()) <= float(s["hidden_1"][~m].min())
+
+
+@pytest.mark.parametrize("extra", [{}, {"max_reset_fraction": 0.125}, {"mode": "scheduled_fraction"},
+                                   {"mode": "scheduled_fraction", "score_type": "random"},
+                                   {"max_reset_fraction": 0.125, "ratio_aggregation": "mean_of_layers"}])
+def test_dormant_ratio_is_the_tau_dormant_fraction_not_the_reset_fraction(extra):
+    """`redo/dormant_ratio/NET` is the fraction of the scored units with s <= tau (docs/metrics.md §1), whatever
+    the cap or the schedule resets; `redo/reset_fraction/NET` is the fraction reset. 6 of hidden_0's 16 units
+    are dead: a cap of 2 units per layer, or the schedule's 5, resets another number of units than is dormant."""
+    net, x = mlp(), jax.random.uniform(KEY, (64, 3))
+    ns = trained(net, x, dead=range(6))
+    agent = type("A", (), {"nets": {"critic": net}, "role": lambda self, n: "critic"})()
+    ctx = UpdateContext(count=jnp.asarray(1, jnp.int32), grads=None, probe_grads=None, scores=None,
+                        loss=jnp.zeros(()), inputs=x)
+    iv = redo(tau=0.0, **extra)
+    _, state = jax.jit(partial(iv.post_update, net))(ns, ctx, iv.init(KEY, agent), KEY)
+    logs = iv.logs(state)
+    dormant = {k: np.asarray(v) <= 0.0 for k, v in redo(tau=0.0).scores(net, ns.params, x).items()}
+    reset = {k: float(logs[f"redo/reset_fraction/critic/{k}"]) for k in dormant}
+    if extra.get("ratio_aggregation") == "mean_of_layers":
+        expected = (np.mean([m.mean() for m in dormant.values()]), np.mean(list(reset.values())))
+    else:
+        expected = (np.mean(np.concatenate(list(dormant.values()))), np.mean(list(reset.values())))
+    assert dormant["hidden_0"][:6].all()
+    np.testing.assert_allclose(float(logs["redo/dormant_ratio/critic"]), expected[0], rtol=1e-6)
+    np.testing.assert_allclose(float(logs["redo/reset_fraction/critic"]), expected[1], rtol=1e-6)
+    if extra:       # the default configuration resets exactly the dormant units: the two are equal there
+        assert expected[0] != expected[1]
+    else:
+        assert expected[0] == expected[1]
 
 
 def test_conv_outgoing_rows_follow_flagged_channels():
@@ -258,6 +296,7 @@ def test_runs_under_the_jitted_driver(tmp_path, agent):
     (["--redo.score_type", "random"], "redo.score_type=random needs redo.mode=scheduled_fraction"),
     (["--redo.stats_batch", "separate_replay_256"], "redo.stats_batch='separate_replay_256' is not valid"),
     (["--redo.networks", "value"], "redo.networks=value is not valid; choose among: actor, critic"),
+    (["--redo.stats_batch_size", "0"], "redo.stats_batch_size must be a positive number of transitions, got 0"),
 ])
 def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
     assert_cli_error(["--intervention", "redo", *argv], needle, tmp_path, capsys)

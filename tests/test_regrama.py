@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import assert_cli_error
 from metrics.units import grama_scores
 from plastic import fields
 from plastic.core import Hooks, Net, NetState, UpdateContext, gradient_step
@@ -242,6 +243,25 @@ def test_adam_moments_zeroed_at_touched_entries_only():
     assert_tree_identical(new.opt_state[1:], ns.opt_state[1:])
 
 
+@pytest.mark.parametrize("outgoing", ["zero", "keep"])
+def test_moments_zeroed_only_where_the_reset_wrote(outgoing):
+    """Adam moments are zeroed at the entries the reset wrote (docs/mechanics.md §3.1): with `outgoing=keep`
+    the consumer rows keep their weights and so their mu / nu; with `zero` both go to 0."""
+    net, ns = net_a()
+    ns = train_steps(net, ns, X_WIDE, T_WIDE, 3)
+    before = adam_state(ns.opt_state)
+    ctx = score_ctx(net, ns.params, X_A, T_A, count=4)
+    new, _ = run_post_update(regrama(outgoing=outgoing), net, ns, ctx)
+    after = adam_state(new.opt_state)
+    written = {k: v for k, v in A_TOUCHED.items() if outgoing == "zero" or k[0] != "output"}
+    touched = leaf_mask(ns.params, written)
+    assert_only_touched_changed(ns.params, new.params, touched, zero_touched=False)
+    assert_only_touched_changed(before.mu, after.mu, touched)
+    assert_only_touched_changed(before.nu, after.nu, touched)
+    row = (np.asarray(after.mu["output"]["kernel"][1]), np.asarray(after.nu["output"]["kernel"][1]))
+    assert all(np.all(r == 0) if outgoing == "zero" else np.all(r != 0) for r in row)
+
+
 # ---------------------------------------------------------------------------------------------
 # Scores: scale invariance, permutation, normalisation (items 2, 3)
 
@@ -429,6 +449,16 @@ def test_init_only_selected_networks_and_validation():
     for bad in (dict(tau=-1.0), dict(period=0), dict(max_reset_fraction=1.5), dict(score_target="x")):
         with pytest.raises(ValueError):
             regrama(**bad)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--agent", "dqn", "--grama.networks", "q"], "grama.networks=q is not valid; choose among: actor, critic"),
+    (["--agent", "ppo", "--grama.networks", "value"], "grama.networks=value is not valid; choose among: actor, critic"),
+    (["--grama.networks", "actor,critc"], "grama.networks=actor,critc is not valid; choose among: actor, critic"),
+])
+def test_bad_config_is_one_line_error(argv, needle, tmp_path, capsys):
+    """A network name that is not a role would select no network: ReGraMa would silently do nothing."""
+    assert_cli_error(["--intervention", "grama", *argv], needle, tmp_path, capsys)
 
 
 def test_the_grama_metric_measures_where_regrama_acts():

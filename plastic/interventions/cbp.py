@@ -68,7 +68,8 @@ ROLES = ("actor", "critic")
 # cbp.optimizer -> the Adam count the agent must build its optimizers with (plastic.optim.adam(count=...))
 ADAM_COUNT = {"zero_moments_per_element_count": "per_element", "adamgnt_released": "adamgnt_released"}
 _COUNT_STATE = {"per_element": ElementwiseAdamState, "adamgnt_released": AdamGnTState}
-# torch.nn.init.calculate_gain per hidden activation; gnt.py maps swish (and elu) to relu's gain
+# torch.nn.init.calculate_gain per hidden activation; gnt.py maps swish (and elu) to relu's gain. The paired
+# activations (crelu, dff) have none: neither torch nor gnt.py defines one, so `validate` refuses them
 GAINS = {"relu": math.sqrt(2.0), "swish": math.sqrt(2.0), "tanh": 5.0 / 3.0, "sigmoid": 1.0}
 
 
@@ -155,6 +156,11 @@ class CBP(Intervention):
         bad = [n for n in c.networks if n not in ROLES]
         if bad or not c.networks:
             raise ValueError(f"cbp.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(ROLES)}")
+        act = getattr(agent_cfg, "activation", "relu")
+        if c.init_bound == "kaiming_uniform" and act not in GAINS:
+            raise ValueError(f"cbp.init_bound=kaiming_uniform needs a Kaiming gain for {self.agent_name}.activation="
+                             f"{act}, which has none; use {self.agent_name}.activation among: {', '.join(GAINS)}, "
+                             f"or cbp.init_bound=lecun_uniform|layer_init")
         if c.next_bias_correction == "on" and getattr(agent_cfg, "network", "mlp") == "simbav2":
             raise ValueError(f"cbp.next_bias_correction=on adds to the next layer's bias; {self.agent_name}.network="
                              f"simbav2 has bias-free layers (use cbp.next_bias_correction=off)")

@@ -11,9 +11,11 @@ on `stats_batch_size` transitions drawn uniformly from the replay at the event, 
 (`Intervention.with_batches`), so no step pays for it; PPO draws them from the current rollout (all of it
 if smaller). `train_batch` scores on the network's input on the update's own minibatch.
 
-Logs, per network: `redo/events/NET`, `redo/dormant_ratio/NET` (flagged fraction at the last event, before
-the reset; pooled or mean of layers), `redo/reset_fraction/NET/LAYER`, `redo/output_jump/NET` (mean |change|
-of the first output on the statistics batch caused by the last event).
+Logs, per network: `redo/events/NET`, `redo/dormant_ratio/NET` (the τ-dormant fraction, s <= tau, of the
+scored units at the last event, before the reset; pooled or mean of layers), `redo/reset_fraction/NET` (the
+fraction reset at that event, after `max_reset_fraction` or the schedule; the same aggregation) and
+`redo/reset_fraction/NET/LAYER`, `redo/output_jump/NET` (mean |change| of the first output on the statistics
+batch caused by the last event).
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ class ReDoConfig:
     # separate_replay (a fresh uniform replay draw; PPO: rows of the
     # current rollout) | train_batch (the update's own minibatch)
     stats_batch: str = one_of("separate_replay", STATS_BATCHES)
-    stats_batch_size: int = 256       # separate_replay: transitions scored (Dopamine batch_size_statistics)
+    # separate_replay: transitions scored (Dopamine batch_size_statistics)
+    stats_batch_size: int = count(256, "transitions")
     # layer_init | xavier_uniform (Dopamine JAX) | kaiming_uniform | lecun_normal
     reinit: str = one_of("layer_init", REINIT)
     weight_scaling: bool = False      # rescale new incoming columns to weight_scale x mean norm of kept units
@@ -68,7 +71,8 @@ class ReDoConfig:
     # 0 = no cap; else at most floor(p * H) units per layer, lowest score first
     max_reset_fraction: float = unit(0.0, note="0 = no cap")
     eps: float = positive(1e-9)
-    ratio_aggregation: str = one_of("pooled", AGGREGATIONS)  # pooled | mean_of_layers (logged redo/dormant_ratio)
+    # pooled | mean_of_layers (logged redo/dormant_ratio and redo/reset_fraction/NET)
+    ratio_aggregation: str = one_of("pooled", AGGREGATIONS)
 
 
 class ReDo(Intervention):
@@ -105,7 +109,7 @@ class ReDo(Intervention):
     def init(self, key, agent, agent_state=None):
         def one(net):
             return {"events": jnp.zeros((), jnp.int32), "dormant_ratio": jnp.zeros(()),
-                    "output_jump": jnp.zeros(()),
+                    "output_jump": jnp.zeros(()), "reset_ratio": jnp.zeros(()),
                     "reset_fraction": {l.name: jnp.zeros(()) for l in net.layers}}
         return {n.name: one(n) for n in self._nets(agent)}
 
@@ -116,6 +120,11 @@ class ReDo(Intervention):
         if c.score_type == "random":
             return {l.name: jax.random.uniform(jax.random.fold_in(key, l.layer_id), l.mask_shape)
                     for l in net.layers}
+        return self.activity(net, params, inputs)
+
+    def activity(self, net, params, inputs):
+        """layer -> normalised mean |post-activation| `[E?, H]` (`score_norm`) on `inputs`: the dormancy score."""
+        c = self.cfg
         _, acts = net.apply(params, inputs)
         out = {}
         for l in net.layers:
@@ -126,19 +135,26 @@ class ReDo(Intervention):
                 out[l.name] = a / (jnp.sum(a, axis=-1, keepdims=True) + c.eps)
         return out
 
+    def dormant(self, s):
+        """τ-dormant units of a layer's activity scores: `s <= tau` (also `s ~ 0` under `isclose_zero`)."""
+        m = s <= self.cfg.tau
+        if self.cfg.zero_threshold_test == "isclose_zero":
+            m = m | jnp.isclose(s, 0.0)
+        return m
+
     def masks(self, net, scores, count):
-        """Units to recycle per layer: `s <= tau` (threshold) or the bottom fraction(count) (scheduled)."""
+        """Units to recycle per layer: the τ-dormant ones (threshold) or the bottom k(count) (scheduled), with
+        k = max(1, round(fraction(count) * H)) as Dopamine's `leastk_mask`, and 0 once fraction(count) is 0
+        (`recycle_rate=0`) or count >= `reset_end_step` (where Dopamine stops recycling)."""
         c, out = self.cfg, {}
         for l in net.layers:
             s = scores[l.name]
             if c.mode == "threshold":
-                m = s <= c.tau
-                if c.zero_threshold_test == "isclose_zero":
-                    m = m | jnp.isclose(s, 0.0)
+                m = self.dormant(s)
             else:
-                progress = jnp.minimum(count / c.reset_end_step, 1.0)
-                frac = c.recycle_rate * jnp.cos(jnp.pi / 2 * progress)
-                k = jnp.floor(frac * l.width + 1e-6).astype(jnp.int32)
+                frac = c.recycle_rate * jnp.cos(jnp.pi / 2 * jnp.minimum(count / c.reset_end_step, 1.0))
+                live = (count < c.reset_end_step) & (frac > 0)
+                k = jnp.where(live, jnp.maximum(1, jnp.round(frac * l.width)), 0).astype(jnp.int32)
                 m = cap_mask(jnp.ones(s.shape, bool), s, k)
             if c.max_reset_fraction > 0:
                 m = cap_mask(m, s, math.floor(c.max_reset_fraction * l.width + 1e-9))
@@ -167,27 +183,34 @@ class ReDo(Intervention):
             inputs = ctx.inputs
             if c.stats_batch == "separate_replay":
                 inputs = self.batches(net.name, jax.random.fold_in(key, STATS_SALT), c.stats_batch_size)
-            new, masks, _ = self.recycle(net, ns, inputs, ctx.count, key)
+            new, masks, scores = self.recycle(net, ns, inputs, ctx.count, key)
+            if c.score_type != "activation":  # random scores: dormancy still reads the activations
+                scores = self.activity(net, ns.params, inputs)
+            dormant = {k: self.dormant(v) for k, v in scores.items()}
             frac = lambda m: jnp.mean(m.astype(jnp.float32))  # noqa: E731
-            fracs = {k: frac(m) for k, m in masks.items()}
-            if c.ratio_aggregation == "pooled":
-                ratio = sum(jnp.sum(m) for m in masks.values()) / sum(m.size for m in masks.values())
-            else:
-                ratio = sum(fracs.values()) / len(fracs)
             out = lambda p: jax.tree.leaves(net.apply(p, inputs)[0])[0]  # noqa: E731
-            s = {**s, "events": s["events"] + 1, "reset_fraction": fracs,
-                 "dormant_ratio": jnp.asarray(ratio, jnp.float32),
+            s = {**s, "events": s["events"] + 1, "reset_fraction": {k: frac(m) for k, m in masks.items()},
+                 "reset_ratio": self.ratio(masks), "dormant_ratio": self.ratio(dormant),
                  "output_jump": jnp.mean(jnp.abs(out(new.params) - out(ns.params)))}
             return new, s
 
         ns, s = maybe(ctx.count % c.period == 0, event, (ns, state[net.name]))
         return ns, {**state, net.name: s}
 
+    def ratio(self, masks):
+        """The flagged fraction of a network's units (`ratio_aggregation`: pooled or the mean of the layers')."""
+        if self.cfg.ratio_aggregation == "pooled":
+            r = sum(jnp.sum(m) for m in masks.values()) / sum(m.size for m in masks.values())
+        else:
+            r = sum(jnp.mean(m.astype(jnp.float32)) for m in masks.values()) / len(masks)
+        return jnp.asarray(r, jnp.float32)
+
     def logs(self, state):
         out = {}
         for net, s in state.items():
             out[f"redo/events/{net}"] = s["events"]
             out[f"redo/dormant_ratio/{net}"] = s["dormant_ratio"]
+            out[f"redo/reset_fraction/{net}"] = s["reset_ratio"]
             out[f"redo/output_jump/{net}"] = s["output_jump"]
             for layer, f in s["reset_fraction"].items():
                 out[f"redo/reset_fraction/{net}/{layer}"] = f

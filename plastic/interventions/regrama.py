@@ -7,7 +7,10 @@ layer is scored independently and flagged units are reset by `plastic.surgery.re
 Diagnostics in the intervention state (logged with the run's metrics):
 - `reset_fraction/NET/LAYER`: fraction of the layer's units reset at the last event;
 - `grama/output_jump/NET`: mean |output change| on the update's batch caused by the last event (0 on a
-  plain ReLU MLP with τ=0; non-zero with LayerNorm over the reset units, docs/mechanics.md §1.3);
+  plain ReLU MLP with τ=0; non-zero with LayerNorm over the reset units, docs/mechanics.md §1.3), over the
+  network's first output array: TD3's pre-tanh action, SAC's actor output (its mean and log-std halves
+  together), every critic member's Q-value (SAC simbav2: its bin logits), DQN's Q-values, PPO's policy
+  logits or Gaussian mean (the free log-std is a parameter, not an output) and PPO's value;
 - `grama/zero_grad_layer/NET/LAYER`: 1 if the layer's gradient was all zero at the last event, so the
   guard skipped it (for twin critics: the fraction of members);
 - `reset_unit_step_ratio/NET`: mean |update| on the entries touched by the last non-empty reset,
@@ -31,6 +34,8 @@ from plastic.networks import PROBE_POINTS
 from plastic.surgery import (LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units,
                              touched_entries)
 
+ROLES = ("actor", "critic")
+
 
 @dataclass
 class ReGraMaConfig:
@@ -39,7 +44,7 @@ class ReGraMaConfig:
     period: int = count(1000, "updates")  # in updates of the network being reset (PPO default: 100)
     max_reset_fraction: float = unit(0.0, note="0 = no cap")  # 0 = no cap; paper uses 0.05 for SAC on Humanoid
     score_target: str = one_of("pre_activation", PROBE_POINTS)  # pre_activation | post_activation | weight_grad
-    networks: tuple[str, ...] = ("actor", "critic")
+    networks: tuple[str, ...] = ("actor", "critic")  # roles (DQN's q network has role critic)
     outgoing: str = one_of("zero", OUTGOING)  # zero | keep
     reinit: str = one_of("layer_init", REINIT)  # layer_init | xavier_uniform | kaiming_uniform | lecun_normal
     layernorm: str = one_of("reset_unit_affine", LAYERNORM)  # reset_unit_affine | keep
@@ -72,6 +77,12 @@ class ReGraMa(Intervention):
     def expected_events(self, agent, counters):
         """An event at every positive multiple of `period` of each selected network's own update counter."""
         return {n.name: counters[n.name] // self.cfg.period for n in self._nets(agent)}
+
+    def validate(self, run_cfg, agent_cfg):
+        c = self.cfg
+        bad = [n for n in c.networks if n not in ROLES]
+        if bad or not c.networks:
+            raise ValueError(f"grama.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(ROLES)}")
 
     def _nets(self, agent):
         return nets_with_roles(agent, self.cfg.networks, with_units=True)
@@ -134,7 +145,7 @@ class ReGraMa(Intervention):
             s = {**s, "events": s["events"] + 1,
                  "reset_fraction": {k: frac(m) for k, m in masks.items()},
                  "zero_grad_layer": {k: frac(z) for k, z in self.zero_grad_layers(net, scores).items()}}
-            if ctx.inputs is not None:  # of the first output (a Gaussian policy's mean, not its log-std)
+            if ctx.inputs is not None:  # of the network's first output array (see the module docstring)
                 out = lambda p: jax.tree.leaves(net.apply(p, ctx.inputs)[0])[0]  # noqa: E731
                 s["output_jump"] = jnp.mean(jnp.abs(out(new.params) - out(ns.params)))
             # a non-empty reset opens a new step-ratio window; an empty one leaves the last window alone
@@ -157,7 +168,7 @@ class ReGraMa(Intervention):
         sampled = live & (s["since"] % c.step_ratio_every == 0)  # this seed samples this update
 
         def add(s):
-            touched = touched_entries(net, ctx.updates, s["fresh"], c.layernorm)
+            touched = touched_entries(net, ctx.updates, s["fresh"], c.layernorm, c.outgoing)
             num, den = jnp.zeros(()), jnp.zeros(())
             for u, t in zip(jax.tree.leaves(ctx.updates), jax.tree.leaves(touched)):
                 num = num + jnp.sum(jnp.where(t, jnp.abs(u), 0.0))
