@@ -284,10 +284,12 @@ class SWD(Intervention):
     def slot_probabilities(self, replay):
         """What the bucketed sampler draws, per slot [N] (for tests and diagnostics)."""
         p, first, counts = self.bucket_units(replay)
-        share = p / jnp.maximum(counts, 1.0)
+        M = p.shape[0] - 1
         slots = jnp.arange(replay.capacity)
-        inside = (slots[None] >= first[:, None]) & (slots[None] < first[:, None] + counts[:, None])
-        return jnp.sum(jnp.where(inside, share[:, None], 0.0), axis=0)
+        unit = slots // replay.bucket_size                 # its bucket, or unit M for the newest slots
+        unit = jnp.where((slots >= first[M]) & (slots < first[M] + counts[M]), M, unit)
+        inside = (slots >= first[unit]) & (slots < first[unit] + counts[unit])  # a live slot of its unit
+        return jnp.where(inside, (p / jnp.maximum(counts, 1.0))[unit], 0.0)
 
     def sample(self, replay, state, key, batch_size):
         if self.cfg.sampler == "exact":
