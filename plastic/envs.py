@@ -194,7 +194,6 @@ class HostEnvs:
 
     def __init__(self, env_id: str, n: int, run_seed: int, episodes=None, per_seed: int = 1):
         self.envs = [make_env(env_id) for _ in range(n)]
-        self.run_seed = run_seed
         # env i belongs to seed i // per_seed: its episodes are those of a run with seed run_seed + i // per_seed
         # (a vmapped seed is the run with that seed, and seeds of one run share no env stream)
         self.streams = [(run_seed + i // per_seed, i % per_seed) for i in range(n)]

@@ -45,6 +45,16 @@ def choice(name, value, valid):
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
+UNIT_ROLES = ("actor", "critic")  # the roles of networks with hidden units (SAC's temperature has none)
+
+
+def check_roles(name, networks, valid=UNIT_ROLES):
+    """`NAME.networks` must name at least one role, each among `valid`: else a one-line error naming them."""
+    if not networks or any(n not in valid for n in networks):
+        raise ValueError(f"{name}.networks={','.join(networks) or 'nothing'} is not valid; choose among: "
+                         f"{', '.join(valid)}")
+
+
 def nets_with_roles(agent, roles, with_units: bool = False):
     """The agent's networks whose role (actor, critic, temperature) is in `roles`, in the agent's order;
     `with_units`: only those with hidden units in their layer map (what unit-level resets can touch)."""

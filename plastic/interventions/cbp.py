@@ -53,7 +53,7 @@ import optax
 from metrics.units import unit_magnitude
 from plastic.core import seed_cond
 from plastic.fields import nonneg, unit, unit_lt1, one_of
-from plastic.interventions.base import Intervention, nets_with_roles
+from plastic.interventions.base import Intervention, check_roles, nets_with_roles
 from plastic.networks import get_path, set_path
 from plastic.optim import AdamGnTState, ElementwiseAdamState
 from plastic.surgery import LAYERNORM, cap_mask, reset_units
@@ -64,7 +64,6 @@ INIT_BOUNDS = ("lecun_uniform", "kaiming_uniform", "layer_init")
 BIAS_CORRECTION = ("off", "on")
 OPTIMIZERS = ("zero_moments_keep_count", "zero_moments_per_element_count", "adamgnt_released")
 ACTIVATIONS = ("before_step", "after_step")
-ROLES = ("actor", "critic")
 # cbp.optimizer -> the Adam count the agent must build its optimizers with (plastic.optim.adam(count=...))
 ADAM_COUNT = {"zero_moments_per_element_count": "per_element", "adamgnt_released": "adamgnt_released"}
 _COUNT_STATE = {"per_element": ElementwiseAdamState, "adamgnt_released": AdamGnTState}
@@ -153,9 +152,7 @@ class CBP(Intervention):
     # ---- setup -----------------------------------------------------------------------------------
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        bad = [n for n in c.networks if n not in ROLES]
-        if bad or not c.networks:
-            raise ValueError(f"cbp.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(ROLES)}")
+        check_roles("cbp", c.networks)
         act = getattr(agent_cfg, "activation", "relu")
         if c.init_bound == "kaiming_uniform" and act not in GAINS:
             raise ValueError(f"cbp.init_bound=kaiming_uniform needs a Kaiming gain for {self.agent_name}.activation="

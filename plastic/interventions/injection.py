@@ -41,14 +41,13 @@ import jax.numpy as jnp
 
 from plastic.core import NetState, maybe
 from plastic.fields import num, one_of
-from plastic.interventions.base import Intervention, choice
+from plastic.interventions.base import UNIT_ROLES, Intervention, check_roles, choice
 from plastic.networks import get_path, set_path
 from plastic.optim import restart_entries
 
 SPLITS = ("last_layer",)
 UNSUPPORTED_SPLITS = ("last_k_layers", "after_encoder")
 TARGETS = ("mirror", "keep")
-ROLES = ("actor", "critic")
 
 
 @dataclass
@@ -73,12 +72,10 @@ class Injection(Intervention):
             raise ValueError(f"injection.split={c.split} is not implemented (its head copies would hold hidden "
                              f"units of their own); choose one of: {', '.join(SPLITS)}")
         choice("injection.split", c.split, SPLITS)
-        if not c.networks or any(n not in ROLES for n in c.networks):
-            raise ValueError(f"injection.networks={','.join(c.networks) or 'nothing'} is not valid; choose among: "
-                             f"{', '.join(ROLES)}")
+        check_roles("injection", c.networks)
         if not self.net_names():
             raise ValueError(f"injection.networks={','.join(c.networks)} selects no network of "
-                             f"{self.agent_name}; choose among: {', '.join(ROLES)}")
+                             f"{self.agent_name}; choose among: {', '.join(UNIT_ROLES)}")
         steps = getattr(run_cfg, "steps", None)
         if not c.at and steps is not None:
             c.at = (max(1, steps // 2),)  # resolved once; config.yaml keeps it, so a resumed run keeps it

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from plastic.core import maybe
 from plastic.fields import count
-from plastic.interventions.base import Intervention, nets_with_roles
+from plastic.interventions.base import Intervention, check_roles, nets_with_roles
 from plastic.networks import get_path, set_path
 
 
@@ -92,9 +92,7 @@ class NaP(Intervention):
 
     def validate(self, run_cfg, agent_cfg):
         c = self.cfg
-        bad = [r for r in c.networks if r not in ("actor", "critic")]
-        if bad or not c.networks:
-            raise ValueError(f"nap.networks={','.join(c.networks)} is not valid; choose among: actor, critic")
+        check_roles("nap", c.networks)
         normalised = getattr(agent_cfg, "norm", "none") == "layer" or getattr(agent_cfg, "network", "mlp") != "mlp"
         if c.require_norm and not normalised:
             raise ValueError(f"nap normalises before each nonlinearity: add --{self.agent_name}.norm layer (or a "

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from metrics.units import normalize_scores, unit_magnitude
 from plastic.core import maybe
 from plastic.fields import count, nonneg, num, positive, unit, one_of
-from plastic.interventions.base import Intervention, nets_with_roles
+from plastic.interventions.base import Intervention, check_roles, nets_with_roles
 from plastic.networks import get_path, set_path
 from plastic.surgery import LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units
 
@@ -91,10 +91,7 @@ class ReDo(Intervention):
         c = self.cfg
         if c.include_output_layer:
             raise ValueError("redo.include_output_layer=true is not supported; output layers are never recycled")
-        roles = ("actor", "critic")
-        bad = [n for n in c.networks if n not in roles]
-        if bad or not c.networks:
-            raise ValueError(f"redo.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(roles)}")
+        check_roles("redo", c.networks)
         if c.score_type == "random" and c.mode != "scheduled_fraction":
             raise ValueError("redo.score_type=random needs redo.mode=scheduled_fraction (a threshold on random "
                              "scores is meaningless)")

@@ -29,13 +29,10 @@ import jax.numpy as jnp
 from metrics.units import normalize_scores
 from plastic.core import maybe
 from plastic.fields import count, nonneg, num, positive, unit, one_of
-from plastic.interventions.base import Intervention, nets_with_roles
+from plastic.interventions.base import Intervention, check_roles, nets_with_roles
 from plastic.networks import PROBE_POINTS
 from plastic.surgery import (LAYERNORM, OPTIMIZER, OUTGOING, REINIT, cap_mask, reset_units,
                              touched_entries)
-
-ROLES = ("actor", "critic")
-
 
 @dataclass
 class ReGraMaConfig:
@@ -79,10 +76,7 @@ class ReGraMa(Intervention):
         return {n.name: counters[n.name] // self.cfg.period for n in self._nets(agent)}
 
     def validate(self, run_cfg, agent_cfg):
-        c = self.cfg
-        bad = [n for n in c.networks if n not in ROLES]
-        if bad or not c.networks:
-            raise ValueError(f"grama.networks={','.join(c.networks)!s} is not valid; choose among: {', '.join(ROLES)}")
+        check_roles("grama", self.cfg.networks)
 
     def _nets(self, agent):
         return nets_with_roles(agent, self.cfg.networks, with_units=True)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from plastic.core import NetState, maybe
 from plastic.fields import nonneg, num, one_of
-from plastic.interventions.base import Intervention
+from plastic.interventions.base import Intervention, check_roles
 from plastic.optim import restart_entries
 
 SCHEDULES = ("every_env_steps", "every_updates", "at_env_steps")
@@ -82,10 +82,7 @@ class Reset(Intervention):
         if c.update_net and nets and c.update_net not in nets:
             raise ValueError(f"reset.update_net={c.update_net!r} is not a network of this agent; "
                              f"choose one of: {', '.join(nets)}")
-        roles = ("actor", "critic")
-        if not c.networks or any(n not in roles for n in c.networks):
-            raise ValueError(f"reset.networks={','.join(c.networks)!s} is not valid; choose among: "
-                             f"{', '.join(roles)}")
+        check_roles("reset", c.networks)
 
     # ---- what is reset ---------------------------------------------------------------------------
     def _counter(self, agent):
