@@ -9,11 +9,13 @@ the same minibatch (the policy on the clipped surrogate minus the entropy bonus,
 states this equals CleanRL's single optimizer on the summed loss except that the global-norm clip
 (`max_grad_norm`) is taken per network.
 
-Rollout dict (from the trainer, leading axes [T, E]): obs, action, reward, next_obs (the true next
-observation, also at episode ends), terminated, truncated. Values and log-probs are recomputed here, so
-`act` has the same signature as every agent. They come from the parameters that acted, unless a scheduled
-event changed the networks at the start of this update (plastic/programs.py `OnPolicy.update`): after a
-reset, the ratio, the value clipping and GAE's values are taken around the reset networks.
+Rollout dict (from the trainer, leading axes [T, E]): obs, action, logp, reward, next_obs (the true next
+observation, also at episode ends), terminated, truncated. `logp` is log pi(action) of the acting policy,
+stored while acting (`act_logp`), as rejax and CleanRL do; without the column the update computes it from its
+own parameters (`rollout_logp`). Values are computed here. Both come from the parameters that acted, unless a
+scheduled event changed the agent at the start of this update: then the program recomputes `logp` with the
+changed networks (plastic/programs.py `OnPolicy.update`), so after a reset the ratio, the value clipping and
+GAE's values are taken around the reset networks.
 
 Truncation bootstraps: the TD error at every step uses V(next_obs), which is the final observation of a
 truncated episode, and the GAE recursion is cut at every episode end (`gae` below).
@@ -155,8 +157,22 @@ class PPO:
         return self.actor.apply(params, obs, probes)
 
     def act(self, state: AgentState, obs, key, explore: bool = True, step=0):
+        return self.act_logp(state, obs, key, explore)[0]
+
+    def act_logp(self, state: AgentState, obs, key, explore: bool = True):
+        """The action for one observation and its log-probability under the acting policy (the rollout's
+        `logp` column: the denominator of the update's ratio)."""
         out, _ = self.dist(state.nets["actor"].params, self.normalize(state, obs)[None])
-        return self._sample(out, key, explore)
+        action = self._sample(out, key, explore)
+        return action, self.log_prob(out, action[None])[0][0]
+
+    def rollout_logp(self, state: AgentState, rollout):
+        """log pi(action) of a rollout's ([T, E, ...]) actions under `state`'s policy, in one pass over the
+        flattened rollout (under the seed vmap the [T, E] form cost about 5 % of a 64-seed iteration on a CPU:
+        docs/benchmarks.md, "PPO against rejax")."""
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, E, ...] -> [T * E, ...]
+        out = self.dist(state.nets["actor"].params, flat(self.normalize(state, rollout["obs"])))[0]
+        return self.log_prob(out, flat(rollout["action"]))[0].reshape(rollout["action"].shape[:2])
 
     def eval_act(self, state: AgentState, obs, key):
         """The evaluation policy: the mode (`eval_sample`: a sample)."""
@@ -190,11 +206,9 @@ class PPO:
         reward = rollout["reward"]
         if c.norm_reward:
             reward, extra["returns"], extra["ret_rms"] = self._scale_rewards(state, rollout)
-        pi_params, v_params = state.nets["actor"].params, state.nets["critic"].params
+        v_params = state.nets["critic"].params
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731  [T, E, ...] -> [T * E, ...]
-        # the log-probs on the flattened rollout: the same numbers as on [T, E] rows, and about 5 % more PPO
-        # iterations/s at 64 seeds on a CPU (docs/benchmarks.md, "PPO against rejax")
-        logp_old = self.log_prob(self.dist(pi_params, flat(obs))[0], flat(rollout["action"]))[0]
+        logp_old = flat(rollout["logp"] if "logp" in rollout else self.rollout_logp(state, rollout))
         value = self.critic.apply(v_params, obs)[0][..., 0]
         next_value = self.critic.apply(v_params, next_obs)[0][..., 0]
         adv, ret = gae(reward, value, next_value, rollout["terminated"], rollout["truncated"], c.gamma,

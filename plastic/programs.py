@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from plastic.agent import AgentState, init_counters
-from plastic.core import Hooks, Update, maybe
+from plastic.core import Hooks, Update, maybe, seed_cond
 from plastic.replay import Replay
 
 METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT), outside the training stream
@@ -207,15 +207,22 @@ class OnPolicy:
         return init_seeds(self, OnPolicyState)
 
     def act(self, agent_state, obs, key, t):
-        """Actions of one seed's `num_envs` envs at env step `t` (`obs`: [E, ...])."""
+        """Actions of one seed's `num_envs` envs at env step `t` (`obs`: [E, ...]) and their log-probabilities
+        under the acting policy (the rollout's `logp` column)."""
         keys = jax.random.split(key, self.n_envs)
-        return jax.vmap(lambda o, k: self.agent.act(agent_state, o, k, True, t))(obs, keys)
+        return jax.vmap(lambda o, k: self.agent.act_logp(agent_state, o, k, True))(obs, keys)
 
     def update(self, ts: OnPolicyState, counters, rollout):
-        """Scheduled events, then one update on a rollout ([T, E, ...]) of one seed."""
+        """Scheduled events, then one update on a rollout ([T, E, ...]) of one seed. Where an event changed the
+        agent (any parameter or normalisation statistic), the rollout's `logp` is recomputed with the changed
+        agent, so the update's ratio is taken around the networks it trains; the cond is a real branch under
+        the seed vmap (`core.seed_cond`), taken only on updates where some seed's agent changed."""
         key, k_event, k_update = jax.random.split(ts.key, 3)
         hstate = share_schedule(joined(self.monitor, ts), counters)
         agent_state, hstate = scheduled_events(self.agent, self.interventions, ts.agent, hstate, counters, k_event)
+        rollout = {**rollout, "logp": seed_cond(changed(ts.agent, agent_state),
+                                                lambda _: self.agent.rollout_logp(agent_state, rollout),
+                                                rollout["logp"])}
         before, counters_before = agent_state, counters
         flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rollout)  # [T * E, ...]
 
@@ -237,6 +244,14 @@ class OnPolicy:
         hstate, counters = unshare_schedule(self.hooks, hstate, counters)
         istate, mstate = parted(self.monitor, hstate)
         return ts.replace(agent=agent_state, interventions=istate, monitor=mstate, key=key), counters
+
+
+def changed(before, after) -> jax.Array:
+    """Whether any network parameter or `extra` leaf (normalisation statistics) of an agent state differs
+    (one seed; NaN counts as a change)."""
+    pick = lambda s: ({n: s.nets[n].params for n in s.nets}, s.extra)  # noqa: E731
+    leaves = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.any(a != b), pick(before), pick(after)))
+    return jnp.any(jnp.stack(leaves)) if leaves else jnp.zeros((), bool)
 
 
 def share_schedule(istate, counters) -> dict:

@@ -241,3 +241,39 @@ def test_orthogonal_init_is_orthogonal_and_free_of_lapack_calls():
         np.testing.assert_allclose(gram, 2.0 * np.eye(len(gram)), atol=1e-5)
     jaxpr = str(jax.make_jaxpr(jax.vmap(lambda k: init(k, (64, 64))))(jax.random.split(jax.random.PRNGKey(0), 4)))
     assert not re.search(r"\b(qr|geqrf|householder_product|custom_call)\b", jaxpr)
+
+
+def test_rollout_logp_is_the_acting_policys_and_recomputed_after_an_event():
+    """The rollout's `logp` column is stored while acting: log pi(action) of the acting policy, the ratio's
+    denominator. The update reads it, except on an update where a scheduled event changed the agent (an
+    injection here): there it is recomputed with the changed networks and the stored column is not read."""
+    from tests.helpers import tiny_trainer
+    tr = tiny_trainer("ppo", "injection", 10**6, extra={"injection.at": "50"}, seeds=2)
+    p, agent, unit = tr.program, tr.agent, tr.unit
+    ts, counters = p.init_state()
+    S, (T, E) = tr.n_seeds, (agent.cfg.num_steps, agent.cfg.num_envs)
+    rng = np.random.default_rng(0)
+    obs = jnp.asarray(rng.normal(size=(S, T, E, 4)), jnp.float32)
+
+    # acting: the stored column is the acting policy's log-probability of the action taken
+    act = jax.vmap(lambda a, o, k: p.act(a, o, k, 0))
+    action, logp = act(ts.agent, obs[:, 0], jax.random.split(jax.random.PRNGKey(0), S))
+    one = lambda x: x[:, None]  # noqa: E731  a single step: [S, 1, E, ...]
+    again = jax.vmap(agent.rollout_logp)(ts.agent, {"obs": one(obs[:, 0]), "action": one(action)})
+    np.testing.assert_allclose(np.asarray(again)[:, 0], np.asarray(logp), rtol=1e-6, atol=1e-6)
+
+    action = jnp.asarray(rng.integers(0, 2, size=(S, T, E)), jnp.int32)
+    rollout = {"obs": obs, "action": action, "reward": jnp.ones((S, T, E)), "next_obs": obs + 0.1,
+               "terminated": jnp.zeros((S, T, E), bool), "truncated": jnp.zeros((S, T, E), bool)}
+    update = jax.jit(p.seed_update)
+
+    def params(env_steps, stored):
+        out, _ = update(ts, {**counters, "env_steps": jnp.int32(env_steps)}, {**rollout, "logp": stored})
+        return jax.tree.leaves(out.agent.nets["actor"].params)
+
+    zeros, other = jnp.zeros((S, T, E)), jnp.full((S, T, E), -0.3)
+    # the first update (env steps = one rollout = 50) injects: the stored column is not read
+    for a, b in zip(params(unit, zeros), params(unit, other)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # an update without an event trains on the stored column
+    assert any(not np.array_equal(a, b) for a, b in zip(params(2 * unit, zeros), params(2 * unit, other)))

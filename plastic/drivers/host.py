@@ -216,7 +216,7 @@ class HostOnPolicy(loop.Driver):
         self.program = p = OnPolicy(self.setup)
         self.n_envs, self.unit = p.n_envs, p.unit
 
-        def act(ts, obs, t):  # [S, E, D] -> [S, E, ...]
+        def act(ts, obs, t):  # [S, E, D] -> actions [S, E, ...], log-probabilities [S, E]
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(ts.act_key, t)
             return self.placement.vmap(lambda a, o, k: p.act(a, o, k, t))(ts.agent, obs, keys)
 
@@ -243,11 +243,11 @@ class HostOnPolicy(loop.Driver):
             steps = []
             for _ in range(self.cfg.agent_cfg.num_steps):
                 t = int(counters["env_steps"])
-                action = np.asarray(self._act(ts, self._obs, t))
+                action, logp = jax.device_get(self._act(ts, self._obs, t))
                 nobs, reward, term, trunc, final = self.envs.step(action.reshape(S * E, *action.shape[2:]))
                 reward, term, trunc = shape(reward), shape(term), shape(trunc)
-                steps.append({"obs": self._obs, "action": action, "reward": reward, "next_obs": shape(final),
-                              "terminated": term, "truncated": trunc})
+                steps.append({"obs": self._obs, "action": action, "logp": logp, "reward": reward,
+                              "next_obs": shape(final), "terminated": term, "truncated": trunc})
                 self._ret, self._len, sums = loop.account(self._ret, self._len, sums, reward, term | trunc)
                 self._obs = shape(nobs)
                 counters = {**counters, "env_steps": counters["env_steps"] + E}

@@ -161,11 +161,12 @@ class JitOnPolicy(loop.Driver):
             ts, counters, ec, sums = c
             t = counters["env_steps"]
             fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-            action = self.placement.vmap(p.act, in_axes=(0, 0, 0, None))(ts.agent, ec.obs, fold(ts.act_key, t), t)
+            act = self.placement.vmap(p.act, in_axes=(0, 0, 0, None))
+            action, logp = act(ts.agent, ec.obs, fold(ts.act_key, t), t)
             keys = jax.vmap(lambda k: jax.random.split(k, E))(fold(ec.key, t))
             state, nobs, reward, term, trunc, final = jax.vmap(jax.vmap(self.env.step))(
                 ec.state, action, keys, ec.stop)
-            tr = {"obs": ec.obs, "action": action, "reward": reward, "next_obs": final,
+            tr = {"obs": ec.obs, "action": action, "logp": logp, "reward": reward, "next_obs": final,
                   "terminated": term, "truncated": trunc}
             ret, length, sums = loop.account(ec.ep_return, ec.ep_length, sums, reward, term | trunc)
             ec = ec.replace(state=state, obs=nobs, ep_return=ret, ep_length=length)
