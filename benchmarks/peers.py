@@ -18,7 +18,8 @@ training program):
        default; the actor is a third of an update)
 This project runs its default configuration (metrics on). Each side runs its budget once to compile and
 warm up, then once timed, in --rounds rounds that alternate which side runs first (rejax in a fresh process
-each round); the rates printed are each side's best, the ratio the median of the rounds' ratios; env steps/s
+each round); the rates printed are each side's best, the ratio the median of the rounds' ratios (each round's
+ratio printed after it); env steps/s
 are aggregated over seeds, compile time is the first run minus the best timed one. Usage: python benchmarks/peers.py --rejax-python /tmp/rejax-env/bin/python [--only ppo,dqn,sac]
 """
 from __future__ import annotations
@@ -132,7 +133,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     print(f"devices: {jax.devices()}; {time.strftime('%Y-%m-%d %H:%M')}; env steps/s aggregated over seeds")
     print(f"{'algo':5s} {'seeds':>5s} {'plastic':>10s} {'rejax':>10s} {'plastic/rejax':>14s} "
-          f"{'compile s plastic / rejax':>26s}")
+          f"{'compile s plastic / rejax':>26s}  rounds' ratios")
     for algo in args.only.split(","):
         for s in [int(x) for x in getattr(args, f"{algo}_seeds").split(",")]:
             steps = getattr(args, f"{algo}_steps")
@@ -146,7 +147,8 @@ def main(argv=None):
                 ratios.append(rates["ours"][-1] / rates["theirs"][-1])
             b, best = got["theirs"], max(rates["ours"])
             print(f"{algo:5s} {s:5d} {best:10,.0f} {max(rates['theirs']):10,.0f} {float(np.median(ratios)):14.2f} "
-                  f"{ours.first - ours.steps / best:13.1f} / {b['first'] - b['timed']:6.1f}", flush=True)
+                  f"{ours.first - ours.steps / best:13.1f} / {b['first'] - b['timed']:6.1f}  "
+                  f"{' '.join(f'{x:.2f}' for x in ratios)}", flush=True)
             del ours
 
 
