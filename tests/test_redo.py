@@ -144,6 +144,23 @@ def test_effectiveness_noop_cap_and_scaling():
     np.testing.assert_allclose(norms[m], 0.5 * norms[~m].mean(), rtol=1e-5)
 
 
+def test_reset_end_step_stops_recycling_in_both_modes():
+    """Dopamine gates both recyclers by `reset_start_step <= step < reset_end_step`: from `reset_end_step` on,
+    no unit is recycled, threshold mode included (it was ignored there, so a `dqn_dense.gin` run with 2.5M kept
+    recycling)."""
+    net, x = mlp(), jax.random.uniform(KEY, (128, 3))
+    ns = trained(net, x, dead=(0, 1, 2, 3))
+    for mode in ("threshold", "scheduled_fraction"):
+        iv = redo(mode=mode, tau=0.0, reset_end_step=100)
+        s = iv.scores(net, ns.params, x)
+        last = 99 if mode == "threshold" else 0  # the schedule's k at 99 is 1 (the test below)
+        assert int(iv.masks(net, s, last)["hidden_0"].sum()) >= 4, mode
+        assert not any(bool(m.any()) for m in iv.masks(net, s, 100).values()), mode
+        same, _, _ = iv.recycle(net, ns, x, 100, KEY)
+        for a, b in zip(jax.tree.leaves(ns), jax.tree.leaves(same)):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_scheduled_fraction_follows_dopamine_leastk():
     """`mode=scheduled_fraction` recycles the k lowest-score units, k = max(1, round(frac * H)) with
     frac = rate * cos(pi/2 * count / reset_end_step) (Dopamine's `leastk_mask`), none once frac is 0 or the

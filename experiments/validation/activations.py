@@ -8,7 +8,7 @@ from experiments.validation import (Finding, Outcome, column, fmt_ci, iqm_ci, pe
 
 ENV = "gymnax:Pendulum-v1"
 ACTIVATIONS = ("relu", "tanh")
-FLAGGED = "redo/dormant_ratio/critic"       # the fraction ReDo flags at its events (before the reset)
+FLAGGED = "redo/dormant_ratio/critic"       # the τ-dormant fraction at ReDo's events (before the reset)
 KEYS = {"redo_flagged": FLAGGED, "dormant_0": "dormant_ratio_tau_0/critic"}
 
 
@@ -92,9 +92,9 @@ FINDING = Finding(
                                   "grama.period": 100, "run.eval_episodes": 1, "metrics.batch_size": 64,
                                   "metrics.activity_every": 100, "metrics.grad_every": 0})},
     analyse=analyse,
-    notes=("ReDo's flagged fraction (`redo/dormant_ratio/critic`) is the fraction of the critic's units ReDo "
-           "flagged at its last event before resetting them: the misfire shows as a large flagged fraction "
-           "with tanh.",
+    notes=("ReDo's flagged fraction (`redo/dormant_ratio/critic`) is the τ-dormant fraction of the critic's units "
+           "at ReDo's last event, before its reset (without `redo.max_reset_fraction`, the units it resets: "
+           "`redo/reset_fraction/critic`): the misfire shows as a large flagged fraction with tanh.",
            "Observed after the laptop runs of 2026-12-05 (not part of the rule): every arm solved Pendulum within "
            "8k steps (final returns -109 to -110), so the return cannot separate the arms at this scale; and ReDo "
            "flagged no tanh unit (a tanh unit's normalised mean |h| never fell to τ = 0.025), so the misfire the "

@@ -49,7 +49,7 @@ class ReDoConfig:
     networks: tuple[str, ...] = ("actor", "critic")  # roles (DQN's q network has role critic)
     mode: str = one_of("threshold", MODES)  # threshold | scheduled_fraction (Dopamine NeuronRecyclerScheduled)
     recycle_rate: float = unit(0.3)   # scheduled_fraction: fraction(count) = rate * cos(pi/2 * count / end)
-    reset_end_step: int = num(100_000_000, ge=1)  # scheduled_fraction: in updates of the network
+    reset_end_step: int = num(100_000_000, ge=1)  # updates of the network: no unit recycled from here on (both modes)
     score_type: str = one_of("activation", SCORE_TYPES)  # activation | random (random: scheduled_fraction only)
     score_norm: str = one_of("mean", SCORE_NORMS)  # mean | sum (divide by the layer mean or the layer sum of mean |h|)
     # le_zero (s <= tau) | isclose_zero (also s ~ 0, Plasticine)
@@ -142,12 +142,14 @@ class ReDo(Intervention):
     def masks(self, net, scores, count):
         """Units to recycle per layer: the τ-dormant ones (threshold) or the bottom k(count) (scheduled), with
         k = max(1, round(fraction(count) * H)) as Dopamine's `leastk_mask`, and 0 once fraction(count) is 0
-        (`recycle_rate=0`) or count >= `reset_end_step` (where Dopamine stops recycling)."""
+        (`recycle_rate=0`). None in either mode once count >= `reset_end_step`: Dopamine's `is_reset` window
+        (`reset_start_step <= step < reset_end_step`, start 0) gates both recyclers. Events past it still
+        score and log the dormant ratio."""
         c, out = self.cfg, {}
         for l in net.layers:
             s = scores[l.name]
             if c.mode == "threshold":
-                m = self.dormant(s)
+                m = self.dormant(s) & (count < c.reset_end_step)
             else:
                 frac = c.recycle_rate * jnp.cos(jnp.pi / 2 * jnp.minimum(count / c.reset_end_step, 1.0))
                 live = (count < c.reset_end_step) & (frac > 0)
