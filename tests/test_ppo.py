@@ -277,3 +277,17 @@ def test_rollout_logp_is_the_acting_policys_and_recomputed_after_an_event():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # an update without an event trains on the stored column
     assert any(not np.array_equal(a, b) for a, b in zip(params(2 * unit, zeros), params(2 * unit, other)))
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_act_logp_is_the_log_probability_of_the_action_taken(discrete):
+    """`act_logp` (one observation) and `rollout_logp` (a [T, E] rollout) give the same log pi(a), for
+    categorical and Gaussian policies; `act` takes the same action."""
+    agent = make_agent(discrete)
+    state = agent.init(jax.random.PRNGKey(0))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (6, agent.obs_size))
+    keys = jax.random.split(jax.random.PRNGKey(2), 6)
+    action, logp = jax.vmap(lambda o, k: agent.act_logp(state, o, k))(obs, keys)
+    np.testing.assert_array_equal(jax.vmap(lambda o, k: agent.act(state, o, k))(obs, keys), action)
+    again = agent.rollout_logp(state, {"obs": obs.reshape(2, 3, -1), "action": action.reshape(2, 3, *action.shape[1:])})
+    np.testing.assert_allclose(np.asarray(again).ravel(), np.asarray(logp), rtol=1e-6, atol=1e-6)
