@@ -19,8 +19,8 @@ training program):
 This project runs its default configuration (metrics on). Each side runs its budget once to compile and
 warm up, then once timed, in --rounds rounds that alternate which side runs first (rejax in a fresh process
 each round); the rates printed are each side's best, the ratio the median of the rounds' ratios (each round's
-ratio printed after it); env steps/s
-are aggregated over seeds, compile time is the first run minus the best timed one. Usage: python benchmarks/peers.py --rejax-python /tmp/rejax-env/bin/python [--only ppo,dqn,sac]
+ratio printed after it); env steps/s are aggregated over seeds, compile time is the first run minus the best
+timed one. Usage: python benchmarks/peers.py --rejax-python /tmp/rejax-env/bin/python [--only ppo,dqn,sac]
 """
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ class Intervention(Hook):
         roles `roles`: each of its actor and critic roles alone, then both (through a `networks` field)."""
         if "networks" not in cls.Config.__dataclass_fields__:
             return [{}]
-        units = [r for r in ("actor", "critic") if r in set(roles)]
+        units = [r for r in UNIT_ROLES if r in set(roles)]
         return [{"networks": (r,)} for r in units] + ([{"networks": tuple(units)}] if len(units) > 1 else [])
 
     def expected_events(self, agent, counters) -> dict[str, int]:

@@ -44,9 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from plastic.fields import nonneg, num
-from plastic.interventions.base import Intervention, nets_with_roles
-
-ROLES = ("actor", "critic")
+from plastic.interventions.base import UNIT_ROLES as ROLES, Intervention, nets_with_roles
 
 
 def unwritten(params, after):

@@ -146,14 +146,14 @@ class ReDo(Intervention):
         (`reset_start_step <= step < reset_end_step`, start 0) gates both recyclers. Events past it still
         score and log the dormant ratio."""
         c, out = self.cfg, {}
+        live = count < c.reset_end_step
         for l in net.layers:
             s = scores[l.name]
             if c.mode == "threshold":
-                m = self.dormant(s) & (count < c.reset_end_step)
+                m = self.dormant(s) & live
             else:
                 frac = c.recycle_rate * jnp.cos(jnp.pi / 2 * jnp.minimum(count / c.reset_end_step, 1.0))
-                live = (count < c.reset_end_step) & (frac > 0)
-                k = jnp.where(live, jnp.maximum(1, jnp.round(frac * l.width)), 0).astype(jnp.int32)
+                k = jnp.where(live & (frac > 0), jnp.maximum(1, jnp.round(frac * l.width)), 0).astype(jnp.int32)
                 m = cap_mask(jnp.ones(s.shape, bool), s, k)
             if c.max_reset_fraction > 0:
                 m = cap_mask(m, s, math.floor(c.max_reset_fraction * l.width + 1e-9))
