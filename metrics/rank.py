@@ -26,11 +26,38 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def device_svdvals(phi):
-    """Singular values from the device SVD, any leading axes. `full_matrices=False` matters: with the
-    default, XLA's CPU SVD allocates a d x d workspace even without U, V (an NTK Jacobian 64 x 140k asked
-    for 80 GB)."""
+def _svdvals(phi):
+    """`full_matrices=False` matters: with the default, XLA's CPU SVD allocates a d x d workspace even
+    without U, V (an NTK Jacobian 64 x 140k asked for 80 GB)."""
     return jnp.linalg.svd(phi, full_matrices=False, compute_uv=False)
+
+
+@jax.custom_batching.custom_vmap
+def _svdvals_in_turn(phi):
+    """`_svdvals` with one LAPACK call per matrix: any leading axes, and the axes `vmap` adds (the seeds), are
+    walked by `lax.map`. The values are those of the batched call (each matrix goes through the same gesdd)."""
+    *lead, n, d = phi.shape
+    if not lead:
+        return _svdvals(phi)
+    return jax.lax.map(_svdvals, phi.reshape(-1, n, d)).reshape(*lead, min(n, d))
+
+
+@_svdvals_in_turn.def_vmap
+def _in_turn_rule(axis_size, in_batched, phi):
+    """vmap rule of `_svdvals_in_turn`: the batch axis becomes one more leading axis to walk."""
+    return _svdvals_in_turn(phi), in_batched[0]
+
+
+def device_svdvals(phi):
+    """Singular values from the device SVD, any leading axes (and under `vmap`).
+
+    On CPU every matrix is its own LAPACK call (`_svdvals_in_turn`). jaxlib's CPU kernel spreads a batch of
+    matrices over XLA's intra-op thread pool and blocks its own pool thread until the batch is done; in a
+    run sharded over host devices each device's program runs on that pool, and when every pool thread is
+    such a wait, the queued matrices never run: the run hangs (PPO, 4 seeds on 2 host devices, rank
+    metrics on: the first chunk never returned; tests/test_sharding.py). Other platforms take the batch in
+    one call (cuSOLVER's batched kernels)."""
+    return jax.lax.platform_dependent(phi, cpu=_svdvals_in_turn, default=_svdvals)
 
 
 def scipy_svdvals(phi: np.ndarray) -> np.ndarray:

@@ -1,9 +1,12 @@
 """The seed axis sharded across local devices (`run.devices`, plastic/sharding.py).
 
-The pytest process has one device (conftest.py), so the runs on 4 devices happen in a subprocess with
-4 host devices (flags.xla_flags): this file run as a script (`worker` below) trains each
-case with `--run.devices 1` and with `--run.devices 4`, cuts the sharded run and resumes it, and reports
-what it saw on the shardings and donations; the tests compare the runs' rows and final states.
+The pytest process has one device (conftest.py), so the sharded runs happen in a subprocess with
+N_DEVICES host devices (flags.xla_flags): this file run as a script (`worker` below) trains each
+case with `--run.devices 1` and with `--run.devices N_DEVICES`, cuts the sharded run and resumes it, and
+reports what it saw on the shardings and donations; the tests compare the runs' rows and final states.
+Each device holds two seeds, so its program is vmapped as well as sharded: with one seed per device the
+seed axis of a device is trivial, and a batched kernel that waits on the shared thread pool (the CPU
+SVD, metrics/rank.py `device_svdvals`) never ran batched there.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import pytest
 from flags import xla_flags
 
 HERE = Path(__file__).resolve().parent
-N_DEVICES, SEEDS = 4, 4
+N_DEVICES, SEEDS = 2, 4  # two seeds per device
 METRIC_GROUPS = ("activity", "grad", "rank", "churn", "ntk")  # all off unless a case turns some on
 
 # Tiny runs: 300 env steps, a log row every 100, a checkpoint at 200 (where the resumed run is cut; the host
@@ -86,25 +89,25 @@ def worker(case: str, out: Path) -> None:
     one = run(trainer(1, spec["steps"]), "d1")
     report = {"one_device": sorted({len(x.sharding.device_set) for x in jax.tree.leaves(one.final_state)}),
               "one_placement_sharded": one.placement.sharded}
-    four = trainer(N_DEVICES, spec["steps"])
-    report["startup"] = four.placement.describe()
-    report["initial"] = leaves_report(four, fresh_carry(four))
+    sharded = trainer(N_DEVICES, spec["steps"])
+    report["startup"] = sharded.placement.describe()
+    report["initial"] = leaves_report(sharded, fresh_carry(sharded))
     if spec["driver"] == "jit":  # the chunk program consumes its (sharded) input: donation works
-        carry, n = fresh_carry(four), 100 // four.unit
-        hlo = four.chunk_program.lower(carry, n).compile().as_text()
+        carry, n = fresh_carry(sharded), 100 // sharded.unit
+        hlo = sharded.chunk_program.lower(carry, n).compile().as_text()
         report["collectives"] = sorted(set(re.findall(r" (all-gather|all-reduce|all-to-all|collective-permute|"
                                                       r"reduce-scatter)(?:-start)?\(", hlo)))
         donated = jax.tree.leaves(carry)
-        jax.block_until_ready(four.chunk_program(carry, n))
+        jax.block_until_ready(sharded.chunk_program(carry, n))
         report["chunk_donated"] = all(x.is_deleted() for x in donated)
-    report["final"] = leaves_report(four, run(four, "d4").final_state)
-    run(trainer(N_DEVICES, spec["split"]), "r4")
+    report["final"] = leaves_report(sharded, run(sharded, "dk").final_state)
+    run(trainer(N_DEVICES, spec["split"]), "rk")
     resumed = trainer(N_DEVICES, spec["steps"])
-    ckpt = Checkpointer(out / "r4" / "checkpoints")
+    ckpt = Checkpointer(out / "rk" / "checkpoints")
     _, restored, _ = ckpt.restore(fresh_carry(resumed))
     ckpt.close()
     report["restored"] = leaves_report(resumed, restored)
-    report["resumed_final"] = leaves_report(resumed, run(resumed, "r4", resume=True).final_state)
+    report["resumed_final"] = leaves_report(resumed, run(resumed, "rk", resume=True).final_state)
     report["donation_warnings"] = donation_warnings
     (out / "report.json").write_text(json.dumps(report))
 
@@ -159,9 +162,9 @@ def assert_rows_close(a: list[dict], b: list[dict]) -> None:
                                   pytest.param("td3_host", marks=pytest.mark.slow)])
 def test_sharded_run_equals_single_device_run(case, tmp_path):
     report = run_worker(case, tmp_path)
-    # devices 1: nothing sharded; devices 4: the whole run on 4 devices, S / 4 seeds each
+    # devices 1: nothing sharded; devices k: the whole run on k devices, S / k seeds each
     assert report["one_device"] == [1] and not report["one_placement_sharded"]
-    assert report["startup"] == f" sharded over 4 cpu devices ({SEEDS // N_DEVICES} each)"
+    assert report["startup"] == f" sharded over {N_DEVICES} cpu devices ({SEEDS // N_DEVICES} each)"
     for stage in ("initial", "final", "restored", "resumed_final"):
         r = report[stage]
         assert r["placed"], (stage, r)
@@ -175,11 +178,11 @@ def test_sharded_run_equals_single_device_run(case, tmp_path):
     # the same training: every log row (timing aside) and every leaf of the final state (see RTOL)
     rows1 = load_rows(tmp_path / "d1")
     assert [r["step"] for r in rows1] == [s for s in (100, 200, 300) for _ in range(SEEDS)]
-    assert_rows_close(rows1, load_rows(tmp_path / "d4"))
-    assert_states_equal(tmp_path / "d1.npz", tmp_path / "d4.npz", exact=False)
+    assert_rows_close(rows1, load_rows(tmp_path / "dk"))
+    assert_states_equal(tmp_path / "d1.npz", tmp_path / "dk.npz", exact=False)
     # a sharded run cut at its checkpoint and resumed ends where the uninterrupted one does, to the bit
-    assert load_rows(tmp_path / "r4") == load_rows(tmp_path / "d4")
-    assert_states_equal(tmp_path / "r4.npz", tmp_path / "d4.npz")
+    assert load_rows(tmp_path / "rk") == load_rows(tmp_path / "dk")
+    assert_states_equal(tmp_path / "rk.npz", tmp_path / "dk.npz")
 
 
 def test_device_count_rules():
