@@ -2,6 +2,7 @@
 non-stationary physics against MuJoCo's own model building, a jitted-driver run with vmapped seeds, and its
 one-line errors. CartpoleBalance on the jax (MJX) backend: the cheapest task on a CPU."""
 import copy
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -100,13 +101,19 @@ def test_default_backend_runs_under_vmap():
     assert playground_default_backend() == "jax" and is_jax_native("playground:CheetahRun")
 
 
-def test_sac_on_two_vmapped_seeds_with_permuted_observations(tmp_path):
+def test_sac_on_two_vmapped_seeds_with_permuted_observations(tmp_path, caplog):
     """The jitted driver runs SAC on Playground with two vmapped seeds and permuted observations, a new
     permutation every 100 steps ending the episode: log rows for both seeds with their own returns, and
-    checkpoints written (MJX's state holds zero-size arrays; their round trip: tests/test_trainer.py)."""
-    tiny_trainer("sac", "none", 400, env=ENV, extra={
+    checkpoints written (MJX's state holds zero-size arrays; their round trip: tests/test_trainer.py).
+    The chunk program compiles once: MJX puts its model on the device, and a fresh carry that mixed those
+    committed arrays with uncommitted ones made its second chunk compile it again."""
+    trainer = tiny_trainer("sac", "none", 400, env=ENV, extra={
         "run.log_every": 200, "env.nonstationary": "permute_obs", "env.period": 100, "env.truncate_at_switch": True,
-        "run.checkpoint_every": 200}).run(tmp_path)
+        "run.checkpoint_every": 200})
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        trainer.run(tmp_path)
+    compiled = [r.getMessage()[:40] for r in caplog.records if r.getMessage().startswith("Compiling jit(program)")]
+    assert len(compiled) == 1, compiled
     got = rows(tmp_path)
     train = [r for r in got if r.get("episode_return") is not None]
     assert sorted({r["seed"] for r in train}) == [0, 1] and {r["step"] for r in got} == {200, 400}

@@ -73,8 +73,15 @@ class Chunks:
         for _ in lead:
             reset = jax.vmap(reset)
         state, obs = reset(reset_keys, sched)
-        return EnvCarry(state=state, obs=obs, key=keys, stop=jnp.zeros(lead, bool),
-                        ep_return=jnp.zeros(lead), ep_length=jnp.zeros(lead, jnp.int32))
+        carry = EnvCarry(state=state, obs=obs, key=keys, stop=jnp.zeros(lead, bool),
+                         ep_return=jnp.zeros(lead), ep_length=jnp.zeros(lead, jnp.int32))
+        if self.setup.placement.sharded:
+            return carry
+        # MJX and brax envs put their model on the device (`device_put`: committed arrays), so part of their reset
+        # state is committed while the rest of a fresh carry is not; jit compiles a program per such mix, and the
+        # chunk program compiled a second time on its second call, whose inputs (the first call's outputs) are all
+        # committed (17 s on playground:CheetahRun). Re-created uncommitted, as a restored checkpoint is.
+        return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), carry)
 
     def advance(self, carry, n: int, stop: dict, sync_end: bool):
         """The run loop's `advance` (plastic/loop.py): signals are checked between chunks."""
