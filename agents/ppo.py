@@ -31,6 +31,7 @@ loss as `aux["columns"]`) and act after the epochs (`post_iteration` hook).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -45,7 +46,7 @@ from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, Gaussi
 from plastic.optim import adam
 from plastic.normalize import RunningStats
 
-LOG_2PI_E = float(jnp.log(2 * jnp.pi) + 1.0)
+LOG_2PI_E = math.log(2 * math.pi) + 1.0
 
 
 @dataclass

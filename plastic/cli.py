@@ -209,6 +209,8 @@ def execute(argv: list[str]) -> dict:
     ConfigError (one line) before anything is written; an unusable checkpoint raises CheckpointError.
     --resume of a run killed before its first checkpoint starts it over in its directory, with its config."""
     cfg, run_dir, resume = resolve(argv)
+    from plastic.sharding import split_cpu
+    split_cpu(cfg.run.devices)  # --run.devices k on a CPU: k host devices, before JAX starts its backends
     from plastic.checkpoint import latest_checkpoint
     restart = resume and latest_checkpoint(run_dir) is None
     from plastic.drivers import make_trainer

@@ -65,7 +65,8 @@ class RunConfig:
     pipelined_acting: bool = False
     # Local devices the seed axis is split across (jax.sharding; plastic/sharding.py). 0: all of them when
     # their number divides `seeds`, else the largest count that does; 1: no sharding; k: the first k (k must
-    # divide `seeds` and be at most the node's device count).
+    # divide `seeds` and be at most the node's device count). On a CPU, k > 1 splits the CPU into k devices
+    # first (one device runs on about one core): `--seeds 16 --run.devices 2` trains 8 seeds per core.
     devices: int = nonneg(0, note="0: automatic, 1: no sharding")
     # Weights & Biases logging alongside metrics.jsonl and TensorBoard (needs the wandb package). Each log
     # point is one W&B step: the seed mean of every numeric value plus seed{i}/episode_return. The W&B run id

@@ -18,6 +18,8 @@ one an unsharded run compiles.
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -39,6 +41,24 @@ def device_count(requested: int, n_seeds: int, available: int) -> int:
                           f"use at most {available} (or 0: automatic)")
     check_devices(requested, n_seeds)
     return requested
+
+
+def split_cpu(requested: int) -> bool:
+    """`run.devices k` (k > 1) on a CPU: make JAX's CPU platform k devices (`jax_num_cpu_devices`), so that
+    the seed axis is split over k cores. XLA:CPU runs one device's program on about one core (a 64-seed PPO
+    run is as fast on one core as on two), so an unsplit CPU leaves the others idle (docs/benchmarks.md).
+    Only where nothing chose the count already (XLA_FLAGS' `--xla_force_host_platform_device_count`, the
+    config option) and JAX has not started its backends yet (the CLI calls it before building the run;
+    in a notebook set `jax.config.update("jax_num_cpu_devices", k)` right after importing jax). A node with
+    accelerators keeps them as its local devices. Returns whether it set the count."""
+    if requested <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
+            or jax.config.jax_num_cpu_devices != -1:
+        return False
+    try:
+        jax.config.update("jax_num_cpu_devices", requested)
+    except RuntimeError:  # the backends run already: the run gets the devices there are
+        return False
+    return True
 
 
 class SeedPlacement:

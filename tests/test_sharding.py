@@ -220,6 +220,36 @@ def test_bad_devices_is_one_line_error(argv, needle, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def run_unsplit(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """A fresh process whose XLA_FLAGS leave the CPU device count unset (the suite's flags set it to 1)."""
+    from flags import XLA_TEST_FLAGS
+    env = {**os.environ, "XLA_FLAGS": XLA_TEST_FLAGS,
+           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_run_devices_splits_the_cpu(tmp_path):
+    """`--run.devices 2` on a CPU makes two host devices (`split_cpu`, before JAX starts) and trains two seeds
+    on each; no import of the package starts JAX's backends, which would make that impossible."""
+    run = [str(HERE.parent / "experiments" / "run.py"), "--agent", "dqn", "--env", "probe:d_obs", "--seeds", "4",
+           "--steps", "300", "--run.devices", "2", "--run.progress", "off", "--run.tensorboard", "false",
+           "--run.run_dir", str(tmp_path / "r"),
+           *[f"--dqn.{k}={v}" for k, v in CASES["dqn"]["small"].items()]]
+    proc = run_unsplit(run, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "4 seed(s) sharded over 2 cpu devices (2 each)" in proc.stdout, proc.stdout
+    assert [(r["step"], r["seed"]) for r in load_rows(tmp_path / "r")] == [(300, i) for i in range(4)]
+    imports = ("import jax, pkgutil, importlib, agents, metrics, plastic, plastic.interventions, experiments\n"
+               "for pkg in (agents, metrics, plastic, plastic.interventions):\n"
+               "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+               "        importlib.import_module(m.name)\n"
+               "jax.config.update('jax_num_cpu_devices', 3)\n"  # raises once the backends run
+               "assert jax.local_device_count() == 3")
+    proc = run_unsplit(["-c", imports], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 def test_single_seed_vmap_runs_the_unbatched_program():
     """`SeedPlacement.vmap` with one seed: the same values as `jax.vmap` (shared arguments and outputs
     included), without a dot over a batch axis of size 1 (slow on XLA:CPU) in the program."""
