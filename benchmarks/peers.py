@@ -20,7 +20,8 @@ This project runs its default configuration (metrics on). Each side runs its bud
 warm up, then once timed, in --rounds rounds that alternate which side runs first (rejax in a fresh process
 each round); the rates printed are each side's best, the ratio the median of the rounds' ratios (each round's
 ratio printed after it); env steps/s are aggregated over seeds, compile time is the first run minus the best
-timed one. Usage: python benchmarks/peers.py --rejax-python /tmp/rejax-env/bin/python [--only ppo,dqn,sac]
+timed one.
+Usage: python benchmarks/peers.py --rejax-python /tmp/rejax-env/bin/python [--only ppo,dqn,sac] [--devices K]
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from plastic.config import build  # noqa: E402
 from plastic.drivers import make_trainer  # noqa: E402
+from plastic.sharding import split_cpu  # noqa: E402
 
 QUIET = {"run.progress": "off", "run.tensorboard": "false", "run.eval_every": 0, "run.checkpoint_every": 0}
 
@@ -83,7 +85,7 @@ def rejax_config(algo: str, steps: int) -> dict:
 class Ours:
     """This project's side: built and compiled (one run of the budget) once; each call times one more run."""
 
-    def __init__(self, algo: str, seeds: int, steps: int):
+    def __init__(self, algo: str, seeds: int, steps: int, devices: int = 1):
         if algo == "ppo":
             env, ov = "gymnax:CartPole-v1", {}
         elif algo == "dqn":
@@ -92,6 +94,7 @@ class Ours:
                                              "dqn.hidden": "64,64"}
         else:
             env, ov = "gymnax:Pendulum-v1", {"sac.learning_starts": 2048, "sac.buffer_size": 100_000}
+        ov["run.devices"] = devices if seeds % devices == 0 else 1
         self.tr = make_trainer(build(algo, overrides={**QUIET, **ov}, env=env, seeds=seeds, steps=steps))
         self.n = -(-steps // self.tr.unit)  # iterations (PPO) or env steps covering the budget
         self.steps = self.n * self.tr.unit * seeds
@@ -130,14 +133,18 @@ def main(argv=None):
     p.add_argument("--sac-seeds", default="1,8")
     p.add_argument("--sac-steps", type=int, default=6144)
     p.add_argument("--rounds", type=int, default=3, help="paired timed runs per row (the ratio: their median)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="this project's run.devices where it divides the seeds (default 1; k > 1 on a CPU splits it "
+                        "into k devices: plastic.sharding.split_cpu); rejax runs as it is, on one")
     args = p.parse_args(argv)
+    split_cpu(args.devices)
     print(f"devices: {jax.devices()}; {time.strftime('%Y-%m-%d %H:%M')}; env steps/s aggregated over seeds")
     print(f"{'algo':5s} {'seeds':>5s} {'plastic':>10s} {'rejax':>10s} {'plastic/rejax':>14s} "
           f"{'compile s plastic / rejax':>26s}  rounds' ratios")
     for algo in args.only.split(","):
         for s in [int(x) for x in getattr(args, f"{algo}_seeds").split(",")]:
             steps = getattr(args, f"{algo}_steps")
-            ours = Ours(algo, s, steps)
+            ours = Ours(algo, s, steps, args.devices)
             rates, ratios = {"ours": [], "theirs": []}, []
             for r in range(args.rounds):  # alternate which side runs first
                 sides = [("ours", ours), ("theirs", lambda: theirs(args.rejax_python, algo, s, steps))]
