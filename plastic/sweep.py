@@ -190,7 +190,8 @@ def _expand(block: dict, where: str, sweep_name: str) -> list:
             fixed = [(k, v) for k, v in overrides.items() if k.split(".")[0] in active]
             used.update(k for k, _ in chosen + fixed)
             flags = [x for k, v in fixed + chosen for x in (f"--{k}", _arg(v))]
-            cfg = config_of(head + ["--steps", str(steps)] + flags)  # validates every value
+            # validates every value, against the seed count of a task (run.devices must divide it)
+            cfg = config_of(head + ["--steps", str(steps), "--seeds", str(min(per, n_seeds))] + flags)
             if cfg.run.wandb and not cfg.run.wandb_group:  # W&B groups a sweep's runs under its name
                 flags += ["--run.wandb_group", sweep_name]
             tag = "+".join(cfg.interventions) or "none"
@@ -201,6 +202,8 @@ def _expand(block: dict, where: str, sweep_name: str) -> list:
                 seeds = list(range(first, first + count))
                 name = f"{stem}-s{first}" + (f"-{first + count - 1}" if count > 1 else "")
                 argv = head + ["--seeds", str(count), "--seed", str(first)] + flags
+                if count != min(per, n_seeds):  # a shorter last task: its own seed count
+                    config_of(argv + ["--steps", str(steps)])
                 tasks.append(Task(name, argv, steps, seeds))
     unused = [k for k in [*overrides, *keys] if k not in used]
     if unused:
@@ -358,6 +361,11 @@ def serve_tasks(table_path, early_signals: list, commands=sys.stdin, replies=Non
     ends it before the next one)."""
     _, tasks = read_table(table_path)
     logs = Path(table_path).parent / "logs"
+    # One CPU split for the worker's life, the most any task asks for (`--run.devices k`): a task's own split
+    # (cli.execute) comes too late once an earlier task has started JAX, and `k` would not exist for it.
+    from plastic.cli import config_of
+    from plastic.sharding import split_cpu
+    split_cpu(max(config_of(t.argv).run.devices for t in tasks))
     if replies is None:  # the replies keep stdout; whatever else this process prints goes to its stderr
         sys.stdout.flush()
         replies = os.fdopen(os.dup(1), "w", buffering=1)

@@ -189,6 +189,19 @@ def test_one_worker_runs_the_tasks_one_after_another_as_their_own_processes_woul
         strip_timing(rows(sweep.tasks[1].run_dir(root)))
 
 
+def test_a_worker_splits_the_cpu_for_the_task_that_asks_last(tmp_path, monkeypatch):
+    """One worker runs a task on one device, then one with `--run.devices 2`: the worker split the CPU before
+    its first task (a task's own split would come after JAX started, and fail: 'this node has 1 device')."""
+    from flags import XLA_TEST_FLAGS
+    monkeypatch.setenv("XLA_FLAGS", XLA_TEST_FLAGS)  # the workers' CPU device count is theirs to choose
+    sweep = sw.load(demo(interventions=["none"], grid={"run.devices": [1, 2]}, seeds=2, seeds_per_task=0))
+    root = tmp_path / "split"
+    assert set(sw.launch_local(sweep, root, jobs=1, progress=False).values()) == {0}
+    (stamp,) = (root / ".sweep" / "demo").iterdir()
+    assert [("sharded over 2 cpu devices (1 each)" in (stamp / "logs" / f"{i:04d}-{t.name}.out").read_text())
+            for i, t in enumerate(sweep.tasks)] == [False, True]
+
+
 def test_a_worker_that_dies_takes_only_its_task_with_it(tmp_path):
     """The launcher's side of the worker protocol, with a stand-in worker that dies (SIGKILL) on task 1: task 1
     reports the signal, a new worker runs task 2."""
