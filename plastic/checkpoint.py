@@ -7,8 +7,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
+
+from plastic.sharding import uncommitted
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -52,7 +53,7 @@ class Checkpointer:
         # program per placement. Re-created uncommitted, a resumed run reuses the programs (and the
         # persistent compilation cache entries) of a fresh one. Arrays spread over several devices (a run
         # whose seeds are sharded, plastic/sharding.py) were restored into the target's sharding and stay.
-        state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if _on_one_device(x) else x, out.state)
+        state = uncommitted(out.state)
         return step, _with_empty(abstract_state, state), out.meta
 
     def close(self):
@@ -74,10 +75,6 @@ def _with_empty(abstract, restored):
     leaves, treedef = jax.tree.flatten(abstract)
     kept = iter(jax.tree.leaves(restored))
     return treedef.unflatten([jnp.zeros(a.shape, a.dtype) if _empty(a) else next(kept) for a in leaves])
-
-
-def _on_one_device(x) -> bool:
-    return isinstance(x, jax.Array) and len(x.sharding.device_set) == 1
 
 
 def latest_checkpoint(run_dir) -> int | None:

@@ -26,6 +26,7 @@ from plastic.core import maybe
 from plastic.nonstationary import NonstationaryJaxEnv
 from plastic.programs import OffPolicy, OnPolicy
 from plastic.setup import jax_envs, make_setup
+from plastic.sharding import uncommitted
 
 ENV_KEY_SALT = 0x3E7  # env keys: fold_in(PRNGKey(seed + i), ENV_KEY_SALT)
 
@@ -75,13 +76,10 @@ class Chunks:
         state, obs = reset(reset_keys, sched)
         carry = EnvCarry(state=state, obs=obs, key=keys, stop=jnp.zeros(lead, bool),
                          ep_return=jnp.zeros(lead), ep_length=jnp.zeros(lead, jnp.int32))
-        if self.setup.placement.sharded:
-            return carry
-        # MJX and brax envs put their model on the device (`device_put`: committed arrays), so part of their reset
-        # state is committed while the rest of a fresh carry is not; jit compiles a program per such mix, and the
-        # chunk program compiled a second time on its second call, whose inputs (the first call's outputs) are all
-        # committed (17 s on playground:CheetahRun). Re-created uncommitted, as a restored checkpoint is.
-        return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), carry)
+        # MJX and brax envs put their model on the device, so part of their reset state is committed: the chunk
+        # program compiled a second time on its second call (17 s on playground:CheetahRun). A sharded carry is
+        # placed next, whole.
+        return carry if self.setup.placement.sharded else uncommitted(carry)
 
     def advance(self, carry, n: int, stop: dict, sync_end: bool):
         """The run loop's `advance` (plastic/loop.py): signals are checked between chunks."""
