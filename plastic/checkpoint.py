@@ -7,9 +7,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
-
-from plastic.sharding import uncommitted
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -75,6 +74,18 @@ def _with_empty(abstract, restored):
     leaves, treedef = jax.tree.flatten(abstract)
     kept = iter(jax.tree.leaves(restored))
     return treedef.unflatten([jnp.zeros(a.shape, a.dtype) if _empty(a) else next(kept) for a in leaves])
+
+
+def uncommitted(tree):
+    """`tree` with every array on one device re-created uncommitted (arrays spread over several devices, a
+    sharded run's, kept). jit compiles a program per mix of committed and uncommitted inputs, and a program's
+    outputs are committed: a carry that starts as a mix makes its program compile twice. Fresh state is
+    uncommitted, while orbax restores committed arrays and MJX / brax envs put their model on the device."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if _on_one_device(x) else x, tree)
+
+
+def _on_one_device(x) -> bool:
+    return isinstance(x, jax.Array) and len(x.sharding.device_set) == 1
 
 
 def latest_checkpoint(run_dir) -> int | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -60,18 +59,6 @@ def split_cpu(requested: int) -> bool:
     except RuntimeError:  # the backends run already: the run gets the devices there are
         return False
     return True
-
-
-def uncommitted(tree):
-    """`tree` with every array on one device re-created uncommitted (arrays spread over several devices, a
-    sharded run's, kept). jit compiles a program per mix of committed and uncommitted inputs, and a program's
-    outputs are committed: a carry that starts as a mix makes its program compile twice. Fresh state is
-    uncommitted, while orbax restores committed arrays and MJX / brax envs put their model on the device."""
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if _on_one_device(x) else x, tree)
-
-
-def _on_one_device(x) -> bool:
-    return isinstance(x, jax.Array) and len(x.sharding.device_set) == 1
 
 
 class SeedPlacement:

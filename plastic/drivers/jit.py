@@ -22,11 +22,11 @@ import numpy as np
 from flax import struct
 
 from plastic import loop
+from plastic.checkpoint import uncommitted
 from plastic.core import maybe
 from plastic.nonstationary import NonstationaryJaxEnv
 from plastic.programs import OffPolicy, OnPolicy
 from plastic.setup import jax_envs, make_setup
-from plastic.sharding import uncommitted
 
 ENV_KEY_SALT = 0x3E7  # env keys: fold_in(PRNGKey(seed + i), ENV_KEY_SALT)
 
