@@ -22,6 +22,7 @@ from flax import struct
 from plastic.agent import AgentState, init_counters
 from plastic.core import Hooks, Update, maybe, seed_cond
 from plastic.replay import Replay
+from plastic.shuffle import permutation
 
 METRICS_SALT = 7919  # the metrics batch key: fold_in(update key, METRICS_SALT), outside the training stream
 ROWS_SALT = 104_729  # the per-update hook rows' key (`Hook.update_rows`): fold_in(round key, ROWS_SALT)
@@ -228,7 +229,7 @@ class OnPolicy:
 
         def rows(k, size):  # a random subset of the rollout (all of it if it is smaller)
             n = self.unit
-            idx = jax.random.permutation(k, n)[:size] if n > size else jnp.arange(n)
+            idx = permutation(k, n)[:size] if n > size else jnp.arange(n)
             return jax.tree.map(lambda x: x[idx], flat)
 
         stats = lambda name, k, n: self.agent.net_inputs(before, rows(k, n))[name]  # noqa: E731
