@@ -291,3 +291,43 @@ def test_act_logp_is_the_log_probability_of_the_action_taken(discrete):
     np.testing.assert_array_equal(jax.vmap(lambda o, k: agent.act(state, o, k))(obs, keys), action)
     again = agent.rollout_logp(state, {"obs": obs.reshape(2, 3, -1), "action": action.reshape(2, 3, *action.shape[1:])})
     np.testing.assert_allclose(np.asarray(again).ravel(), np.asarray(logp), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("T,E", [(32, 4), (1, 3)])
+def test_rollout_values_are_the_values_of_a_pass_over_obs_and_one_over_next_obs(T, E):
+    """V(obs) and V(next_obs) from one pass (every obs, the last next_obs, the truncated steps' final
+    observations) equal two separate passes bit for bit, wherever GAE reads them (a terminated step's
+    V(next_obs) is not read). Two seeds under the seed vmap: seed 0 truncates 3 steps, seed 1 more than the
+    pass has rows for (T * E // 16 = 8), so it takes the pass over all of next_obs."""
+    from plastic.seed_axis import SEED_VMAP_AXIS
+    agent = make_agent(True, num_steps=T, num_envs=E, minibatches=1)
+    params = jax.vmap(agent.init)(jax.random.split(jax.random.PRNGKey(0), 2)).nets["critic"].params
+    k = jax.random.split(jax.random.PRNGKey(1), 4)
+    obs = jax.random.normal(k[0], (2, T, E, 3))
+    ends = jax.random.normal(k[1], (2, T, E, 3))                       # final observations of ended episodes
+    truncated = np.zeros((2, T, E), bool)
+    terminated = np.zeros((2, T, E), bool)
+    if T > 1:
+        truncated[0, [3, 10, 20], [0, 2, 1]] = True
+        truncated[1, ::2, :] = True                                    # 64 truncated steps
+        terminated[:, 5, 3] = True
+    ended = jnp.asarray(truncated | terminated)[..., None]
+    obs = jnp.where(jnp.roll(ended, 1, axis=1), jax.random.normal(k[2], obs.shape), obs)  # a reset's first obs
+    later = jnp.concatenate([obs[:, 1:], ends[:, -1:]], axis=1)        # obs[t + 1]; the last step's own
+    next_obs = jnp.where(ended, ends, later)                           # where an episode ended: its final obs
+
+    def two_passes(p, o, no):
+        return agent.critic.apply(p, o)[0][..., 0], agent.critic.apply(p, no)[0][..., 0]
+
+    v2, nv2 = jax.jit(jax.vmap(two_passes))(params, obs, next_obs)
+    v1, nv1 = jax.jit(jax.vmap(agent.rollout_values, axis_name=SEED_VMAP_AXIS))(
+        params, obs, next_obs, jnp.asarray(truncated))
+    read = ~terminated
+    np.testing.assert_array_equal(v1, v2)
+    np.testing.assert_array_equal(np.where(read, nv1, 0.0), np.where(read, nv2, 0.0))
+    one = jax.jit(agent.rollout_values)(jax.tree.map(lambda x: x[0], params), obs[0], next_obs[0],
+                                        jnp.asarray(truncated[0]))
+    np.testing.assert_array_equal(one[0], v2[0])
+    np.testing.assert_array_equal(np.where(read[0], one[1], 0.0), np.where(read[0], nv2[0], 0.0))
+    if T > 1:  # the truncated steps' values are those of their final observations, not of the next obs
+        assert not np.array_equal(nv1[0, 3, 0], v1[0, 4, 0])
