@@ -92,6 +92,7 @@ from plastic import suites
 from plastic.fields import count, nonneg, one_of, positive
 from plastic.envs import JAX_NATIVE, is_jax_native
 from plastic.jaxenvs import JaxEnv, make_jax_env, playground_default_backend
+from plastic.shuffle import permutation as shuffled_range
 
 KINDS = ("none", "permute_obs", "flip_reward", "dynamics", "tasks")
 DYNAMICS = ("friction", "mass", "gravity")
@@ -327,7 +328,7 @@ def _scale(cfg: EnvConfig, k, schedule):
 
 def _permutation(cfg: EnvConfig, k, n: int, schedule):
     """Traceable: the observation permutation of phase `k` (int32 [n])."""
-    perm = jax.random.permutation(_phase_key(cfg, k, schedule, 1), n).astype(jnp.int32)
+    perm = shuffled_range(_phase_key(cfg, k, schedule, 1), n)  # jax.random.permutation's values (plastic.shuffle)
     if cfg.first_phase == "base":
         perm = jnp.where(k == 0, jnp.arange(n, dtype=jnp.int32), perm)
     return perm
