@@ -255,7 +255,7 @@ class PPO:
         on a CPU (docs/benchmarks.md, The minibatch shuffle and the bootstrap values)."""
         T, E = truncated.shape
         n, k = T * E, (max(E, T * E // 16) if T > 1 else 0)
-        inner = truncated[:-1].reshape(-1)                                     # steps 0 .. T - 2
+        inner = truncated[:-1].reshape(-1).astype(bool)                         # steps 0 .. T - 2
         rows = jnp.nonzero(inner, size=k, fill_value=0)[0]
         flat_next = next_obs[:-1].reshape(-1, *next_obs.shape[2:])
         every = jnp.concatenate([obs.reshape(n, *obs.shape[2:]), next_obs[-1], flat_next[rows]])
