@@ -45,8 +45,8 @@ from plastic.fields import nonneg, num, positive, unit, unit_lt1, one_of
 from plastic.networks import (ACTIVATIONS, INITIALIZERS, NETWORKS, NORMS, GaussianHead, adam_options, build_network,
     check_options, with_injection)
 from plastic.optim import adam
-from plastic.shuffle import permutation
 from plastic.normalize import RunningStats
+from plastic.shuffle import permutation
 
 LOG_2PI_E = math.log(2 * math.pi) + 1.0
 
@@ -255,17 +255,15 @@ class PPO:
         on a CPU (docs/benchmarks.md, The minibatch shuffle and the bootstrap values)."""
         T, E = truncated.shape
         n, k = T * E, (max(E, T * E // 16) if T > 1 else 0)
-        inner = truncated[:-1].reshape(-1).astype(bool)                         # steps 0 .. T - 2
-        rows = jnp.nonzero(inner, size=k, fill_value=0)[0]
-        flat_next = next_obs[:-1].reshape(-1, *next_obs.shape[2:])
-        every = jnp.concatenate([obs.reshape(n, *obs.shape[2:]), next_obs[-1], flat_next[rows]])
-        v = self.critic.apply(v_params, every)[0][..., 0]
-        after = jnp.arange(n) + E                       # obs[t + 1]; for the last step, next_obs[T - 1]
-        slot = n + E + jnp.cumsum(inner) - 1
-        after = after.at[:-E].set(jnp.where(inner, slot, after[:-E]))
+        flat_obs, flat_next = (x.reshape(n, *x.shape[2:]) for x in (obs, next_obs))
+        gathered = truncated.reshape(n).astype(bool).at[n - E:].set(False)  # truncated steps 0 .. T - 2
+        rows = jnp.nonzero(gathered, size=k, fill_value=0)[0]
+        v = self.critic.apply(v_params, jnp.concatenate([flat_obs, flat_next[n - E:], flat_next[rows]]))[0][..., 0]
+        # row of V(next_obs[t]): obs[t + 1] (for the last step, its own next_obs), or the truncated step's slot
+        after = jnp.where(gathered, n + E + jnp.cumsum(gathered) - 1, jnp.arange(n) + E)
         value, next_value = v[:n].reshape(T, E), v[after].reshape(T, E)
         full = lambda _: self.critic.apply(v_params, next_obs)[0][..., 0]  # noqa: E731
-        return value, seed_cond(jnp.sum(inner) > k, full, next_value)
+        return value, seed_cond(jnp.sum(gathered) > k, full, next_value)
 
     def policy_loss(self, params, probes, mb):
         c = self.cfg
